@@ -1,9 +1,18 @@
-"""Policy updates: the RL step's micro-batched clipped-PG update and the SFT step.
+"""Policy updates: the RL step's micro-batched policy-gradient update and the SFT step.
 
 Normalisers are global: the token count of a mini-batch is summed over its micro-batches and all
 ranks before any backward pass, and each micro-batch's loss is divided by it, so the gradient is
 the same however the mini-batch is split (FSDP averages gradients over ranks, hence the factor
 world_size on each micro-batch loss).
+
+The old policy of PPO's importance ratio is the policy that sampled the batch, for every epoch
+and mini-batch of the update (Schulman et al., arXiv 1707.06347): the ratio of a later mini-batch
+is measured against the sampler, not against the policy after the previous optimizer step, which
+is what lets several SGD steps reuse one batch off-policy. Its log-probs are the engine's sampling
+log-probs (`algo.old_logprobs=rollout`, exact with the hf engine, which runs the same fp32 model),
+or the trainer's own forward pass over the batch before the first optimizer step
+(`algo.old_logprobs=recompute`, verl's way; needed when the engine's numerics differ, e.g. vLLM
+in bf16, where a mismatch would otherwise show up as spurious clipping).
 """
 
 from __future__ import annotations
@@ -13,7 +22,9 @@ from contextlib import nullcontext
 import torch
 
 from skyexp.algos.entropy import token_entropy
-from skyexp.algos.losses import AGGREGATIONS, clipped_policy_loss, token_logprobs
+from skyexp.algos.kl import KL_ESTIMATORS
+from skyexp.algos.losses import AGGREGATIONS, token_logprobs
+from skyexp.algos.token_rules import TOKEN_RULES
 from skyexp.config import AlgoConfig
 from skyexp.distributed import all_reduce_max, all_reduce_sum
 from skyexp.types import Rollout, UpdateStats
@@ -69,6 +80,46 @@ def _grad_norm_and_clip(model: torch.nn.Module, max_norm: float) -> float:
     return float(norm)
 
 
+@torch.no_grad()
+def forward_stats(model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device,
+                  with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad forward pass over `rows` of the rollout: token log-probs [N, R] (and entropies
+    [N, R]) at the rollout temperature; rows not in `rows` stay 0. Every rank runs the same number
+    of passes (see _chunks), so it can run under FSDP."""
+    logp = torch.zeros_like(rollout.logprobs)
+    ent = torch.zeros_like(rollout.logprobs) if with_entropy else None
+    for idx, live in _chunks(rollout, rows, micro_batch_size, device):
+        seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], rollout.response_mask[idx],
+                                   rollout.prompt_len)
+        logits = response_logits(model, seq.to(device), attn.to(device), plen)
+        if not live:
+            continue
+        rlen = rm.shape[1]
+        logp[idx, :rlen] = (token_logprobs(logits, seq[:, plen:].to(device), rollout.temperature) * rm.to(device)).cpu()
+        if ent is not None:
+            ent[idx, :rlen] = (token_entropy(logits, rollout.temperature) * rm.to(device)).cpu()
+    return logp, ent
+
+
+def sampling_view(model: torch.nn.Module, rollout: Rollout, weights: torch.Tensor, recompute: bool, micro_batch_size: int,
+                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Old-policy log-probs [N, R] and token entropies [N, R] of the policy that sampled the batch,
+    before any optimizer step. Taken from the rollout when it carries them; otherwise one no-grad
+    forward pass computes what is missing (log-probs of the rows that train, entropies of all)."""
+    if not recompute and rollout.entropy is not None:
+        return rollout.logprobs, rollout.entropy
+    need_entropy = rollout.entropy is None
+    rows = torch.arange(len(weights)) if need_entropy else (weights > 0).nonzero().squeeze(1)
+    logp, ent = forward_stats(model, rollout, rows, micro_batch_size, device, need_entropy)
+    return (logp if recompute else rollout.logprobs), (ent if need_entropy else rollout.entropy)
+
+
+def global_token_mean(x: torch.Tensor, mask: torch.Tensor, device: torch.device) -> float:
+    """Mean of x [N, R] over the masked tokens of every rank."""
+    tot = all_reduce_sum([float((x * mask).sum()), float(mask.sum())], device)
+    return float(tot[0]) / max(float(tot[1]), 1.0)
+
+
 def rl_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -81,77 +132,107 @@ def rl_update(
     grad_clip: float,
     world_size: int,
     device: torch.device,
+    *,
+    old_logprobs: torch.Tensor | None = None,  # [B*n, R] the sampler's; default: the rollout's
+    entropy: torch.Tensor | None = None,  # [B*n, R] the sampler's token entropies; default: the rollout's
+    ref_logprobs: torch.Tensor | None = None,  # [B*n, R] reference policy; needed when kl_coef > 0
+    kl_coef: float = 0.0,  # weight of the KL-to-reference loss term (GRPO style)
+    rule: str = "none",  # token rule, a key of skyexp.algos.token_rules.TOKEN_RULES
+    rule_params: dict | None = None,
+    max_response_len: int | None = None,  # the length cap (Dr.GRPO's constant); default: the rollout's width
 ) -> UpdateStats:
     """ppo_epochs x mini_batches optimizer steps on one rollout batch.
 
-    Rows whose gradient is exactly zero (filtered, or zero advantage with no entropy bonus) are not
-    run through the model when the rollout already carries its token entropies: they still count
-    in the normalisers, so the update is the one the full batch gives, at a fraction of the cost.
+    loss = agg(pg) - entropy_coef * agg(H) + kl_coef * agg(KL(pi || ref)), each aggregated alike.
+    Mini-batches split the groups that train (weights > 0) into `mini_batches` parts.
+    Rows whose gradient is exactly zero (filtered, or zero advantage with no entropy bonus, no KL
+    loss and no token rule acting on them) skip the forward pass: they still count in the
+    normalisers, so the update is the one the full batch gives, at a fraction of the cost.
     """
-    rows = rollout.sequences.shape[0]
-    agg = AGGREGATIONS[algo.loss_agg]
+    if entropy is None and rollout.entropy is None:
+        entropy = sampling_view(model, rollout, weights, False, micro_batch_size, device)[1]
+    old = rollout.logprobs if old_logprobs is None else old_logprobs
+    ent_all = rollout.entropy if entropy is None else entropy
+    if kl_coef > 0 and ref_logprobs is None:
+        raise ValueError("rl_update: kl_coef > 0 needs ref_logprobs")
+    tr, params = TOKEN_RULES[rule], dict(rule_params or {})
+    clip = dict(clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c, ratio_max=algo.ratio_max)
+    agg, kl_fn = AGGREGATIONS[algo.loss_agg], KL_ESTIMATORS[algo.kl_estimator]
     resp_mask = rollout.response_mask
     loss_mask = resp_mask * weights[:, None]
-    max_len = resp_mask.shape[1]
-    entropy_from_rollout = rollout.entropy is not None
-    if entropy_from_rollout:
-        needed = (weights > 0) & ((advantages != 0) | (entropy_coef > 0))
-    else:
-        needed = torch.ones(rows, dtype=torch.bool)  # the forward pass is where entropy is measured
-    sums = torch.zeros(7, dtype=torch.float64)  # pg, ent, clip_lo, clip_hi, kl, tokens(loss), tokens(entropy)
-    hist: list[torch.Tensor] = []
+    max_len = max_response_len or resp_mask.shape[1]
+    grad_rows = (weights > 0) & ((advantages != 0) | (entropy_coef > 0) | (kl_coef > 0))
+    adv_tok = advantages[:, None].expand_as(loss_mask)
+    chosen = torch.zeros_like(loss_mask, dtype=torch.bool)
+    # pg, clip_lo, clip_hi, dual, rule-selected, tokens(loss) | ppo_kl, kl_ref, tokens(forward)
+    sums = torch.zeros(9, dtype=torch.float64)
     norms: list[float] = []
-    mb_rows = rows // algo.mini_batches
     for _epoch in range(algo.ppo_epochs):
-        for m in range(algo.mini_batches):
-            sel = torch.arange(m * mb_rows, (m + 1) * mb_rows)
+        for sel in _mini_batches(weights, rollout.n, algo.mini_batches):
             glob = all_reduce_sum([loss_mask[sel].sum().item(), float(weights[sel].sum().item())], device)
             norm = dict(num_tokens=float(glob[0]), num_seqs=float(glob[1]), max_len=max_len)
-            chunks = _chunks(rollout, sel[needed[sel]], micro_batch_size, device)
+            needed = grad_rows[sel]
+            if tr.select is not None and _epoch == 0:
+                chosen[sel] = tr.select(adv_tok[sel], old[sel], ent_all[sel], loss_mask[sel], **params)
+            if tr.grads_zero_advantage:
+                needed = needed | chosen[sel].any(-1)
+            chunks = _chunks(rollout, sel[needed], micro_batch_size, device)
             for j, (idx, live) in enumerate(chunks):
                 seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], resp_mask[idx], rollout.prompt_len)
                 rlen = rm.shape[1]
                 with _no_sync(model, last=j == len(chunks) - 1):
-                    seq, attn, rm = seq.to(device), attn.to(device), rm.to(device)
+                    seq, attn = seq.to(device), attn.to(device)
                     logits = response_logits(model, seq, attn, plen)
                     logp = token_logprobs(logits, seq[:, plen:], rollout.temperature)
-                    ent = token_entropy(logits if entropy_coef > 0 else logits.detach(), rollout.temperature)
                     lm = loss_mask[idx, :rlen].to(device) * live  # live = 0: a padding micro-batch (see _chunks)
-                    adv = advantages[idx].to(device)[:, None].expand_as(logp)
-                    pg, st = clipped_policy_loss(logp, rollout.logprobs[idx, :rlen].to(device), adv, algo.clip_low, algo.clip_high,
-                                                 algo.clip_c, algo.ratio_max)
+                    pg, st = tr.loss(logp, old[idx, :rlen].to(device), adv_tok[idx, :rlen].to(device),
+                                     chosen[idx, :rlen].to(device), **clip, **params)
                     loss = agg(pg, lm, **norm)
                     if entropy_coef > 0:
-                        loss = loss - entropy_coef * agg(ent, lm, **norm)
+                        loss = loss - entropy_coef * agg(token_entropy(logits, rollout.temperature), lm, **norm)
+                    kl = kl_fn(logp, ref_logprobs[idx, :rlen].to(device)) if kl_coef > 0 else torch.zeros_like(logp)
+                    if kl_coef > 0:
+                        loss = loss + kl_coef * agg(kl, lm, **norm)
                     (loss * world_size).backward()
                 with torch.no_grad():
-                    em = rm * live
-                    sums += torch.stack([(pg * lm).sum(), (ent * em).sum(), (st["clipped_low"] * lm).sum(),
-                                         (st["clipped_high"] * lm).sum(), (st["approx_kl"] * lm).sum(),
-                                         lm.new_zeros(()), em.sum()]).double().cpu()
-                    if not entropy_from_rollout and sum(h.numel() for h in hist) < MAX_HIST_VALUES:
-                        hist.append(ent.detach()[em.bool()].float().cpu())
+                    sums += torch.stack([(pg * lm).sum(), (st["clipped_low"] * lm).sum(), (st["clipped_high"] * lm).sum(),
+                                         (st["dual_clipped"] * lm).sum(), (chosen[idx, :rlen].to(device) * lm).sum(),
+                                         lm.new_zeros(()), (st["approx_kl"] * lm).sum(), (kl * lm).sum(), lm.sum()]).double().cpu()
             sums[5] += loss_mask[sel].sum().item()
             if chunks and norm["num_tokens"] > 0:
                 norms.append(_grad_norm_and_clip(model, grad_clip))
                 optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-    if entropy_from_rollout:  # entropy of the policy that sampled, over every response token
-        sums[1], sums[6] = float((rollout.entropy * resp_mask).sum()), float(resp_mask.sum())
-        hist = [rollout.entropy[resp_mask.bool()].float().cpu()]
     tot = all_reduce_sum(sums, device)
-    trained, seen = max(float(tot[5]), 1.0), max(float(tot[6]), 1.0)
+    trained, fwd = max(float(tot[5]), 1.0), max(float(tot[8]), 1.0)
     return UpdateStats(
         pg_loss=float(tot[0]) / trained,
-        entropy=float(tot[1]) / seen,
+        entropy=global_token_mean(ent_all, resp_mask, device),  # the sampler's, over every response token
         entropy_coef=entropy_coef,
-        clipfrac_low=float(tot[2]) / trained,
-        clipfrac_high=float(tot[3]) / trained,
-        ppo_kl=float(tot[4]) / trained,
+        clipfrac_low=float(tot[1]) / trained,
+        clipfrac_high=float(tot[2]) / trained,
+        dualclip_frac=float(tot[3]) / trained,
+        rule_frac=float(tot[4]) / trained,
+        ppo_kl=float(tot[6]) / fwd,
+        kl_ref=float(tot[7]) / fwd if kl_coef > 0 else None,
         grad_norm=sum(norms) / len(norms) if norms else 0.0,
+        optimizer_steps=len(norms),
         num_tokens=int(resp_mask.sum().item()),
-        entropy_hist=torch.cat(hist)[:MAX_HIST_VALUES] if hist else None,
+        entropy_hist=_hist_sample(ent_all, resp_mask),
     )
+
+
+def _hist_sample(ent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """This rank's token entropies of the first rows holding at most MAX_HIST_VALUES tokens."""
+    rows = max(1, int((mask.sum(-1).cumsum(0) <= MAX_HIST_VALUES).sum()))
+    return ent[:rows][mask[:rows].bool()].float().cpu()
+
+
+def _mini_batches(weights: torch.Tensor, n: int, parts: int) -> list[torch.Tensor]:
+    """Row indices of `parts` mini-batches: the groups that train, split into near-equal parts
+    with each group's n rows kept together."""
+    groups = (weights.view(-1, n) > 0).any(-1).nonzero().squeeze(1)
+    return [(g[:, None] * n + torch.arange(n)).flatten() for g in groups.tensor_split(parts)]
 
 
 def _chunks(rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, float]]:

@@ -81,31 +81,54 @@ class SFTConfig:
 
 @dataclass
 class AlgoConfig:
-    name: str = "rloo"  # advantage estimator, a key of skyexp.algos.advantages.ADVANTAGES
+    name: str = "rloo"  # the preset (conf/algo/<name>.yaml); a label
+    advantage: str = "rloo"  # advantage estimator, a key of skyexp.algos.advantages.ADVANTAGES
     n: int = 8  # samples per prompt
     batch_size: int = 16  # prompts per RL step (global, over all ranks)
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float = 0.0  # dual-clip bound (> 1 enables it); 0 disables
     ratio_max: float = 10.0  # importance ratio clamp, for numerical safety only
-    loss_agg: str = "token-mean"
+    loss_agg: str = "token-mean"  # a key of skyexp.algos.losses.AGGREGATIONS
     norm_by_std: bool = True  # grpo: divide by the group std (False gives Dr.GRPO)
     adv_eps: float = 1e-6
+    # KL to a frozen reference (the policy RL starts from), loaded only when kl_coef > 0.
     kl_coef: float = 0.0
-    kl_estimator: str = "k3"
-    filter_groups: str = "none"  # none | zero_variance
+    kl_estimator: str = "k3"  # k1 | k2 | k3 (skyexp.algos.kl)
+    kl_mode: str = "loss"  # loss: + kl_coef * KL in the loss (GRPO) | reward: r -= kl_coef * sum_t KL_t (RLOO)
+    # Group filter (skyexp.algos.filters): none | zero_variance | mixed_accuracy | accuracy_band
+    filter_groups: str = "none"
+    filter_low: float = 0.2  # accuracy_band: keep groups with filter_low <= accuracy <= filter_high
+    filter_high: float = 0.8
+    # DAPO dynamic sampling: generate more prompt batches until batch_size groups pass the filter.
+    dynamic_sampling: bool = False
+    max_gen_batches: int = 10  # give up after this many generation batches (train on what passed)
+    gen_batch_size: int = 0  # prompts per generation batch; 0: the step's prompt batch
+    mask_truncated: bool = False  # DAPO overlong filtering: truncated responses get no loss
     ppo_epochs: int = 1
     mini_batches: int = 1
+    # Old-policy log-probs for the importance ratio: the engine's sampling log-probs (exact with the
+    # hf engine), or recomputed by the trainer once before the first optimizer step (as verl does;
+    # use with engines whose numerics differ, e.g. vLLM in bf16).
+    old_logprobs: str = "rollout"  # rollout | recompute
 
 
 @dataclass
 class EntropyConfig:
-    name: str = "none"  # none | fixed | adaptive
+    # none | fixed | adaptive (coefficient controllers, skyexp.algos.entropy) |
+    # clip_cov | kl_cov | high_entropy_tokens (token rules, skyexp.algos.token_rules)
+    name: str = "none"
     coef: float = 0.0  # initial / fixed coefficient
     target: float = 0.2  # adaptive: target token entropy
     delta: float = 1e-4  # adaptive: step of the coefficient
     coef_min: float = 0.0
     coef_max: float = 5e-3
+    clip_cov_ratio: float = 2e-4  # clip_cov: share of tokens whose gradient is cut
+    cov_low: float = 1.0  # clip_cov: covariance band the cut tokens are drawn from
+    cov_high: float = 5.0
+    kl_cov_ratio: float = 2e-3  # kl_cov: share of tokens (largest covariance) that get the KL penalty
+    kl_cov_coef: float = 1.0  # kl_cov: penalty weight beta
+    top_ratio: float = 0.2  # high_entropy_tokens: share of highest-entropy tokens that get a gradient
 
 
 @dataclass
@@ -139,11 +162,22 @@ class RolloutConfig:
 
 @dataclass
 class RewardConfig:
-    name: str = "math_verify"
+    name: str = "math_verify"  # the preset (conf/reward/<name>.yaml); correctness is always math-verify
     workers: int = 1  # scoring processes per rank
     timeout_s: float = 5.0  # per answer; a hang beyond it scores 0 and is counted
     max_answer_chars: int = 1000  # longer extracted answers score 0 (counted as errors)
     memory_mb: int = 2048  # address-space cap per scoring process
+    # Weighted terms (skyexp.rewards.terms): accuracy | format | overlong | cosine. A preset's dict is
+    # merged onto this one: set a weight to 0 to drop a term.
+    terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})
+    correct: float = 1.0  # accuracy term for a correct answer
+    wrong: float = 0.0  # ... and for a wrong one (DAPO: -1)
+    format_think: bool = True  # format term: ask for one <think>...</think> block before the boxed answer
+    overlong_buffer: float = 0.2  # overlong term: buffer before the cap, share of max_response_len (DAPO 0.2)
+    overlong_penalty: float = 1.0  # overlong term: penalty at the cap
+    cos_correct: list[float] = field(default_factory=lambda: [2.0, 1.0])  # cosine term: (r_0, r_L) when correct
+    cos_wrong: list[float] = field(default_factory=lambda: [-10.0, 0.0])  # ... when wrong
+    cos_exceed: float = -10.0  # cosine term: a truncated response
 
 
 @dataclass
@@ -254,10 +288,10 @@ def _registry_names(kind: str) -> list[str]:
         from skyexp.data import SOURCE_NAMES
 
         return sorted(SOURCE_NAMES)
-    if kind == "reward":
-        from skyexp.rewards import REWARD_NAMES
+    if kind == "reward_term":
+        from skyexp.rewards.terms import REWARD_TERMS
 
-        return sorted(REWARD_NAMES)
+        return sorted(REWARD_TERMS)
     raise KeyError(kind)
 
 
@@ -273,14 +307,35 @@ def _check_name(value: str, key: str, kind: str) -> None:
 
 def validate(c: Config) -> None:
     """Cross-field checks. Each failure names the offending key."""
-    _check_name(c.algo.name, "algo.name", "algo")
+    _check_name(c.algo.advantage, "algo.advantage", "algo")
+    advantages = _registry_names("algo")
+    _check(c.algo.name not in advantages or c.algo.name == c.algo.advantage, "algo.name",
+           f"'{c.algo.name}' names an advantage estimator but algo.advantage is '{c.algo.advantage}': pick the preset "
+           f"(algo={c.algo.name}) or set algo.advantage={c.algo.name}")
     _check_name(c.algo.loss_agg, "algo.loss_agg", "loss_agg")
     _check_name(c.algo.filter_groups, "algo.filter_groups", "filter")
     _check_name(c.algo.kl_estimator, "algo.kl_estimator", "kl")
+    _check(c.algo.kl_mode in ("loss", "reward"), "algo.kl_mode", f"'{c.algo.kl_mode}' is not loss or reward")
+    _check(c.algo.old_logprobs in ("rollout", "recompute"), "algo.old_logprobs",
+           f"'{c.algo.old_logprobs}' is not rollout or recompute")
+    _check(0 <= c.algo.filter_low <= c.algo.filter_high <= 1, "algo.filter_low", "needs 0 <= filter_low <= filter_high <= 1")
+    _check(not c.algo.dynamic_sampling or c.algo.filter_groups != "none", "algo.dynamic_sampling",
+           "needs a group filter (algo.filter_groups) to decide which groups count")
+    _check(c.algo.max_gen_batches >= 1, "algo.max_gen_batches", "must be >= 1")
+    _check(c.algo.gen_batch_size >= 0, "algo.gen_batch_size", "must be >= 0 (0: the prompt batch)")
     _check_name(c.entropy.name, "entropy.name", "entropy")
+    _check(0 < c.entropy.top_ratio <= 1, "entropy.top_ratio", "must be in (0, 1]")
+    _check(0 < c.entropy.clip_cov_ratio <= 1, "entropy.clip_cov_ratio", "must be in (0, 1]")
+    _check(0 < c.entropy.kl_cov_ratio <= 1, "entropy.kl_cov_ratio", "must be in (0, 1]")
+    _check(c.entropy.cov_low < c.entropy.cov_high, "entropy.cov_low", "must be < entropy.cov_high")
     _check_name(c.rollout.name, "rollout.name", "rollout")
     _check_name(c.data.source, "data.source", "data")
-    _check_name(c.reward.name, "reward.name", "reward")
+    for term in c.reward.terms:
+        _check_name(term, f"reward.terms.{term}", "reward_term")
+    _check(any(w != 0 for w in c.reward.terms.values()), "reward.terms", "needs at least one term with a nonzero weight")
+    _check(0 < c.reward.overlong_buffer <= 1, "reward.overlong_buffer", "must be in (0, 1] (a share of max_response_len)")
+    _check(len(c.reward.cos_correct) == 2 and len(c.reward.cos_wrong) == 2, "reward.cos_correct",
+           "reward.cos_correct and reward.cos_wrong need two values (r_0, r_L)")
     _check(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"'{c.model.dtype}' is not float32, bfloat16 or float16")
     _check(c.trainer.device in ("auto", "cpu", "cuda"), "trainer.device", f"'{c.trainer.device}' is not auto, cpu or cuda")
     _check(c.trainer.lr > 0, "trainer.lr", "must be > 0")
@@ -320,7 +375,7 @@ def validate(c: Config) -> None:
         prev = s.max_response_len
         n = s.n if s.n is not None else c.algo.n
         _check(n >= 1, f"{key}.n" if s.n is not None else "algo.n", "must be >= 1")
-        if c.algo.name == "rloo":
+        if c.algo.advantage == "rloo":
             _check(n >= 2, f"{key}.n" if s.n is not None else "algo.n", "rloo needs at least 2 samples per prompt (leave-one-out baseline)")
         bs = s.batch_size if s.batch_size is not None else c.algo.batch_size
         _check(bs >= 1, f"{key}.batch_size", "must be >= 1")
@@ -337,6 +392,8 @@ def check_world(c: Config, world_size: int) -> None:
                f"prompt batch {bs} is not divisible by {world_size} ranks")
         _check((bs // world_size) % c.algo.mini_batches == 0, "algo.mini_batches",
                f"must divide the per-rank prompt batch ({bs // world_size})")
+    _check(c.algo.gen_batch_size % world_size == 0, "algo.gen_batch_size",
+           f"generation batch {c.algo.gen_batch_size} is not divisible by {world_size} ranks")
 
 
 def config_hash(*parts: Any) -> str:

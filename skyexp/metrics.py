@@ -1,4 +1,8 @@
-"""Per-step metrics under stable, verl-compatible names (see DESIGN.md), summed over ranks."""
+"""Per-step metrics under stable, verl-compatible names (see DESIGN.md), summed over ranks.
+
+Generation metrics (score, lengths, solve shares, reward terms) cover every sample the step
+generated; advantage metrics cover the rows that train; actor/* come from the update.
+"""
 
 from __future__ import annotations
 
@@ -6,62 +10,79 @@ from typing import Any
 
 import torch
 
-from skyexp.distributed import all_reduce_sum
-from skyexp.rewards import Scored
-from skyexp.types import Rollout, UpdateStats
+from skyexp.collect import StepBatch
+from skyexp.distributed import all_reduce_max, all_reduce_sum
+from skyexp.types import UpdateStats
 
 
 def step_metrics(
-    rollout: Rollout,
-    rewards: torch.Tensor,  # [B, n] this rank's groups
-    adv: torch.Tensor,  # [B, n]
-    keep: torch.Tensor,  # [B] bool
-    scored: Scored,
+    batch: StepBatch,
+    adv: torch.Tensor,  # [G*n] advantages (0 on rows that do not train)
+    weights: torch.Tensor,  # [G*n] 1 on rows that train
     stats: UpdateStats,
     timings: dict[str, float],
     stage: int,
     rl_step: int,
     device: torch.device,
+    extra: dict[str, float] | None = None,
 ) -> dict[str, Any]:
-    lengths = rollout.response_lengths.float()  # [B*n]
-    solved = rewards.sum(-1)  # [B]
-    n = rewards.shape[1]
+    ro = batch.rollout
+    lengths = ro.response_lengths.float()  # [G*n]
+    solved = batch.correct.sum(-1)  # [G]
+    n = batch.correct.shape[1]
+    tr = weights > 0
+    terms = sorted(batch.terms)
     local = [
-        rewards.sum().item(), rewards.numel(), adv.sum().item(), adv.abs().max().item(),
-        lengths.sum().item(), lengths.max().item(), rollout.truncated.float().sum().item(),
-        (solved == 0).sum().item(), (solved == n).sum().item(), rewards.shape[0], keep.sum().item(),
-        scored.timeouts, scored.errors, sum(x is None for x in scored.extracted), sum(scored.scores),
+        batch.rewards.sum().item(), batch.rewards.numel(), lengths.sum().item(), ro.truncated.float().sum().item(),
+        (solved == 0).sum().item(), (solved == n).sum().item(), batch.correct.shape[0], batch.kept.sum().item(),
+        batch.train.sum().item(), batch.statuses.count("timeout"), batch.statuses.count("error"),
+        sum(x is None for x in batch.extracted), batch.correct.sum().item(),
+        adv[tr].sum().item(), adv[tr].pow(2).sum().item(), tr.sum().item(),
+        *[batch.terms[k].sum().item() for k in terms],
     ]
     g = all_reduce_sum(local, device).tolist()
-    samples, groups = g[1], g[9]
+    samples, groups, trained = g[1], g[6], max(g[15], 1.0)
+    adv_mean = g[13] / trained
     step_time = timings.get("timing_s/step", 0.0)
     out: dict[str, Any] = {
         "train/rl_step": rl_step,
         "train/stage": stage,
-        "rollout/temperature": rollout.temperature,
+        "rollout/temperature": ro.temperature,
         "critic/score/mean": g[0] / samples,
-        "critic/advantages/mean": g[2] / samples,
-        "critic/advantages/max_abs": g[3],  # rank-summed bound, exact for one rank
-        "response_length/mean": g[4] / samples,
-        "response_length/clip_ratio": g[6] / samples,
-        "batch/solve_none": g[7] / groups,
-        "batch/solve_all": g[8] / groups,
-        "batch/kept_groups": g[10] / groups,
-        "batch/pass@1": g[14] / samples,  # share of correct samples (the accuracy term alone)
-        "reward/timeouts": g[11],
-        "reward/errors": g[12],
-        "reward/no_answer": g[13] / samples,
+        "critic/advantages/mean": adv_mean,
+        "critic/advantages/std": max(g[14] / trained - adv_mean**2, 0.0) ** 0.5,
+        "critic/advantages/max": all_reduce_max(float(adv[tr].max()) if tr.any() else -float("inf"), device),
+        "critic/advantages/min": -all_reduce_max(-float(adv[tr].min()) if tr.any() else -float("inf"), device),
+        "response_length/mean": g[2] / samples,
+        "response_length/max": all_reduce_max(float(lengths.max()), device),
+        "response_length/clip_ratio": g[3] / samples,
+        "batch/solve_none": g[4] / groups,
+        "batch/solve_all": g[5] / groups,
+        "batch/kept_groups": g[7] / groups,
+        "batch/train_groups": g[8],
+        "batch/gen_batches": batch.gen_batches,
+        "batch/pass@1": g[12] / samples,  # share of correct samples (the accuracy term alone)
+        "reward/timeouts": g[9],
+        "reward/errors": g[10],
+        "reward/no_answer": g[11] / samples,
+        **{f"reward/{k}/mean": g[16 + i] / samples for i, k in enumerate(terms)},
         "actor/entropy": stats.entropy,
         "actor/entropy_coeff": stats.entropy_coef,
         "actor/pg_loss": stats.pg_loss,
         "actor/pg_clipfrac": stats.clipfrac_low + stats.clipfrac_high,
-        "actor/pg_clipfrac_lower": stats.clipfrac_low,
-        "actor/pg_clipfrac_higher": stats.clipfrac_high,
+        "actor/pg_clipfrac_low": stats.clipfrac_low,
+        "actor/pg_clipfrac_high": stats.clipfrac_high,
+        "actor/pg_clipfrac_lower": stats.dualclip_frac,  # verl's name: the dual-clip share
+        "actor/token_rule_frac": stats.rule_frac,
         "actor/ppo_kl": stats.ppo_kl,
         "actor/grad_norm": stats.grad_norm,
-        "perf/throughput": (g[4] / step_time) if step_time else 0.0,  # response tokens / s, all ranks
+        "actor/optimizer_steps": stats.optimizer_steps,
+        "perf/throughput": (g[2] / step_time) if step_time else 0.0,  # response tokens / s, all ranks
         **timings,
+        **(extra or {}),
     }
+    if stats.kl_ref is not None:
+        out["actor/kl_loss"] = stats.kl_ref
     if stats.entropy_hist is not None:
         out["actor/entropy_hist"] = stats.entropy_hist
     return out

@@ -21,13 +21,12 @@ import torch
 from tqdm.auto import tqdm
 
 from skyexp import distributed, models, plots, sft
-from skyexp.actor import rl_update
-from skyexp.algos.advantages import ADVANTAGES
+from skyexp.actor import forward_stats, global_token_mean, rl_update, sampling_view
 from skyexp.algos.entropy import CONTROLLERS
-from skyexp.algos.filters import FILTERS
 from skyexp.checkpoint import export_hf
+from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
 from skyexp.config import Config, DataConfig, check_world
-from skyexp.data import DataError, PromptSampler, load_task, make_batch
+from skyexp.data import DataError, PromptSampler, load_task
 from skyexp.evaluate import EvalResult, run_eval
 from skyexp.logging import make_logger
 from skyexp.metrics import step_metrics
@@ -70,13 +69,20 @@ class Run:
     logger: Any
     global_step: int = 0
     rl_step: int = 0
-    entropy_coef: float = 0.0
-    last_entropy: float | None = None
+    entropy_coef: float = 0.0  # the entropy controller's state
+    ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
     history: list[dict[str, float]] = field(default_factory=list)
 
     def log(self, metrics: dict[str, Any]) -> None:
         self.logger.log(metrics, self.global_step)
         self.global_step += 1
+
+    def algo_state(self) -> dict[str, float]:
+        """Algorithm state a checkpoint must carry besides model, optimizer and data position."""
+        return {"entropy_coef": self.entropy_coef}
+
+    def load_algo_state(self, state: dict[str, float]) -> None:
+        self.entropy_coef = float(state["entropy_coef"])
 
 
 class Timer:
@@ -91,27 +97,35 @@ class Timer:
 
 
 def rl_step(run: Run, stage: StagePlan, sampler: PromptSampler, opt: torch.optim.Optimizer) -> dict[str, Any]:
-    cfg, t = run.cfg, Timer()
+    cfg, t, dev, mb = run.cfg, Timer(), run.d.device, run.cfg.trainer.micro_batch_size
+    a, e = cfg.algo, cfg.entropy
     with t("step"):
-        prompts = make_batch(sampler.next(stage.batch_size), run.tokenizer, cfg.data.prompt_template, cfg.model.chat_template)
-        with t("gen"):
-            rollout = run.engine.generate(prompts.prompt_ids, stage.n, stage.max_response_len, stage.temperature, cfg.rollout.top_p)
-        with t("reward"):
-            texts = run.tokenizer.batch_decode(rollout.responses, skip_special_tokens=True)
-            scored = run.reward.score(texts, [a for a in prompts.answers for _ in range(stage.n)])
-            rewards = torch.tensor(scored.scores, dtype=torch.float32).view(-1, stage.n)  # [B, n]
-        keep = FILTERS[cfg.algo.filter_groups](rewards)  # [B]
-        adv = ADVANTAGES[cfg.algo.name](rewards, norm_by_std=cfg.algo.norm_by_std, eps=cfg.algo.adv_eps)  # [B, n]
-        e = cfg.entropy
-        run.entropy_coef, coef = CONTROLLERS[e.name](run.entropy_coef, run.last_entropy, target=e.target, delta=e.delta,
+        batch = collect_batch(run, stage, sampler, t)  # generate, score, filter groups (dynamic sampling: repeat)
+        ro, weights = batch.rollout, batch.row_weights(a.mask_truncated)  # [G*n]
+        with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
+            old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev)
+        with t("ref"):
+            ref_logp = forward_stats(run.ref, ro, (weights > 0).nonzero().squeeze(1), mb, dev, False)[0] if run.ref else None
+        kl_loss_coef, kl_reward_coef = kl_coefs(a)
+        seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n]
+        adv = group_advantages(a, batch.rewards - kl_reward_coef * seq_kl, batch.train, dev)  # [G*n]
+        trained_tokens = ro.response_mask * weights[:, None]
+        h = global_token_mean(ent, trained_tokens if float(trained_tokens.sum()) > 0 else ro.response_mask, dev)
+        run.entropy_coef, coef = CONTROLLERS[e.name](run.entropy_coef, h, target=e.target, delta=e.delta,
                                                      coef_min=e.coef_min, coef_max=e.coef_max)
         with t("update"):
-            stats = rl_update(run.policy, opt, rollout, adv.flatten(), keep.repeat_interleave(stage.n).float(), cfg.algo, coef,
-                              cfg.trainer.micro_batch_size, cfg.trainer.grad_clip, run.d.world_size, run.d.device)
-        run.last_entropy = stats.entropy
+            stats = rl_update(run.policy, opt, ro, adv, weights, a, coef, mb, cfg.trainer.grad_clip, run.d.world_size, dev,
+                              old_logprobs=old_logp, entropy=ent, ref_logprobs=ref_logp, kl_coef=kl_loss_coef, rule=e.name,
+                              rule_params=asdict(e), max_response_len=stage.max_response_len)
         with t("sync"):
             run.engine.sync_weights(run.policy)
-    return step_metrics(rollout, rewards, adv, keep, scored, stats, t.s, stage.index, run.rl_step, run.d.device)
+    extra = {"actor/entropy_trained": h}
+    if ref_logp is not None:
+        extra["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
+        extra["critic/kl_coeff"] = a.kl_coef
+    if a.old_logprobs == "recompute":
+        extra["rollout/logprob_diff"] = global_token_mean((old_logp - ro.logprobs).abs(), trained_tokens, dev)
+    return step_metrics(batch, adv, weights, stats, t.s, stage.index, run.rl_step, dev, extra)
 
 
 def run_rl(run: Run, sampler: PromptSampler) -> None:
@@ -194,6 +208,8 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
                 summary.update(sft.run_sft(cfg, d, policy, tokenizer, task.train, sft_dir, run.log, d.is_main and cfg.logger.progress))
                 engine.sync_weights(policy)
             summary["sft_cached"] = bool(cfg.sft.steps) and start != base
+        if cfg.algo.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
+            run.ref = load_reference(str(sft_dir) if cfg.sft.steps else base, cfg, d)
         with _phase(summary, "eval_before"):
             before = evaluate(run, eval_problems, "before") if cfg.eval.before else None
         with _phase(summary, "rl"):
@@ -209,6 +225,14 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     finally:
         logger.close()
         reward.close()
+
+
+def load_reference(path: str, cfg: Config, d: distributed.Dist) -> torch.nn.Module:
+    """A frozen copy of the policy for the KL term, sharded like the policy."""
+    ref = models.load_model(path, cfg.model, d.device).eval().requires_grad_(False)
+    if cfg.trainer.fsdp:
+        distributed.shard(ref, d)
+    return ref
 
 
 @contextmanager

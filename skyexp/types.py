@@ -70,11 +70,15 @@ class UpdateStats:
     """Detached scalars from one policy update (averaged over the update's tokens, all ranks)."""
 
     pg_loss: float
-    entropy: float
+    entropy: float  # the sampling policy's mean token entropy over every response token
     entropy_coef: float
-    clipfrac_low: float
-    clipfrac_high: float
-    ppo_kl: float
+    clipfrac_low: float  # share of trained tokens with A < 0 held by the lower PPO clip
+    clipfrac_high: float  # ... with A > 0 held by the upper clip
+    ppo_kl: float  # k1 estimate of KL(old || new) on the tokens that went through the forward pass
     grad_norm: float
     num_tokens: int
-    entropy_hist: torch.Tensor | None = None  # [H] counts of token entropies (rank-local sample)
+    entropy_hist: torch.Tensor | None = None  # [H] token entropies (rank-local sample) for the histogram
+    dualclip_frac: float = 0.0  # share of trained tokens held by the dual clip
+    rule_frac: float = 0.0  # share of trained tokens selected by the entropy token rule
+    kl_ref: float | None = None  # mean KL-to-reference estimator over trained tokens (KL loss on)
+    optimizer_steps: int = 0

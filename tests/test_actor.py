@@ -92,3 +92,127 @@ def test_skipping_zero_signal_rows_changes_nothing(setup):
         assert torch.allclose(a, b, atol=1e-6), n
     assert s1.entropy == pytest.approx(s2.entropy, abs=1e-4) and s1.pg_loss == pytest.approx(s2.pg_loss, abs=1e-6)
     assert s1.entropy_hist.numel() == s2.entropy_hist.numel() == int(ro.response_mask.sum())
+
+
+# ---- the update against a from-scratch reference: normalisers, skipped rows, terms, old policy ----
+
+from skyexp.actor import response_logits, sampling_view  # noqa: E402
+from skyexp.algos.entropy import token_entropy  # noqa: E402
+from skyexp.algos.kl import KL_ESTIMATORS  # noqa: E402
+from skyexp.algos.losses import AGGREGATIONS, token_logprobs  # noqa: E402
+from skyexp.algos.token_rules import TOKEN_RULES  # noqa: E402
+
+
+def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=None, ref=None, kl_coef=0.0, rule="none",
+                     params=None, max_len=None):
+    """The update written out plainly: every row of the mini-batch through one forward pass,
+    old log-probs the sampler's for every epoch and mini-batch, SGD with lr 1."""
+    p = copy.deepcopy(policy)
+    opt = torch.optim.SGD(p.parameters(), lr=1.0)
+    old = ro.logprobs if old is None else old
+    ent = ro.entropy if ent is None else ent
+    tr, params = TOKEN_RULES[rule], params or {}
+    agg = AGGREGATIONS[algo.loss_agg]
+    lm_all = ro.response_mask * weights[:, None]
+    groups = (weights.view(-1, ro.n) > 0).any(-1).nonzero().squeeze(1).tensor_split(algo.mini_batches)
+    for _ in range(algo.ppo_epochs):
+        for g in groups:
+            rows = (g[:, None] * ro.n + torch.arange(ro.n)).flatten()
+            lm = lm_all[rows]
+            adv_tok = adv[rows, None].expand_as(lm)
+            torch.manual_seed(123)
+            sel = tr.select(adv_tok, old[rows], ent[rows], lm, **params) if tr.select else torch.zeros_like(lm, dtype=torch.bool)
+            logits = response_logits(p, ro.sequences[rows], ro.attention_mask[rows], ro.prompt_len)
+            logp = token_logprobs(logits, ro.responses[rows], ro.temperature)
+            norm = dict(num_tokens=float(lm.sum()), num_seqs=float(weights[rows].sum()), max_len=max_len or lm.shape[1])
+            pg, _ = tr.loss(logp, old[rows], adv_tok, sel, clip_low=algo.clip_low, clip_high=algo.clip_high,
+                            clip_c=algo.clip_c, ratio_max=algo.ratio_max, **params)
+            loss = agg(pg, lm, **norm) - coef * agg(token_entropy(logits, ro.temperature), lm, **norm)
+            if kl_coef:
+                loss = loss + kl_coef * agg(KL_ESTIMATORS[algo.kl_estimator](logp, ref[rows]), lm, **norm)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    return p
+
+
+def _same(a, b, atol=2e-5):
+    for (n, x), (_, y) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.allclose(x, y, atol=atol), n
+
+
+@pytest.fixture()
+def batch(setup):
+    tok, policy, eng, d = setup
+    prompts = tok(["Compute 1+1.\n", "Compute (2*3)-1.\n", "Compute 4*4.\n"], add_special_tokens=False)["input_ids"]
+    torch.manual_seed(5)
+    ro = eng.generate(prompts, 4, 10, 1.0)
+    adv = torch.tensor([0.5, -0.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 1.0, -1.0, 0.3, -0.3])  # group 1 all zero
+    weights = torch.tensor([1.0] * 10 + [0.0, 1.0])  # one filtered row
+    return policy, ro, adv, weights, d
+
+
+@pytest.mark.parametrize("case", ["plain", "entropy_bonus", "kl_loss", "seq-mean-token-sum-norm", "epochs_minibatches",
+                                  "kl_cov", "clip_cov", "high_entropy_tokens"])
+def test_update_equals_reference(batch, case):
+    """Micro-batches of 3 rows, zero-gradient rows skipped, global normalisers: the same parameters as
+    the plain full-batch computation, for each term and token rule. kl_cov with noisy old log-probs
+    gives zero-advantage rows a gradient: they must not be skipped."""
+    policy, ro, adv, weights, d = batch
+    algo, kw = AlgoConfig(), {}
+    torch.manual_seed(9)
+    noisy_old = ro.logprobs + 0.3 * torch.randn_like(ro.logprobs) * ro.response_mask
+    if case == "entropy_bonus":
+        kw = dict(coef=0.05)
+    elif case == "kl_loss":
+        kw = dict(ref=ro.logprobs - 0.2 * ro.response_mask, kl_coef=0.5)
+    elif case == "seq-mean-token-sum-norm":
+        algo, kw = AlgoConfig(loss_agg=case), dict(max_len=16)
+    elif case == "epochs_minibatches":
+        algo = AlgoConfig(ppo_epochs=2, mini_batches=2)
+    elif case == "kl_cov":
+        kw = dict(rule=case, params=dict(kl_cov_ratio=0.3, kl_cov_coef=1.0), old=noisy_old)
+    elif case == "clip_cov":
+        kw = dict(rule=case, params=dict(clip_cov_ratio=0.2, cov_low=-5.0, cov_high=5.0))
+    elif case == "high_entropy_tokens":
+        kw = dict(rule=case, params=dict(top_ratio=0.3))
+    expected = reference_update(policy, ro, adv, weights, algo, **kw)
+    p = copy.deepcopy(policy)
+    opt = torch.optim.SGD(p.parameters(), lr=1.0)
+    torch.manual_seed(123)
+    st = rl_update(p, opt, ro, adv, weights, algo, kw.get("coef", 0.0), 3, 0.0, 1, d.device, old_logprobs=kw.get("old"),
+                   ref_logprobs=kw.get("ref"), kl_coef=kw.get("kl_coef", 0.0), rule=kw.get("rule", "none"),
+                   rule_params=kw.get("params"), max_response_len=kw.get("max_len"))
+    _same(p, expected)
+    assert any(not torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
+    assert st.optimizer_steps == algo.ppo_epochs * algo.mini_batches
+    if case == "kl_loss":
+        assert st.kl_ref is not None and st.kl_ref > 0
+    if case in ("kl_cov", "clip_cov", "high_entropy_tokens"):
+        assert 0 < st.rule_frac < 1
+
+
+def test_old_policy_is_the_sampler_for_every_minibatch(batch):
+    """With 2 mini-batches x 2 epochs the later steps see ratios != 1 against the sampler (ppo_kl > 0);
+    the reference above uses the sampler's log-probs throughout and matches (previous test)."""
+    policy, ro, adv, weights, d = batch
+    p = copy.deepcopy(policy)
+    st = rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(ppo_epochs=2, mini_batches=2),
+                   0.0, 4, 0.0, 1, d.device)
+    assert st.ppo_kl != 0.0 and st.optimizer_steps == 4
+    p1 = copy.deepcopy(policy)
+    st1 = rl_update(p1, torch.optim.SGD(p1.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)
+    assert abs(st1.ppo_kl) < 1e-5  # one on-policy step: the ratio is 1 up to float noise
+
+
+def test_recomputed_old_logprobs_match_the_engine(batch):
+    policy, ro, adv, weights, d = batch
+    old, ent = sampling_view(policy, ro, weights, True, 5, d.device)
+    trained = ro.response_mask * weights[:, None]
+    assert torch.allclose(old * trained, ro.logprobs * trained, atol=1e-4)
+    assert (old * (1 - weights[:, None])).abs().sum() == 0  # filtered rows are not recomputed
+    assert ent is ro.entropy
+    import dataclasses
+
+    old2, ent2 = sampling_view(policy, dataclasses.replace(ro, entropy=None), weights, False, 5, d.device)
+    assert old2 is ro.logprobs and torch.allclose(ent2, ro.entropy, atol=1e-4)

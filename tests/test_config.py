@@ -77,7 +77,17 @@ def test_unknown_group_option_lists_valid_ones():
     "overrides,key",
     [
         (["algo.n=1"], "algo.n"),  # rloo needs a leave-one-out baseline
-        (["algo.name=nope"], "algo.name"),
+        (["algo.advantage=nope"], "algo.advantage"),
+        (["algo.name=grpo"], "algo.name"),  # an estimator's name on the rloo preset: ambiguous
+        (["algo.kl_mode=both"], "algo.kl_mode"),
+        (["algo.old_logprobs=engine"], "algo.old_logprobs"),
+        (["algo.dynamic_sampling=true"], "algo.dynamic_sampling"),  # needs a group filter
+        (["algo.filter_groups=wrong_name"], "algo.filter_groups"),
+        (["algo.filter_low=0.9", "algo.filter_high=0.1"], "algo.filter_low"),
+        (["+reward.terms.length=1"], "reward.terms.length"),
+        (["reward.terms.accuracy=0"], "reward.terms"),
+        (["entropy.top_ratio=0"], "entropy.top_ratio"),
+        (["algo=ppo_offpolicy", "algo.advantage=rloo", "algo.n=1"], "algo.n"),
         (["algo.loss_agg=sum"], "algo.loss_agg"),
         (["entropy.name=magic"], "entropy.name"),
         (["context=sky_t1_mini", "context.stages.1.max_response_len=100"], "context.stages[1].max_response_len"),
@@ -91,7 +101,7 @@ def test_unknown_group_option_lists_valid_ones():
 def test_cross_field_checks_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         to_typed(compose_cfg(overrides))
-    assert key in str(e.value)
+    assert f"config key '{key}'" in str(e.value)
 
 
 def test_world_size_divisibility():

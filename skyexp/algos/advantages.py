@@ -1,7 +1,9 @@
 """Advantage estimators over groups of samples. Each maps rewards [B, n] to advantages [B, n].
 
 B prompts, n samples per prompt. Every estimator gives exactly zero advantage to a group
-whose rewards are all equal: such a group carries no learning signal.
+whose rewards are all equal (n >= 2): such a group carries no learning signal. The caller passes
+the groups that train this step, gathered over all ranks, so batch-level statistics
+(REINFORCE++) are those of the whole training batch.
 """
 
 from __future__ import annotations
@@ -45,8 +47,31 @@ def dr_grpo(rewards: torch.Tensor, **kw: object) -> torch.Tensor:
     return grpo(rewards, norm_by_std=False, **kw)
 
 
+def reinforce_pp(rewards: torch.Tensor, eps: float = 1e-6, **_: object) -> torch.Tensor:
+    """REINFORCE++ (Hu, arXiv 2501.03262): normalise over the whole batch, not per group.
+
+    n >= 2 (the paper's "REINFORCE++-baseline", its form for several samples per prompt):
+        A_i = (r_i - mean_group(r)) / (std_batch(r - mean_group(r)) + eps)
+    n = 1 (the original form): A_i = (r_i - mean_batch(r)) / (std_batch(r) + eps).
+    std_batch is the population std over every sequence of the batch, as OpenRLHF computes it.
+
+    Departures: statistics are over sequences; the paper whitens per token, which weights long
+    responses more (with outcome rewards and no per-token KL term every token of a sequence
+    carries the same value). The batch mean of group-centred values is exactly 0 in exact
+    arithmetic, so it is not subtracted again: equal-reward groups stay exactly 0.
+    """
+    if rewards.numel() == 0:
+        return rewards.clone()
+    if rewards.shape[-1] == 1:
+        centred = rewards - rewards.mean()
+    else:
+        centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    return centred / (centred.pow(2).mean().sqrt() + eps)
+
+
 ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
     "rloo": rloo,
     "grpo": grpo,
     "dr_grpo": dr_grpo,
+    "reinforce_pp": reinforce_pp,
 }

@@ -24,32 +24,37 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 4
     return out.view(logits.shape[:-1])
 
 
-# Controllers: (coef, last_entropy, params) -> (next coef, coef in force this step).
-# `last_entropy` is the mean response-token entropy of the previous step (None at the start).
+# Controllers: (coef, entropy, params) -> (next coef, coef in force this step).
+# `entropy` is this step's mean token entropy of the sampling policy over the tokens that train,
+# known before the update (the rollout carries it), so no controller lags a step behind.
+# The coefficient is the controller's whole state: Run.entropy_coef, saved with a checkpoint.
+# Token-level mechanisms (clip_cov, kl_cov, high_entropy_tokens) live in skyexp.algos.token_rules
+# and add no bonus.
 
 
-def no_bonus(coef: float, last_entropy: float | None, **_: float) -> tuple[float, float]:
+def no_bonus(coef: float, entropy: float, **_: float) -> tuple[float, float]:
     """Entropy is measured and logged; no bonus."""
     return coef, 0.0
 
 
-def fixed_bonus(coef: float, last_entropy: float | None, **_: float) -> tuple[float, float]:
+def fixed_bonus(coef: float, entropy: float, **_: float) -> tuple[float, float]:
     """Constant coefficient: loss -= coef * H."""
     return coef, coef
 
 
 def adaptive_bonus(
-    coef: float, last_entropy: float | None, *, target: float, delta: float, coef_min: float, coef_max: float, **_: float
+    coef: float, entropy: float, *, target: float, delta: float, coef_min: float, coef_max: float, **_: float
 ) -> tuple[float, float]:
-    """Skywork-OR1 adaptive entropy control (arXiv 2505.22312, sec. 3.2).
+    """Skywork-OR1 adaptive entropy control (arXiv 2505.22312, sec. 3.2; their release's EntController).
 
-    c_{k+1} = clip(c_k + delta * sign(target - H_k), c_min, c_max); the bonus c_k is in force
-    only while H_k < target. Departure: H_k is the previous step's batch entropy (the current
-    one is known only after the update's forward pass), a one-step lag.
+    alpha_k = c_k * 1[H_k < target]  (the bonus in force at step k: loss -= alpha_k * H)
+    c_{k+1} = clip(c_k + delta * sign(target - H_k), c_min, c_max),  c_0 = entropy.coef (0).
+    Release defaults: target 0.2, delta 1e-4, c_min 0, c_max 5e-3. H_k is the current policy's
+    entropy on this step's training tokens, measured before the update (the rollout's entropies);
+    their release measures it during the update and so applies it one step late. At H_k == target
+    the coefficient decreases and no bonus applies, as in the release.
     """
-    if last_entropy is None:
-        return coef, 0.0
-    below = last_entropy < target
+    below = entropy < target
     in_force = coef if below else 0.0
     step = delta if below else -delta
     return min(max(coef + step, coef_min), coef_max), in_force
@@ -59,4 +64,7 @@ CONTROLLERS: dict[str, Callable[..., tuple[float, float]]] = {
     "none": no_bonus,
     "fixed": fixed_bonus,
     "adaptive": adaptive_bonus,
+    "clip_cov": no_bonus,
+    "kl_cov": no_bonus,
+    "high_entropy_tokens": no_bonus,
 }

@@ -42,8 +42,12 @@ def clipped_policy_loss(
     L = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)),  r = exp(logp - old_logp).
     Separate low/high ranges are DAPO's clip-higher (arXiv 2503.14476). With clip_c > 1, dual
     clip (Ye et al., arXiv 1912.09729) bounds the loss of negative-advantage tokens by -A clip_c.
-    The log-ratio is clamped to +-log(ratio_max) before exp for numerical safety only.
-    Returns per-token loss [N, T] and per-token stats (detached): clipped_low, clipped_high, approx_kl.
+    The log-ratio is clamped to +-log(ratio_max) before exp for numerical safety. With the usual
+    ranges (clip_low < 1 - 1/ratio_max) the PPO clip already zeroes the gradient of every token the
+    clamp could touch except A < 0 tokens with r > ratio_max, where the clamp acts as a dual clip
+    at c = ratio_max (DAPO's recipes use c = 10).
+    Returns per-token loss [N, T] and per-token stats (detached): clipped_low, clipped_high (the
+    PPO clip is active), dual_clipped (the dual clip is active; verl's pg_clipfrac_lower), approx_kl.
     """
     bound = math.log(ratio_max)
     log_ratio = (logp - old_logp).clamp(-bound, bound)
@@ -51,12 +55,15 @@ def clipped_policy_loss(
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(loss_unclipped, loss_clipped)
+    dual = torch.zeros_like(loss, dtype=torch.bool)
     if clip_c > 1.0:
-        loss = torch.where(advantages < 0, torch.minimum(loss, -advantages * clip_c), loss)
+        dual = (advantages < 0) & (loss > -advantages * clip_c)
+        loss = torch.where(dual, -advantages * clip_c, loss)
     with torch.no_grad():
         stats = {
             "clipped_low": ((ratio < 1.0 - clip_low) & (advantages < 0)).float(),
             "clipped_high": ((ratio > 1.0 + clip_high) & (advantages > 0)).float(),
+            "dual_clipped": dual.float(),
             # k1 estimate of KL(old || new) on the sampled tokens, as verl's actor/ppo_kl.
             "approx_kl": (old_logp - logp).detach(),
         }

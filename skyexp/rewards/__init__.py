@@ -3,6 +3,8 @@
 Model text is untrusted: extraction is linear-time string work in this process, and symbolic
 checks run in a spawned process pool with per-item timeouts and a memory cap
 (skyexp.rewards.pool). A hang, a crash or an error scores 0 and is counted, never stalls a step.
+`score` returns correctness (1/0), which evaluation uses as is; the RL reward composes weighted
+terms on top of it (skyexp.rewards.terms, `reward.terms`).
 """
 
 from __future__ import annotations
@@ -11,8 +13,6 @@ from dataclasses import dataclass
 
 from skyexp.config import RewardConfig
 from skyexp.rewards.extract import fast_verdict, last_boxed
-
-REWARD_NAMES = ["math_verify"]
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,5 @@ class MathVerifyReward:
 
 
 def build_reward(cfg: RewardConfig) -> MathVerifyReward:
-    if cfg.name == "math_verify":
-        return MathVerifyReward(cfg)
-    raise KeyError(f"unknown reward '{cfg.name}'; valid options: {', '.join(REWARD_NAMES)}")
+    """The correctness scorer. Every reward preset verifies with math-verify; presets differ in terms."""
+    return MathVerifyReward(cfg)

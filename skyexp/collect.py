@@ -1,0 +1,157 @@
+"""The step's training batch: generate, score, filter groups, and (DAPO dynamic sampling) keep
+generating until enough groups are informative. Then advantages over the groups that train.
+
+collect_batch returns every sample generated this step (for metrics: the policy's own
+behaviour) together with the groups that train. With `algo.dynamic_sampling` (DAPO, arXiv
+2503.14476) generation repeats, a prompt batch at a time, until each rank holds its share
+(batch_size / world_size) of groups that pass `algo.filter_groups`, or `algo.max_gen_batches`
+batches were generated; the first groups that passed train, the rest do not. Departures from
+DAPO: each rank fills its own share (DAPO fills the global batch), and at the cap the step
+trains on the groups it has (verl raises an error); `batch/gen_batches` and
+`batch/train_groups` show both.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from skyexp.algos.advantages import ADVANTAGES
+from skyexp.algos.filters import FILTERS
+from skyexp.algos.kl import KL_ESTIMATORS
+from skyexp.config import AlgoConfig
+from skyexp.data import make_batch
+from skyexp.distributed import all_gather_objects, all_reduce_sum
+from skyexp.rewards import Scored
+from skyexp.rewards.terms import ScoreInput, combine
+from skyexp.types import Rollout
+
+
+@dataclass(frozen=True)
+class StepBatch:
+    """Everything one RL step generated on this rank. G groups of n samples, rows grouped by group."""
+
+    rollout: Rollout  # [G*n, ...] every generated sample
+    correct: torch.Tensor  # [G, n] 1/0 math-verify correctness
+    rewards: torch.Tensor  # [G, n] weighted total of the reward terms
+    terms: dict[str, torch.Tensor]  # {term: [G, n]} unweighted values
+    kept: torch.Tensor  # [G] bool, passed the group filter
+    train: torch.Tensor  # [G] bool, trains this step (kept, and within the batch quota)
+    statuses: list[str]  # [G*n] scoring status (ok | timeout | error)
+    extracted: list[str | None]  # [G*n] final boxed answers
+    gen_batches: int  # generation rounds this step took (the same on every rank)
+
+    def row_weights(self, mask_truncated: bool) -> torch.Tensor:
+        """[G*n] 1 for rows that train. DAPO overlong filtering (mask_truncated) drops truncated
+        responses from the loss; they still count in their group's baseline."""
+        w = self.train.repeat_interleave(self.rollout.n).float()
+        return w * (~self.rollout.truncated).float() if mask_truncated else w
+
+
+def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
+    """Generate and score prompt batches (several under dynamic sampling), filter groups."""
+    cfg, d = run.cfg, run.d
+    a = cfg.algo
+    quota = stage.batch_size // d.world_size  # this rank's share of the groups that train
+    parts: list[tuple[Rollout, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Scored, torch.Tensor]] = []
+    have, rounds = 0, 0
+    while True:
+        rounds += 1
+        # every rank draws every round, so the samplers stay in step; a rank whose share is full
+        # skips its prompts instead of generating
+        problems = sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
+        if have < quota or not a.dynamic_sampling:
+            prompts = make_batch(problems, run.tokenizer, cfg.data.prompt_template, cfg.model.chat_template)
+            with timer("gen"):
+                rollout = run.engine.generate(prompts.prompt_ids, stage.n, stage.max_response_len, stage.temperature,
+                                              cfg.rollout.top_p)
+            with timer("reward"):
+                texts = run.tokenizer.batch_decode(rollout.responses, skip_special_tokens=True)
+                scored = run.reward.score(texts, [x for x in prompts.answers for _ in range(stage.n)])
+                correct = torch.tensor(scored.scores, dtype=torch.float32)
+                total, terms = combine(ScoreInput(texts, correct, rollout.response_lengths, rollout.truncated,
+                                                  stage.max_response_len), cfg.reward)
+            view = (total.view(-1, stage.n), correct.view(-1, stage.n))
+            keep = FILTERS[a.filter_groups](*view, low=a.filter_low, high=a.filter_high)
+            parts.append((rollout, *view, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep))
+            have += int(keep.sum())
+        if not a.dynamic_sampling or rounds >= a.max_gen_batches:
+            break
+        if all_reduce_sum([float(have < quota)], d.device)[0] == 0:  # every rank holds its share
+            break
+    kept = torch.cat([p[5] for p in parts])
+    train = kept & (kept.cumsum(0) <= quota) if a.dynamic_sampling else kept
+    return StepBatch(
+        rollout=concat_rollouts([p[0] for p in parts], run.tokenizer.pad_token_id),
+        correct=torch.cat([p[2] for p in parts]),
+        rewards=torch.cat([p[1] for p in parts]),
+        terms={k: torch.cat([p[3][k] for p in parts]) for k in parts[0][3]},
+        kept=kept,
+        train=train,
+        statuses=[s for p in parts for s in p[4].status],
+        extracted=[x for p in parts for x in p[4].extracted],
+        gen_batches=rounds,
+    )
+
+
+def concat_rollouts(parts: list[Rollout], pad_id: int) -> Rollout:
+    """One Rollout from several: prompts re-left-padded to the longest, responses right-padded."""
+    if len(parts) == 1:
+        return parts[0]
+    plen = max(p.prompt_len for p in parts)
+    rlen = max(p.response_mask.shape[1] for p in parts)
+
+    def seq(p: Rollout, x: torch.Tensor, fill: float) -> torch.Tensor:
+        out = torch.full((x.shape[0], plen + rlen), fill, dtype=x.dtype)
+        out[:, plen - p.prompt_len : plen - p.prompt_len + x.shape[1]] = x
+        return out
+
+    def resp(x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([x, x.new_zeros(x.shape[0], rlen - x.shape[1])], dim=1)
+
+    has_entropy = all(p.entropy is not None for p in parts)
+    return Rollout(
+        sequences=torch.cat([seq(p, p.sequences, pad_id) for p in parts]),
+        attention_mask=torch.cat([seq(p, p.attention_mask, 0) for p in parts]),
+        response_mask=torch.cat([resp(p.response_mask) for p in parts]),
+        logprobs=torch.cat([resp(p.logprobs) for p in parts]),
+        truncated=torch.cat([p.truncated for p in parts]),
+        prompt_len=plen,
+        n=parts[0].n,
+        temperature=parts[0].temperature,
+        entropy=torch.cat([resp(p.entropy) for p in parts]) if has_entropy else None,
+    )
+
+
+def kl_coefs(a: AlgoConfig) -> tuple[float, float]:
+    """(coefficient of the KL loss term, coefficient of the KL reward penalty): one is a.kl_coef."""
+    return (a.kl_coef, 0.0) if a.kl_mode == "loss" else (0.0, a.kl_coef)
+
+
+def kl_penalty(a: AlgoConfig, logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """Per-sequence KL of the sampler to the reference, sum_t KL_t over response tokens [G*n]
+    (the RLOO-style reward penalty r - beta * KL, Ahmadian et al. 2402.14740; TRL uses k1).
+    Zero when no reference is loaded."""
+    if ref_logp is None:
+        return torch.zeros(mask.shape[0])
+    return (KL_ESTIMATORS[a.kl_estimator](logp, ref_logp) * mask).sum(-1)
+
+
+def group_advantages(a: AlgoConfig, rewards: torch.Tensor, train: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """ADVANTAGES[a.advantage] over the groups that train on every rank (gathered, so batch-level
+    statistics are global), returned for this rank's rows [G*n]; 0 for groups that do not train."""
+    mine = rewards[train]
+    everyone = all_gather_objects(mine)
+    adv_all = ADVANTAGES[a.advantage](torch.cat(everyone), norm_by_std=a.norm_by_std, eps=a.adv_eps)
+    start = sum(x.shape[0] for x in everyone[: _rank(len(everyone))])
+    adv = torch.zeros_like(rewards)
+    adv[train] = adv_all[start : start + mine.shape[0]]
+    return adv.flatten()
+
+
+def _rank(world: int) -> int:
+    import torch.distributed as dist
+
+    return dist.get_rank() if world > 1 else 0
