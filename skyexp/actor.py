@@ -229,10 +229,12 @@ def _hist_sample(ent: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 def _mini_batches(weights: torch.Tensor, n: int, parts: int) -> list[torch.Tensor]:
-    """Row indices of `parts` mini-batches: the groups that train, split into near-equal parts
-    with each group's n rows kept together."""
+    """Row indices of `parts` mini-batches: the groups that train, dealt out in turn (group k to
+    mini-batch k mod parts), each group's n rows together. Dealing rather than cutting makes the
+    global mini-batches the same for any number of ranks when every rank trains a multiple of
+    `parts` groups (each rank holds a contiguous block of the batch)."""
     groups = (weights.view(-1, n) > 0).any(-1).nonzero().squeeze(1)
-    return [(g[:, None] * n + torch.arange(n)).flatten() for g in groups.tensor_split(parts)]
+    return [(groups[m::parts, None] * n + torch.arange(n)).flatten() for m in range(parts)]
 
 
 def _chunks(rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, float]]:

@@ -114,9 +114,9 @@ def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=Non
     tr, params = TOKEN_RULES[rule], params or {}
     agg = AGGREGATIONS[algo.loss_agg]
     lm_all = ro.response_mask * weights[:, None]
-    groups = (weights.view(-1, ro.n) > 0).any(-1).nonzero().squeeze(1).tensor_split(algo.mini_batches)
+    trained = (weights.view(-1, ro.n) > 0).any(-1).nonzero().squeeze(1)
     for _ in range(algo.ppo_epochs):
-        for g in groups:
+        for g in [trained[m :: algo.mini_batches] for m in range(algo.mini_batches)]:
             rows = (g[:, None] * ro.n + torch.arange(ro.n)).flatten()
             lm = lm_all[rows]
             adv_tok = adv[rows, None].expand_as(lm)
