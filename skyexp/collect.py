@@ -144,9 +144,11 @@ def group_advantages(a: AlgoConfig, rewards: torch.Tensor, train: torch.Tensor, 
     statistics are global), returned for this rank's rows [G*n]; 0 for groups that do not train."""
     mine = rewards[train]
     everyone = all_gather_objects(mine)
+    adv = torch.zeros_like(rewards)
+    if sum(x.shape[0] for x in everyone) == 0:
+        return adv.flatten()
     adv_all = ADVANTAGES[a.advantage](torch.cat(everyone), norm_by_std=a.norm_by_std, eps=a.adv_eps)
     start = sum(x.shape[0] for x in everyone[: _rank(len(everyone))])
-    adv = torch.zeros_like(rewards)
     adv[train] = adv_all[start : start + mine.shape[0]]
     return adv.flatten()
 

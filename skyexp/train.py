@@ -122,7 +122,7 @@ def rl_step(run: Run, stage: StagePlan, sampler: PromptSampler, opt: torch.optim
     extra = {"actor/entropy_trained": h}
     if ref_logp is not None:
         extra["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
-        extra["critic/kl_coeff"] = a.kl_coef
+        extra["critic/kl_coeff"] = kl_reward_coef  # the reward penalty's weight (0 with the KL loss)
     if a.old_logprobs == "recompute":
         extra["rollout/logprob_diff"] = global_token_mean((old_logp - ro.logprobs).abs(), trained_tokens, dev)
     return step_metrics(batch, adv, weights, stats, t.s, stage.index, run.rl_step, dev, extra)
