@@ -6,8 +6,9 @@ behaviour) together with the groups that train. With `algo.dynamic_sampling` (DA
 2503.14476) generation repeats, a prompt batch at a time, until each rank holds its share
 (batch_size / world_size) of groups that pass `algo.filter_groups`, or `algo.max_gen_batches`
 batches were generated; the first groups that passed train, the rest do not. Departures from
-DAPO: each rank fills its own share (DAPO fills the global batch), and at the cap the step
-trains on the groups it has (verl raises an error); `batch/gen_batches` and
+DAPO: each rank fills its own share (DAPO fills the global batch; a rank already full skips the
+prompts drawn for it while others keep generating, so the prompt samplers stay in step), and at
+the cap the step trains on the groups it has (verl raises an error); `batch/gen_batches` and
 `batch/train_groups` show both.
 """
 

@@ -105,14 +105,14 @@ def rl_step(run: Run, stage: StagePlan, sampler: PromptSampler, opt: torch.optim
         with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
             old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev)
         with t("ref"):
-            ref_logp = forward_stats(run.ref, ro, (weights > 0).nonzero().squeeze(1), mb, dev, False)[0] if run.ref else None
+            ref_logp = reference_logprobs(run, ro, weights)  # None unless a KL term is on
         kl_loss_coef, kl_reward_coef = kl_coefs(a)
         seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n]
         adv = group_advantages(a, batch.rewards - kl_reward_coef * seq_kl, batch.train, dev)  # [G*n]
         trained_tokens = ro.response_mask * weights[:, None]
         h = global_token_mean(ent, trained_tokens if float(trained_tokens.sum()) > 0 else ro.response_mask, dev)
         run.entropy_coef, coef = CONTROLLERS[e.name](run.entropy_coef, h, target=e.target, delta=e.delta,
-                                                     coef_min=e.coef_min, coef_max=e.coef_max)
+                                                     coef_min=e.coef_min, coef_max=e.coef_max)  # bonus from this step's entropy
         with t("update"):
             stats = rl_update(run.policy, opt, ro, adv, weights, a, coef, mb, cfg.trainer.grad_clip, run.d.world_size, dev,
                               old_logprobs=old_logp, entropy=ent, ref_logprobs=ref_logp, kl_coef=kl_loss_coef, rule=e.name,
@@ -126,6 +126,14 @@ def rl_step(run: Run, stage: StagePlan, sampler: PromptSampler, opt: torch.optim
     if a.old_logprobs == "recompute":
         extra["rollout/logprob_diff"] = global_token_mean((old_logp - ro.logprobs).abs(), trained_tokens, dev)
     return step_metrics(batch, adv, weights, stats, t.s, stage.index, run.rl_step, dev, extra)
+
+
+def reference_logprobs(run: Run, ro, weights: torch.Tensor) -> torch.Tensor | None:
+    """The reference policy's log-probs [G*n, R] on the rows that train; None without a reference."""
+    if run.ref is None:
+        return None
+    return forward_stats(run.ref, ro, (weights > 0).nonzero().squeeze(1), run.cfg.trainer.micro_batch_size, run.d.device,
+                         False)[0]
 
 
 def run_rl(run: Run, sampler: PromptSampler) -> None:

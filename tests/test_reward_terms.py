@@ -8,7 +8,16 @@ import pytest
 import torch
 
 from skyexp.config import RewardConfig
-from skyexp.rewards.terms import REWARD_TERMS, ScoreInput, accuracy, combine, cosine, follows_template, format_term, overlong
+from skyexp.rewards.terms import (
+    REWARD_TERMS,
+    ScoreInput,
+    accuracy,
+    combine,
+    cosine,
+    follows_template,
+    format_term,
+    overlong,
+)
 
 
 def _x(correct, lengths, truncated=None, max_len=100, texts=None):
