@@ -148,6 +148,8 @@ def rl_update(
     Rows whose gradient is exactly zero (filtered, or zero advantage with no entropy bonus, no KL
     loss and no token rule acting on them) skip the forward pass: they still count in the
     normalisers, so the update is the one the full batch gives, at a fraction of the cost.
+    A mini-batch with no such row on any rank takes no optimizer step (departure from verl, which
+    steps on zero gradients: AdamW momentum and weight decay would still move the parameters).
     """
     if entropy is None and rollout.entropy is None:
         entropy = sampling_view(model, rollout, weights, False, micro_batch_size, device)[1]

@@ -216,6 +216,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
                 summary.update(sft.run_sft(cfg, d, policy, tokenizer, task.train, sft_dir, run.log, d.is_main and cfg.logger.progress))
                 engine.sync_weights(policy)
             summary["sft_cached"] = bool(cfg.sft.steps) and start != base
+            summary["sft_dir"] = str(sft_dir) if cfg.sft.steps else None
         if cfg.algo.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
             run.ref = load_reference(str(sft_dir) if cfg.sft.steps else base, cfg, d)
         with _phase(summary, "eval_before"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,23 +41,21 @@ def _check_run(run_dir, world_size: int):
 def test_single_process_run_and_sft_cache(tmp_path):
     from transformers import AutoModelForCausalLM
 
-    r = run_skyexp(TINY, tmp_path)
+    args = TINY + ["sft.steps=7"]  # an SFT config no other test uses: this run must train it
+    r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)
     summary = _check_run(run_dir, 1)
     assert summary["sft_cached"] is False
     assert list(run_dir.rglob("wandb/offline-run-*")), "W&B offline run directory missing"
     # RL changed the parameters: the exported policy differs from the SFT checkpoint it started from
-    import os
-    from pathlib import Path
-
-    sft_dirs = list((Path(os.environ["SKYEXP_CACHE"]) / "sft").glob("*/DONE"))
-    assert len(sft_dirs) == 1
-    before = AutoModelForCausalLM.from_pretrained(sft_dirs[0].parent).state_dict()
+    sft_dir = Path(summary["sft_dir"])
+    assert (sft_dir / "DONE").exists(), "the SFT result was not cached"
+    before = AutoModelForCausalLM.from_pretrained(sft_dir).state_dict()
     after = AutoModelForCausalLM.from_pretrained(run_dir / "final").state_dict()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     # the same config again skips SFT
-    r2 = run_skyexp(TINY, tmp_path / "again")
+    r2 = run_skyexp(args, tmp_path / "again")
     assert r2.returncode == 0, r2.stderr[-3000:]
     assert json.loads((only_run_dir(tmp_path / "again") / "summary.json").read_text())["sft_cached"] is True
 
