@@ -23,7 +23,7 @@ from skyexp.algos.advantages import ADVANTAGES
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.config import AlgoConfig
-from skyexp.data import make_batch
+from skyexp.data import make_batch, template_of
 from skyexp.distributed import all_gather_objects, all_reduce_sum
 from skyexp.rewards import Scored
 from skyexp.rewards.terms import ScoreInput, combine
@@ -64,7 +64,7 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
         # skips its prompts instead of generating
         problems = sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
         if have < quota or not a.dynamic_sampling:
-            prompts = make_batch(problems, run.tokenizer, cfg.data.prompt_template, cfg.model.chat_template)
+            prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
             with timer("gen"):
                 rollout = run.engine.generate(prompts.prompt_ids, stage.n, stage.max_response_len, stage.temperature,
                                               cfg.rollout.top_p)

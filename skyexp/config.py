@@ -41,18 +41,48 @@ class ModelConfig:
 
 
 @dataclass
+class MixEntry:
+    """One source of a data mix (`data.mix`). Per epoch the source contributes `count` rows when
+    count > 0, else round(weight * its rows): 1.0 every row once, 0.5 a seeded half, 2.0 twice."""
+
+    source: str = "jsonl"  # a source name of data.source (not mix or arith)
+    path: str = ""  # hub id or local file/directory; empty: the source's own hub id
+    split: str = ""  # empty: the source's default split
+    weight: float = 1.0
+    count: int = 0
+    problem_key: str = ""  # jsonl | parquet | hub only; empty: data.problem_key
+    answer_key: str = ""  # jsonl | parquet | hub only; empty: data.answer_key
+    data_sources: list[str] = field(default_factory=list)  # verl rows: keep these data_source values
+
+
+@dataclass
 class DataConfig:
     name: str = "arith"
-    source: str = "arith"  # arith | jsonl | parquet | hub
-    path: str = ""  # local file, or hub id for source=hub
-    split: str = "train"
-    problem_key: str = "problem"
+    # arith | still3 | eurus_numina | deepscaler | skywork_or1_math | jsonl | parquet | hub | mix
+    source: str = "arith"
+    path: str = ""  # hub id or local file/directory; empty for a named source: its hub id
+    split: str = ""  # empty: the source's default split (train; Skywork-OR1: math)
+    problem_key: str = "problem"  # jsonl | parquet | hub: field names (dotted paths allowed)
     answer_key: str = "answer"
-    # Prompt text given to the model; {problem} is replaced by the problem.
+    data_sources: list[str] = field(default_factory=list)  # verl rows: keep these data_source values
+    strip_system: bool = False  # drop the dataset's own system prompt (Eurus-2-RL-Data has one)
+    # Keep rows whose value at this dotted path is within difficulty_range (inclusive), e.g.
+    # Skywork-OR1's extra_info.model_difficulty.DeepSeek-R1-Distill-Qwen-7B in [1, 15], or the
+    # pass_rate column written by `python -m skyexp.filter`. Empty: no difficulty filter.
+    difficulty_key: str = ""
+    difficulty_range: list[float] = field(default_factory=list)
+    mix: list[MixEntry] = field(default_factory=list)  # data.source=mix: the sources and their shares
+    dedup: bool = True  # mix: drop repeated problems (normalised-text hash), first source wins
+    decontam: list[str] = field(default_factory=list)  # eval files whose problems never train
+    # Prompt: {problem} is replaced by the problem; system_prompt (if any) becomes the system
+    # message; response_prefix is appended after the prompt (e.g. "<think>\n"). conf/template/.
+    template: str = "custom"
     prompt_template: str = "{problem}"
+    system_prompt: str = ""
+    response_prefix: str = ""
     max_bad_fraction: float = 0.05  # stop before training if more rows than this are unusable
     shuffle: bool = True
-    # Built-in arithmetic task only.
+    # Built-in arithmetic task (task_seed also draws the rows of mixes with weight < 1 or counts).
     levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
     train_size: int = 20000
     eval_size: int = 200
@@ -70,12 +100,19 @@ class SFTConfig:
     warmup_steps: int = 10
     weight_decay: float = 0.0
     max_len: int = 256
-    # Where the worked solutions come from: the data source above (arith carries solutions),
-    # or a local jsonl with prompt/response fields.
-    source: str = "data"  # data | jsonl
+    # Where the responses come from: the data source's worked solutions (data), or an SFT set:
+    # a local .jsonl/.json or .parquet file, or a hub id / dataset directory (hub).
+    source: str = "data"  # data | jsonl | parquet | hub
     path: str = ""
+    split: str = "train"
+    # pairs: prompt_key / response_key fields, the prompt wrapped in data.prompt_template;
+    # conversation: a message list (messages_key; OpenAI role/content or ShareGPT from/value),
+    # the last assistant turn is the response, the turns before it are the prompt, as written.
+    format: str = "pairs"  # pairs | conversation
     prompt_key: str = "prompt"
     response_key: str = "response"
+    messages_key: str = "conversations"
+    system_key: str = "system"  # a top-level system prompt (Sky-T1's SFT sets), when present
     cache: bool = True  # reuse a finished SFT stage with the same config hash
 
 
@@ -228,6 +265,39 @@ class TrainerConfig:
 
 
 @dataclass
+class SampleJob:
+    """Sampling settings shared by the offline jobs below (same engine and reward as RL)."""
+
+    out: str = ""  # output jsonl; empty: <job>.jsonl in the run directory
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_response_len: int = 64
+    chunk: int = 256  # prompts sampled per engine call
+    size: int = 0  # only the first `size` problems of data.* (0: all)
+
+
+@dataclass
+class FilterConfig(SampleJob):
+    """`python -m skyexp.filter`: offline difficulty filtering and decontamination of data.*."""
+
+    n: int = 8  # samples per prompt for its pass rate; 0: no difficulty filtering
+    drop_all_wrong: bool = True  # drop pass rate 0 (DeepScaleR, Skywork-OR1)
+    drop_all_right: bool = True  # drop pass rate 1
+    benchmarks: list[str] = field(default_factory=list)  # eval files to decontaminate against
+    benchmark_key: str = "problem"
+    ngram: int = 10  # tokens per n-gram
+    overlap: float = 0.6  # shared n-grams / n-grams of the shorter problem at or above this: contaminated
+
+
+@dataclass
+class DistillConfig(SampleJob):
+    """`python -m skyexp.distill`: rejection-sampled SFT data from the current model."""
+
+    k: int = 8  # samples per prompt
+    keep: int = 1  # correct responses kept per prompt (0: all of them)
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -241,6 +311,8 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 def to_typed(cfg: DictConfig | dict) -> Config:
@@ -356,9 +428,11 @@ def validate(c: Config) -> None:
     _check(c.reward.workers >= 1, "reward.workers", "must be >= 1")
     _check(c.temperature.value > 0, "temperature.value", "must be > 0 (RL samples)")
     _check(c.sft.steps >= 0, "sft.steps", "must be >= 0")
-    _check(c.sft.source in ("data", "jsonl"), "sft.source", f"'{c.sft.source}' is not data or jsonl")
-    _check(c.sft.source != "jsonl" or bool(c.sft.path), "sft.path", "sft.source=jsonl needs sft.path")
-    _check(c.data.source in ("arith",) or bool(c.data.path), "data.path", f"data.source={c.data.source} needs data.path")
+    _check(c.sft.source in SFT_SOURCES, "sft.source", f"'{c.sft.source}' is not one of {', '.join(SFT_SOURCES)}")
+    _check(c.sft.source == "data" or bool(c.sft.path), "sft.path", f"sft.source={c.sft.source} needs sft.path")
+    _check(c.sft.format in ("pairs", "conversation"), "sft.format", f"'{c.sft.format}' is not pairs or conversation")
+    _validate_data(c.data)
+    _validate_jobs(c.filter, c.distill)
     _check(bool(c.data.levels) and all(1 <= lv <= 6 for lv in c.data.levels), "data.levels", "levels must be in 1..6")
     _check(0 <= c.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
     _check(0 <= c.data.slip_rate < 1, "data.slip_rate", "must be in [0, 1)")
@@ -382,6 +456,39 @@ def validate(c: Config) -> None:
         _check(bs % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({bs})")
         if s.temperature is not None:
             _check(s.temperature > 0, f"{key}.temperature", "must be > 0")
+
+
+SFT_SOURCES = ("data", "jsonl", "parquet", "hub")
+NEEDS_PATH = ("jsonl", "parquet", "hub")  # sources without a hub id of their own
+
+
+def _validate_data(d: DataConfig) -> None:
+    _check(d.source in NEEDS_PATH and bool(d.path) or d.source not in NEEDS_PATH, "data.path", f"data.source={d.source} needs data.path")
+    _check("{problem}" in d.prompt_template, "data.prompt_template", "must contain {problem}")
+    _check(len(d.difficulty_range) in (0, 2), "data.difficulty_range", "needs [min, max] (or [] for no filter)")
+    _check(not d.difficulty_range or d.difficulty_range[0] <= d.difficulty_range[1], "data.difficulty_range", "min > max")
+    _check(bool(d.difficulty_key) == bool(d.difficulty_range), "data.difficulty_key",
+           "data.difficulty_key and data.difficulty_range go together")
+    _check((d.source == "mix") == bool(d.mix), "data.mix", "data.source=mix needs data.mix entries, and only it uses them")
+    for i, m in enumerate(d.mix):
+        key = f"data.mix[{i}]"
+        _check_name(m.source, f"{key}.source", "data")
+        _check(m.source not in ("mix", "arith"), f"{key}.source", f"'{m.source}' cannot be mixed")
+        _check(m.source not in NEEDS_PATH or bool(m.path), f"{key}.path", f"source {m.source} needs a path")
+        _check(m.weight >= 0 and m.count >= 0, f"{key}.weight", "weight and count must be >= 0")
+        _check(m.weight > 0 or m.count > 0, f"{key}.weight", "weight or count must be > 0")
+
+
+def _validate_jobs(f: FilterConfig, d: DistillConfig) -> None:
+    _check(f.n >= 0, "filter.n", "must be >= 0 (0: no difficulty filtering)")
+    _check(0 < f.overlap <= 1, "filter.overlap", "must be in (0, 1]")
+    _check(f.ngram >= 1, "filter.ngram", "must be >= 1")
+    _check(d.k >= 1, "distill.k", "must be >= 1")
+    _check(d.keep >= 0, "distill.keep", "must be >= 0 (0: every correct response)")
+    for key, job in (("filter", f), ("distill", d)):
+        _check(job.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 = greedy)")
+        _check(0 < job.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
+        _check(job.chunk >= 1 and job.max_response_len >= 1, f"{key}.chunk", "chunk and max_response_len must be >= 1")
 
 
 def check_world(c: Config, world_size: int) -> None:

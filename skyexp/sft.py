@@ -1,13 +1,16 @@
 """The SFT stage: token-mean NLL on response tokens only, warm-up then cosine LR.
 
 Its result is an ordinary Hugging Face checkpoint in the cache, keyed by a hash of everything
-that determines it (model, SFT settings, data, seed): a rerun with the same config loads it and
-skips the stage. Real pipelines (Sky-T1's SFT -> RL -> SFT -> RL) use the same stage on
-conversation data (`sft.source=jsonl`).
+that determines it (model, SFT settings, data or the SFT file's content, prompt template, seed):
+a rerun with the same config loads it and skips the stage. Real pipelines (Sky-T1's
+SFT -> RL -> SFT -> RL) use the same stage on SFT sets: hub conversation sets
+(NovaSky-AI/Sky-T1-7B-step1-sft-5k), local files, or the output of `python -m skyexp.distill`
+(skyexp.data.sft_data describes the formats).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from pathlib import Path
@@ -18,7 +21,10 @@ from tqdm.auto import tqdm
 from skyexp.actor import pack, sft_step
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, config_hash
-from skyexp.data import DataError, PromptSampler, apply_template, clean_rows, read_jsonl
+from skyexp.data import DataError, PromptSampler, apply_template, template_of
+from skyexp.data.rows import collect, read_rows
+from skyexp.data.sft_data import parse_conversation, parse_pair
+from skyexp.data.templates import render_messages
 from skyexp.distributed import Dist
 from skyexp.models import cache_root
 from skyexp.types import Problem
@@ -26,9 +32,25 @@ from skyexp.types import Problem
 log = logging.getLogger("skyexp")
 
 
+def _source_fingerprint(cfg: Config) -> str:
+    """What the SFT data is: the data config's hash for sft.source=data; a local file's content
+    hash (a rewritten distill file must not reuse a stale checkpoint); a hub id as named."""
+    path = Path(cfg.sft.path)
+    if cfg.sft.source == "data":
+        return config_hash(cfg.data)
+    if path.is_file():
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()[:16]
+    return f"{cfg.sft.path}@{cfg.sft.split}"
+
+
 def cache_dir(cfg: Config, base_path: str) -> Path:
-    data = cfg.data if cfg.sft.source == "data" else None
-    key = config_hash(cfg.model, base_path, cfg.sft, data, cfg.trainer.seed)
+    tmpl = template_of(cfg.data)
+    key = config_hash(cfg.model, base_path, cfg.sft, _source_fingerprint(cfg), [tmpl.user, tmpl.system, tmpl.prefix],
+                      cfg.trainer.seed)
     return cache_root(cfg.trainer.cache_dir) / "sft" / key
 
 
@@ -38,16 +60,29 @@ def cached(cfg: Config, base_path: str) -> Path | None:
     return path if cfg.sft.cache and (path / "DONE").exists() else None
 
 
-def sft_pairs(cfg: Config, train: list[Problem]) -> list[tuple[str, str]]:
-    """(problem, response) pairs: worked solutions from the data source, or a local jsonl."""
-    if cfg.sft.source == "jsonl":
-        rows, _ = clean_rows(read_jsonl(cfg.sft.path), cfg.sft.prompt_key, cfg.sft.response_key, cfg.sft.path,
-                             cfg.data.max_bad_fraction)
-        return [(p.problem, p.answer) for p in rows]
-    pairs = [(p.problem, p.solution) for p in train if p.solution]
-    if not pairs:
-        raise DataError(f"sft.source=data: data source '{cfg.data.source}' has no worked solutions; use sft.source=jsonl")
-    return pairs
+def start_path(cfg: Config, base_path: str) -> str:
+    """The model RL starts from: the cached SFT result when the SFT stage is on and done, else the
+    base model. The offline jobs (skyexp.filter, skyexp.distill) sample from the same model."""
+    done = cached(cfg, base_path) if cfg.sft.steps else None
+    return str(done) if done else base_path
+
+
+def sft_examples(cfg: Config, train: list[Problem], tokenizer) -> list[tuple[str, str]]:
+    """(prompt text, response) pairs: the data source's worked solutions, or an SFT set."""
+    s, chat, tmpl = cfg.sft, cfg.model.chat_template, template_of(cfg.data)
+    if s.source == "data":
+        pairs = [(apply_template(p.problem, tmpl, tokenizer, chat, p.meta.get("system", "")), p.solution) for p in train if p.solution]
+        if not pairs:
+            raise DataError(f"sft.source=data: data source '{cfg.data.source}' has no worked solutions; use an SFT set (sft.source=jsonl)")
+        return pairs
+    if s.source in ("jsonl", "parquet") and not Path(s.path).is_file():
+        raise DataError(f"sft.path: file not found: {s.path}")
+    rows = read_rows(s.path, s.split)
+    if s.format == "conversation":
+        convs, _ = collect(rows, lambda row, i: parse_conversation(row, s.messages_key, s.system_key), s.path, cfg.data.max_bad_fraction)
+        return [(render_messages(msgs, tokenizer, chat), response) for msgs, response in convs]
+    pairs, _ = collect(rows, lambda row, i: parse_pair(row, s.prompt_key, s.response_key), s.path, cfg.data.max_bad_fraction)
+    return [(apply_template(q, tmpl, tokenizer, chat), r) for q, r in pairs]
 
 
 def lr_lambda(step: int, warmup: int, total: int, floor: float) -> float:
@@ -62,8 +97,9 @@ def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: lis
             log_step, progress: bool) -> dict[str, float]:
     """Train `policy` in place for cfg.sft.steps steps; write the result to out_dir (rank 0)."""
     s = cfg.sft
-    pairs = sft_pairs(cfg, train)
-    problems = [Problem(id=str(i), problem=p, answer=r) for i, (p, r) in enumerate(pairs)]
+    examples = sft_examples(cfg, train, tokenizer)
+    log.info("sft: %d examples from %s", len(examples), s.path or f"data ({cfg.data.name})")
+    problems = [Problem(id=str(i), problem=p, answer=r) for i, (p, r) in enumerate(examples)]
     sampler = PromptSampler(problems, cfg.trainer.seed + 17, d.rank, d.world_size)
     opt = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=tuple(cfg.trainer.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_lambda(k, s.warmup_steps, s.steps, s.lr_min / s.lr))
@@ -73,8 +109,7 @@ def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: lis
     loss = 0.0
     for _ in bar:
         batch = sampler.next(s.batch_size)
-        prompts = tokenizer([apply_template(p.problem, cfg.data.prompt_template, tokenizer, cfg.model.chat_template) for p in batch],
-                            add_special_tokens=False)["input_ids"]
+        prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)["input_ids"]  # rendered already
         responses = [r[: s.max_len - 1] + [eos] for r in tokenizer([p.answer for p in batch], add_special_tokens=False)["input_ids"]]
         seq, attn, rmask, plen = pack(prompts, responses, tokenizer.pad_token_id)
         loss, gnorm = sft_step(policy, opt, seq, attn, rmask, plen, cfg.trainer.micro_batch_size, cfg.trainer.grad_clip,

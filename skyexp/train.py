@@ -26,12 +26,12 @@ from skyexp.algos.entropy import CONTROLLERS
 from skyexp.checkpoint import export_hf
 from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
 from skyexp.config import Config, DataConfig, check_world
-from skyexp.data import DataError, PromptSampler, load_task
+from skyexp.data import DataError, PromptSampler, load_task, template_of
 from skyexp.evaluate import EvalResult, run_eval
 from skyexp.logging import make_logger
 from skyexp.metrics import step_metrics
 from skyexp.rewards import build_reward
-from skyexp.rollout import build_engine
+from skyexp.rollout import engine_for
 
 log = logging.getLogger("skyexp")
 
@@ -160,7 +160,7 @@ def run_rl(run: Run, sampler: PromptSampler) -> None:
 
 def evaluate(run: Run, problems, label: str) -> EvalResult:
     cfg = run.cfg
-    res = run_eval(run.engine, run.reward, run.tokenizer, problems, cfg.eval, cfg.data.prompt_template, cfg.model.chat_template,
+    res = run_eval(run.engine, run.reward, run.tokenizer, problems, cfg.eval, template_of(cfg.data), cfg.model.chat_template,
                    run.d.rank, run.d.world_size)
     run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.rl_step})
     if run.d.is_main:
@@ -204,9 +204,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     policy = models.load_model(start, cfg.model, d.device)
     if cfg.trainer.fsdp:
         distributed.shard(policy, d)
-    engine = build_engine(cfg.rollout.name, model=models.load_model(start, cfg.model, d.device), eos_id=tokenizer.eos_token_id,
-                          pad_id=tokenizer.pad_token_id, seed=cfg.trainer.seed * 1000 + d.rank, max_batch=cfg.rollout.max_batch,
-                          device=d.device)
+    engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main)
     run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger)
     summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model)}

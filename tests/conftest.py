@@ -48,15 +48,17 @@ def dist1():
     return distributed.setup("cpu", 2)
 
 
-def run_skyexp(args: list[str], tmp_path: Path, timeout: int = 600, torchrun: int = 0, env: dict | None = None):
-    """Run `python -m skyexp` (or torchrun) as a user would; outputs land under tmp_path."""
+def run_skyexp(args: list[str], tmp_path: Path, timeout: int = 600, torchrun: int = 0, env: dict | None = None,
+               module: str = "skyexp"):
+    """Run `python -m skyexp` (or another entry point, e.g. skyexp.filter; or torchrun) as a user
+    would; outputs land under tmp_path."""
     import subprocess
 
     full_env = {**os.environ, "SKYEXP_OUTPUTS": str(tmp_path / "out"), "PYTHONUNBUFFERED": "1", **(env or {})}
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "-m", "skyexp"]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "-m", module]
     else:
-        cmd = [sys.executable, "-m", "skyexp"]
+        cmd = [sys.executable, "-m", module]
     return subprocess.run(cmd + args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
 
 

@@ -1,29 +1,35 @@
-"""Task data: sources, row cleaning, prompt templates, and the per-rank prompt sampler.
+"""Task data: sources, mixes, prompt templates, and the per-rank prompt sampler.
 
-A source returns raw rows (dicts); `clean_rows` turns them into Problems, skipping and counting
-rows without a usable problem or answer (with their row numbers) and refusing to train when
-more than `max_bad_fraction` of a file is bad.
+`load_task(cfg.data)` gives the training problems: the built-in arith task, one source
+(skyexp.data.sources: the recipes' hub sets, or any jsonl/parquet/hub set), or a mix of sources
+(skyexp.data.mix). Rows without a usable problem or answer are skipped and counted with their
+row numbers; more than `data.max_bad_fraction` bad rows stop the run before any training.
+Problems of the eval files in `data.decontam` are removed (skyexp.data.decontam) and reported.
 """
 
 from __future__ import annotations
 
-import json
+import hashlib
 import logging
 import random
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from skyexp.config import DataConfig
+from skyexp.config import DataConfig, MixEntry
 from skyexp.data import arith
+from skyexp.data.decontam import find_contaminated
+from skyexp.data.mix import build_mix, labels_for
+from skyexp.data.rows import DataError, clean_rows, get_path, read_jsonl, read_rows
+from skyexp.data.sources import SOURCES, Request, load_source
+from skyexp.data.templates import Template, apply_template, template_of
 from skyexp.types import Problem, PromptBatch
+
+__all__ = ["DataError", "TaskData", "PromptSampler", "Template", "apply_template", "clean_rows", "decontaminate", "load_task",
+           "make_batch", "read_jsonl", "template_of", "SOURCE_NAMES"]
 
 log = logging.getLogger(__name__)
 
-
-class DataError(ValueError):
-    """Unusable data: the message names the file and shows sample bad rows."""
+SOURCE_NAMES = ["arith", *SOURCES, "mix"]
 
 
 @dataclass
@@ -31,86 +37,49 @@ class TaskData:
     train: list[Problem]
     eval: list[Problem]  # the source's held-out split (may be empty)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (row number, reason)
+    stats: dict[str, Any] = field(default_factory=dict)  # counts: bad, filtered, duplicates, contaminated
 
 
-def read_jsonl(path: str) -> list[dict[str, Any]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
-            if not line.strip():
+def _request(cfg: DataConfig, entry: MixEntry | None = None, label: str = "") -> Request:
+    e = entry or MixEntry(source=cfg.source, path=cfg.path, split=cfg.split, data_sources=cfg.data_sources)
+    return Request(source=e.source, path=e.path, split=e.split, problem_key=e.problem_key or cfg.problem_key,
+                   answer_key=e.answer_key or cfg.answer_key, data_sources=tuple(e.data_sources),
+                   strip_system=cfg.strip_system, difficulty_key=cfg.difficulty_key,
+                   difficulty_range=tuple(cfg.difficulty_range), max_bad_fraction=cfg.max_bad_fraction, label=label)
+
+
+def _load_mix(cfg: DataConfig) -> TaskData:
+    labels = labels_for([m.source for m in cfg.mix])
+    loaded = [load_source(_request(cfg, m, lb)) for m, lb in zip(cfg.mix, labels)]
+    problems, stats = build_mix([(lb, ld.problems) for lb, ld in zip(labels, loaded)], [m.weight for m in cfg.mix],
+                                [m.count for m in cfg.mix], cfg.task_seed, cfg.dedup)
+    for st, ld in zip(stats, loaded):
+        st.bad, st.filtered = len(ld.bad), ld.filtered
+        log.info("data mix: %s", st.line())
+    if not problems:
+        raise DataError("data.mix: the mix is empty (every source gave 0 problems)")
+    skipped = [(i, f"{lb}: {r}") for lb, ld in zip(labels, loaded) for i, r in ld.bad]
+    dups = sum(st.dup_within + sum(st.dup_across.values()) for st in stats)
+    return TaskData(problems, [], skipped, {"bad": len(skipped), "filtered": sum(ld.filtered for ld in loaded),
+                                            "duplicates": dups, "sources": {st.label: st.taken for st in stats}})
+
+
+def decontaminate(problems: list[Problem], bench_paths: list[str], key: str = "problem", n: int = 10,
+                  threshold: float = 0.6) -> tuple[list[Problem], list[dict[str, Any]]]:
+    """Drop the problems that match a benchmark problem; return (kept, one record per drop)."""
+    report: list[dict[str, Any]] = []
+    dropped: set[int] = set()
+    for path in bench_paths:
+        bench_rows = [r for r in read_rows(path) if isinstance(get_path(r, key), str)]
+        bench = [get_path(r, key) for r in bench_rows]
+        for h in find_contaminated([p.problem for p in problems], bench, n, threshold):
+            if h.train_index in dropped:
                 continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                rows.append({"__error__": f"invalid JSON ({e.msg})", "__line__": i})
-    return rows
-
-
-def read_parquet(path: str) -> list[dict[str, Any]]:
-    import datasets
-
-    return list(datasets.Dataset.from_parquet(path))
-
-
-def read_hub(path: str, split: str) -> list[dict[str, Any]]:
-    """A dataset by hub id (needs network or the HF cache), or a local dataset directory."""
-    import datasets
-
-    if Path(path).is_dir():
-        return list(datasets.load_from_disk(path)[split] if (Path(path) / "dataset_dict.json").exists() else datasets.load_from_disk(path))
-    return list(datasets.load_dataset(path, split=split))
-
-
-RAW_SOURCES: dict[str, Callable[[DataConfig], list[dict[str, Any]]]] = {
-    "jsonl": lambda c: read_jsonl(c.path),
-    "parquet": lambda c: read_parquet(c.path),
-    "hub": lambda c: read_hub(c.path, c.split),
-}
-SOURCE_NAMES = ["arith", *RAW_SOURCES]
-
-
-def _get(row: dict[str, Any], key: str) -> Any:
-    """row['a.b'] walks nested dicts (verl's reward_model.ground_truth)."""
-    cur: Any = row
-    for part in key.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return None
-        cur = cur[part]
-    return cur
-
-
-def clean_rows(
-    rows: list[dict[str, Any]], problem_key: str, answer_key: str, where: str, max_bad_fraction: float
-) -> tuple[list[Problem], list[tuple[int, str]]]:
-    """Rows -> Problems. A row without a non-empty string problem and a non-empty answer is
-    skipped and counted; too many bad rows stop the run before any training."""
-    good: list[Problem] = []
-    bad: list[tuple[int, str]] = []
-    for i, row in enumerate(rows):
-        if "__error__" in row:
-            bad.append((i, row["__error__"]))
-            continue
-        prob, ans = _get(row, problem_key), _get(row, answer_key)
-        if not isinstance(prob, str) or not prob.strip():
-            bad.append((i, f"missing or non-string '{problem_key}'"))
-            continue
-        if isinstance(ans, (int, float)) and not isinstance(ans, bool):
-            ans = str(ans)
-        if not isinstance(ans, str) or not ans.strip():
-            bad.append((i, f"missing or empty '{answer_key}'"))
-            continue
-        meta = {k: v for k, v in row.items() if k not in (problem_key, answer_key) and isinstance(v, (str, int, float, bool))}
-        good.append(Problem(id=str(row.get("id", f"{where}:{i}")), problem=prob, answer=ans.strip(), solution=row.get("solution"), meta=meta))
-    if bad:
-        log.warning("%s: skipped %d of %d rows (first: %s)", where, len(bad), len(rows), "; ".join(f"row {i}: {r}" for i, r in bad[:5]))
-    if rows and len(bad) / len(rows) > max_bad_fraction:
-        sample = "\n".join(f"  row {i}: {r}" for i, r in bad[:10])
-        raise DataError(
-            f"{where}: {len(bad)} of {len(rows)} rows are unusable (> data.max_bad_fraction={max_bad_fraction}):\n{sample}"
-        )
-    if not good:
-        raise DataError(f"{where}: no usable rows")
-    return good, bad
+            dropped.add(h.train_index)
+            p, b = problems[h.train_index], bench_rows[h.bench_index]
+            report.append({"id": p.id, "problem": p.problem, "benchmark": path, "benchmark_id": str(b.get("id", h.bench_index)),
+                           "benchmark_problem": bench[h.bench_index], "match": h.match, "overlap": round(h.overlap, 4)})
+    return [p for i, p in enumerate(problems) if i not in dropped], report
 
 
 def load_task(cfg: DataConfig) -> TaskData:
@@ -118,29 +87,34 @@ def load_task(cfg: DataConfig) -> TaskData:
     if cfg.source == "arith":
         train, held_out = arith.load(cfg.levels, cfg.train_size, cfg.eval_size, cfg.task_seed, cfg.slip_rate)
         return TaskData(train, held_out)
-    if cfg.source in ("jsonl", "parquet") and not Path(cfg.path).exists():
-        raise DataError(f"data.path: file not found: {cfg.path}")
-    rows = RAW_SOURCES[cfg.source](cfg)
-    good, bad = clean_rows(rows, cfg.problem_key, cfg.answer_key, cfg.path, cfg.max_bad_fraction)
-    return TaskData(good, [], bad)
-
-
-def apply_template(problem: str, template: str, tokenizer: Any = None, chat: bool = False) -> str:
-    text = template.replace("{problem}", problem)
-    if chat and tokenizer is not None and getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
-    return text
+    if cfg.source == "mix":
+        task = _load_mix(cfg)
+    else:
+        ld = load_source(_request(cfg))
+        task = TaskData(ld.problems, [], ld.bad, {"bad": len(ld.bad), "filtered": ld.filtered})
+    if cfg.decontam:
+        task.train, report = decontaminate(task.train, cfg.decontam)
+        task.stats["contaminated"] = len(report)
+        for r in report:
+            log.warning("decontam: dropped %s (%s match %.2f with %s in %s)", r["id"], r["match"], r["overlap"],
+                        r["benchmark_id"], r["benchmark"])
+        if not task.train:
+            raise DataError("data.decontam: every training problem matched a benchmark")
+    return task
 
 
 class PromptSampler:
     """Deterministic shuffled epochs over the problems. Every step draws the next `batch_size`
     problems of the global order; rank r takes the r-th contiguous slice, so ranks see disjoint
-    prompts and the union is the same for any world size. State (epoch, pos) makes it resumable."""
+    prompts and the union is the same for any world size. State (epoch, pos) makes it resumable
+    at the exact position, also under another world size; the state carries a fingerprint of the
+    problem list, so resuming onto different data fails instead of silently drawing other prompts."""
 
     def __init__(self, problems: list[Problem], seed: int, rank: int = 0, world_size: int = 1, shuffle: bool = True):
         self.problems, self.seed, self.rank, self.world, self.shuffle = problems, seed, rank, world_size, shuffle
         self.epoch, self.pos = 0, 0
         self._order = self._make_order()
+        self.fingerprint = hashlib.sha1("\x00".join(p.id for p in problems).encode()).hexdigest()[:16]
 
     def _make_order(self) -> list[int]:
         order = list(range(len(self.problems)))
@@ -160,16 +134,22 @@ class PromptSampler:
         share = batch_size // self.world
         return [self.problems[i] for i in picked[self.rank * share : (self.rank + 1) * share]]
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "pos": self.pos}
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "pos": self.pos, "seed": self.seed, "size": len(self.problems),
+                "fingerprint": self.fingerprint}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, mine in (("seed", self.seed), ("size", len(self.problems)), ("fingerprint", self.fingerprint)):
+            if key in state and state[key] != mine:
+                raise DataError(f"sampler state does not match this data ({key}: saved {state[key]!r}, now {mine!r}): "
+                                "resume with the same data and seed")
         self.epoch = state["epoch"]
         self._order = self._make_order()
         self.pos = state["pos"]
 
 
-def make_batch(problems: list[Problem], tokenizer: Any, template: str, chat: bool) -> PromptBatch:
-    prompts = [apply_template(p.problem, template, tokenizer, chat) for p in problems]
+def make_batch(problems: list[Problem], tokenizer: Any, template: str | Template, chat: bool) -> PromptBatch:
+    """This rank's prompts, rendered (a row's own system prompt applies when the template has none)."""
+    prompts = [apply_template(p.problem, template, tokenizer, chat, p.meta.get("system", "")) for p in problems]
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     return PromptBatch(ids=[p.id for p in problems], prompts=prompts, prompt_ids=ids, answers=[p.answer for p in problems])

@@ -31,3 +31,12 @@ def build_engine(name: str, **kwargs: Any) -> Engine:
 
 
 ENGINE_NAMES = ["hf"]
+
+
+def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device | str, seed: int) -> Engine:
+    """The configured engine (cfg.rollout) on its own copy of the model at `model_path`: the one
+    construction shared by training and the offline jobs (skyexp.filter, skyexp.distill)."""
+    from skyexp.models import load_model
+
+    return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), eos_id=tokenizer.eos_token_id,
+                        pad_id=tokenizer.pad_token_id, seed=seed, max_batch=cfg.rollout.max_batch, device=device)

@@ -1,0 +1,63 @@
+"""The Hydra entry shared by every `python -m skyexp...` command: compose conf/train.yaml (so a
+command takes the same overrides as training: model=..., data=..., rollout=...), validate it
+against the typed schema, and run one job with the Hydra run directory. Config and data errors
+end the process with exit code 2 and the message on stderr, before anything loads."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def register_schema() -> None:
+    """Make the dataclass schema the base of the composed config (train.yaml's first default), so
+    every schema key can be overridden and a wrong type or unknown key fails at composition."""
+    from hydra.core.config_store import ConfigStore
+
+    from skyexp.config import Config
+
+    ConfigStore.instance().store(name="skyexp_schema", node=Config)
+
+
+def quiet_libraries() -> None:
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+    if int(os.environ.get("RANK", "0")) != 0:
+        logging.getLogger("skyexp").setLevel(logging.WARNING)
+
+
+def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
+    """A main() running `job(typed_config, run_dir, plain_config)` under Hydra."""
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    register_schema()
+
+    # an absolute path: relative ones resolve against the calling module, which differs per command
+    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="train")
+    def entry(cfg: DictConfig):
+        from skyexp.config import ConfigError, to_typed
+        from skyexp.data import DataError
+
+        try:
+            typed = to_typed(cfg)
+        except ConfigError as e:
+            print(f"skyexp: invalid config: {e}", file=sys.stderr)
+            sys.exit(2)
+        quiet_libraries()
+        try:
+            return job(typed, Path(HydraConfig.get().runtime.output_dir), OmegaConf.to_container(cfg, resolve=True))
+        except (ConfigError, DataError) as e:
+            print(f"skyexp: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return entry
