@@ -35,6 +35,7 @@ class StepBatch:
     """Everything one RL step generated on this rank. G groups of n samples, rows grouped by group."""
 
     rollout: Rollout  # [G*n, ...] every generated sample
+    ids: list[str]  # [G] the problem id of each group
     correct: torch.Tensor  # [G, n] 1/0 math-verify correctness
     rewards: torch.Tensor  # [G, n] weighted total of the reward terms
     terms: dict[str, torch.Tensor]  # {term: [G, n]} unweighted values
@@ -58,6 +59,7 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
     quota = stage.batch_size // d.world_size  # this rank's share of the groups that train
     parts: list[tuple[Rollout, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Scored, torch.Tensor]] = []
     have, rounds = 0, 0
+    ids: list[str] = []  # [G] one per group generated
     while True:
         rounds += 1
         # every rank draws every round, so the samplers stay in step; a rank whose share is full
@@ -77,6 +79,7 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
             view = (total.view(-1, stage.n), correct.view(-1, stage.n))
             keep = FILTERS[a.filter_groups](*view, low=a.filter_low, high=a.filter_high)
             parts.append((rollout, *view, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep))
+            ids += prompts.ids
             have += int(keep.sum())
         if not a.dynamic_sampling or rounds >= a.max_gen_batches:
             break
@@ -86,6 +89,7 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
     train = kept & (kept.cumsum(0) <= quota) if a.dynamic_sampling else kept
     return StepBatch(
         rollout=concat_rollouts([p[0] for p in parts], run.tokenizer.pad_token_id),
+        ids=ids,
         correct=torch.cat([p[2] for p in parts]),
         rewards=torch.cat([p[1] for p in parts]),
         terms={k: torch.cat([p[3][k] for p in parts]) for k in parts[0][3]},

@@ -125,6 +125,9 @@ class StageConfig:
 class ContextConfig:
     name: str = "single"
     stages: list[StageConfig] = field(default_factory=lambda: [StageConfig()])
+    # At each stage boundary, drop the prompts the policy solved in every sample it drew for
+    # them during the previous stage (Skywork-OR1's online filtering, arXiv 2505.22312).
+    drop_solved: bool = False
 
 
 @dataclass

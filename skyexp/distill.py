@@ -41,7 +41,7 @@ def accepted(samples: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
 
 
 def sft_rows(problems: list[Problem], records: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
-    prefix, k = template_of(cfg.data).response_prefix, cfg.distill.k
+    prefix, k = template_of(cfg.data).prefix, cfg.distill.k
     rows = []
     for p, r in zip(problems, records):
         system, user = user_text(p, cfg)

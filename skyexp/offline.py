@@ -17,6 +17,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from tqdm.auto import tqdm
+
 from skyexp import distributed, models, sft
 from skyexp.config import Config, EvalConfig, SampleJob
 from skyexp.data import apply_template, template_of
@@ -62,13 +64,18 @@ def sample(s: Sampler, problems: list[Problem], job: SampleJob, n: int) -> list[
     ecfg = EvalConfig(name="offline", n=n, temperature=job.temperature, top_p=job.top_p, max_response_len=job.max_response_len)
     records: list[dict[str, Any]] = []
     t0 = time.time()
+    bar = tqdm(total=len(problems), desc=f"sampling x{n}", unit="prompt", disable=not (s.d.is_main and s.cfg.logger.progress),
+               dynamic_ncols=True)
     for start in range(0, len(problems), job.chunk):
         chunk = problems[start : start + job.chunk]
         # rendered here (row system prompts included), so run_eval's own template is the identity
         rendered = [replace(p, problem=apply_template(p.problem, tmpl, s.tokenizer, chat, p.meta.get("system", ""))) for p in chunk]
         res = run_eval(s.engine, s.reward, s.tokenizer, rendered, ecfg, "{problem}", False, s.d.rank, s.d.world_size)
         records += res.records
+        bar.update(len(chunk))
+        bar.set_postfix({"solved": f"{sum(r['correct'] > 0 for r in records) / len(records):.2f}"})
         log.info("sampled %d of %d prompts (%.0f s)", len(records), len(problems), time.time() - t0)
+    bar.close()
     return records
 
 

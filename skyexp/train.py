@@ -27,6 +27,7 @@ from skyexp.checkpoint import export_hf
 from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
 from skyexp.config import Config, DataConfig, check_world
 from skyexp.data import DataError, PromptSampler, load_task, template_of
+from skyexp.data.difficulty import Counts, fully_solved, merge, tally, without
 from skyexp.evaluate import EvalResult, run_eval
 from skyexp.logging import make_logger
 from skyexp.metrics import step_metrics
@@ -72,6 +73,7 @@ class Run:
     entropy_coef: float = 0.0  # the entropy controller's state
     ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
     history: list[dict[str, float]] = field(default_factory=list)
+    solved: Counts = field(default_factory=dict)  # this stage, this rank: prompt id -> (correct, samples)
 
     def log(self, metrics: dict[str, Any]) -> None:
         self.logger.log(metrics, self.global_step)
@@ -101,6 +103,7 @@ def rl_step(run: Run, stage: StagePlan, sampler: PromptSampler, opt: torch.optim
     a, e = cfg.algo, cfg.entropy
     with t("step"):
         batch = collect_batch(run, stage, sampler, t)  # generate, score, filter groups (dynamic sampling: repeat)
+        run.solved = merge(run.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
         ro, weights = batch.rollout, batch.row_weights(a.mask_truncated)  # [G*n]
         with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
             old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev)
@@ -145,6 +148,9 @@ def run_rl(run: Run, sampler: PromptSampler) -> None:
     run.entropy_coef = cfg.entropy.coef
     run.policy.train()
     for stage in plan_stages(cfg):
+        if stage.index > 0 and cfg.context.drop_solved:
+            sampler = drop_solved(run, sampler, stage.index)
+        run.solved = {}
         bar = tqdm(range(stage.steps), desc=f"rl stage {stage.index}", disable=not (run.d.is_main and cfg.logger.progress),
                    dynamic_ncols=True)
         for _ in bar:
@@ -156,6 +162,22 @@ def run_rl(run: Run, sampler: PromptSampler) -> None:
             run.rl_step += 1
             bar.set_postfix({"reward": f"{metrics['critic/score/mean']:.3f}", "pass@1": f"{metrics['batch/pass@1']:.3f}",
                              "entropy": f"{metrics['actor/entropy']:.3f}", "s/step": f"{metrics['timing_s/step']:.2f}"})
+
+
+def drop_solved(run: Run, sampler: PromptSampler, stage_index: int) -> PromptSampler:
+    """Skywork-OR1's online filtering at the start of stage `stage_index`: the prompts solved in
+    every sample drawn for them during the previous stage (on any rank) leave the training set;
+    the next stage draws fresh shuffled epochs over the rest."""
+    counts: Counts = {}
+    for rank_counts in distributed.all_gather_objects(run.solved):
+        counts = merge(counts, rank_counts)
+    kept, dropped = without(sampler.problems, fully_solved(counts))
+    if not kept:
+        raise DataError(f"context.drop_solved: every prompt was solved in every sample during stage {stage_index - 1}")
+    log.info("stage %d: dropped %d prompts solved in every sample during stage %d, %d left", stage_index, dropped,
+             stage_index - 1, len(kept))
+    run.log({"train/dropped_solved": dropped, "train/prompts": len(kept), "train/rl_step": run.rl_step})
+    return PromptSampler(kept, sampler.seed + stage_index, sampler.rank, sampler.world, sampler.shuffle)
 
 
 def evaluate(run: Run, problems, label: str) -> EvalResult:

@@ -9,7 +9,7 @@ import math
 
 import pytest
 import torch
-from conftest import run_skyexp
+from conftest import only_run_dir, run_skyexp
 from test_config import compose_cfg
 from test_sources import write_parquet
 
@@ -111,6 +111,47 @@ def test_distill_writes_verified_sft_data_that_an_sft_stage_trains_on(warm_model
     assert math.isfinite(stats["sft/final_loss"]) and len(logged) == 3
     assert any(not torch.equal(before[k], v) for k, v in policy.state_dict().items())
     assert (tmp_path / "sft_out" / "DONE").exists()
+
+
+def test_distill_rows_keep_only_correct_finished_distinct_samples():
+    """Rejection sampling on hand-made records: wrong, truncated, failed and repeated samples are
+    never kept; the prompt is the data template's (system, user) and the response carries the
+    template's response prefix, where the sampled text began."""
+    from skyexp.distill import accepted, sft_rows
+    from skyexp.types import Problem
+
+    def smp(text, score, status="ok", truncated=False):
+        return {"text": text, "score": score, "status": status, "truncated": truncated, "extracted": text[-1]}
+
+    samples = [smp("wrong 3", 0.0), smp("cut 4", 1.0, truncated=True), smp("timeout 4", 1.0, status="timeout"),
+               smp("right 4", 1.0), smp("right 4", 1.0), smp("also 4", 1.0)]
+    assert [x["text"] for x in accepted(samples, keep=0)] == ["right 4", "also 4"]
+    assert [x["text"] for x in accepted(samples, keep=1)] == ["right 4"]
+    cfg = to_typed(compose_cfg(["template=r1_think", "distill.k=6", "distill.keep=0", "data.system_prompt=SYS"]))
+    rows = sft_rows([Problem("q1", "2+2?", "4"), Problem("q2", "1+1?", "2")],
+                    [{"correct": 3, "samples": samples}, {"correct": 0, "samples": samples[:1]}], cfg)
+    assert [r["id"] for r in rows] == ["q1#0", "q1#1"] and all(r["pass_rate"] == 0.5 for r in rows)
+    m = rows[0]["messages"]
+    assert [x["role"] for x in m] == ["system", "user", "assistant"] and m[0]["content"] == "SYS"
+    assert m[1]["content"].endswith("User: 2+2?\nAssistant:") and m[2]["content"] == " <think>\nright 4"
+
+
+@pytest.mark.slow
+def test_drop_solved_at_a_stage_boundary_in_a_real_run(warm_model, tmp_path):
+    """Two one-step stages over all 16 prompts: the boundary drops exactly the prompts whose every
+    sample was correct in stage 0, i.e. batch/solve_all of that step times 16."""
+    stages = "context.stages=[{steps:1,max_response_len:24},{steps:1,max_response_len:24}]"
+    r = run_skyexp([f"model.path={warm_model}", "sft=none", "data.levels=[1]", "data.train_size=16", "data.slip_rate=0",
+                    "algo.batch_size=16", "algo.n=4", stages, "context.drop_solved=true", "eval.before=false",
+                    "eval.after=false", "logger=local", "logger.progress=false", "trainer.save_final=false"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
+    steps = [x for x in rows if "batch/solve_all" in x]
+    boundary = [x for x in rows if "train/dropped_solved" in x]
+    assert len(steps) == 2 and len(boundary) == 1
+    solved_all = round(steps[0]["batch/solve_all"] * 16)
+    assert solved_all > 0, "the warm-up model solved no prompt in every sample: the test needs a stronger model"
+    assert boundary[0]["train/dropped_solved"] == solved_all and boundary[0]["train/prompts"] == 16 - solved_all
 
 
 def test_hub_style_sft_set_in_conversation_format(tmp_path, tiny_dir, monkeypatch):

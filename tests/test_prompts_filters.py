@@ -131,6 +131,29 @@ def test_pass_rate_bookkeeping():
     assert in_band(0.0, drop_all_wrong=False) and in_band(1.0, drop_all_right=False)
 
 
+def test_stage_boundary_drops_prompts_solved_in_every_sample():
+    """context.drop_solved: the trainer's boundary step on the counts the RL steps collected."""
+    from types import SimpleNamespace
+
+    from skyexp.data import DataError, PromptSampler
+    from skyexp.train import drop_solved
+
+    problems = [Problem(f"p{i}", f"problem {i}", "1") for i in range(10)]
+    sampler = PromptSampler(problems, seed=3)
+    logged: list[dict] = []
+    # p0 solved 8/8 over two steps, p1 4/4, p2 3/4, p3 0/4; the rest never drawn
+    solved = merge(tally(["p0", "p1", "p2", "p3"], [[1] * 4, [1] * 4, [1, 1, 0, 1], [0] * 4]), tally(["p0"], [[1] * 4]))
+    run = SimpleNamespace(solved=solved, log=logged.append, rl_step=7)
+    nxt = drop_solved(run, sampler, 1)
+    assert [p.id for p in nxt.problems] == [f"p{i}" for i in range(2, 10)] and nxt.seed == 4
+    assert logged == [{"train/dropped_solved": 2, "train/prompts": 8, "train/rl_step": 7}]
+    drawn = {p.id for p in nxt.next(16)}
+    assert drawn == {f"p{i}" for i in range(2, 10)}  # two full epochs of the rest, nothing dropped comes back
+    run.solved = tally([p.id for p in nxt.problems], [[1, 1]] * 8)
+    with pytest.raises(DataError, match="every prompt was solved"):
+        drop_solved(run, nxt, 2)
+
+
 def test_sft_conversation_rows():
     sharegpt = {"system": "SYS", "conversations": [{"from": "user", "value": "Q"}, {"from": "assistant", "value": "A"}]}
     msgs, resp = parse_conversation(sharegpt, "conversations", "system")
