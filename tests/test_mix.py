@@ -130,3 +130,37 @@ def test_mix_config_errors_name_the_key(entries, key):
     with pytest.raises(ConfigError) as e:
         validate(Config(data=DataConfig(source="mix", mix=entries)))
     assert key in str(e.value)
+
+
+def test_real_mix_of_the_deepscaler_parts_removes_true_duplicates(shared_data):
+    """The three DeepScaleR parts overlap (MATH train holds AIME problems; the 1.2k subset is drawn
+    from DeepScaleR, which contains both): every problem the mix drops as a duplicate has the same
+    answer as the one it kept, judged by math-verify ('097' = '97', '\\frac13' = '\\frac{1}{3}')."""
+    from skyexp.config import RewardConfig
+    from skyexp.data.mix import text_key
+    from skyexp.data.rows import read_jsonl
+    from skyexp.rewards import build_reward
+
+    names = ["deepscaler_aime_1983_2023", "deepscaler_math_train", "deepscaler_subset_1209"]
+    paths = [str(shared_data / "train" / f"{n}.jsonl") for n in names]
+    task = load_task(DataConfig(source="mix", mix=[MixEntry(source="deepscaler", path=p) for p in paths]))
+    rows = {f"deepscaler{i + 1}/{r['id']}": r for i, p in enumerate(paths) for r in read_jsonl(p)}  # ids as the mix labels them
+    assert len(task.train) + task.stats["duplicates"] == len(rows) == 975 + 7470 + 1208
+    assert task.stats["duplicates"] > 0 and task.stats["sources"]["deepscaler1"] == 975  # the first source loses nothing
+    kept = {text_key(p.problem): p.answer for p in task.train}
+    kept_ids = {p.id for p in task.train}
+    dropped = [r for i, r in rows.items() if i not in kept_ids]
+    assert len(dropped) == task.stats["duplicates"]
+    reward = build_reward(RewardConfig())
+    try:
+        scores = reward.score([f"\\boxed{{{r['answer']}}}" for r in dropped], [kept[text_key(r["problem"])] for r in dropped]).scores
+    finally:
+        reward.close()
+    assert scores == [1.0] * len(dropped)
+
+
+def test_real_amc23_is_inside_amc22_23(shared_data):
+    """SOURCES.md: all 40 AMC 2023 problems are also in the 83-problem amc22_23 set."""
+    task = load_task(DataConfig(source="mix", mix=[MixEntry(source="jsonl", path=str(shared_data / "eval/amc22_23.jsonl")),
+                                                   MixEntry(source="jsonl", path=str(shared_data / "eval/amc23.jsonl"))]))
+    assert task.stats["duplicates"] == 40 and task.stats["sources"] == {"jsonl1": 83, "jsonl2": 0}

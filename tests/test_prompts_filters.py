@@ -64,6 +64,12 @@ def test_template_options_compose(name, expect):
         assert d.response_prefix == " <think>\n" and rendered.endswith("Assistant: <think>\n")
 
 
+def test_every_template_option_is_tested():
+    from conftest import ROOT
+
+    assert {p.stem for p in (ROOT / "conf" / "template").glob("*.yaml")} == {"qwen_math_cot", "sky_t1", "r1_think", "raw"}
+
+
 def test_data_options_bring_their_recipe_template():
     d = to_typed(compose_cfg(["data=eurus_numina"])).data
     assert d.template == "sky_t1" and d.strip_system and d.data_sources == ["numina_amc_aime", "numina_olympiads"]
