@@ -47,9 +47,12 @@ def skywork_row(i: int, difficulty_7b, truth='["\\\\frac{1}{2}", "0.5"]'):
 def offline_datasets(tmp_path, monkeypatch):
     """datasets' cache in tmp, no hub calls: the hub code path runs on local directories only."""
     import datasets
+    import huggingface_hub.constants
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # for subprocesses; this process read it at import:
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     return tmp_path
 
 
@@ -136,6 +139,14 @@ def test_hub_code_path_on_a_local_repo_layout(offline_datasets):
                   [eurus_row(i, ["numina_amc_aime", "taco", "numina_olympiads"][i % 3]) for i in range(9)])
     task = load_task(DataConfig(source="eurus_numina", path=str(eurus)))
     assert len(task.train) == 6 and {p.meta["data_source"] for p in task.train} == {"numina_amc_aime", "numina_olympiads"}
+
+
+def test_unreachable_hub_set_is_a_data_error(offline_datasets):
+    """Without the hub or its cache, a named source fails with a DataError naming the set and the
+    local-copy alternative (the CLI prints it and exits 2), not a library traceback."""
+    with pytest.raises(DataError) as e:
+        load_task(DataConfig(source="still3"))
+    assert "RUC-AIBOX/STILL-3-Preview-RL-Data" in str(e.value) and "data.path" in str(e.value)
 
 
 def test_named_sources_default_to_their_hub_ids():

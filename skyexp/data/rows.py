@@ -81,7 +81,12 @@ def read_hub(path: str, split: str, keep_sources: list[str] | None = None) -> li
     elif p.is_dir() and (p / "state.json").exists():
         ds = datasets.load_from_disk(path)
     else:
-        ds = datasets.load_dataset(path, split=split)
+        try:
+            ds = datasets.load_dataset(path, split=split)
+        except Exception as e:  # no network, no HF cache, unknown id or split: say which and what to do
+            raise DataError(f"could not load '{path}' (split '{split}') with datasets.load_dataset: "
+                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — needs the hub or its cache; "
+                            "or point data.path at a local copy of the same schema") from e
     return list(_keep_sources(ds, keep_sources or []))
 
 
