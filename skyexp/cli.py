@@ -43,7 +43,11 @@ def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
     register_schema()
 
     # an absolute path: relative ones resolve against the calling module, which differs per command
-    @hydra.main(version_base="1.3", config_path=str(Path(__file__).resolve().parent.parent / "conf"), config_name="train")
+    @hydra.main(
+        version_base="1.3",
+        config_path=str(Path(__file__).resolve().parent.parent / "conf"),
+        config_name="train",
+    )
     def entry(cfg: DictConfig):
         from skyexp.config import ConfigError, to_typed
         from skyexp.data import DataError
@@ -55,7 +59,11 @@ def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
             sys.exit(2)
         quiet_libraries()
         try:
-            return job(typed, Path(HydraConfig.get().runtime.output_dir), OmegaConf.to_container(cfg, resolve=True))
+            return job(
+                typed,
+                Path(HydraConfig.get().runtime.output_dir),
+                OmegaConf.to_container(cfg, resolve=True),
+            )
         except (ConfigError, DataError) as e:
             print(f"skyexp: {e}", file=sys.stderr)
             sys.exit(2)

@@ -20,7 +20,8 @@ class MixEntry:
     count: int = 0
     problem_key: str = ""  # jsonl | parquet | hub only; empty: data.problem_key
     answer_key: str = ""  # jsonl | parquet | hub only; empty: data.answer_key
-    data_sources: list[str] = field(default_factory=list)  # verl rows: keep these data_source values
+    # verl rows: keep these data_source values
+    data_sources: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -32,14 +33,16 @@ class DataConfig:
     split: str = ""  # empty: the source's default split (train; Skywork-OR1: math)
     problem_key: str = "problem"  # jsonl | parquet | hub: field names (dotted paths allowed)
     answer_key: str = "answer"
-    data_sources: list[str] = field(default_factory=list)  # verl rows: keep these data_source values
+    # verl rows: keep these data_source values
+    data_sources: list[str] = field(default_factory=list)
     strip_system: bool = False  # drop the dataset's own system prompt (Eurus-2-RL-Data has one)
     # Keep rows whose value at this dotted path is within difficulty_range (inclusive), e.g.
     # Skywork-OR1's extra_info.model_difficulty.DeepSeek-R1-Distill-Qwen-7B in [1, 15], or the
     # pass_rate column written by `python -m skyexp.filter`. Empty: no difficulty filter.
     difficulty_key: str = ""
     difficulty_range: list[float] = field(default_factory=list)
-    mix: list[MixEntry] = field(default_factory=list)  # data.source=mix: the sources and their shares
+    # data.source=mix: the sources and their shares
+    mix: list[MixEntry] = field(default_factory=list)
     dedup: bool = True  # mix: drop repeated problems (normalised-text hash), first source wins
     decontam: list[str] = field(default_factory=list)  # eval files whose problems never train
     # Prompt: {problem} is replaced by the problem; system_prompt (if any) becomes the system
@@ -106,7 +109,8 @@ class FilterConfig(SampleJob):
     benchmarks: list[str] = field(default_factory=list)  # eval files to decontaminate against
     benchmark_key: str = "problem"
     ngram: int = 10  # tokens per n-gram
-    overlap: float = 0.6  # shared n-grams / n-grams of the shorter problem at or above this: contaminated
+    # contaminated when shared n-grams / n-grams of the shorter problem are at or above this
+    overlap: float = 0.6
 
 
 @dataclass

@@ -34,22 +34,40 @@ def accepted(samples: list[dict[str, Any]], keep: int) -> list[dict[str, Any]]:
     """The correct, finished samples, distinct texts only, at most `keep` of them (0: all)."""
     out, seen = [], set()
     for s in samples:
-        if s["score"] >= 1.0 and s["status"] == "ok" and not s["truncated"] and s["text"] not in seen:
+        if (
+            s["score"] >= 1.0
+            and s["status"] == "ok"
+            and not s["truncated"]
+            and s["text"] not in seen
+        ):
             seen.add(s["text"])
             out.append(s)
     return out[:keep] if keep else out
 
 
-def sft_rows(problems: list[Problem], records: list[dict[str, Any]], cfg: Config) -> list[dict[str, Any]]:
+def sft_rows(
+    problems: list[Problem], records: list[dict[str, Any]], cfg: Config
+) -> list[dict[str, Any]]:
     prefix, k = template_of(cfg.data).prefix, cfg.distill.k
     rows = []
     for p, r in zip(problems, records):
         system, user = user_text(p, cfg)
         head = [{"role": "system", "content": system}] if system else []
         for j, s in enumerate(accepted(r["samples"], cfg.distill.keep)):
-            rows.append({"id": f"{p.id}#{j}", "problem": p.problem, "answer": p.answer, "extracted": s["extracted"],
-                         "pass_rate": r["correct"] / k,
-                         "messages": head + [{"role": "user", "content": user}, {"role": "assistant", "content": prefix + s["text"]}]})
+            rows.append(
+                {
+                    "id": f"{p.id}#{j}",
+                    "problem": p.problem,
+                    "answer": p.answer,
+                    "extracted": s["extracted"],
+                    "pass_rate": r["correct"] / k,
+                    "messages": head
+                    + [
+                        {"role": "user", "content": user},
+                        {"role": "assistant", "content": prefix + s["text"]},
+                    ],
+                }
+            )
     return rows
 
 
@@ -65,12 +83,24 @@ def run_distill(cfg: Config, run_dir: Path, plain: dict | None = None) -> dict[s
         sampler.close()
     rows = sft_rows(problems, records, cfg)
     solved = sum(1 for r in records if r["correct"] > 0)
-    report = {"prompts": len(problems), "k": cfg.distill.k, "prompts_solved": solved, "rows": len(rows),
-              "model": sampler.model_path, "out": str(out)}
+    report = {
+        "prompts": len(problems),
+        "k": cfg.distill.k,
+        "prompts_solved": solved,
+        "rows": len(rows),
+        "model": sampler.model_path,
+        "out": str(out),
+    }
     if sampler.d.is_main:
         write_jsonl(out, rows)
         out.with_name(out.stem + ".report.json").write_text(json.dumps(report, indent=2))
-        log.info("distill: %d responses for %d of %d prompts -> %s", len(rows), solved, len(problems), out)
+        log.info(
+            "distill: %d responses for %d of %d prompts -> %s",
+            len(rows),
+            solved,
+            len(problems),
+            out,
+        )
     return report
 
 

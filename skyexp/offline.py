@@ -61,16 +61,45 @@ def sample(s: Sampler, problems: list[Problem], job: SampleJob, n: int) -> list[
     """n scored samples for every problem: one record per problem, in order, with `correct` and
     `samples` (text, extracted, score, status, length, truncated) as run_eval writes them."""
     tmpl, chat = template_of(s.cfg.data), s.cfg.model.chat_template
-    ecfg = EvalConfig(name="offline", n=n, temperature=job.temperature, top_p=job.top_p, max_response_len=job.max_response_len)
+    ecfg = EvalConfig(
+        name="offline",
+        n=n,
+        temperature=job.temperature,
+        top_p=job.top_p,
+        max_response_len=job.max_response_len,
+    )
     records: list[dict[str, Any]] = []
     t0 = time.time()
-    bar = tqdm(total=len(problems), desc=f"sampling x{n}", unit="prompt", disable=not (s.d.is_main and s.cfg.logger.progress),
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=len(problems),
+        desc=f"sampling x{n}",
+        unit="prompt",
+        disable=not (s.d.is_main and s.cfg.logger.progress),
+        dynamic_ncols=True,
+    )
     for start in range(0, len(problems), job.chunk):
         chunk = problems[start : start + job.chunk]
         # rendered here (row system prompts included), so run_eval's own template is the identity
-        rendered = [replace(p, problem=apply_template(p.problem, tmpl, s.tokenizer, chat, p.meta.get("system", ""))) for p in chunk]
-        res = run_eval(s.engine, s.reward, s.tokenizer, rendered, ecfg, "{problem}", False, s.d.rank, s.d.world_size)
+        rendered = [
+            replace(
+                p,
+                problem=apply_template(
+                    p.problem, tmpl, s.tokenizer, chat, p.meta.get("system", "")
+                ),
+            )
+            for p in chunk
+        ]
+        res = run_eval(
+            s.engine,
+            s.reward,
+            s.tokenizer,
+            rendered,
+            ecfg,
+            "{problem}",
+            False,
+            s.d.rank,
+            s.d.world_size,
+        )
         records += res.records
         bar.update(len(chunk))
         bar.set_postfix({"solved": f"{sum(r['correct'] > 0 for r in records) / len(records):.2f}"})
@@ -93,7 +122,9 @@ def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write atomically: a killed job never leaves a half-written file under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    tmp.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+    )
     tmp.replace(path)
 
 

@@ -41,17 +41,23 @@ def test_take_weights_and_counts():
     rng = random.Random(0)
     assert len(take(p, 1.0, 0, rng)) == 10 and len(take(p, 0.5, 0, rng)) == 5
     up = take(p, 2.5, 0, rng)
-    assert len(up) == 25 and min(Counter(x.id for x in up).values()) == 2  # every row twice, 5 a third time
+    # every row twice, 5 a third time
+    assert len(up) == 25 and min(Counter(x.id for x in up).values()) == 2
     assert len(take(p, 1.0, 3, rng)) == 3 and len({x.id for x in take(p, 1.0, 7, rng)}) == 7
 
 
 def test_build_mix_is_deterministic_and_labels_ids():
-    groups = [("A", probs("a", [f"a {i}" for i in range(20)])), ("B", probs("b", [f"b {i}" for i in range(30)]))]
+    groups = [
+        ("A", probs("a", [f"a {i}" for i in range(20)])),
+        ("B", probs("b", [f"b {i}" for i in range(30)])),
+    ]
     one, stats = build_mix(groups, [0.5, 1.0], [0, 0], seed=3)
     two, _ = build_mix(groups, [0.5, 1.0], [0, 0], seed=3)
     other, _ = build_mix(groups, [0.5, 1.0], [0, 0], seed=4)
     assert [p.id for p in one] == [p.id for p in two] != [p.id for p in other]
-    assert Counter(p.meta["mix_source"] for p in one) == {"A": 10, "B": 30} and [s.taken for s in stats] == [10, 30]
+    assert Counter(p.meta["mix_source"] for p in one) == {"A": 10, "B": 30} and [
+        s.taken for s in stats
+    ] == [10, 30]
     assert one[0].id.startswith("A/a")
 
 
@@ -59,7 +65,11 @@ def _mix_files(tmp_path):
     still = [{"question": f"Still problem {i}", "answer": str(i)} for i in range(40)]
     still[3] = {"question": "broken", "answer": None}
     dsr = [{"problem": f"DeepScaleR problem {i}", "answer": str(i)} for i in range(30)]
-    dsr += [{"problem": "still  problem 5", "answer": "5"}, {"problem": "STILL problem 6", "answer": "6"}]  # in both
+    # in both
+    dsr += [
+        {"problem": "still  problem 5", "answer": "5"},
+        {"problem": "STILL problem 6", "answer": "6"},
+    ]
     return write_jsonl(tmp_path / "still.jsonl", still), write_jsonl(tmp_path / "dsr.jsonl", dsr)
 
 
@@ -74,7 +84,10 @@ def test_mix_from_files_removes_and_counts_duplicates(tmp_path, caplog):
     task = load_task(mix_config(tmp_path))
     assert len(task.train) == 39 + 30 and task.stats["duplicates"] == 2 and task.stats["bad"] == 1
     assert task.stats["sources"] == {"still3": 39, "deepscaler": 30}
-    assert "deepscaler: 32 rows, 0 bad, 0 filtered, 0 repeated, 2 duplicates of other sources (2 in still3)" in caplog.text
+    assert (
+        "deepscaler: 32 rows, 0 bad, 0 filtered, 0 repeated, 2 duplicates of other sources (2 in still3)"
+        in caplog.text
+    )
     assert task.skipped == [(3, "still3: missing or empty 'answer'")]
     counted = load_task(mix_config(tmp_path, count=10))
     assert counted.stats["sources"] == {"still3": 39, "deepscaler": 10}
@@ -97,10 +110,13 @@ def test_mix_two_ranks_disjoint_and_resume_exact(tmp_path):
     b = PromptSampler(load_task(mix_config(tmp_path)).train, seed=7)
     b.load_state_dict(state)
     assert [p.id for p in a.next(40)] == [p.id for p in b.next(40)]
-    with pytest.raises(DataError, match="fingerprint"):  # other data: refuse instead of drawing other prompts
+    # other data: refuse instead of drawing other prompts
+    with pytest.raises(DataError, match="fingerprint"):
         PromptSampler(problems[::-1], seed=7).load_state_dict(state)
     with pytest.raises(DataError, match="size"):
-        PromptSampler(load_task(mix_config(tmp_path, count=10)).train, seed=7).load_state_dict(state)
+        PromptSampler(load_task(mix_config(tmp_path, count=10)).train, seed=7).load_state_dict(
+            state
+        )
     with pytest.raises(DataError, match="seed"):
         PromptSampler(problems, seed=8).load_state_dict(state)
 
@@ -117,13 +133,16 @@ def test_resume_under_another_world_size(tmp_path):
     assert [p.id for h in halves for p in h.next(8)] == whole
 
 
-@pytest.mark.parametrize("entries,key", [
-    ([], "data.mix"),
-    ([MixEntry(source="arith")], "data.mix[0].source"),
-    ([MixEntry(source="jsonl")], "data.mix[0].path"),
-    ([MixEntry(source="still3", weight=0)], "data.mix[0].weight"),
-    ([MixEntry(source="nope")], "data.mix[0].source"),
-])
+@pytest.mark.parametrize(
+    "entries,key",
+    [
+        ([], "data.mix"),
+        ([MixEntry(source="arith")], "data.mix[0].source"),
+        ([MixEntry(source="jsonl")], "data.mix[0].path"),
+        ([MixEntry(source="still3", weight=0)], "data.mix[0].weight"),
+        ([MixEntry(source="nope")], "data.mix[0].source"),
+    ],
+)
 def test_mix_config_errors_name_the_key(entries, key):
     from skyexp.config import Config, validate
 
@@ -143,17 +162,24 @@ def test_real_mix_of_the_deepscaler_parts_removes_true_duplicates(shared_data):
 
     names = ["deepscaler_aime_1983_2023", "deepscaler_math_train", "deepscaler_subset_1209"]
     paths = [str(shared_data / "train" / f"{n}.jsonl") for n in names]
-    task = load_task(DataConfig(source="mix", mix=[MixEntry(source="deepscaler", path=p) for p in paths]))
-    rows = {f"deepscaler{i + 1}/{r['id']}": r for i, p in enumerate(paths) for r in read_jsonl(p)}  # ids as the mix labels them
+    task = load_task(
+        DataConfig(source="mix", mix=[MixEntry(source="deepscaler", path=p) for p in paths])
+    )
+    # ids as the mix labels them
+    rows = {f"deepscaler{i + 1}/{r['id']}": r for i, p in enumerate(paths) for r in read_jsonl(p)}
     assert len(task.train) + task.stats["duplicates"] == len(rows) == 975 + 7470 + 1208
-    assert task.stats["duplicates"] > 0 and task.stats["sources"]["deepscaler1"] == 975  # the first source loses nothing
+    # the first source loses nothing
+    assert task.stats["duplicates"] > 0 and task.stats["sources"]["deepscaler1"] == 975
     kept = {text_key(p.problem): p.answer for p in task.train}
     kept_ids = {p.id for p in task.train}
     dropped = [r for i, r in rows.items() if i not in kept_ids]
     assert len(dropped) == task.stats["duplicates"]
     reward = build_reward(RewardConfig())
     try:
-        scores = reward.score([f"\\boxed{{{r['answer']}}}" for r in dropped], [kept[text_key(r["problem"])] for r in dropped]).scores
+        scores = reward.score(
+            [f"\\boxed{{{r['answer']}}}" for r in dropped],
+            [kept[text_key(r["problem"])] for r in dropped],
+        ).scores
     finally:
         reward.close()
     assert scores == [1.0] * len(dropped)
@@ -161,6 +187,13 @@ def test_real_mix_of_the_deepscaler_parts_removes_true_duplicates(shared_data):
 
 def test_real_amc23_is_inside_amc22_23(shared_data):
     """SOURCES.md: all 40 AMC 2023 problems are also in the 83-problem amc22_23 set."""
-    task = load_task(DataConfig(source="mix", mix=[MixEntry(source="jsonl", path=str(shared_data / "eval/amc22_23.jsonl")),
-                                                   MixEntry(source="jsonl", path=str(shared_data / "eval/amc23.jsonl"))]))
+    task = load_task(
+        DataConfig(
+            source="mix",
+            mix=[
+                MixEntry(source="jsonl", path=str(shared_data / "eval/amc22_23.jsonl")),
+                MixEntry(source="jsonl", path=str(shared_data / "eval/amc23.jsonl")),
+            ],
+        )
+    )
     assert task.stats["duplicates"] == 40 and task.stats["sources"] == {"jsonl1": 83, "jsonl2": 0}

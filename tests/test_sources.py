@@ -15,7 +15,9 @@ from skyexp.data import DataError, load_task
 from skyexp.data.rows import get_path
 from skyexp.data.sources import EURUS_INSTRUCTION
 
-EURUS_SYSTEM = "When tackling complex reasoning tasks, you have access to the following actions. [ASSESS] ..."
+EURUS_SYSTEM = (
+    "When tackling complex reasoning tasks, you have access to the following actions. [ASSESS] ..."
+)
 
 
 def write_jsonl(path, rows):
@@ -30,17 +32,32 @@ def write_parquet(path, rows):
 
 def eurus_row(i: int, source: str, answer="7", user=None, prompt=None):
     user = user if user is not None else f"Problem {i}: find x.\n\n{EURUS_INSTRUCTION}"
-    return {"data_source": source, "ability": "math" if source.startswith("numina") else "code",
-            "prompt": prompt if prompt is not None else [{"role": "system", "content": EURUS_SYSTEM}, {"role": "user", "content": user}],
-            "reward_model": {"style": "rule", "ground_truth": answer}, "extra_info": {"split": "train", "index": i}}
+    return {
+        "data_source": source,
+        "ability": "math" if source.startswith("numina") else "code",
+        "prompt": prompt
+        if prompt is not None
+        else [{"role": "system", "content": EURUS_SYSTEM}, {"role": "user", "content": user}],
+        "reward_model": {"style": "rule", "ground_truth": answer},
+        "extra_info": {"split": "train", "index": i},
+    }
 
 
 def skywork_row(i: int, difficulty_7b, truth='["\\\\frac{1}{2}", "0.5"]'):
-    return {"data_source": "train-math-deepscaler", "ability": "math",
-            "prompt": [{"role": "user", "content": f"Skywork problem {i}. Let's think step by step."}],
-            "reward_model": {"style": "rule", "ground_truth": truth},
-            "extra_info": {"index": i, "model_difficulty": {"DeepSeek-R1-Distill-Qwen-1.5B": 16, "DeepSeek-R1-Distill-Qwen-7B": difficulty_7b,
-                                                            "DeepSeek-R1-Distill-Qwen-32B": 3}}}
+    return {
+        "data_source": "train-math-deepscaler",
+        "ability": "math",
+        "prompt": [{"role": "user", "content": f"Skywork problem {i}. Let's think step by step."}],
+        "reward_model": {"style": "rule", "ground_truth": truth},
+        "extra_info": {
+            "index": i,
+            "model_difficulty": {
+                "DeepSeek-R1-Distill-Qwen-1.5B": 16,
+                "DeepSeek-R1-Distill-Qwen-7B": difficulty_7b,
+                "DeepSeek-R1-Distill-Qwen-32B": 3,
+            },
+        },
+    }
 
 
 @pytest.fixture
@@ -60,47 +77,83 @@ def offline_datasets(tmp_path, monkeypatch):
 def test_still3_schema(tmp_path, fmt):
     rows = [{"question": f"What is {i}+{i}?", "answer": str(2 * i)} for i in range(20)]
     rows[4] = {"question": "no answer here", "answer": ""}
-    rows[9] = {"question": 12 if fmt == "jsonl" else None, "answer": "3"}  # non-string problem (parquet columns are typed)
+    # non-string problem (parquet columns are typed)
+    rows[9] = {
+        "question": 12 if fmt == "jsonl" else None,
+        "answer": "3",
+    }
     path = (write_jsonl if fmt == "jsonl" else write_parquet)(tmp_path / f"still3.{fmt}", rows)
     task = load_task(DataConfig(source="still3", path=path, max_bad_fraction=0.2))
     assert len(task.train) == 18 and [i for i, _ in task.skipped] == [4, 9]
-    assert "missing or empty 'answer'" in task.skipped[0][1] and "non-string 'question'" in task.skipped[1][1]
+    assert (
+        "missing or empty 'answer'" in task.skipped[0][1]
+        and "non-string 'question'" in task.skipped[1][1]
+    )
     assert task.train[0].problem == "What is 0+0?" and task.train[1].answer == "2"
 
 
 def test_eurus_numina_filters_sources_and_strips(tmp_path):
-    rows = [eurus_row(0, "numina_amc_aime"), eurus_row(1, "numina_cn_k12"), eurus_row(2, "numina_olympiads", answer="3"),
-            eurus_row(3, "taco", answer='{"inputs": ["1"]}'), eurus_row(4, "numina_olympiads")]
+    rows = [
+        eurus_row(0, "numina_amc_aime"),
+        eurus_row(1, "numina_cn_k12"),
+        eurus_row(2, "numina_olympiads", answer="3"),
+        eurus_row(3, "taco", answer='{"inputs": ["1"]}'),
+        eurus_row(4, "numina_olympiads"),
+    ]
     path = write_parquet(tmp_path / "eurus.parquet", rows)
     task = load_task(DataConfig(source="eurus_numina", path=path, strip_system=True))
-    assert [p.problem for p in task.train] == ["Problem 0: find x.", "Problem 2: find x.", "Problem 4: find x."]
+    assert [p.problem for p in task.train] == [
+        "Problem 0: find x.",
+        "Problem 2: find x.",
+        "Problem 4: find x.",
+    ]
     assert [p.answer for p in task.train] == ["7", "3", "7"] and task.stats["filtered"] == 2
-    assert all("system" not in p.meta for p in task.train) and task.train[0].meta["data_source"] == "numina_amc_aime"
+    assert (
+        all("system" not in p.meta for p in task.train)
+        and task.train[0].meta["data_source"] == "numina_amc_aime"
+    )
     kept = load_task(DataConfig(source="eurus_numina", path=path, data_sources=["numina_cn_k12"]))
-    assert len(kept.train) == 1 and kept.train[0].meta["system"] == EURUS_SYSTEM  # the dataset's own system prompt
+    # the dataset's own system prompt
+    assert len(kept.train) == 1 and kept.train[0].meta["system"] == EURUS_SYSTEM
 
 
 def test_verl_rows_with_malformed_prompts_are_counted(tmp_path):
     rows = [eurus_row(i, "numina_olympiads") for i in range(12)]
     rows[1] = eurus_row(1, "numina_olympiads", prompt="not a list")
-    rows[3] = eurus_row(3, "numina_olympiads", prompt=[{"role": "system", "content": "only a system prompt"}])
+    rows[3] = eurus_row(
+        3, "numina_olympiads", prompt=[{"role": "system", "content": "only a system prompt"}]
+    )
     rows[5] = eurus_row(5, "numina_olympiads", answer="")
     rows[7] = eurus_row(7, "numina_olympiads", prompt=[{"role": "user"}])
     path = write_jsonl(tmp_path / "eurus.jsonl", rows)
     with pytest.raises(DataError) as e:  # 4 of 12 bad: over the default 5%
         load_task(DataConfig(source="eurus_numina", path=path))
-    assert "4 of 12 rows are unusable" in str(e.value) and "row 1" in str(e.value) and "row 7" in str(e.value)
+    assert (
+        "4 of 12 rows are unusable" in str(e.value)
+        and "row 1" in str(e.value)
+        and "row 7" in str(e.value)
+    )
     task = load_task(DataConfig(source="eurus_numina", path=path, max_bad_fraction=0.5))
     assert len(task.train) == 8
     reasons = dict(task.skipped)
-    assert sorted(reasons) == [1, 3, 5, 7] and "malformed prompt list" in reasons[1] and "no non-empty user message" in reasons[3]
+    assert (
+        sorted(reasons) == [1, 3, 5, 7]
+        and "malformed prompt list" in reasons[1]
+        and "no non-empty user message" in reasons[3]
+    )
     assert "reward_model.ground_truth" in reasons[5] and "malformed prompt list" in reasons[7]
 
 
 def test_deepscaler_schema_keeps_solution(tmp_path):
-    rows = [{"problem": f"p{i}", "answer": f"{i}", "solution": f"so \\boxed{{{i}}}"} for i in range(5)]
-    task = load_task(DataConfig(source="deepscaler", path=write_jsonl(tmp_path / "dsr.jsonl", rows)))
-    assert [p.answer for p in task.train] == ["0", "1", "2", "3", "4"] and task.train[2].solution == "so \\boxed{2}"
+    rows = [
+        {"problem": f"p{i}", "answer": f"{i}", "solution": f"so \\boxed{{{i}}}"} for i in range(5)
+    ]
+    task = load_task(
+        DataConfig(source="deepscaler", path=write_jsonl(tmp_path / "dsr.jsonl", rows))
+    )
+    assert [p.answer for p in task.train] == ["0", "1", "2", "3", "4"] and task.train[
+        2
+    ].solution == "so \\boxed{2}"
 
 
 def test_skywork_difficulty_filter_and_json_answers(tmp_path):
@@ -108,9 +161,18 @@ def test_skywork_difficulty_filter_and_json_answers(tmp_path):
     rows = [skywork_row(i, d) for i, d in enumerate(difficulties)]
     path = write_parquet(tmp_path / "skywork.parquet", rows)
     key = "extra_info.model_difficulty.DeepSeek-R1-Distill-Qwen-7B"
-    task = load_task(DataConfig(source="skywork_or1_math", path=path, difficulty_key=key, difficulty_range=[1, 15]))
-    assert [p.problem for p in task.train] == [f"Skywork problem {i}. Let's think step by step." for i in (1, 2, 3)]
-    assert task.train[0].answer == "\\frac{1}{2}" and task.train[0].meta["answers"] == ["\\frac{1}{2}", "0.5"]
+    task = load_task(
+        DataConfig(
+            source="skywork_or1_math", path=path, difficulty_key=key, difficulty_range=[1, 15]
+        )
+    )
+    assert [p.problem for p in task.train] == [
+        f"Skywork problem {i}. Let's think step by step." for i in (1, 2, 3)
+    ]
+    assert task.train[0].answer == "\\frac{1}{2}" and task.train[0].meta["answers"] == [
+        "\\frac{1}{2}",
+        "0.5",
+    ]
     assert task.stats["filtered"] == 3
     # a key holding a dot ('1.5B') is matched whole
     assert get_path(rows[0], "extra_info.model_difficulty.DeepSeek-R1-Distill-Qwen-1.5B") == 16
@@ -118,12 +180,26 @@ def test_skywork_difficulty_filter_and_json_answers(tmp_path):
 
 def test_generic_keys_and_chat_list_problems(tmp_path):
     rows = [{"q": {"text": f"question {i}"}, "a": i} for i in range(4)]
-    task = load_task(DataConfig(source="jsonl", path=write_jsonl(tmp_path / "g.jsonl", rows), problem_key="q.text", answer_key="a"))
+    task = load_task(
+        DataConfig(
+            source="jsonl",
+            path=write_jsonl(tmp_path / "g.jsonl", rows),
+            problem_key="q.text",
+            answer_key="a",
+        )
+    )
     assert [p.answer for p in task.train] == ["0", "1", "2", "3"]
     verl = [eurus_row(i, "math", answer=str(i)) for i in range(3)]
-    task = load_task(DataConfig(source="parquet", path=write_parquet(tmp_path / "v.parquet", verl), problem_key="prompt",
-                                answer_key="reward_model.ground_truth"))
-    assert task.train[1].answer == "1" and task.train[1].problem.endswith(EURUS_INSTRUCTION)  # generic: nothing stripped
+    task = load_task(
+        DataConfig(
+            source="parquet",
+            path=write_parquet(tmp_path / "v.parquet", verl),
+            problem_key="prompt",
+            answer_key="reward_model.ground_truth",
+        )
+    )
+    # generic: nothing stripped
+    assert task.train[1].answer == "1" and task.train[1].problem.endswith(EURUS_INSTRUCTION)
 
 
 def test_hub_code_path_on_a_local_repo_layout(offline_datasets):
@@ -131,14 +207,24 @@ def test_hub_code_path_on_a_local_repo_layout(offline_datasets):
     datasets.load_dataset(path, split=...) exactly as a hub id does."""
     repo = offline_datasets / "STILL-3-Preview-RL-Data"
     (repo / "data").mkdir(parents=True)
-    write_parquet(repo / "data" / "train-00000-of-00001.parquet", [{"question": f"q{i}", "answer": str(i)} for i in range(6)])
-    assert [p.answer for p in load_task(DataConfig(source="still3", path=str(repo))).train] == [str(i) for i in range(6)]
+    write_parquet(
+        repo / "data" / "train-00000-of-00001.parquet",
+        [{"question": f"q{i}", "answer": str(i)} for i in range(6)],
+    )
+    assert [p.answer for p in load_task(DataConfig(source="still3", path=str(repo))).train] == [
+        str(i) for i in range(6)
+    ]
     eurus = offline_datasets / "Eurus-2-RL-Data"
     (eurus / "data").mkdir(parents=True)
-    write_parquet(eurus / "data" / "train-00000-of-00001.parquet",
-                  [eurus_row(i, ["numina_amc_aime", "taco", "numina_olympiads"][i % 3]) for i in range(9)])
+    write_parquet(
+        eurus / "data" / "train-00000-of-00001.parquet",
+        [eurus_row(i, ["numina_amc_aime", "taco", "numina_olympiads"][i % 3]) for i in range(9)],
+    )
     task = load_task(DataConfig(source="eurus_numina", path=str(eurus)))
-    assert len(task.train) == 6 and {p.meta["data_source"] for p in task.train} == {"numina_amc_aime", "numina_olympiads"}
+    assert len(task.train) == 6 and {p.meta["data_source"] for p in task.train} == {
+        "numina_amc_aime",
+        "numina_olympiads",
+    }
 
 
 def test_unreachable_hub_set_is_a_data_error(offline_datasets):
@@ -163,8 +249,14 @@ def test_json_array_files_load(tmp_path):
     assert len(load_task(DataConfig(source="deepscaler", path=str(path))).train) == 2
 
 
-@pytest.mark.parametrize("name,rows", [("train/deepscaler_aime_1983_2023.jsonl", 975), ("train/deepscaler_math_train.jsonl", 7470),
-                                       ("train/deepscaler_subset_1209.jsonl", 1208)])
+@pytest.mark.parametrize(
+    "name,rows",
+    [
+        ("train/deepscaler_aime_1983_2023.jsonl", 975),
+        ("train/deepscaler_math_train.jsonl", 7470),
+        ("train/deepscaler_subset_1209.jsonl", 1208),
+    ],
+)
 def test_real_deepscaler_parts_load(shared_data, name, rows):
     task = load_task(DataConfig(source="deepscaler", path=str(shared_data / name)))
     assert len(task.train) == rows and not task.skipped
@@ -172,7 +264,17 @@ def test_real_deepscaler_parts_load(shared_data, name, rows):
 
 
 def test_real_eval_files_load_as_jsonl(shared_data):
-    sizes = {"aime24": 30, "aime25": 30, "amc23": 40, "amc22_23": 83, "math500": 500, "olympiadbench": 675, "minerva_math": 272}
+    sizes = {
+        "aime24": 30,
+        "aime25": 30,
+        "amc23": 40,
+        "amc22_23": 83,
+        "math500": 500,
+        "olympiadbench": 675,
+        "minerva_math": 272,
+    }
     for name, n in sizes.items():
-        task = load_task(DataConfig(source="jsonl", path=str(shared_data / "eval" / f"{name}.jsonl")))
+        task = load_task(
+            DataConfig(source="jsonl", path=str(shared_data / "eval" / f"{name}.jsonl"))
+        )
         assert len(task.train) == n and not task.skipped, name

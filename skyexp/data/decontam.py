@@ -78,7 +78,9 @@ class BenchmarkIndex:
         return best
 
 
-def find_contaminated(train: list[str], bench: list[str], n: int = 10, threshold: float = 0.6) -> list[Hit]:
+def find_contaminated(
+    train: list[str], bench: list[str], n: int = 10, threshold: float = 0.6
+) -> list[Hit]:
     """Every training problem that matches a benchmark problem, with the closest match."""
     idx = BenchmarkIndex(bench, n)
     hits = []

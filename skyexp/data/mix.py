@@ -49,14 +49,17 @@ class SourceStats:
     bad: int = 0
     filtered: int = 0
     dup_within: int = 0  # repeats of a problem seen earlier in the same source
-    dup_across: dict[str, int] = field(default_factory=dict)  # repeats of a problem kept from another source
+    # repeats of a problem kept from another source
+    dup_across: dict[str, int] = field(default_factory=dict)
     taken: int = 0  # problems this source puts in each epoch
 
     def line(self) -> str:
         across = sum(self.dup_across.values())
         detail = ", ".join(f"{n} in {s}" for s, n in self.dup_across.items())
-        return (f"{self.label}: {self.rows} rows, {self.bad} bad, {self.filtered} filtered, {self.dup_within} repeated, "
-                f"{across} duplicates of other sources{f' ({detail})' if detail else ''}, {self.taken} per epoch")
+        return (
+            f"{self.label}: {self.rows} rows, {self.bad} bad, {self.filtered} filtered, {self.dup_within} repeated, "
+            f"{across} duplicates of other sources{f' ({detail})' if detail else ''}, {self.taken} per epoch"
+        )
 
 
 def dedup(groups: list[tuple[str, list[Problem]]]) -> tuple[list[list[Problem]], list[SourceStats]]:
@@ -99,8 +102,13 @@ def labels_for(sources: list[str]) -> list[str]:
     return out
 
 
-def build_mix(groups: list[tuple[str, list[Problem]]], weights: list[float], counts: list[int], seed: int,
-              remove_duplicates: bool = True) -> tuple[list[Problem], list[SourceStats]]:
+def build_mix(
+    groups: list[tuple[str, list[Problem]]],
+    weights: list[float],
+    counts: list[int],
+    seed: int,
+    remove_duplicates: bool = True,
+) -> tuple[list[Problem], list[SourceStats]]:
     """One problem list for the mix. Ids are prefixed with the entry's label (unique across the
     mix) and meta['mix_source'] records it. Deterministic in `seed`."""
     if remove_duplicates:
@@ -110,7 +118,9 @@ def build_mix(groups: list[tuple[str, list[Problem]]], weights: list[float], cou
     out: list[Problem] = []
     for i, ((label, _), problems, st) in enumerate(zip(groups, kept, stats)):
         rng = random.Random(seed * 1_000_003 + i)
-        tagged = [replace(p, id=f"{label}/{p.id}", meta={**p.meta, "mix_source": label}) for p in problems]
+        tagged = [
+            replace(p, id=f"{label}/{p.id}", meta={**p.meta, "mix_source": label}) for p in problems
+        ]
         chosen = take(tagged, weights[i], counts[i], rng)
         st.taken = len(chosen)
         out += chosen

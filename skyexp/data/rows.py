@@ -51,7 +51,10 @@ def read_json(path: str) -> list[dict[str, Any]]:
     if head.startswith("["):
         with open(path, encoding="utf-8") as f:
             data = json.load(f)
-        return [r if isinstance(r, dict) else {"__error__": f"not an object ({type(r).__name__})"} for r in data]
+        return [
+            r if isinstance(r, dict) else {"__error__": f"not an object ({type(r).__name__})"}
+            for r in data
+        ]
     return read_jsonl(path)
 
 
@@ -83,21 +86,31 @@ def read_hub(path: str, split: str, keep_sources: list[str] | None = None) -> li
     else:
         try:
             ds = datasets.load_dataset(path, split=split)
-        except Exception as e:  # no network, no HF cache, unknown id or split: say which and what to do
-            raise DataError(f"could not load '{path}' (split '{split}') with datasets.load_dataset: "
-                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — needs the hub or its cache; "
-                            "or point data.path at a local copy of the same schema") from e
+        # no network, no HF cache, unknown id or split: say which and what to do
+        except Exception as e:
+            raise DataError(
+                f"could not load '{path}' (split '{split}') with datasets.load_dataset: "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — needs the hub or its cache; "
+                "or point data.path at a local copy of the same schema"
+            ) from e
     return list(_keep_sources(ds, keep_sources or []))
 
 
-def read_rows(path: str, split: str = "train", keep_sources: list[str] | None = None) -> list[dict[str, Any]]:
+def read_rows(
+    path: str, split: str = "train", keep_sources: list[str] | None = None
+) -> list[dict[str, Any]]:
     """Rows of a local file (by extension) or of a dataset directory / hub id."""
     p = Path(path)
     if p.is_file():
         readers: dict[str, Callable[[str], list[dict[str, Any]]]] = {
-            ".jsonl": read_jsonl, ".json": read_json, ".parquet": read_parquet}
+            ".jsonl": read_jsonl,
+            ".json": read_json,
+            ".parquet": read_parquet,
+        }
         if p.suffix not in readers:
-            raise DataError(f"{path}: unknown file type '{p.suffix}' (use .jsonl, .json or .parquet)")
+            raise DataError(
+                f"{path}: unknown file type '{p.suffix}' (use .jsonl, .json or .parquet)"
+            )
         return readers[p.suffix](path)
     if path.startswith(("/", ".", "~")) and not p.exists():
         raise DataError(f"data.path: file not found: {path}")
@@ -140,7 +153,11 @@ def _chat(messages: Any) -> tuple[str, str] | str:
         return "malformed prompt list (not a non-empty list)"
     system, user = "", None
     for m in messages:
-        if not isinstance(m, dict) or not isinstance(m.get("content"), str) or m.get("role") not in ("system", "user", "assistant"):
+        if (
+            not isinstance(m, dict)
+            or not isinstance(m.get("content"), str)
+            or m.get("role") not in ("system", "user", "assistant")
+        ):
             return "malformed prompt list (each message needs a role and a string content)"
         if m["role"] == "system":
             system = m["content"]
@@ -194,11 +211,22 @@ def parse_row(row: dict[str, Any], schema: RowSchema, row_id: str) -> Problem | 
     if len(answers) > 1:
         meta["answers"] = answers
     solution = row.get("solution") if isinstance(row.get("solution"), str) else None
-    return Problem(id=str(row.get("id", row_id)), problem=problem, answer=answers[0], solution=solution, meta=meta)
+    return Problem(
+        id=str(row.get("id", row_id)),
+        problem=problem,
+        answer=answers[0],
+        solution=solution,
+        meta=meta,
+    )
 
 
-def collect(rows: list[dict[str, Any]], parse: Callable[[dict[str, Any], int], Any], where: str,
-            max_bad_fraction: float, numbers: list[int] | None = None) -> tuple[list[Any], list[tuple[int, str]]]:
+def collect(
+    rows: list[dict[str, Any]],
+    parse: Callable[[dict[str, Any], int], Any],
+    where: str,
+    max_bad_fraction: float,
+    numbers: list[int] | None = None,
+) -> tuple[list[Any], list[tuple[int, str]]]:
     """Parse every row (`parse(row, row_number)` returns the parsed row, or a string: the reason it
     is unusable). Unusable rows are skipped and counted with their row numbers (`numbers`: their
     numbers in the file, when some rows were filtered out before); when more than
@@ -213,7 +241,13 @@ def collect(rows: list[dict[str, Any]], parse: Callable[[dict[str, Any], int], A
         else:
             good.append(got)
     if bad:
-        log.warning("%s: skipped %d of %d rows (first: %s)", where, len(bad), len(rows), "; ".join(f"row {i}: {r}" for i, r in bad[:5]))
+        log.warning(
+            "%s: skipped %d of %d rows (first: %s)",
+            where,
+            len(bad),
+            len(rows),
+            "; ".join(f"row {i}: {r}" for i, r in bad[:5]),
+        )
     if rows and len(bad) / len(rows) > max_bad_fraction:
         sample = "\n".join(f"  row {i}: {r}" for i, r in bad[:10])
         raise DataError(
@@ -224,13 +258,30 @@ def collect(rows: list[dict[str, Any]], parse: Callable[[dict[str, Any], int], A
     return good, bad
 
 
-def clean(rows: list[dict[str, Any]], schema: RowSchema, where: str, max_bad_fraction: float,
-          id_prefix: str = "", numbers: list[int] | None = None) -> tuple[list[Problem], list[tuple[int, str]]]:
+def clean(
+    rows: list[dict[str, Any]],
+    schema: RowSchema,
+    where: str,
+    max_bad_fraction: float,
+    id_prefix: str = "",
+    numbers: list[int] | None = None,
+) -> tuple[list[Problem], list[tuple[int, str]]]:
     """Rows -> Problems, bad rows counted (see `collect`)."""
-    return collect(rows, lambda row, i: parse_row(row, schema, f"{id_prefix or where}:{i}"), where, max_bad_fraction, numbers)
+    return collect(
+        rows,
+        lambda row, i: parse_row(row, schema, f"{id_prefix or where}:{i}"),
+        where,
+        max_bad_fraction,
+        numbers,
+    )
 
 
-def clean_rows(rows: list[dict[str, Any]], problem_key: str, answer_key: str, where: str,
-               max_bad_fraction: float) -> tuple[list[Problem], list[tuple[int, str]]]:
+def clean_rows(
+    rows: list[dict[str, Any]],
+    problem_key: str,
+    answer_key: str,
+    where: str,
+    max_bad_fraction: float,
+) -> tuple[list[Problem], list[tuple[int, str]]]:
     """`clean` for flat rows with the given field names."""
     return clean(rows, RowSchema(problem_key, answer_key), where, max_bad_fraction)

@@ -16,21 +16,35 @@ from typing import Any
 
 from skyexp.data.rows import get_path
 
-ROLES = {"system": "system", "user": "user", "human": "user", "assistant": "assistant", "gpt": "assistant"}
+ROLES = {
+    "system": "system",
+    "user": "user",
+    "human": "user",
+    "assistant": "assistant",
+    "gpt": "assistant",
+}
 
 
-def parse_conversation(row: dict[str, Any], messages_key: str, system_key: str) -> tuple[list[dict[str, str]], str] | str:
+def parse_conversation(
+    row: dict[str, Any], messages_key: str, system_key: str
+) -> tuple[list[dict[str, str]], str] | str:
     """A conversation row -> (prompt messages, response), or the reason it is unusable."""
     msgs = get_path(row, messages_key)
     if not isinstance(msgs, list) or not msgs:
         return f"'{messages_key}' is not a non-empty message list"
     system = row.get(system_key)
-    out = [{"role": "system", "content": system}] if isinstance(system, str) and system.strip() else []
+    out = (
+        [{"role": "system", "content": system}]
+        if isinstance(system, str) and system.strip()
+        else []
+    )
     for m in msgs:
         role = ROLES.get(m.get("role", m.get("from"))) if isinstance(m, dict) else None
         content = m.get("content", m.get("value")) if isinstance(m, dict) else None
         if role is None or not isinstance(content, str):
-            return f"malformed message in '{messages_key}' (needs role/content or from/value strings)"
+            return (
+                f"malformed message in '{messages_key}' (needs role/content or from/value strings)"
+            )
         out.append({"role": role, "content": content})
     if out[-1]["role"] != "assistant" or not out[-1]["content"].strip():
         return f"'{messages_key}' does not end with a non-empty assistant message"

@@ -40,13 +40,23 @@ class Source:
 
 SOURCES: dict[str, Source] = {
     "still3": Source("RUC-AIBOX/STILL-3-Preview-RL-Data", "train", RowSchema("question", "answer")),
-    "eurus_numina": Source("PRIME-RL/Eurus-2-RL-Data", "train",
-                           RowSchema("prompt", "reward_model.ground_truth", strip_suffixes=(EURUS_INSTRUCTION,), chat=True),
-                           ("numina_amc_aime", "numina_olympiads")),
-    "deepscaler": Source("agentica-org/DeepScaleR-Preview-Dataset", "train", RowSchema("problem", "answer")),
+    "eurus_numina": Source(
+        "PRIME-RL/Eurus-2-RL-Data",
+        "train",
+        RowSchema(
+            "prompt", "reward_model.ground_truth", strip_suffixes=(EURUS_INSTRUCTION,), chat=True
+        ),
+        ("numina_amc_aime", "numina_olympiads"),
+    ),
+    "deepscaler": Source(
+        "agentica-org/DeepScaleR-Preview-Dataset", "train", RowSchema("problem", "answer")
+    ),
     # Skywork's own preprocessing json-decodes ground_truth (or1_scripts/data_preprocess/*.py).
-    "skywork_or1_math": Source("Skywork/Skywork-OR1-RL-Data", "math",
-                               RowSchema("prompt", "reward_model.ground_truth", json_answers=True, chat=True)),
+    "skywork_or1_math": Source(
+        "Skywork/Skywork-OR1-RL-Data",
+        "math",
+        RowSchema("prompt", "reward_model.ground_truth", json_answers=True, chat=True),
+    ),
     "jsonl": Source("", "train", None),
     "parquet": Source("", "train", None),
     "hub": Source("", "train", None),
@@ -83,8 +93,12 @@ def _in_range(row: dict[str, Any], key: str, lo: float, hi: float) -> bool:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and lo <= v <= hi
 
 
-def keep_row(row: dict[str, Any], data_sources: tuple[str, ...], difficulty_key: str,
-             difficulty_range: tuple[float, ...]) -> bool:
+def keep_row(
+    row: dict[str, Any],
+    data_sources: tuple[str, ...],
+    difficulty_key: str,
+    difficulty_range: tuple[float, ...],
+) -> bool:
     """Whether a row passes the source filters. Unparsable rows pass, to be counted as bad."""
     if "__error__" in row:
         return True
@@ -105,13 +119,29 @@ def load_source(req: Request) -> Loaded:
         raise DataError(f"data.path: file not found: {path}")
     keep = req.data_sources or spec.data_sources
     rows = read_rows(path, req.split or spec.split, list(keep))
-    numbers = [i for i, r in enumerate(rows) if keep_row(r, keep, req.difficulty_key, req.difficulty_range)]
+    numbers = [
+        i for i, r in enumerate(rows) if keep_row(r, keep, req.difficulty_key, req.difficulty_range)
+    ]
     schema = spec.schema or RowSchema(req.problem_key, req.answer_key)
     schema = replace(schema, strip_system=req.strip_system)
     where = path if req.source in ("jsonl", "parquet") or req.path else f"{req.source} ({path})"
-    good, bad = clean([rows[i] for i in numbers], schema, where, req.max_bad_fraction, req.label or req.source, numbers)
+    good, bad = clean(
+        [rows[i] for i in numbers],
+        schema,
+        where,
+        req.max_bad_fraction,
+        req.label or req.source,
+        numbers,
+    )
     filtered = len(rows) - len(numbers)
     if filtered:
-        log.info("%s: %d of %d rows outside data_sources=%s / %s in %s", where, filtered, len(rows), list(keep),
-                 req.difficulty_key or "-", list(req.difficulty_range))
+        log.info(
+            "%s: %d of %d rows outside data_sources=%s / %s in %s",
+            where,
+            filtered,
+            len(rows),
+            list(keep),
+            req.difficulty_key or "-",
+            list(req.difficulty_range),
+        )
     return Loaded(good, bad, filtered, where)

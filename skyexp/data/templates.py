@@ -34,7 +34,9 @@ def _has_chat(tokenizer: Any, chat: bool) -> bool:
     return bool(chat and tokenizer is not None and getattr(tokenizer, "chat_template", None))
 
 
-def render_messages(messages: list[dict[str, str]], tokenizer: Any = None, chat: bool = False, prefix: str = "") -> str:
+def render_messages(
+    messages: list[dict[str, str]], tokenizer: Any = None, chat: bool = False, prefix: str = ""
+) -> str:
     """Messages ({role, content}, the last one not from the assistant) -> prompt text."""
     if _has_chat(tokenizer, chat):
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -43,12 +45,18 @@ def render_messages(messages: list[dict[str, str]], tokenizer: Any = None, chat:
     return text + prefix
 
 
-def apply_template(problem: str, template: str | Template, tokenizer: Any = None, chat: bool = False,
-                   system: str = "") -> str:
+def apply_template(
+    problem: str,
+    template: str | Template,
+    tokenizer: Any = None,
+    chat: bool = False,
+    system: str = "",
+) -> str:
     """The prompt for one problem. `template` is a Template, or just its user part (a string).
     `system` is the row's own system prompt, used when the template has none."""
     t = template if isinstance(template, Template) else Template(template)
     sys_prompt = t.system or system
     messages = ([{"role": "system", "content": sys_prompt}] if sys_prompt else []) + [
-        {"role": "user", "content": t.user.replace("{problem}", problem)}]
+        {"role": "user", "content": t.user.replace("{problem}", problem)}
+    ]
     return render_messages(messages, tokenizer, chat, t.prefix)
