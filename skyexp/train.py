@@ -229,7 +229,8 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main)
     run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger)
-    summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model)}
+    summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model),
+                               "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
     try:
         with _phase(summary, "sft"):
             if cfg.sft.steps and start == base:
