@@ -223,9 +223,11 @@ def test_distill_rows_keep_only_correct_finished_distinct_samples():
 
 
 @pytest.mark.slow
-def test_drop_solved_at_a_stage_boundary_in_a_real_run(warm_model, tmp_path):
+@pytest.mark.parametrize("ranks", [0, pytest.param(2, marks=pytest.mark.dist)])
+def test_drop_solved_at_a_stage_boundary_in_a_real_run(warm_model, tmp_path, ranks):
     """Two one-step stages over all 16 prompts: the boundary drops exactly the prompts whose every
-    sample was correct in stage 0, i.e. batch/solve_all of that step times 16."""
+    sample was correct in stage 0, i.e. batch/solve_all of that step times 16 — also under
+    torchrun, where each rank saw 8 of them and the counts are gathered."""
     stages = "context.stages=[{steps:1,max_response_len:24},{steps:1,max_response_len:24}]"
     r = run_skyexp(
         [
@@ -245,6 +247,8 @@ def test_drop_solved_at_a_stage_boundary_in_a_real_run(warm_model, tmp_path):
             "trainer.save_final=false",
         ],
         tmp_path,
+        torchrun=ranks,
+        timeout=900,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     rows = read_jsonl(only_run_dir(tmp_path) / "metrics.jsonl")
