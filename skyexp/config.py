@@ -4,7 +4,7 @@ YAML files under conf/ only set values. At entry the composed config is merged o
 `OmegaConf.structured(Config)`, so a misspelt key or a wrong type fails before any model loads,
 with the full key named (`trainer.lr`). `validate()` holds every check that spans fields.
 Keys are at most two levels deep (`algo.clip_high`), except list entries of `context.stages`.
-The data-side schemas are in skyexp/config_data.py; their checks are here, in `validate()`.
+The data-side schemas and their checks are in skyexp/config_data.py; `validate()` runs them.
 """
 
 from __future__ import annotations
@@ -24,6 +24,9 @@ from skyexp.config_data import (
     MixEntry,
     SampleJob,
     SFTConfig,
+    validate_data,
+    validate_jobs,
+    validate_sft,
 )
 
 # The data-side schemas (data, sft, filter, distill) live in config_data; importable from here too.
@@ -334,15 +337,9 @@ def validate(c: Config) -> None:
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(c.reward.workers >= 1, "reward.workers", "must be >= 1")
     _check(c.temperature.value > 0, "temperature.value", "must be > 0 (RL samples)")
-    _check(c.sft.steps >= 0, "sft.steps", "must be >= 0")
-    _check(c.sft.source in SFT_SOURCES, "sft.source", f"'{c.sft.source}' is not one of {', '.join(SFT_SOURCES)}")
-    _check(c.sft.source == "data" or bool(c.sft.path), "sft.path", f"sft.source={c.sft.source} needs sft.path")
-    _check(c.sft.format in ("pairs", "conversation"), "sft.format", f"'{c.sft.format}' is not pairs or conversation")
-    _validate_data(c.data)
-    _validate_jobs(c.filter, c.distill)
-    _check(bool(c.data.levels) and all(1 <= lv <= 6 for lv in c.data.levels), "data.levels", "levels must be in 1..6")
-    _check(0 <= c.data.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
-    _check(0 <= c.data.slip_rate < 1, "data.slip_rate", "must be in [0, 1)")
+    validate_data(c.data, _check, _check_name)
+    validate_sft(c.sft, _check)
+    validate_jobs(c.filter, c.distill, _check)
     for b in c.logger.backends:
         _check(b in ("wandb", "jsonl", "console"), "logger.backends", f"unknown backend '{b}'; valid: wandb, jsonl, console")
     _check(c.logger.mode in ("offline", "online", "disabled"), "logger.mode", f"'{c.logger.mode}' is not offline, online or disabled")
@@ -363,39 +360,6 @@ def validate(c: Config) -> None:
         _check(bs % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({bs})")
         if s.temperature is not None:
             _check(s.temperature > 0, f"{key}.temperature", "must be > 0")
-
-
-SFT_SOURCES = ("data", "jsonl", "parquet", "hub")
-NEEDS_PATH = ("jsonl", "parquet", "hub")  # sources without a hub id of their own
-
-
-def _validate_data(d: DataConfig) -> None:
-    _check(d.source in NEEDS_PATH and bool(d.path) or d.source not in NEEDS_PATH, "data.path", f"data.source={d.source} needs data.path")
-    _check("{problem}" in d.prompt_template, "data.prompt_template", "must contain {problem}")
-    _check(len(d.difficulty_range) in (0, 2), "data.difficulty_range", "needs [min, max] (or [] for no filter)")
-    _check(not d.difficulty_range or d.difficulty_range[0] <= d.difficulty_range[1], "data.difficulty_range", "min > max")
-    _check(bool(d.difficulty_key) == bool(d.difficulty_range), "data.difficulty_key",
-           "data.difficulty_key and data.difficulty_range go together")
-    _check((d.source == "mix") == bool(d.mix), "data.mix", "data.source=mix needs data.mix entries, and only it uses them")
-    for i, m in enumerate(d.mix):
-        key = f"data.mix[{i}]"
-        _check_name(m.source, f"{key}.source", "data")
-        _check(m.source not in ("mix", "arith"), f"{key}.source", f"'{m.source}' cannot be mixed")
-        _check(m.source not in NEEDS_PATH or bool(m.path), f"{key}.path", f"source {m.source} needs a path")
-        _check(m.weight >= 0 and m.count >= 0, f"{key}.weight", "weight and count must be >= 0")
-        _check(m.weight > 0 or m.count > 0, f"{key}.weight", "weight or count must be > 0")
-
-
-def _validate_jobs(f: FilterConfig, d: DistillConfig) -> None:
-    _check(f.n >= 0, "filter.n", "must be >= 0 (0: no difficulty filtering)")
-    _check(0 < f.overlap <= 1, "filter.overlap", "must be in (0, 1]")
-    _check(f.ngram >= 1, "filter.ngram", "must be >= 1")
-    _check(d.k >= 1, "distill.k", "must be >= 1")
-    _check(d.keep >= 0, "distill.keep", "must be >= 0 (0: every correct response)")
-    for key, job in (("filter", f), ("distill", d)):
-        _check(job.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 = greedy)")
-        _check(0 < job.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
-        _check(job.chunk >= 1 and job.max_response_len >= 1, f"{key}.chunk", "chunk and max_response_len must be >= 1")
 
 
 def check_world(c: Config, world_size: int) -> None:

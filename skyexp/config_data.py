@@ -1,11 +1,17 @@
 """Schemas of the data side of the config: training data (`data.*`, its mix entries), the SFT
 stage's data (`sft.*`), and the offline jobs that prepare data (`filter.*` for
 `python -m skyexp.filter`, `distill.*` for `python -m skyexp.distill`). Split from skyexp.config,
-which re-exports them and holds their cross-field checks in its one `validate()`."""
+which re-exports them; their cross-field checks below run inside its one `validate()`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+# check(condition, key, message) raises ConfigError naming the key when the condition fails;
+# check_name(value, key, registry) requires a registered name. skyexp.config passes both.
+Check = Callable[[bool, str, str], None]
+CheckName = Callable[[str, str, str], None]
 
 
 @dataclass
@@ -119,3 +125,86 @@ class DistillConfig(SampleJob):
 
     k: int = 8  # samples per prompt
     keep: int = 1  # correct responses kept per prompt (0: all of them)
+
+
+SFT_SOURCES = ("data", "jsonl", "parquet", "hub")
+NEEDS_PATH = ("jsonl", "parquet", "hub")  # sources without a hub id of their own
+
+
+def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
+    """Cross-field checks of data.* (called by skyexp.config.validate with its checkers)."""
+    check(
+        bool(d.levels) and all(1 <= lv <= 6 for lv in d.levels),
+        "data.levels",
+        "levels must be in 1..6",
+    )
+    check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+    check(0 <= d.slip_rate < 1, "data.slip_rate", "must be in [0, 1)")
+    check(
+        d.source in NEEDS_PATH and bool(d.path) or d.source not in NEEDS_PATH,
+        "data.path",
+        f"data.source={d.source} needs data.path",
+    )
+    check("{problem}" in d.prompt_template, "data.prompt_template", "must contain {problem}")
+    check(
+        len(d.difficulty_range) in (0, 2),
+        "data.difficulty_range",
+        "needs [min, max] (or [] for no filter)",
+    )
+    check(
+        not d.difficulty_range or d.difficulty_range[0] <= d.difficulty_range[1],
+        "data.difficulty_range",
+        "min > max",
+    )
+    check(
+        bool(d.difficulty_key) == bool(d.difficulty_range),
+        "data.difficulty_key",
+        "data.difficulty_key and data.difficulty_range go together",
+    )
+    check(
+        (d.source == "mix") == bool(d.mix),
+        "data.mix",
+        "data.source=mix needs data.mix entries, and only it uses them",
+    )
+    for i, m in enumerate(d.mix):
+        key = f"data.mix[{i}]"
+        check_name(m.source, f"{key}.source", "data")
+        check(m.source not in ("mix", "arith"), f"{key}.source", f"'{m.source}' cannot be mixed")
+        check(
+            m.source not in NEEDS_PATH or bool(m.path),
+            f"{key}.path",
+            f"source {m.source} needs a path",
+        )
+        check(m.weight >= 0 and m.count >= 0, f"{key}.weight", "weight and count must be >= 0")
+        check(m.weight > 0 or m.count > 0, f"{key}.weight", "weight or count must be > 0")
+
+
+def validate_sft(s: SFTConfig, check: Check) -> None:
+    check(s.steps >= 0, "sft.steps", "must be >= 0")
+    check(
+        s.source in SFT_SOURCES,
+        "sft.source",
+        f"'{s.source}' is not one of {', '.join(SFT_SOURCES)}",
+    )
+    check(s.source == "data" or bool(s.path), "sft.path", f"sft.source={s.source} needs sft.path")
+    check(
+        s.format in ("pairs", "conversation"),
+        "sft.format",
+        f"'{s.format}' is not pairs or conversation",
+    )
+
+
+def validate_jobs(f: FilterConfig, d: DistillConfig, check: Check) -> None:
+    check(f.n >= 0, "filter.n", "must be >= 0 (0: no difficulty filtering)")
+    check(0 < f.overlap <= 1, "filter.overlap", "must be in (0, 1]")
+    check(f.ngram >= 1, "filter.ngram", "must be >= 1")
+    check(d.k >= 1, "distill.k", "must be >= 1")
+    check(d.keep >= 0, "distill.keep", "must be >= 0 (0: every correct response)")
+    for key, job in (("filter", f), ("distill", d)):
+        check(job.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 = greedy)")
+        check(0 < job.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
+        check(
+            job.chunk >= 1 and job.max_response_len >= 1,
+            f"{key}.chunk",
+            "chunk and max_response_len must be >= 1",
+        )
