@@ -44,3 +44,24 @@ def fast_verdict(pred: str, gold: str) -> float | None:
     if _INT.fullmatch(p) and _INT.fullmatch(g):
         return float(int(p) == int(g))
     return None
+
+
+def answer_text(value: object) -> str | None:
+    """A gold answer as stored in data files -> one string, or None when unusable.
+
+    Lists give their first entry (OlympiadBench's `final_answer`), integral floats their integer
+    text (AMC answers stored as 27.0), strings lose surrounding whitespace and `$...$`."""
+    if isinstance(value, (list, tuple)):
+        value = value[0] if value else None
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, int):
+        return str(value)
+    if not isinstance(value, str):
+        return None
+    s = value.strip()
+    if len(s) > 1 and s.startswith("$") and s.endswith("$"):
+        s = s.strip("$").strip()
+    return s or None

@@ -39,20 +39,45 @@ def _warm() -> bool:
     return True
 
 
+class _SoftTimeouts(logging.Handler):
+    """Counts math-verify's own timeouts. math-verify catches its signal timeout, logs "Timeout
+    during parsing/comparison" and returns an empty parse / False, so without this a timeout would
+    look like a wrong answer (status ok) and never reach reward/timeouts."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Timeout during"):
+            self.count += 1
+
+
+_SOFT: _SoftTimeouts | None = None
+
+
+def _soft_timeouts() -> _SoftTimeouts:
+    global _SOFT
+    if _SOFT is None:
+        _SOFT = _SoftTimeouts()
+        logging.getLogger("math_verify").addHandler(_SOFT)  # also keeps its warnings off stderr
+    return _SOFT
+
+
 def verify_one(pred: str, gold: str, soft_timeout: int) -> tuple[float, str]:
-    """math-verify equivalence of two answers (without \\boxed{}). Runs inside a pool worker."""
+    """math-verify equivalence of two answers (without \\boxed{}). Runs inside a pool worker.
+    A soft timeout (parse or compare) that leaves the answer unmatched is reported as a timeout."""
     from math_verify import parse, verify
 
+    soft = _soft_timeouts()
+    before = soft.count
     try:
         g = parse(f"\\boxed{{{gold}}}", parsing_timeout=soft_timeout)
         p = parse(f"\\boxed{{{pred}}}", parsing_timeout=soft_timeout)
-        if not g or not p:
-            return 0.0, "ok"
-        return (1.0 if verify(g, p, timeout_seconds=soft_timeout) else 0.0), "ok"
-    except TimeoutError:
-        return 0.0, "timeout"
+        score = 1.0 if g and p and verify(g, p, timeout_seconds=soft_timeout) else 0.0
     except BaseException:  # MemoryError, RecursionError, sympy internals: never crash the step
         return 0.0, "error"
+    return score, ("timeout" if score == 0.0 and soft.count > before else "ok")
 
 
 class ScoringPool:
