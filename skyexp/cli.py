@@ -17,12 +17,14 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def register_schema() -> None:
     """Make the dataclass schema the base of the composed config (train.yaml's first default), so
-    every schema key can be overridden and a wrong type or unknown key fails at composition."""
+    every schema key can be overridden and a wrong type or unknown key fails at composition.
+    eval.yaml starts from the same schema plus the keys of `python -m skyexp.eval`."""
     from hydra.core.config_store import ConfigStore
 
-    from skyexp.config import Config
+    from skyexp.config import Config, EvalRunConfig
 
     ConfigStore.instance().store(name="skyexp_schema", node=Config)
+    ConfigStore.instance().store(name="skyexp_eval_schema", node=EvalRunConfig)
 
 
 def quiet_libraries() -> None:

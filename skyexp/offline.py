@@ -67,6 +67,7 @@ def sample(s: Sampler, problems: list[Problem], job: SampleJob, n: int) -> list[
         temperature=job.temperature,
         top_p=job.top_p,
         max_response_len=job.max_response_len,
+        vote_max_pairs=0,  # maj@k is not needed here: no math-verify calls to group wrong answers
     )
     records: list[dict[str, Any]] = []
     t0 = time.time()

@@ -1,5 +1,5 @@
 """The trainer: set up once, run the stages (SFT warm-up, then the RL stages of the context
-schedule), evaluate before and after RL, and write plots and summary.json.
+schedule), evaluate before, during (eval.every) and after RL, and write plots and summary.json.
 
 The RL step reads top to bottom as the data flow in DESIGN.md; algorithm variants are looked up
 by name in the registries of skyexp.algos, never branched on here.
@@ -23,12 +23,13 @@ from tqdm.auto import tqdm
 from skyexp import distributed, models, plots, sft
 from skyexp.actor import forward_stats, global_token_mean, rl_update, sampling_view
 from skyexp.algos.entropy import CONTROLLERS
+from skyexp.benchmarks import load_problems
 from skyexp.checkpoint import export_hf
 from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
-from skyexp.config import Config, DataConfig, check_world
-from skyexp.data import DataError, PromptSampler, load_task, template_of
+from skyexp.config import Config, check_world
+from skyexp.data import DataError, PromptSampler, load_task
 from skyexp.data.difficulty import Counts, fully_solved, merge, tally, without
-from skyexp.evaluate import EvalResult, run_eval
+from skyexp.evaluate import EvalResult, eval_due, run_eval, write_records
 from skyexp.logging import make_logger
 from skyexp.metrics import step_metrics
 from skyexp.rewards import build_reward
@@ -74,6 +75,7 @@ class Run:
     ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
     history: list[dict[str, float]] = field(default_factory=list)
     solved: Counts = field(default_factory=dict)  # this stage, this rank: prompt id -> (correct, samples)
+    eval_problems: list = field(default_factory=list)  # for eval.every
 
     def log(self, metrics: dict[str, Any]) -> None:
         self.logger.log(metrics, self.global_step)
@@ -160,6 +162,8 @@ def run_rl(run: Run, sampler: PromptSampler) -> None:
             run.log(metrics)
             run.history.append({k: metrics[k] for k in ("train/rl_step", "actor/entropy", "critic/score/mean")})
             run.rl_step += 1
+            if eval_due(cfg.eval.every, run.rl_step):
+                evaluate(run, run.eval_problems, f"step{run.rl_step}")
             bar.set_postfix({"reward": f"{metrics['critic/score/mean']:.3f}", "pass@1": f"{metrics['batch/pass@1']:.3f}",
                              "entropy": f"{metrics['actor/entropy']:.3f}", "s/step": f"{metrics['timing_s/step']:.2f}"})
 
@@ -182,27 +186,18 @@ def drop_solved(run: Run, sampler: PromptSampler, stage_index: int) -> PromptSam
 
 def evaluate(run: Run, problems, label: str) -> EvalResult:
     cfg = run.cfg
-    res = run_eval(run.engine, run.reward, run.tokenizer, problems, cfg.eval, template_of(cfg.data), cfg.model.chat_template,
+    res = run_eval(run.engine, run.reward, run.tokenizer, problems, cfg.eval, cfg.eval.prompt_template, cfg.model.chat_template,
                    run.d.rank, run.d.world_size)
     run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.rl_step})
     if run.d.is_main:
-        out = run.run_dir / "eval" / f"{cfg.eval.name}_{label}.jsonl"
-        out.parent.mkdir(exist_ok=True)
-        out.write_text("".join(json.dumps(r) + "\n" for r in res.records))
+        write_records(res.records, run.run_dir / "eval" / f"{cfg.eval.name}_{label}.jsonl")
         log.info("eval %s (%s): %s", cfg.eval.name, label, "  ".join(f"pass@{k}={v:.3f}" for k, v in res.pass_at.items()))
     return res
 
 
 def load_eval_problems(cfg: Config, task) -> list:
     """The data source's held-out split (eval.source=data), or a benchmark file/dataset."""
-    if cfg.eval.source == "data":
-        if not task.eval:
-            raise DataError(f"eval.source=data: data source '{cfg.data.source}' has no held-out split; "
-                            "set eval.source=jsonl eval.path=... or eval.before=false eval.after=false")
-        return task.eval
-    e = cfg.eval
-    return load_task(DataConfig(source=e.source, path=e.path, problem_key=e.problem_key, answer_key=e.answer_key,
-                                max_bad_fraction=cfg.data.max_bad_fraction)).train
+    return load_problems(cfg.eval, task.eval, cfg.data.max_bad_fraction)
 
 
 def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -216,7 +211,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
     task = load_task(cfg.data)
-    eval_problems = load_eval_problems(cfg, task) if (cfg.eval.before or cfg.eval.after) else []
+    eval_problems = load_eval_problems(cfg, task) if (cfg.eval.before or cfg.eval.after or cfg.eval.every) else []
     base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
     tokenizer = models.load_tokenizer(base, cfg.model)
@@ -228,7 +223,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         distributed.shard(policy, d)
     engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main)
-    run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger)
+    run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger, eval_problems=eval_problems)
     summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
     try:

@@ -7,7 +7,15 @@ import math
 
 import pytest
 
-from skyexp.evaluate import EvalResult, ks_for, pass_at_k
+from skyexp.evaluate import (
+    EvalResult,
+    best_at_k,
+    ks_for,
+    maj_at_k,
+    maj_at_k_all,
+    mean_at_n,
+    pass_at_k,
+)
 
 
 def brute(n: int, c: int, k: int) -> float:
@@ -39,3 +47,80 @@ def test_ks_and_result_metrics():
     m = r.metrics()
     assert m["val/x/pass@1"] == pytest.approx(0.5) and m["val/x/mean@4"] == pytest.approx(0.5)
     assert m["val/x/pass@4"] == pytest.approx(2 / 3)
+
+
+def brute_maj(n: int, correct: int, wrong: list[int], k: int) -> float:
+    labels = ["C"] * correct + [f"w{g}" for g, a in enumerate(wrong) for _ in range(a)]
+    labels += [None] * (n - len(labels))
+    total = 0.0
+    subsets = list(itertools.combinations(range(n), k))
+    for s in subsets:
+        votes: dict[str, int] = {}
+        for i in s:
+            if labels[i] is not None:
+                votes[labels[i]] = votes.get(labels[i], 0) + 1
+        if votes:
+            top = max(votes.values())
+            tied = [lab for lab, v in votes.items() if v == top]
+            total += ("C" in tied) / len(tied)
+    return total / len(subsets)
+
+
+def test_maj_at_k_hand_computed():
+    # n=4, 2 correct, one wrong group of 2. k=2: {C,C} wins (1 subset), {W,W} loses (1), {C,W} ties
+    # (4 subsets, 1/2 each): (1 + 2) / 6 = 0.5. k=3: {C,C,W} x2 win, {C,W,W} x2 lose: 0.5.
+    assert maj_at_k(4, 2, [2], 2) == pytest.approx(0.5)
+    assert maj_at_k(4, 2, [2], 3) == pytest.approx(0.5)
+    # n=5: C1 C2, wrong groups {w1}, {w2}, one sample without an answer; k=3, C(5,3)=10 subsets.
+    # Both C (3 subsets): win. One C (2 x 3 subsets): with {w1,w2} a 3-way tie 1/3, with {w1,-} or
+    # {w2,-} a 2-way tie 1/2: 2 * (1/3 + 1/2 + 1/2) = 8/3. No C: 0. maj@3 = (3 + 8/3) / 10 = 17/30.
+    assert maj_at_k(5, 2, [1, 1], 3) == pytest.approx(17 / 30)
+    # one sample: its answer is the vote, so maj@1 = c/n; a single wrong group larger than the
+    # correct one makes maj@n = 0; nothing correct gives 0
+    assert maj_at_k(8, 3, [2, 2], 1) == pytest.approx(3 / 8)
+    assert maj_at_k(5, 2, [3], 5) == 0.0 and maj_at_k(4, 0, [1], 4) == 0.0
+    # samples without an answer do not vote: 1 correct + 3 silent gives maj@4 = 1
+    assert maj_at_k(4, 1, [], 4) == 1.0
+
+
+def test_maj_at_k_matches_brute_force():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(60):
+        n = rng.randint(1, 9)
+        correct = rng.randint(0, n)
+        wrong, left = [], n - correct
+        while left and rng.random() < 0.8:
+            a = rng.randint(1, left)
+            wrong.append(a)
+            left -= a
+        for k in range(1, n + 1):
+            assert maj_at_k(n, correct, wrong, k) == pytest.approx(brute_maj(n, correct, wrong, k), abs=1e-12), (n, correct, wrong, k)
+
+
+def test_maj_at_k_large_n_is_finite_and_bounded():
+    m = maj_at_k_all(1024, 400, [300, 200, 100])
+    assert all(0.0 <= v <= 1.0 for v in m.values())
+    assert m[1] == pytest.approx(400 / 1024) and m[1024] == 1.0  # the full set: 400 beats 300
+
+
+def test_best_at_k_and_mean():
+    # scores 0, 0.5, 1; k=2 subsets {0,.5}->.5, {0,1}->1, {.5,1}->1: (0.5+1+1)/3 = 5/6
+    assert best_at_k([0.0, 0.5, 1.0], 2) == pytest.approx(5 / 6)
+    assert best_at_k([0.0, 0.5, 1.0], 1) == pytest.approx(0.5) and best_at_k([0.0, 0.5, 1.0], 3) == 1.0
+    for n in range(1, 8):  # 0/1 scores: best@k is pass@k
+        for c in range(n + 1):
+            for k in range(1, n + 1):
+                assert best_at_k([1.0] * c + [0.0] * (n - c), k) == pytest.approx(pass_at_k(n, c, k), abs=1e-12)
+    assert mean_at_n([1.0, 0.0, 0.0, 1.0]) == 0.5
+
+
+def test_result_maj_and_best_metrics():
+    # problem 1: 2 correct, wrong groups [1,1] of n=4 -> maj@4: C has 2 votes, wins: 1
+    # problem 2: 1 correct, wrong group [3] -> maj@4 = 0; maj@1 = mean@4 = (2+1)/8
+    r = EvalResult(name="b", n=4, correct=[2, 1], wrong_groups=[[1, 1], [3]])
+    m = r.metrics()
+    assert m["val/b/maj@4"] == pytest.approx(0.5) and m["val/b/maj@1"] == pytest.approx(3 / 8)
+    assert m["val/b/mean@4"] == pytest.approx(3 / 8) and "val/b/best@4" not in m
+    assert r.best_at[4] == pytest.approx(r.pass_at[4])
