@@ -1,0 +1,148 @@
+"""`python -m skyexp.eval [overrides]`: evaluate one or more checkpoints on one or more benchmarks.
+
+The config is conf/eval.yaml: the training groups (model, data, rollout, reward, eval, logger,
+trainer, ...) plus `benchmarks` and `checkpoints`. Sampling goes through the training rollout
+engine, scoring through the training reward (math-verify in the sandboxed pool), so a number
+here means the same as the `val/...` numbers logged during training.
+
+A list of benchmarks (`benchmarks=[aime24,math500]`) is expanded by composing the config once
+per name with `eval=<name>` and the command line's other overrides, so `eval.n=64` applies to
+each, and `eval.path=/data/${eval.name}.jsonl` (an interpolation) gives each its own file.
+A Hydra multirun (`-m eval=aime24,amc23`) also works, as separate runs.
+
+Outputs in the run directory: eval/<benchmark>.jsonl (per-problem records; eval/<checkpoint>/...
+when comparing checkpoints), eval/summary.json, eval/passk.png, a console table, and the W&B
+run (metrics, the pass@k curves as line plots, a table of samples).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from skyexp.config import ConfigError, EvalConfig, EvalRunConfig, to_typed
+
+log = logging.getLogger("skyexp")
+
+
+def override_key(override: str) -> str:
+    """`+eval.n=4` -> `eval.n`; `~eval` -> `eval`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def resolve_benchmarks(cfg: EvalRunConfig, overrides: list[str], compose: Callable[[list[str]], Any]) -> list[EvalConfig]:
+    """The eval configs to run: the composed `eval`, or one per name in `benchmarks`, each composed
+    (by `compose(overrides)`) as `eval=<name>` plus every other override of the command line."""
+    if not cfg.benchmarks:
+        return [cfg.eval]
+    if len(set(cfg.benchmarks)) != len(cfg.benchmarks):
+        raise ConfigError(f"config key 'benchmarks': names repeat: {cfg.benchmarks}")
+    rest = [o for o in overrides if override_key(o) not in ("benchmarks", "eval")]
+    return [to_typed(compose([*rest, f"eval={name}"]), EvalRunConfig).eval for name in cfg.benchmarks]
+
+
+def checkpoint_labels(paths: list[str]) -> list[str]:
+    """Short unique labels: the last two path parts (`<run>/final`), file-name safe."""
+    labels = []
+    for i, p in enumerate(paths):
+        label = re.sub(r"[^A-Za-z0-9._-]+", "_", "_".join(Path(p).parts[-2:])) or f"ckpt{i}"
+        labels.append(label if label not in labels else f"{label}_{i}")
+    return labels
+
+
+def evaluate_all(cfg: EvalRunConfig, evals: list[EvalConfig], run_dir: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
+    """Load every benchmark's problems (failing before any model loads), then for each checkpoint
+    build the rollout engine once and run every benchmark; write and return the summary."""
+    import random
+
+    import torch
+
+    from skyexp import distributed, models, report
+    from skyexp.benchmarks import load_problems
+    from skyexp.data import load_task
+    from skyexp.evaluate import run_eval, write_records
+    from skyexp.logging import make_logger
+    from skyexp.rewards import build_reward
+    from skyexp.rollout import engine_for
+
+    t0 = time.time()
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads)
+    random.seed(cfg.trainer.seed + d.rank)
+    torch.manual_seed(cfg.trainer.seed)
+    held_out = load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None
+    problems = {e.name: load_problems(e, held_out, cfg.data.max_bad_fraction) for e in evals}
+    if cfg.checkpoints:
+        paths, labels = list(cfg.checkpoints), checkpoint_labels(cfg.checkpoints)
+    else:
+        base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
+        paths, labels = [distributed.broadcast_object(base)], [cfg.model.name]
+    reward = build_reward(cfg.reward)
+    logger = make_logger(cfg.logger, run_dir, config_dict, d.is_main)
+    results = []
+    try:
+        for path, label in zip(paths, labels):
+            tokenizer = models.load_tokenizer(path, cfg.model)
+            engine = engine_for(cfg, path, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
+            for e in evals:
+                log.info("eval %s on %s: %d problems x %d samples", e.name, label, len(problems[e.name][: e.size or None]), e.n)
+                res = run_eval(engine, reward, tokenizer, problems[e.name], e, e.prompt_template, cfg.model.chat_template, d.rank,
+                               d.world_size)
+                logger.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors}, len(results))
+                if d.is_main:
+                    sub = f"{label}/" if len(paths) > 1 else ""
+                    write_records(res.records, run_dir / "eval" / f"{sub}{e.name}.jsonl")
+                results.append((label, e, res))
+            del engine
+        summary = report.summarise(results, labels, paths, time.time() - t0)
+        if d.is_main:
+            report.write(run_dir / "eval", summary, results)
+            report.log_wandb(logger, results)
+            print(report.table(summary), flush=True)
+        return summary
+    finally:
+        logger.close()
+        reward.close()
+
+
+def _hydra_entry():
+    import hydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import DictConfig, OmegaConf
+
+    from skyexp.cli import quiet_libraries, register_schema
+
+    register_schema()
+
+    @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+    def entry(cfg: DictConfig):
+        from skyexp.data import DataError
+
+        # unresolved, so an interpolation like ${eval.name} is re-resolved for each benchmark
+        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+        try:
+            typed = to_typed(cfg, EvalRunConfig)
+            evals = resolve_benchmarks(typed, overrides, lambda o: hydra.compose(config_name="eval", overrides=o))
+        except ConfigError as e:
+            print(f"skyexp.eval: invalid config: {e}", file=sys.stderr)
+            sys.exit(2)
+        quiet_libraries()
+        try:
+            return evaluate_all(typed, evals, Path(HydraConfig.get().runtime.output_dir), OmegaConf.to_container(cfg, resolve=True))
+        except (ConfigError, DataError) as e:
+            print(f"skyexp.eval: {e}", file=sys.stderr)
+            sys.exit(2)
+
+    return entry
+
+
+def main() -> None:
+    _hydra_entry()()
+
+
+if __name__ == "__main__":
+    main()
