@@ -43,6 +43,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
     if n - c < k:
         return 1.0
+    if k == 1:  # the product below rounds; c / n is the exact value (one correctly rounded division)
+        return c / n
     prob_all_wrong = 1.0
     for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
         prob_all_wrong *= 1.0 - k / i

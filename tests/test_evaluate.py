@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from fractions import Fraction
 
 import pytest
 
@@ -24,21 +25,37 @@ def brute(n: int, c: int, k: int) -> float:
     return sum(any(samples[i] for i in s) for s in subsets) / len(subsets)
 
 
-@pytest.mark.parametrize("n", range(1, 9))
+@pytest.mark.parametrize("n", range(1, 11))
 def test_matches_brute_force(n):
     for c in range(n + 1):
         for k in range(1, n + 1):
             assert pass_at_k(n, c, k) == pytest.approx(brute(n, c, k), abs=1e-12)
 
 
-def test_edge_cases_and_large_n():
-    assert pass_at_k(16, 5, 1) == pytest.approx(5 / 16)
-    assert pass_at_k(16, 0, 16) == 0.0
-    assert pass_at_k(16, 10, 7) == 1.0  # n - c < k
-    exact = 1 - math.comb(1024 - 3, 512) / math.comb(1024, 512)
-    assert pass_at_k(1024, 3, 512) == pytest.approx(exact, rel=1e-9)
-    with pytest.raises(ValueError):
-        pass_at_k(4, 5, 1)
+def test_exact_edge_cases():
+    for n in range(1, 1025):
+        for c in range(n + 1):
+            assert pass_at_k(n, c, 1) == c / n  # exactly, not approximately
+        assert pass_at_k(n, 0, n) == 0.0 and pass_at_k(n, 0, 1) == 0.0
+    for n, c, k in [(16, 10, 7), (4, 1, 4), (1024, 1, 1024), (1024, 600, 425)]:
+        assert pass_at_k(n, c, k) == 1.0  # n - c < k: every k-subset holds a correct sample
+    for bad in [(4, 5, 1), (4, -1, 1), (4, 2, 0), (4, 2, 5)]:
+        with pytest.raises(ValueError, match="pass_at_k"):
+            pass_at_k(*bad)
+
+
+def test_stable_at_n_1024():
+    # against exact rational arithmetic, including the tails where the naive ratio of binomials
+    # overflows (C(1024, 512) ~ 4e306) and where 1 - tiny must not cancel to garbage
+    n = 1024
+    for c in [1, 2, 3, 17, 100, 511, 512, 900, 1000, 1020]:
+        prev = 0.0
+        for k in ks_for(n):
+            exact = 1 - Fraction(math.comb(n - c, k), math.comb(n, k))
+            got = pass_at_k(n, c, k)
+            assert got == pytest.approx(float(exact), rel=1e-12), (c, k)
+            assert prev <= got <= 1.0  # non-decreasing in k
+            prev = got
 
 
 def test_ks_and_result_metrics():
