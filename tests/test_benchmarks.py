@@ -124,3 +124,26 @@ def test_offline_hub_and_missing_files_fail_with_a_way_out(tmp_path, monkeypatch
         load_problems(EvalConfig(name="x", path=str(tmp_path / "missing.jsonl")))
     with pytest.raises(DataError, match="held-out"):
         load_problems(EvalConfig(name="x", source="data"), held_out=[])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_gold_answers_match_themselves(shared_data, name):
+    """Every gold answer, boxed, is extracted intact and math-verify (parse + verify of both sides,
+    no exact-text shortcut) finds it equal to itself; a miss would make the problem unsolvable."""
+    from skyexp.rewards.extract import last_boxed
+    from skyexp.rewards.pool import ScoringPool
+
+    path = shared_data / "eval" / f"{name}.jsonl"
+    if not path.exists():
+        pytest.skip(f"{path} absent")
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    answers = [answer_text(r["answer"]) for r in rows]
+    assert [last_boxed(f"The answer is \\boxed{{{a}}}.") for a in answers] == answers
+    pool = ScoringPool(workers=1, timeout_s=15.0)  # generous: a loaded machine must not turn parses into misses
+    try:
+        verdicts = pool.verify([(a, a) for a in answers])
+    finally:
+        pool.close()
+    misses = [(r["id"], a, v) for r, a, v in zip(rows, answers, verdicts) if v != (1.0, "ok")]
+    assert misses == [], f"{len(misses)} of {len(rows)} gold answers do not match themselves: {misses[:10]}"
