@@ -35,22 +35,38 @@ def read_hub_dataset(cfg: EvalConfig) -> list[dict[str, Any]]:
     try:
         ds = datasets.load_dataset(cfg.hub, cfg.hub_subset or None, split=cfg.hub_split)
     except Exception as e:  # no network, no cache, gated: say how to run offline
-        raise DataError(f"eval.hub: cannot load '{cfg.hub}' ({type(e).__name__}: {str(e)[:200]}); "
-                        f"offline, point eval.path at a local copy (jsonl/parquet)") from None
+        raise DataError(
+            f"eval.hub: cannot load '{cfg.hub}' ({type(e).__name__}: {str(e)[:200]}); "
+            f"offline, point eval.path at a local copy (jsonl/parquet)"
+        ) from None
     return list(ds)
 
 
-def load_problems(cfg: EvalConfig, held_out: list[Problem] | None = None, max_bad_fraction: float = 0.05) -> list[Problem]:
+def load_problems(
+    cfg: EvalConfig, held_out: list[Problem] | None = None, max_bad_fraction: float = 0.05
+) -> list[Problem]:
     """The problems of one benchmark, in file order (eval.size is applied by the runner)."""
     if cfg.path:
-        rows, pk, ak, where = read_local(cfg.path, cfg.hub_split), cfg.problem_key, cfg.answer_key, cfg.path
+        rows, pk, ak, where = (
+            read_local(cfg.path, cfg.hub_split),
+            cfg.problem_key,
+            cfg.answer_key,
+            cfg.path,
+        )
     elif cfg.source == "data":
         if not held_out:
-            raise DataError(f"eval={cfg.name}: eval.source=data, but the data source has no held-out split; "
-                            "set eval.path=FILE (jsonl/parquet), or eval.before=false eval.after=false")
+            raise DataError(
+                f"eval={cfg.name}: eval.source=data, but the data source has no held-out split; "
+                "set eval.path=FILE (jsonl/parquet), or eval.before=false eval.after=false"
+            )
         return list(held_out)
     else:
-        rows, pk, ak, where = read_hub_dataset(cfg), cfg.hub_problem_key, cfg.hub_answer_key, cfg.hub
+        rows, pk, ak, where = (
+            read_hub_dataset(cfg),
+            cfg.hub_problem_key,
+            cfg.hub_answer_key,
+            cfg.hub,
+        )
     for row in rows:
         if isinstance(row, dict) and ak in row:
             row[ak] = answer_text(row[ak])

@@ -35,7 +35,9 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def resolve_benchmarks(cfg: EvalRunConfig, overrides: list[str], compose: Callable[[list[str]], Any]) -> list[EvalConfig]:
+def resolve_benchmarks(
+    cfg: EvalRunConfig, overrides: list[str], compose: Callable[[list[str]], Any]
+) -> list[EvalConfig]:
     """The eval configs to run: the composed `eval`, or one per name in `benchmarks`, each composed
     (by `compose(overrides)`) as `eval=<name>` plus every other override of the command line."""
     if not cfg.benchmarks:
@@ -43,7 +45,9 @@ def resolve_benchmarks(cfg: EvalRunConfig, overrides: list[str], compose: Callab
     if len(set(cfg.benchmarks)) != len(cfg.benchmarks):
         raise ConfigError(f"config key 'benchmarks': names repeat: {cfg.benchmarks}")
     rest = [o for o in overrides if override_key(o) not in ("benchmarks", "eval")]
-    return [to_typed(compose([*rest, f"eval={name}"]), EvalRunConfig).eval for name in cfg.benchmarks]
+    return [
+        to_typed(compose([*rest, f"eval={name}"]), EvalRunConfig).eval for name in cfg.benchmarks
+    ]
 
 
 def checkpoint_labels(paths: list[str]) -> list[str]:
@@ -55,7 +59,9 @@ def checkpoint_labels(paths: list[str]) -> list[str]:
     return labels
 
 
-def evaluate_all(cfg: EvalRunConfig, evals: list[EvalConfig], run_dir: Path, config_dict: dict[str, Any]) -> dict[str, Any]:
+def evaluate_all(
+    cfg: EvalRunConfig, evals: list[EvalConfig], run_dir: Path, config_dict: dict[str, Any]
+) -> dict[str, Any]:
     """Load every benchmark's problems (failing before any model loads), then for each checkpoint
     build the rollout engine once and run every benchmark; write and return the summary."""
     import random
@@ -74,7 +80,9 @@ def evaluate_all(cfg: EvalRunConfig, evals: list[EvalConfig], run_dir: Path, con
     d = distributed.setup(cfg.trainer.device, cfg.trainer.threads)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
-    held_out = load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None
+    held_out = (
+        load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None
+    )
     problems = {e.name: load_problems(e, held_out, cfg.data.max_bad_fraction) for e in evals}
     if cfg.checkpoints:
         paths, labels = list(cfg.checkpoints), checkpoint_labels(cfg.checkpoints)
@@ -89,10 +97,28 @@ def evaluate_all(cfg: EvalRunConfig, evals: list[EvalConfig], run_dir: Path, con
             tokenizer = models.load_tokenizer(path, cfg.model)
             engine = engine_for(cfg, path, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
             for e in evals:
-                log.info("eval %s on %s: %d problems x %d samples", e.name, label, len(problems[e.name][: e.size or None]), e.n)
-                res = run_eval(engine, reward, tokenizer, problems[e.name], e, e.prompt_template, cfg.model.chat_template, d.rank,
-                               d.world_size)
-                logger.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors}, len(results))
+                log.info(
+                    "eval %s on %s: %d problems x %d samples",
+                    e.name,
+                    label,
+                    len(problems[e.name][: e.size or None]),
+                    e.n,
+                )
+                res = run_eval(
+                    engine,
+                    reward,
+                    tokenizer,
+                    problems[e.name],
+                    e,
+                    e.prompt_template,
+                    cfg.model.chat_template,
+                    d.rank,
+                    d.world_size,
+                )
+                logger.log(
+                    {**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors},
+                    len(results),
+                )
                 if d.is_main:
                     sub = f"{label}/" if len(paths) > 1 else ""
                     write_records(res.records, run_dir / "eval" / f"{sub}{e.name}.jsonl")
@@ -126,13 +152,20 @@ def _hydra_entry():
         overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
         try:
             typed = to_typed(cfg, EvalRunConfig)
-            evals = resolve_benchmarks(typed, overrides, lambda o: hydra.compose(config_name="eval", overrides=o))
+            evals = resolve_benchmarks(
+                typed, overrides, lambda o: hydra.compose(config_name="eval", overrides=o)
+            )
         except ConfigError as e:
             print(f"skyexp.eval: invalid config: {e}", file=sys.stderr)
             sys.exit(2)
         quiet_libraries()
         try:
-            return evaluate_all(typed, evals, Path(HydraConfig.get().runtime.output_dir), OmegaConf.to_container(cfg, resolve=True))
+            return evaluate_all(
+                typed,
+                evals,
+                Path(HydraConfig.get().runtime.output_dir),
+                OmegaConf.to_container(cfg, resolve=True),
+            )
         except (ConfigError, DataError) as e:
             print(f"skyexp.eval: {e}", file=sys.stderr)
             sys.exit(2)

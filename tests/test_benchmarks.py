@@ -19,7 +19,14 @@ from skyexp.rewards.extract import answer_text
 
 CONF = ROOT / "conf"
 BENCHMARKS = ["aime24", "aime25", "amc23", "math500", "olympiadbench", "minerva_math"]
-EXPECTED_ROWS = {"aime24": 30, "aime25": 30, "amc23": 40, "math500": 500, "olympiadbench": 675, "minerva_math": 272}
+EXPECTED_ROWS = {
+    "aime24": 30,
+    "aime25": 30,
+    "amc23": 40,
+    "math500": 500,
+    "olympiadbench": 675,
+    "minerva_math": 272,
+}
 
 
 def compose_eval(overrides: list[str]):
@@ -32,7 +39,9 @@ def test_eval_yaml_has_the_training_groups():
     train = OmegaConf.load(CONF / "train.yaml").defaults
     ev = OmegaConf.load(CONF / "eval.yaml").defaults
     groups = lambda d: [next(iter(x)) for x in d if not isinstance(x, str)]  # noqa: E731
-    assert groups(train) == groups(ev), "conf/eval.yaml must list the same groups as conf/train.yaml"
+    assert groups(train) == groups(ev), (
+        "conf/eval.yaml must list the same groups as conf/train.yaml"
+    )
 
 
 @pytest.mark.parametrize("option", sorted(p.stem for p in (CONF / "eval").glob("*.yaml")))
@@ -51,38 +60,64 @@ def test_protocols():
         assert (e.n, e.temperature) == (1, 0.0) and e.hub
     assert "Please reason step by step" in get("math500").prompt_template
     arith = to_typed(compose_eval(["eval=arith"]), EvalRunConfig)
-    assert arith.eval.prompt_template == arith.data.prompt_template  # the task's own template, via ${data.prompt_template}
+    assert (
+        arith.eval.prompt_template == arith.data.prompt_template
+    )  # the task's own template, via ${data.prompt_template}
     assert get("olympiadbench").hub_subset == "OE_TO_maths_en_COMP"
 
 
-@pytest.mark.parametrize("overrides,key", [
-    (["eval.source=jsonl"], "eval.path"),
-    (["eval.source=nope"], "eval.source"),
-    (["eval=aime24", "eval.hub="], "eval.hub"),
-    (["eval.prompt_template=no placeholder"], "eval.prompt_template"),
-    (["eval.every=-1"], "eval.every"),
-])
+@pytest.mark.parametrize(
+    "overrides,key",
+    [
+        (["eval.source=jsonl"], "eval.path"),
+        (["eval.source=nope"], "eval.source"),
+        (["eval=aime24", "eval.hub="], "eval.hub"),
+        (["eval.prompt_template=no placeholder"], "eval.prompt_template"),
+        (["eval.every=-1"], "eval.every"),
+    ],
+)
 def test_eval_checks_name_the_key(overrides, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         to_typed(compose_eval(overrides), EvalRunConfig)
 
 
 def test_benchmark_list_expands_with_shared_overrides():
-    base = ["benchmarks=[aime24,math500]", "eval.n=64", "eval.path=/data/${eval.name}.jsonl", "eval=arith"]
+    base = [
+        "benchmarks=[aime24,math500]",
+        "eval.n=64",
+        "eval.path=/data/${eval.name}.jsonl",
+        "eval=arith",
+    ]
     typed = to_typed(compose_eval(base), EvalRunConfig)
     evals = resolve_benchmarks(typed, base, compose_eval)
     assert [e.name for e in evals] == ["aime24", "math500"]
     assert [e.n for e in evals] == [64, 64]  # the override reaches every benchmark
-    assert [e.path for e in evals] == ["/data/aime24.jsonl", "/data/math500.jsonl"]  # resolved per benchmark
+    assert [e.path for e in evals] == [
+        "/data/aime24.jsonl",
+        "/data/math500.jsonl",
+    ]  # resolved per benchmark
     assert evals[0].temperature == 0.6 and evals[1].temperature == 0.0  # each keeps its protocol
-    assert resolve_benchmarks(to_typed(compose_eval([]), EvalRunConfig), [], compose_eval)[0].name == "arith"
+    assert (
+        resolve_benchmarks(to_typed(compose_eval([]), EvalRunConfig), [], compose_eval)[0].name
+        == "arith"
+    )
     with pytest.raises(ConfigError, match="benchmarks"):
-        resolve_benchmarks(to_typed(compose_eval(["benchmarks=[aime24,aime24]"]), EvalRunConfig), [], compose_eval)
+        resolve_benchmarks(
+            to_typed(compose_eval(["benchmarks=[aime24,aime24]"]), EvalRunConfig), [], compose_eval
+        )
 
 
 def test_override_keys_and_checkpoint_labels():
-    assert override_key("+eval.n=4") == "eval.n" and override_key("~eval") == "eval" and override_key("eval=x") == "eval"
-    assert checkpoint_labels(["/o/run1/final", "/o/run2/final", "/p/run1/final"]) == ["run1_final", "run2_final", "run1_final_2"]
+    assert (
+        override_key("+eval.n=4") == "eval.n"
+        and override_key("~eval") == "eval"
+        and override_key("eval=x") == "eval"
+    )
+    assert checkpoint_labels(["/o/run1/final", "/o/run2/final", "/p/run1/final"]) == [
+        "run1_final",
+        "run2_final",
+        "run1_final_2",
+    ]
 
 
 @pytest.mark.parametrize("name", BENCHMARKS)
@@ -90,24 +125,43 @@ def test_local_benchmark_files_load_by_path(shared_data, name):
     path = shared_data / "eval" / f"{name}.jsonl"
     if not path.exists():
         pytest.skip(f"{path} absent")
-    problems = load_problems(EvalConfig(name=name, source="hub", hub="unused/offline", path=str(path)))
+    problems = load_problems(
+        EvalConfig(name=name, source="hub", hub="unused/offline", path=str(path))
+    )
     assert len(problems) == EXPECTED_ROWS[name]
-    assert all(p.answer and p.problem for p in problems) and len({p.id for p in problems}) == len(problems)
+    assert all(p.answer and p.problem for p in problems) and len({p.id for p in problems}) == len(
+        problems
+    )
 
 
 def test_hub_answers_are_normalised(tmp_path):
     # the shapes hub datasets use: OlympiadBench's list of $...$, AMC's floats
-    rows = [{"question": "q1", "final_answer": ["$2^{1009}$"]}, {"question": "q2", "final_answer": [27.0]},
-            {"question": "q3", "final_answer": "$\\frac{1}{2}$"}]
+    rows = [
+        {"question": "q1", "final_answer": ["$2^{1009}$"]},
+        {"question": "q2", "final_answer": [27.0]},
+        {"question": "q3", "final_answer": "$\\frac{1}{2}$"},
+    ]
     f = tmp_path / "hub.parquet"
     import datasets
 
-    datasets.Dataset.from_list([{"question": r["question"], "final_answer": json.dumps(r["final_answer"])} for r in rows]).to_parquet(str(f))
-    assert answer_text(["$2^{1009}$"]) == "2^{1009}" and answer_text(27.0) == "27" and answer_text(0.5) == "0.5"
-    assert answer_text("$\\frac{1}{2}$") == "\\frac{1}{2}" and answer_text("  ") is None and answer_text([]) is None
+    datasets.Dataset.from_list(
+        [{"question": r["question"], "final_answer": json.dumps(r["final_answer"])} for r in rows]
+    ).to_parquet(str(f))
+    assert (
+        answer_text(["$2^{1009}$"]) == "2^{1009}"
+        and answer_text(27.0) == "27"
+        and answer_text(0.5) == "0.5"
+    )
+    assert (
+        answer_text("$\\frac{1}{2}$") == "\\frac{1}{2}"
+        and answer_text("  ") is None
+        and answer_text([]) is None
+    )
     assert answer_text(True) is None and answer_text(7) == "7"
     # a local parquet with a custom field mapping
-    problems = load_problems(EvalConfig(name="x", path=str(f), problem_key="question", answer_key="final_answer"))
+    problems = load_problems(
+        EvalConfig(name="x", path=str(f), problem_key="question", answer_key="final_answer")
+    )
     assert [p.problem for p in problems] == ["q1", "q2", "q3"]
 
 
@@ -115,11 +169,17 @@ def test_offline_hub_and_missing_files_fail_with_a_way_out(tmp_path, monkeypatch
     import datasets
 
     def offline(*args, **kwargs):  # what load_dataset raises without network or cache
-        raise ConnectionError("Couldn't reach 'HuggingFaceH4/aime_2024' on the Hub (LocalEntryNotFoundError)")
+        raise ConnectionError(
+            "Couldn't reach 'HuggingFaceH4/aime_2024' on the Hub (LocalEntryNotFoundError)"
+        )
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
     with pytest.raises(DataError, match="eval.path"):
-        load_problems(EvalConfig(name="aime24", source="hub", hub="HuggingFaceH4/aime_2024", hub_split="train"))
+        load_problems(
+            EvalConfig(
+                name="aime24", source="hub", hub="HuggingFaceH4/aime_2024", hub_split="train"
+            )
+        )
     with pytest.raises(DataError, match="not found"):
         load_problems(EvalConfig(name="x", path=str(tmp_path / "missing.jsonl")))
     with pytest.raises(DataError, match="held-out"):
@@ -140,10 +200,14 @@ def test_gold_answers_match_themselves(shared_data, name):
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
     answers = [answer_text(r["answer"]) for r in rows]
     assert [last_boxed(f"The answer is \\boxed{{{a}}}.") for a in answers] == answers
-    pool = ScoringPool(workers=1, timeout_s=15.0)  # generous: a loaded machine must not turn parses into misses
+    pool = ScoringPool(
+        workers=1, timeout_s=15.0
+    )  # generous: a loaded machine must not turn parses into misses
     try:
         verdicts = pool.verify([(a, a) for a in answers])
     finally:
         pool.close()
     misses = [(r["id"], a, v) for r, a, v in zip(rows, answers, verdicts) if v != (1.0, "ok")]
-    assert misses == [], f"{len(misses)} of {len(rows)} gold answers do not match themselves: {misses[:10]}"
+    assert misses == [], (
+        f"{len(misses)} of {len(rows)} gold answers do not match themselves: {misses[:10]}"
+    )

@@ -10,10 +10,35 @@ from skyexp.evaluate import EvalResult
 
 
 def _results():
-    sample = {"text": "\\boxed{1}", "extracted": "1", "score": 1.0, "status": "ok", "length": 3, "truncated": False}
-    rec = {"id": "p0", "problem": "1?", "answer": "1", "correct": 1, "votes": [], "samples": [sample, {**sample, "score": 0.0}]}
-    res = EvalResult(name="b", n=2, correct=[1], records=[rec], wrong_groups=[[1]], scores=[[1.0, 0.0]], seconds=2.0)
-    return [("before", EvalConfig(name="b", n=2, log_samples=1), res), ("after", EvalConfig(name="b", n=2), res)]
+    sample = {
+        "text": "\\boxed{1}",
+        "extracted": "1",
+        "score": 1.0,
+        "status": "ok",
+        "length": 3,
+        "truncated": False,
+    }
+    rec = {
+        "id": "p0",
+        "problem": "1?",
+        "answer": "1",
+        "correct": 1,
+        "votes": [],
+        "samples": [sample, {**sample, "score": 0.0}],
+    }
+    res = EvalResult(
+        name="b",
+        n=2,
+        correct=[1],
+        records=[rec],
+        wrong_groups=[[1]],
+        scores=[[1.0, 0.0]],
+        seconds=2.0,
+    )
+    return [
+        ("before", EvalConfig(name="b", n=2, log_samples=1), res),
+        ("after", EvalConfig(name="b", n=2), res),
+    ]
 
 
 def test_summary_table_and_files(tmp_path):
@@ -28,7 +53,10 @@ def test_summary_table_and_files(tmp_path):
     assert text.splitlines()[0].split()[:4] == ["benchmark", "checkpoint", "problems", "n"]
     assert "0.5000" in text and len(text.splitlines()) == 4
     report.write(tmp_path, s, results)
-    assert json.loads((tmp_path / "summary.json").read_text())["checkpoints"] == {"before": "/a", "after": "/b"}
+    assert json.loads((tmp_path / "summary.json").read_text())["checkpoints"] == {
+        "before": "/a",
+        "after": "/b",
+    }
     assert (tmp_path / "passk.png").stat().st_size > 1000
 
 

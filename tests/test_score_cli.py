@@ -13,17 +13,31 @@ from skyexp.rewards.pool import ScoringPool
 
 
 def run_score(args: list[str], timeout: int = 180) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "skyexp.score", *args], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "skyexp.score", *args],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_score_cli_adds_score_and_status(tmp_path):
     rows = [
-        {"id": 1, "completion": "so the answer is \\boxed{\\frac{1}{2}}", "answer": "0.5"},  # equivalent: 1.0
+        {
+            "id": 1,
+            "completion": "so the answer is \\boxed{\\frac{1}{2}}",
+            "answer": "0.5",
+        },  # equivalent: 1.0
         {"id": 2, "completion": "\\boxed{7}", "answer": 8},  # wrong; a numeric gold is fine
         {"id": 3, "completion": "no box at all", "answer": "3"},  # no answer: 0.0, ok
         {"id": 4, "answer": "3"},  # no completion: error
-        {"id": 5, "completion": "\\boxed{" + "(" * 3000 + "}", "answer": "1"},  # parse blows its time budget
+        {
+            "id": 5,
+            "completion": "\\boxed{" + "(" * 3000 + "}",
+            "answer": "1",
+        },  # parse blows its time budget
         {"id": 6, "completion": "\\boxed{27}", "answer": 27.0, "extra": {"kept": True}},
     ]
     src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"

@@ -17,15 +17,25 @@ def fake_verify(calls: list):
 
     def verify(items):
         calls.append(list(items))
-        return [(1.0 if value(a) is not None and value(a) == value(b) else 0.0, "ok") for a, b in items]
+        return [
+            (1.0 if value(a) is not None and value(a) == value(b) else 0.0, "ok") for a, b in items
+        ]
 
     return verify
 
 
 def test_groups_by_text_then_equivalence():
     calls: list = []
-    samples = [("7", False), (" 7 ", False), ("1/2", False), ("\\frac{1}{2}", False), ("0.5", False), ("9", True),
-               (None, False), ("x", False)]
+    samples = [
+        ("7", False),
+        (" 7 ", False),
+        ("1/2", False),
+        ("\\frac{1}{2}", False),
+        ("0.5", False),
+        ("9", True),
+        (None, False),
+        ("x", False),
+    ]
     [groups] = group_wrong_answers([samples], fake_verify(calls), max_pairs=100)
     # "7" twice (same text after normalising), the three spellings of 1/2 merged, "x" alone;
     # the correct "9" and the missing answer never vote
@@ -50,7 +60,9 @@ def test_pair_budget_and_failed_checks_keep_groups_apart():
     [groups] = group_wrong_answers([samples], fake_verify(calls), max_pairs=0)
     assert [m for _, m in groups] == [1, 1, 1] and calls == []
     # a verify that times out on everything merges nothing
-    [groups] = group_wrong_answers([samples], lambda items: [(0.0, "timeout")] * len(items), max_pairs=10)
+    [groups] = group_wrong_answers(
+        [samples], lambda items: [(0.0, "timeout")] * len(items), max_pairs=10
+    )
     assert [m for _, m in groups] == [1, 1, 1]
     # without a pool, text equality only
     [groups] = group_wrong_answers([samples + [("0.5 ", False)]], None, max_pairs=10)
@@ -58,7 +70,9 @@ def test_pair_budget_and_failed_checks_keep_groups_apart():
 
 
 def test_overlong_answers_do_not_vote():
-    [groups] = group_wrong_answers([[("1" * 50, False), ("2", False)]], None, max_pairs=10, max_chars=10)
+    [groups] = group_wrong_answers(
+        [[("1" * 50, False), ("2", False)]], None, max_pairs=10, max_chars=10
+    )
     assert groups == [("2", 1)]
 
 
@@ -67,8 +81,14 @@ def test_real_math_verify_merges_equivalent_spellings():
 
     pool = ScoringPool(workers=1, timeout_s=5.0)
     try:
-        [groups] = group_wrong_answers([[("\\frac{1}{2}", False), ("0.5", False), ("(x+1)^2", False), ("x^2+2x+1", False)]],
-                                       pool.verify, max_pairs=10)
+        [groups] = group_wrong_answers(
+            [[("\\frac{1}{2}", False), ("0.5", False), ("(x+1)^2", False), ("x^2+2x+1", False)]],
+            pool.verify,
+            max_pairs=10,
+        )
     finally:
         pool.close()
-    assert sorted(m for _, m in groups) == [2, 2]  # known math-verify verdicts (ENV.md, test_rewards)
+    assert sorted(m for _, m in groups) == [
+        2,
+        2,
+    ]  # known math-verify verdicts (ENV.md, test_rewards)

@@ -26,12 +26,18 @@ def _find(parent: list[int], i: int) -> int:
     return i
 
 
-def group_wrong_answers(problems: list[list[tuple[str | None, bool]]], verify: Verify | None, max_pairs: int,
-                        max_chars: int = 1000) -> list[list[tuple[str, int]]]:
+def group_wrong_answers(
+    problems: list[list[tuple[str | None, bool]]],
+    verify: Verify | None,
+    max_pairs: int,
+    max_chars: int = 1000,
+) -> list[list[tuple[str, int]]]:
     """Per problem, its samples as (extracted answer or None, correct?) -> the groups of equivalent
     wrong answers as (representative text, size), largest first. Samples without an answer, or
     with one longer than max_chars (scored as errors), do not vote."""
-    keyed: list[list[tuple[str, int]]] = []  # per problem: (first raw text, count) per normalised key
+    keyed: list[
+        list[tuple[str, int]]
+    ] = []  # per problem: (first raw text, count) per normalised key
     for samples in problems:
         counts: dict[str, list] = {}
         for ans, ok in samples:
@@ -58,6 +64,8 @@ def group_wrong_answers(problems: list[list[tuple[str | None, bool]]], verify: V
     for groups, parent in zip(keyed, parents):
         merged: dict[int, list] = {}
         for i, (text, m) in enumerate(groups):
-            merged.setdefault(_find(parent, i), [text, 0])[1] += m  # the largest group's text represents it
+            merged.setdefault(_find(parent, i), [text, 0])[1] += (
+                m  # the largest group's text represents it
+            )
         out.append(sorted(((t, m) for t, m in merged.values()), key=lambda x: -x[1]))
     return out
