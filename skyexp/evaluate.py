@@ -232,8 +232,11 @@ def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig
                       seconds=time.perf_counter() - t0)
 
 
-def eval_due(every: int, rl_step: int) -> bool:
-    """eval.every=N: evaluate after every N-th RL step (rl_step counts finished steps)."""
+def eval_due(every: int, rl_step: int, total_steps: int, after: bool) -> bool:
+    """eval.every=N: evaluate after every N-th RL step (rl_step counts finished steps), except
+    after the last step when eval.after will evaluate the same weights anyway."""
+    if after and rl_step == total_steps:
+        return False
     return every > 0 and rl_step > 0 and rl_step % every == 0
 
 

@@ -149,6 +149,7 @@ def run_rl(run: Run, sampler: PromptSampler) -> None:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
     run.entropy_coef = cfg.entropy.coef
     run.policy.train()
+    total_steps = sum(s.steps for s in plan_stages(cfg))
     for stage in plan_stages(cfg):
         if stage.index > 0 and cfg.context.drop_solved:
             sampler = drop_solved(run, sampler, stage.index)
@@ -162,7 +163,7 @@ def run_rl(run: Run, sampler: PromptSampler) -> None:
             run.log(metrics)
             run.history.append({k: metrics[k] for k in ("train/rl_step", "actor/entropy", "critic/score/mean")})
             run.rl_step += 1
-            if eval_due(cfg.eval.every, run.rl_step):
+            if eval_due(cfg.eval.every, run.rl_step, total_steps, cfg.eval.after):
                 evaluate(run, run.eval_problems, f"step{run.rl_step}")
             bar.set_postfix({"reward": f"{metrics['critic/score/mean']:.3f}", "pass@1": f"{metrics['batch/pass@1']:.3f}",
                              "entropy": f"{metrics['actor/entropy']:.3f}", "s/step": f"{metrics['timing_s/step']:.2f}"})

@@ -11,6 +11,7 @@ import pytest
 from skyexp.evaluate import (
     EvalResult,
     best_at_k,
+    eval_due,
     ks_for,
     maj_at_k,
     maj_at_k_all,
@@ -141,3 +142,12 @@ def test_result_maj_and_best_metrics():
     assert m["val/b/maj@4"] == pytest.approx(0.5) and m["val/b/maj@1"] == pytest.approx(3 / 8)
     assert m["val/b/mean@4"] == pytest.approx(3 / 8) and "val/b/best@4" not in m
     assert r.best_at[4] == pytest.approx(r.pass_at[4])
+
+
+def test_eval_due():
+    # every 2 of 7 steps: after steps 2, 4, 6; eval.after covers step 7 either way
+    assert [s for s in range(8) if eval_due(2, s, 7, after=True)] == [2, 4, 6]
+    # the last step is skipped only when eval.after evaluates the same weights
+    assert [s for s in range(7) if eval_due(3, s, 6, after=True)] == [3]
+    assert [s for s in range(7) if eval_due(3, s, 6, after=False)] == [3, 6]
+    assert not any(eval_due(0, s, 6, after=False) for s in range(7))  # eval.every=0: never
