@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 from fractions import Fraction
+from types import SimpleNamespace
 
 import pytest
 
@@ -12,7 +13,9 @@ from skyexp.evaluate import (
     EvalResult,
     best_at_k,
     eval_due,
+    generate_by_length,
     ks_for,
+    length_groups,
     maj_at_k,
     maj_at_k_all,
     mean_at_n,
@@ -151,3 +154,39 @@ def test_eval_due():
     assert [s for s in range(7) if eval_due(3, s, 6, after=True)] == [3]
     assert [s for s in range(7) if eval_due(3, s, 6, after=False)] == [3, 6]
     assert not any(eval_due(0, s, 6, after=False) for s in range(7))  # eval.every=0: never
+
+
+def test_length_groups():
+    # sorted by length; a group's longest prompt at most twice its shortest
+    assert length_groups([10, 3, 50, 4, 6, 7, 21, 100]) == [[1, 3, 4], [5, 0], [6], [2, 7]]
+    assert length_groups([5, 5, 5]) == [[0, 1, 2]] and length_groups([]) == []
+    assert length_groups([0, 1, 2, 3]) == [[0, 1, 2], [3]]  # an empty prompt counts as length 1
+
+
+class _EchoEngine:
+    """Each sample's response is [prompt's first token, sample index]; records every call."""
+
+    def __init__(self):
+        self.calls = []
+
+    def generate(self, ids, n, max_len, temperature, top_p):
+        import torch
+
+        self.calls.append([len(x) for x in ids])
+        responses = [[p[0], s] for p in ids for s in range(n)]
+        return SimpleNamespace(responses=responses, response_lengths=torch.tensor([len(p) for p in ids for _ in range(n)]),
+                               truncated=torch.tensor([p[0] % 2 == 1 for p in ids for _ in range(n)]))
+
+
+class _ListTokenizer:
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return [" ".join(map(str, r)) for r in rows]
+
+
+def test_generate_by_length_returns_samples_in_prompt_order():
+    ids = [[7] * 40, [1] * 3, [2] * 90, [3] * 5]  # first token identifies the prompt
+    eng = _EchoEngine()
+    texts, lengths, truncated = generate_by_length(eng, _ListTokenizer(), ids, 2, 16, 1.0, 1.0)
+    assert eng.calls == [[3, 5], [40], [90]]  # one call per length group, shortest first
+    assert texts == ["7 0", "7 1", "1 0", "1 1", "2 0", "2 1", "3 0", "3 1"]
+    assert lengths == [40, 40, 3, 3, 90, 90, 5, 5] and truncated == [True, True, True, True, False, False, True, True]
