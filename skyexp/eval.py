@@ -88,7 +88,9 @@ def evaluate_all(
         paths, labels = list(cfg.checkpoints), checkpoint_labels(cfg.checkpoints)
     else:
         base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
-        paths, labels = [distributed.broadcast_object(base)], [cfg.model.name]
+        # a trained run is labelled by its directory: "tiny" would say nothing about it
+        label = checkpoint_labels([cfg.model.path])[0] if cfg.model.path else cfg.model.name
+        paths, labels = [distributed.broadcast_object(base)], [label]
     reward = build_reward(cfg.reward)
     logger = make_logger(cfg.logger, run_dir, config_dict, d.is_main)
     results = []

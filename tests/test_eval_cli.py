@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, only_run_dir, run_skyexp
 
+from skyexp.eval import checkpoint_labels
+
 SMALL = ["eval.max_response_len=16", "logger.progress=false", "trainer.threads=2"]
 
 
@@ -34,11 +36,12 @@ def run_eval_cli(
 
 
 @pytest.mark.slow
-def test_eval_on_math500_file_writes_everything(tmp_path, shared_data):
+def test_eval_on_math500_file_writes_everything(tmp_path, shared_data, tiny_dir):
     math500 = shared_data / "eval" / "math500.jsonl"
     if not math500.exists():
         pytest.skip(f"{math500} absent")
-    r = run_eval_cli(["eval=math500", f"eval.path={math500}", "eval.size=4", *SMALL], tmp_path)
+    args = ["eval=math500", f"eval.path={math500}", "eval.size=4", f"model.path={tiny_dir}", *SMALL]
+    r = run_eval_cli(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run_dir(tmp_path)
     records = [
@@ -57,6 +60,7 @@ def test_eval_on_math500_file_writes_everything(tmp_path, shared_data):
     [row] = json.loads((run / "eval" / "summary.json").read_text())["results"]
     assert (
         row["benchmark"] == "math500"
+        and row["checkpoint"] == checkpoint_labels([str(tiny_dir)])[0]  # named by its directory
         and row["problems"] == 4
         and row["n"] == 1
         and row["temperature"] == 0.0
