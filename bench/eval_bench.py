@@ -103,7 +103,7 @@ def eval_throughput(threads: int, model_dir: str) -> None:
     from skyexp.benchmarks import load_problems
     from skyexp.config import EvalConfig, ModelConfig, RewardConfig
     from skyexp.data import arith
-    from skyexp.evaluate import run_eval
+    from skyexp.evaluate import eval_template, run_eval
     from skyexp.rewards import MathVerifyReward
     from skyexp.rollout import build_engine
 
@@ -137,7 +137,7 @@ def eval_throughput(threads: int, model_dir: str) -> None:
     ]
     try:
         for label, problems, cfg in cases:
-            res = run_eval(engine, reward, tok, problems, cfg, chat=False)
+            res = run_eval(engine, reward, tok, problems, cfg, eval_template(cfg), chat=False)
             samples = len(problems) * cfg.n
             tokens = sum(s["length"] for r in res.records for s in r["samples"])
             print(

@@ -4,7 +4,8 @@ YAML files under conf/ only set values. At entry the composed config is merged o
 `OmegaConf.structured(Config)`, so a misspelt key or a wrong type fails before any model loads,
 with the full key named (`trainer.lr`). `validate()` holds every check that spans fields.
 Keys are at most two levels deep (`algo.clip_high`), except list entries of `context.stages`.
-The data-side schemas and their checks are in skyexp/config_data.py; `validate()` runs them.
+The data-side schemas and their checks are in skyexp/config_data.py, the eval schema and its
+checks in skyexp/config_eval.py; `validate()` runs them.
 """
 
 from __future__ import annotations
@@ -28,9 +29,12 @@ from skyexp.config_data import (
     validate_jobs,
     validate_sft,
 )
+from skyexp.config_eval import QWEN_MATH_COT, EvalConfig, validate_eval
 
-# The data-side schemas (data, sft, filter, distill) live in config_data; importable from here too.
-__all__ = ["DataConfig", "DistillConfig", "FilterConfig", "MixEntry", "SampleJob", "SFTConfig"]
+# The data-side schemas (data, sft, filter, distill) live in config_data, the eval schema in
+# config_eval; importable from here too.
+__all__ = ["QWEN_MATH_COT", "DataConfig", "DistillConfig", "EvalConfig", "FilterConfig", "MixEntry", "SampleJob",
+           "SFTConfig"]
 
 
 class ConfigError(ValueError):
@@ -158,43 +162,6 @@ class RewardConfig:
     cos_correct: list[float] = field(default_factory=lambda: [2.0, 1.0])  # cosine term: (r_0, r_L) when correct
     cos_wrong: list[float] = field(default_factory=lambda: [-10.0, 0.0])  # ... when wrong
     cos_exceed: float = -10.0  # cosine term: a truncated response
-
-
-# Qwen2.5-Math's chain-of-thought instruction (the prompt of Sky-T1's and Skywork-OR1's evals).
-QWEN_MATH_COT = "{problem}\nPlease reason step by step, and put your final answer within \\boxed{}."
-
-
-@dataclass
-class EvalConfig:
-    """One benchmark and its sampling protocol (conf/eval/<name>.yaml)."""
-
-    name: str = "arith"  # metric prefix: val/<name>/pass@k
-    # data: the data source's held-out split | hub: the dataset named by `hub` | jsonl | parquet.
-    # A non-empty `path` always wins: that local jsonl/parquet file (format from its extension).
-    source: str = "data"
-    path: str = ""
-    problem_key: str = "problem"  # fields of a local file (the ../shared/data schema by default)
-    answer_key: str = "answer"
-    hub: str = ""  # hub dataset id (needs network or the HF cache)
-    hub_subset: str = ""  # its config name, if it has several
-    hub_split: str = "test"
-    hub_problem_key: str = "problem"  # field mapping of the hub dataset
-    hub_answer_key: str = "answer"
-    # {problem} is replaced by the problem; the model's chat template is applied on top when
-    # model.chat_template is set (as in training).
-    prompt_template: str = QWEN_MATH_COT
-    n: int = 16  # samples per problem; pass@k and maj@k are reported for k = 1, 2, 4, ..., n
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    max_response_len: int = 64  # capped at the model's context length (max_position_embeddings)
-    size: int = 0  # 0: every problem of the split; else the first `size`
-    every: int = 0  # also evaluate every N RL steps during training (0: only before/after)
-    before: bool = True  # evaluate before the first RL stage
-    after: bool = True  # and after the last
-    # maj@k groups wrong answers by math-verify equivalence: at most this many pairwise checks of
-    # distinct answers per problem (largest groups first); beyond it, normalised string equality.
-    vote_max_pairs: int = 256
-    log_samples: int = 64  # rows per benchmark in the W&B table of samples
 
 
 @dataclass
@@ -366,7 +333,7 @@ def validate(c: Config) -> None:
     _check(0 < c.eval.top_p <= 1, "eval.top_p", "must be in (0, 1]")
     _check(c.eval.n >= 1, "eval.n", "must be >= 1")
     _check(c.eval.temperature >= 0, "eval.temperature", "must be >= 0 (0 = greedy)")
-    _check_eval(c.eval)
+    validate_eval(c.eval, _check)
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(c.reward.workers >= 1, "reward.workers", "must be >= 1")
     _check(c.temperature.value > 0, "temperature.value", "must be > 0 (RL samples)")
@@ -393,19 +360,6 @@ def validate(c: Config) -> None:
         _check(bs % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({bs})")
         if s.temperature is not None:
             _check(s.temperature > 0, f"{key}.temperature", "must be > 0")
-
-
-def _check_eval(e: EvalConfig) -> None:
-    sources = ("data", "hub", "jsonl", "parquet")
-    _check(e.source in sources, "eval.source", f"'{e.source}' is not one of {', '.join(sources)}")
-    _check(e.source not in ("jsonl", "parquet") or bool(e.path), "eval.path", f"eval.source={e.source} needs eval.path")
-    _check(e.source != "hub" or bool(e.hub or e.path), "eval.hub", "eval.source=hub needs eval.hub (or a local eval.path)")
-    _check("{problem}" in e.prompt_template, "eval.prompt_template", "must contain {problem}")
-    _check(e.max_response_len > 0, "eval.max_response_len", "must be > 0")
-    _check(e.size >= 0, "eval.size", "must be >= 0 (0 = every problem)")
-    _check(e.every >= 0, "eval.every", "must be >= 0 (0 = only before/after RL)")
-    _check(e.vote_max_pairs >= 0, "eval.vote_max_pairs", "must be >= 0")
-    _check(e.log_samples >= 0, "eval.log_samples", "must be >= 0")
 
 
 def check_world(c: Config, world_size: int) -> None:

@@ -71,7 +71,7 @@ def evaluate_all(
     from skyexp import distributed, models, report
     from skyexp.benchmarks import load_problems
     from skyexp.data import load_task
-    from skyexp.evaluate import run_eval, write_records
+    from skyexp.evaluate import eval_template, run_eval, write_records
     from skyexp.logging import make_logger
     from skyexp.rewards import build_reward
     from skyexp.rollout import engine_for
@@ -112,7 +112,7 @@ def evaluate_all(
                     tokenizer,
                     problems[e.name],
                     e,
-                    e.prompt_template,
+                    eval_template(e),
                     cfg.model.chat_template,
                     d.rank,
                     d.world_size,

@@ -180,6 +180,11 @@ class EvalResult:
         }
 
 
+def eval_template(e: EvalConfig) -> Template:
+    """The prompt of a benchmark: eval.prompt_template, eval.system_prompt, eval.response_prefix."""
+    return Template(e.prompt_template, e.system_prompt, e.response_prefix)
+
+
 def response_cap(engine, requested: int) -> int:
     """Never sample past the model's context window: generating beyond max_position_embeddings
     is meaningless (and vLLM refuses it), and the long-CoT protocols ask for 32k tokens."""
@@ -225,7 +230,7 @@ def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig
              rank: int = 0, world_size: int = 1) -> EvalResult:
     """Sample cfg.n answers per problem (this rank's share), score them, group the wrong answers
     for maj@k, gather every rank's results (in problem order). `template` renders each problem
-    (eval.prompt_template for benchmarks; the identity "{problem}" for prompts rendered already)."""
+    (`eval_template(cfg)` for benchmarks; the identity "{problem}" for prompts rendered already)."""
     t0 = time.perf_counter()
     if cfg.size:
         problems = problems[: cfg.size]

@@ -29,7 +29,7 @@ from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
 from skyexp.config import Config, check_world
 from skyexp.data import DataError, PromptSampler, load_task
 from skyexp.data.difficulty import Counts, fully_solved, merge, tally, without
-from skyexp.evaluate import EvalResult, eval_due, run_eval, write_records
+from skyexp.evaluate import EvalResult, eval_due, eval_template, run_eval, write_records
 from skyexp.logging import make_logger
 from skyexp.metrics import step_metrics
 from skyexp.rewards import build_reward
@@ -187,7 +187,7 @@ def drop_solved(run: Run, sampler: PromptSampler, stage_index: int) -> PromptSam
 
 def evaluate(run: Run, problems, label: str) -> EvalResult:
     cfg = run.cfg
-    res = run_eval(run.engine, run.reward, run.tokenizer, problems, cfg.eval, cfg.eval.prompt_template, cfg.model.chat_template,
+    res = run_eval(run.engine, run.reward, run.tokenizer, problems, cfg.eval, eval_template(cfg.eval), cfg.model.chat_template,
                    run.d.rank, run.d.world_size)
     run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.rl_step})
     if run.d.is_main:

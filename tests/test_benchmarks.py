@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 
 from skyexp.__main__ import register_schema
 from skyexp.benchmarks import load_problems
-from skyexp.config import ConfigError, EvalConfig, EvalRunConfig, to_typed
-from skyexp.data import DataError
+from skyexp.config import QWEN_MATH_COT, ConfigError, EvalConfig, EvalRunConfig, to_typed
+from skyexp.data import DataError, Template, template_of
 from skyexp.eval import checkpoint_labels, override_key, resolve_benchmarks
+from skyexp.evaluate import eval_template
 from skyexp.rewards.extract import answer_text
 
 CONF = ROOT / "conf"
@@ -59,11 +60,17 @@ def test_protocols():
         e = get(name)
         assert (e.n, e.temperature) == (1, 0.0) and e.hub
     assert "Please reason step by step" in get("math500").prompt_template
-    arith = to_typed(compose_eval(["eval=arith"]), EvalRunConfig)
-    assert (
-        arith.eval.prompt_template == arith.data.prompt_template
-    )  # the task's own template, via ${data.prompt_template}
     assert get("olympiadbench").hub_subset == "OE_TO_maths_en_COMP"
+    # the held-out split is prompted as training is: the data config's template, and a
+    # template=... override of it, reach eval through interpolation
+    for extra in ([], ["template=r1_think"], ["template=sky_t1"]):
+        c = to_typed(compose_eval(["eval=arith", *extra]), EvalRunConfig)
+        assert eval_template(c.eval) == template_of(c.data), extra
+    r1 = to_typed(compose_eval(["eval=arith", "template=r1_think"]), EvalRunConfig).eval
+    assert r1.response_prefix == " <think>\n" and "User: {problem}" in r1.prompt_template
+    # benchmarks keep their own protocol prompt whatever the training template
+    bench = to_typed(compose_eval(["eval=aime24", "template=sky_t1"]), EvalRunConfig).eval
+    assert eval_template(bench) == Template(QWEN_MATH_COT)
 
 
 @pytest.mark.parametrize(
@@ -74,6 +81,9 @@ def test_protocols():
         (["eval=aime24", "eval.hub="], "eval.hub"),
         (["eval.prompt_template=no placeholder"], "eval.prompt_template"),
         (["eval.every=-1"], "eval.every"),
+        (["eval.n=0"], "eval.n"),
+        (["eval.top_p=0"], "eval.top_p"),
+        (["eval.temperature=-0.5"], "eval.temperature"),
     ],
 )
 def test_eval_checks_name_the_key(overrides, key):

@@ -13,6 +13,7 @@ from skyexp.evaluate import (
     EvalResult,
     best_at_k,
     eval_due,
+    eval_template,
     generate_by_length,
     ks_for,
     length_groups,
@@ -20,6 +21,7 @@ from skyexp.evaluate import (
     maj_at_k_all,
     mean_at_n,
     pass_at_k,
+    run_eval,
 )
 
 
@@ -190,3 +192,62 @@ def test_generate_by_length_returns_samples_in_prompt_order():
     assert eng.calls == [[3, 5], [40], [90]]  # one call per length group, shortest first
     assert texts == ["7 0", "7 1", "1 0", "1 1", "2 0", "2 1", "3 0", "3 1"]
     assert lengths == [40, 40, 3, 3, 90, 90, 5, 5] and truncated == [True, True, True, True, False, False, True, True]
+
+
+class _CharTokenizer:
+    """One token per character; no chat template, so prompts are plain text."""
+
+    chat_template = None
+
+    def __call__(self, texts, add_special_tokens=False):
+        return {"input_ids": [[ord(c) for c in t] for t in texts]}
+
+    def batch_decode(self, rows, skip_special_tokens=True):
+        return ["".join(map(chr, r)) for r in rows]
+
+
+class _ScriptedEngine:
+    """Answers every prompt with the replies in turn (one per sample); records the prompts seen."""
+
+    def __init__(self, replies):
+        self.replies, self.prompts = replies, []
+
+    def generate(self, ids, n, max_len, temperature, top_p):
+        import torch
+
+        self.prompts += ["".join(map(chr, p)) for p in ids]
+        responses = [[ord(c) for c in self.replies[s]] for _ in ids for s in range(n)]
+        return SimpleNamespace(responses=responses, response_lengths=torch.tensor([len(r) for r in responses]),
+                               truncated=torch.zeros(len(responses), dtype=torch.bool))
+
+
+class _ExactReward:
+    """Scores the last \\boxed{} by exact text; no pool, so maj@k groups wrong answers by text."""
+
+    cfg = SimpleNamespace(max_answer_chars=100)
+
+    def score(self, texts, golds):
+        from skyexp.rewards import Scored
+        from skyexp.rewards.extract import last_boxed
+
+        got = [last_boxed(t) for t in texts]
+        return Scored([float(g == a) for g, a in zip(got, golds)], got, ["ok"] * len(texts))
+
+
+def test_run_eval_renders_the_eval_template_and_counts_votes():
+    from skyexp.config import EvalConfig
+    from skyexp.types import Problem
+
+    cfg = EvalConfig(name="t", n=4, prompt_template="Q: {problem}", system_prompt="SYS", response_prefix="<think>")
+    problems = [Problem(id="a", problem="1+1", answer="2"), Problem(id="b", problem="2+2", answer="4")]
+    engine = _ScriptedEngine(["\\boxed{2}", "\\boxed{5}", "\\boxed{5}", "no answer"])
+    res = run_eval(engine, _ExactReward(), _CharTokenizer(), problems, cfg, eval_template(cfg), chat=False)
+    # plain-text rendering: system prompt, blank line, user text, then the response prefix
+    assert engine.prompts == ["SYS\n\nQ: 1+1<think>", "SYS\n\nQ: 2+2<think>"]
+    assert res.correct == [1, 0] and res.wrong_groups == [[2], [2, 1]]  # largest group first
+    assert [v["count"] for v in res.records[0]["votes"]] == [1, 2]  # the correct group, then "5" twice
+    assert res.records[1]["samples"][3] == {"text": "no answer", "extracted": None, "score": 0.0, "status": "ok",
+                                            "length": 9, "truncated": False}
+    # maj@4: on problem a "5" (twice) outvotes the correct answer (once); b has no correct sample
+    assert res.maj_at[4] == 0.0 and res.maj_at[1] == pytest.approx(1 / 8)
+    assert res.pass_at[1] == pytest.approx(1 / 8) and res.metrics()["val/t/mean@4"] == pytest.approx(1 / 8)
