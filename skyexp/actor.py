@@ -17,6 +17,7 @@ in bf16, where a mismatch would otherwise show up as spurious clipping).
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 
 import torch
@@ -150,6 +151,8 @@ def rl_update(
     normalisers, so the update is the one the full batch gives, at a fraction of the cost.
     A mini-batch with no such row on any rank takes no optimizer step (departure from verl, which
     steps on zero gradients: AdamW momentum and weight decay would still move the parameters).
+    A mini-batch whose loss or gradient norm is not finite on any rank takes no step either
+    (counted in `skipped_updates`): the parameters and optimizer state stay as they were.
     """
     if entropy is None and rollout.entropy is None:
         entropy = sampling_view(model, rollout, weights, False, micro_batch_size, device)[1]
@@ -169,6 +172,7 @@ def rl_update(
     # pg, clip_lo, clip_hi, dual, rule-selected, tokens(loss) | ppo_kl, kl_ref, tokens(forward)
     sums = torch.zeros(9, dtype=torch.float64)
     norms: list[float] = []
+    skipped = 0
     for _epoch in range(algo.ppo_epochs):
         for sel in _mini_batches(weights, rollout.n, algo.mini_batches):
             glob = all_reduce_sum([loss_mask[sel].sum().item(), float(weights[sel].sum().item())], device)
@@ -179,6 +183,7 @@ def rl_update(
             if tr.grads_zero_advantage:
                 needed = needed | chosen[sel].any(-1)
             chunks = _chunks(rollout, sel[needed], micro_batch_size, device)
+            bad_loss = False
             for j, (idx, live) in enumerate(chunks):
                 seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], resp_mask[idx], rollout.prompt_len)
                 rlen = rm.shape[1]
@@ -196,14 +201,20 @@ def rl_update(
                     if kl_coef > 0:
                         loss = loss + kl_coef * agg(kl, lm, **norm)
                     (loss * world_size).backward()
+                    bad_loss = bad_loss or not bool(torch.isfinite(loss))
                 with torch.no_grad():
                     sums += torch.stack([(pg * lm).sum(), (st["clipped_low"] * lm).sum(), (st["clipped_high"] * lm).sum(),
                                          (st["dual_clipped"] * lm).sum(), (chosen[idx, :rlen].to(device) * lm).sum(),
                                          lm.new_zeros(()), (st["approx_kl"] * lm).sum(), (kl * lm).sum(), lm.sum()]).double().cpu()
             sums[5] += loss_mask[sel].sum().item()
             if chunks and norm["num_tokens"] > 0:
-                norms.append(_grad_norm_and_clip(model, grad_clip))
-                optimizer.step()
+                gn = _grad_norm_and_clip(model, grad_clip)
+                # a non-finite loss or gradient on any rank skips this optimizer step everywhere
+                if all_reduce_max(float(bad_loss or not math.isfinite(gn)), device) == 0:
+                    norms.append(gn)
+                    optimizer.step()
+                else:
+                    skipped += 1
             optimizer.zero_grad(set_to_none=True)
     tot = all_reduce_sum(sums, device)
     trained, fwd = max(float(tot[5]), 1.0), max(float(tot[8]), 1.0)
@@ -219,6 +230,7 @@ def rl_update(
         kl_ref=float(tot[7]) / fwd if kl_coef > 0 else None,
         grad_norm=sum(norms) / len(norms) if norms else 0.0,
         optimizer_steps=len(norms),
+        skipped_updates=skipped,
         num_tokens=int(resp_mask.sum().item()),
         entropy_hist=_hist_sample(ent_all, resp_mask),
     )

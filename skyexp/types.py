@@ -82,3 +82,4 @@ class UpdateStats:
     rule_frac: float = 0.0  # share of trained tokens selected by the entropy token rule
     kl_ref: float | None = None  # mean KL-to-reference estimator over trained tokens (KL loss on)
     optimizer_steps: int = 0
+    skipped_updates: int = 0  # optimizer steps skipped because the loss or gradient was not finite
