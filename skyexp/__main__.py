@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import sys
+
 from skyexp.cli import hydra_command, register_schema
 
 __all__ = ["main", "register_schema"]
 
 
 def _train(cfg, run_dir, plain):
+    from skyexp.lifecycle import Stopped
     from skyexp.train import train
 
-    return train(cfg, run_dir, plain)
+    try:
+        return train(cfg, run_dir, plain)
+    except Stopped as e:  # SIGTERM or non-finite steps: a checkpoint was written
+        print(f"skyexp: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from skyexp.data import make_batch, template_of
 from skyexp.distributed import all_gather_objects, all_reduce_sum
 from skyexp.rewards import Scored
 from skyexp.rewards.terms import ScoreInput, combine
+from skyexp.schedule import stage_reward
 from skyexp.types import Rollout
 
 
@@ -57,6 +58,7 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
     cfg, d = run.cfg, run.d
     a = cfg.algo
     quota = stage.batch_size // d.world_size  # this rank's share of the groups that train
+    reward_cfg = stage_reward(cfg.reward, stage.truncated)
     parts: list[tuple[Rollout, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Scored, torch.Tensor]] = []
     have, rounds = 0, 0
     ids: list[str] = []  # [G] one per group generated
@@ -75,7 +77,7 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
                 scored = run.reward.score(texts, [x for x in prompts.answers for _ in range(stage.n)])
                 correct = torch.tensor(scored.scores, dtype=torch.float32)
                 total, terms = combine(ScoreInput(texts, correct, rollout.response_lengths, rollout.truncated,
-                                                  stage.max_response_len), cfg.reward)
+                                                  stage.max_response_len), reward_cfg)
             view = (total.view(-1, stage.n), correct.view(-1, stage.n))
             keep = FILTERS[a.filter_groups](*view, low=a.filter_low, high=a.filter_high)
             parts.append((rollout, *view, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep))

@@ -114,18 +114,26 @@ class EntropyConfig:
 
 @dataclass
 class TemperatureConfig:
+    # Rollout temperature (the loss uses the rollout's): constant, or a schedule over RL steps
+    # (skyexp.schedule.TEMPERATURE_SCHEDULES). A stage's own temperature wins over both.
     name: str = "t1_0"
-    value: float = 1.0
+    value: float = 1.0  # constant | the start of a schedule
+    schedule: str = "constant"  # constant | linear | step
+    end: float = 1.0  # linear: the temperature at step `steps`
+    steps: int = 0  # linear: steps from value to end (0: the whole RL run)
+    milestones: list[int] = field(default_factory=list)  # step: RL steps where the temperature changes
+    values: list[float] = field(default_factory=list)  # step: the temperature from each milestone on
 
 
 @dataclass
 class StageConfig:
     steps: int = 100
     max_response_len: int = 64
-    # Per-stage overrides; unset (None) inherits from algo / temperature.
+    # Per-stage overrides; unset (None) inherits from algo / temperature / context.
     batch_size: int | None = None
     n: int | None = None
     temperature: float | None = None
+    truncated: str | None = None
 
 
 @dataclass
@@ -135,6 +143,8 @@ class ContextConfig:
     # At each stage boundary, drop the prompts the policy solved in every sample it drew for
     # them during the previous stage (Skywork-OR1's online filtering, arXiv 2505.22312).
     drop_solved: bool = False
+    reset_optimizer: bool = False  # at each stage boundary, start AdamW's moments afresh
+    truncated: str = "keep"  # truncated responses: keep | mask | soft_penalty (skyexp.schedule)
 
 
 @dataclass
@@ -193,6 +203,12 @@ class TrainerConfig:
     fsdp: bool = True
     cache_dir: str = ""  # SFT results and built models; empty: $SKYEXP_CACHE or ~/.cache/skyexp
     save_final: bool = True  # export the final policy in Hugging Face format
+    # Checkpoints (skyexp.checkpoint) go to <run dir>/checkpoints: every save_every RL steps, at
+    # every stage end, on SIGTERM and when non-finite steps stop the run.
+    save_every: int = 0  # 0: only at stage ends (and when stopped)
+    keep_last: int = 2  # checkpoints kept (0: all)
+    resume: str = ""  # "": start afresh | auto: newest complete checkpoint of the run dir | a checkpoint dir
+    max_bad_steps: int = 3  # stop (with a checkpoint) after this many non-finite steps in a row
 
 
 @dataclass
@@ -333,30 +349,15 @@ def validate(c: Config) -> None:
     validate_eval(c.eval, _check)
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(c.reward.workers >= 1, "reward.workers", "must be >= 1")
-    _check(c.temperature.value > 0, "temperature.value", "must be > 0 (RL samples)")
     validate_data(c.data, _check, _check_name)
     validate_sft(c.sft, _check)
     validate_jobs(c.filter, c.distill, _check)
     for b in c.logger.backends:
         _check(b in ("wandb", "jsonl", "console"), "logger.backends", f"unknown backend '{b}'; valid: wandb, jsonl, console")
     _check(c.logger.mode in ("offline", "online", "disabled"), "logger.mode", f"'{c.logger.mode}' is not offline, online or disabled")
-    _check(len(c.context.stages) >= 1, "context.stages", "needs at least one stage")
-    prev = 0
-    for i, s in enumerate(c.context.stages):
-        key = f"context.stages[{i}]"
-        _check(s.steps > 0, f"{key}.steps", "must be > 0")
-        _check(s.max_response_len >= prev, f"{key}.max_response_len", f"must not decrease ({s.max_response_len} < {prev})")
-        _check(s.max_response_len > 0, f"{key}.max_response_len", "must be > 0")
-        prev = s.max_response_len
-        n = s.n if s.n is not None else c.algo.n
-        _check(n >= 1, f"{key}.n" if s.n is not None else "algo.n", "must be >= 1")
-        if c.algo.advantage == "rloo":
-            _check(n >= 2, f"{key}.n" if s.n is not None else "algo.n", "rloo needs at least 2 samples per prompt (leave-one-out baseline)")
-        bs = s.batch_size if s.batch_size is not None else c.algo.batch_size
-        _check(bs >= 1, f"{key}.batch_size", "must be >= 1")
-        _check(bs % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({bs})")
-        if s.temperature is not None:
-            _check(s.temperature > 0, f"{key}.temperature", "must be > 0")
+    from skyexp.schedule import validate_schedule
+
+    validate_schedule(c, _check)
 
 
 def check_world(c: Config, world_size: int) -> None:

@@ -68,7 +68,10 @@ class ConsoleLogger:
 
 
 class WandbLogger:
-    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any]):
+    """`run_id` continues an existing W&B run (a resumed training run); steps it logged after the
+    checkpoint are logged again; W&B keeps the values it already holds for those steps."""
+
+    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_id: str | None = None):
         self.run = None
         mode = os.environ.get("WANDB_MODE") or cfg.mode
         try:
@@ -78,6 +81,7 @@ class WandbLogger:
             self.run = wandb.init(
                 project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.run_name, tags=list(cfg.tags),
                 notes=cfg.notes, config=config, dir=str(run_dir), mode=mode, reinit="finish_previous",
+                id=run_id, resume="allow" if run_id else None,
             )
             self.run.define_metric(STEP_KEY)
             self.run.define_metric("*", step_metric=STEP_KEY)
@@ -116,6 +120,15 @@ class MultiLogger:
     def __init__(self, sinks: list[Logger]):
         self.sinks = sinks
 
+    @property
+    def run_id(self) -> str | None:
+        """The W&B run id (saved in checkpoints, so a resumed run continues the same W&B run)."""
+        for s in self.sinks:
+            run = getattr(s, "run", None)
+            if run is not None:
+                return run.id
+        return None
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
         for s in self.sinks:
             s.log(metrics, step)
@@ -125,7 +138,8 @@ class MultiLogger:
             s.close()
 
 
-def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], is_main: bool) -> MultiLogger:
+def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], is_main: bool,
+                run_id: str | None = None) -> MultiLogger:
     if not is_main:
         return MultiLogger([])
     sinks: list[Logger] = []
@@ -134,5 +148,5 @@ def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], is_mai
     if "console" in cfg.backends:
         sinks.append(ConsoleLogger())
     if "wandb" in cfg.backends and cfg.mode != "disabled":
-        sinks.append(WandbLogger(cfg, run_dir, config))
+        sinks.append(WandbLogger(cfg, run_dir, config, run_id))
     return MultiLogger(sinks)

@@ -13,48 +13,31 @@ import random
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from skyexp import distributed, models, plots, sft
+from skyexp import checkpoint, distributed, lifecycle, models, plots, sft
 from skyexp.actor import forward_stats, global_token_mean, rl_update, sampling_view
 from skyexp.algos.entropy import CONTROLLERS
 from skyexp.benchmarks import load_problems
 from skyexp.checkpoint import export_hf
 from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
-from skyexp.config import Config, check_world
-from skyexp.data import DataError, PromptSampler, load_task
-from skyexp.data.difficulty import Counts, fully_solved, merge, tally, without
+from skyexp.config import Config, ConfigError, check_world
+from skyexp.data import load_task
+from skyexp.data.difficulty import Counts, merge, tally
 from skyexp.evaluate import EvalResult, eval_due, eval_template, run_eval, write_records
+from skyexp.lifecycle import RLState
 from skyexp.logging import make_logger
 from skyexp.metrics import step_metrics
 from skyexp.rewards import build_reward
 from skyexp.rollout import engine_for
+from skyexp.schedule import StagePlan, masks_truncated, plan_stages, temperature_at
 
 log = logging.getLogger("skyexp")
-
-
-@dataclass(frozen=True)
-class StagePlan:
-    index: int
-    steps: int
-    batch_size: int
-    n: int
-    max_response_len: int
-    temperature: float
-
-
-def plan_stages(cfg: Config) -> list[StagePlan]:
-    """The RL stages of the context schedule, per-stage overrides resolved."""
-    return [
-        StagePlan(i, s.steps, s.batch_size or cfg.algo.batch_size, s.n or cfg.algo.n, s.max_response_len,
-                  s.temperature if s.temperature is not None else cfg.temperature.value)
-        for i, s in enumerate(cfg.context.stages)
-    ]
 
 
 @dataclass
@@ -100,13 +83,14 @@ class Timer:
         self.s[f"timing_s/{name}"] = self.s.get(f"timing_s/{name}", 0.0) + time.perf_counter() - t
 
 
-def rl_step(run: Run, stage: StagePlan, sampler: PromptSampler, opt: torch.optim.Optimizer) -> dict[str, Any]:
+def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
     cfg, t, dev, mb = run.cfg, Timer(), run.d.device, run.cfg.trainer.micro_batch_size
     a, e = cfg.algo, cfg.entropy
+    stage = replace(stage, temperature=temperature_at(cfg, stage, run.rl_step))  # the loss uses the rollout's
     with t("step"):
-        batch = collect_batch(run, stage, sampler, t)  # generate, score, filter groups (dynamic sampling: repeat)
+        batch = collect_batch(run, stage, rl.sampler, t)  # generate, score, filter groups (dynamic sampling: repeat)
         run.solved = merge(run.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
-        ro, weights = batch.rollout, batch.row_weights(a.mask_truncated)  # [G*n]
+        ro, weights = batch.rollout, batch.row_weights(masks_truncated(cfg, stage))  # [G*n]
         with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
             old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev)
         with t("ref"):
@@ -119,12 +103,15 @@ def rl_step(run: Run, stage: StagePlan, sampler: PromptSampler, opt: torch.optim
         run.entropy_coef, coef = CONTROLLERS[e.name](run.entropy_coef, h, target=e.target, delta=e.delta,
                                                      coef_min=e.coef_min, coef_max=e.coef_max)  # bonus from this step's entropy
         with t("update"):
-            stats = rl_update(run.policy, opt, ro, adv, weights, a, coef, mb, cfg.trainer.grad_clip, run.d.world_size, dev,
+            stats = rl_update(run.policy, rl.opt, ro, adv, weights, a, coef, mb, cfg.trainer.grad_clip, run.d.world_size, dev,
                               old_logprobs=old_logp, entropy=ent, ref_logprobs=ref_logp, kl_coef=kl_loss_coef, rule=e.name,
                               rule_params=asdict(e), max_response_len=stage.max_response_len)
         with t("sync"):
             run.engine.sync_weights(run.policy)
-    extra = {"actor/entropy_trained": h}
+    masked = (weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated  # [G*n] trains but for truncation
+    extra = {"actor/entropy_trained": h, "actor/skipped_updates": stats.skipped_updates,
+             "train/max_response_len": stage.max_response_len,
+             "batch/truncated_masked": global_token_mean(masked.float()[:, None], torch.ones(len(masked), 1), dev)}
     if ref_logp is not None:
         extra["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
         extra["critic/kl_coeff"] = kl_reward_coef  # the reward penalty's weight (0 with the KL loss)
@@ -141,48 +128,39 @@ def reference_logprobs(run: Run, ro, weights: torch.Tensor) -> torch.Tensor | No
                          False)[0]
 
 
-def run_rl(run: Run, sampler: PromptSampler) -> None:
-    cfg = run.cfg
-    opt = torch.optim.AdamW(run.policy.parameters(), lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
-                            betas=tuple(cfg.trainer.betas))
-    warm = max(cfg.trainer.warmup_steps, 0)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
-    run.entropy_coef = cfg.entropy.coef
+def run_rl(run: Run, rl: RLState, sigterm: lifecycle.SigtermFlag) -> str | None:
+    """Train through the stages from rl's position. Checkpoints every trainer.save_every steps, at
+    every stage end, and before stopping early; returns why it stopped early (None: it finished)."""
+    cfg, every = run.cfg, run.cfg.trainer.save_every
     run.policy.train()
     total_steps = sum(s.steps for s in plan_stages(cfg))
-    for stage in plan_stages(cfg):
-        if stage.index > 0 and cfg.context.drop_solved:
-            sampler = drop_solved(run, sampler, stage.index)
-        run.solved = {}
-        bar = tqdm(range(stage.steps), desc=f"rl stage {stage.index}", disable=not (run.d.is_main and cfg.logger.progress),
-                   dynamic_ncols=True)
+    for stage in plan_stages(cfg)[rl.stage:]:
+        if rl.step_in_stage == 0:
+            lifecycle.enter_stage(run, rl, stage)
+        bar = tqdm(range(rl.step_in_stage, stage.steps), desc=f"rl stage {stage.index}",
+                   disable=not (run.d.is_main and cfg.logger.progress), dynamic_ncols=True)
         for _ in bar:
-            metrics = rl_step(run, stage, sampler, opt)
-            metrics["actor/lr"] = sched.get_last_lr()[0]
-            sched.step()
+            metrics = rl_step(run, stage, rl)
+            lifecycle.count_faults(cfg, rl, metrics)
+            metrics["actor/lr"] = rl.sched.get_last_lr()[0]
+            rl.sched.step()
             run.log(metrics)
             run.history.append({k: metrics[k] for k in ("train/rl_step", "actor/entropy", "critic/score/mean")})
             run.rl_step += 1
-            if eval_due(cfg.eval.every, run.rl_step, total_steps, cfg.eval.after):
+            if eval_due(cfg.eval.every, run.rl_step, total_steps, cfg.eval.after):  # before a checkpoint: it uses the RNG
                 evaluate(run, run.eval_problems, f"step{run.rl_step}")
+            rl.step_in_stage += 1
+            stage_end = rl.step_in_stage == stage.steps
+            if stage_end:
+                rl.stage, rl.step_in_stage = stage.index + 1, 0
+            stop = "nonfinite" if rl.bad_streak >= cfg.trainer.max_bad_steps else "sigterm" if sigterm.agreed(run.d.device) else None
+            if stop or stage_end or (every and run.rl_step % every == 0):
+                lifecycle.save(run, rl, stop or ("stage_end" if stage_end else "save_every"))
+            if stop:
+                return stop
             bar.set_postfix({"reward": f"{metrics['critic/score/mean']:.3f}", "pass@1": f"{metrics['batch/pass@1']:.3f}",
                              "entropy": f"{metrics['actor/entropy']:.3f}", "s/step": f"{metrics['timing_s/step']:.2f}"})
-
-
-def drop_solved(run: Run, sampler: PromptSampler, stage_index: int) -> PromptSampler:
-    """Skywork-OR1's online filtering at the start of stage `stage_index`: the prompts solved in
-    every sample drawn for them during the previous stage (on any rank) leave the training set;
-    the next stage draws fresh shuffled epochs over the rest."""
-    counts: Counts = {}
-    for rank_counts in distributed.all_gather_objects(run.solved):
-        counts = merge(counts, rank_counts)
-    kept, dropped = without(sampler.problems, fully_solved(counts))
-    if not kept:
-        raise DataError(f"context.drop_solved: every prompt was solved in every sample during stage {stage_index - 1}")
-    log.info("stage %d: dropped %d prompts solved in every sample during stage %d, %d left", stage_index, dropped,
-             stage_index - 1, len(kept))
-    run.log({"train/dropped_solved": dropped, "train/prompts": len(kept), "train/rl_step": run.rl_step})
-    return PromptSampler(kept, sampler.seed + stage_index, sampler.rank, sampler.world, sampler.shuffle)
+    return None
 
 
 def evaluate(run: Run, problems, label: str) -> EvalResult:
@@ -202,13 +180,15 @@ def load_eval_problems(cfg: Config, task) -> list:
 
 
 def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the whole experiment; return (and, on rank 0, write) the summary."""
+    """Run the whole experiment; return (and, on rank 0, write) the summary. With trainer.resume,
+    continue from a checkpoint instead (SFT and the first evaluation are not repeated)."""
     t0 = time.time()
     d = distributed.setup(cfg.trainer.device, cfg.trainer.threads)
     check_world(cfg, d.world_size)
     own_dir, run_dir = run_dir, Path(distributed.broadcast_object(str(run_dir)))
     if own_dir != run_dir:  # another rank's Hydra picked a later timestamp: use rank 0's directory only
         shutil.rmtree(own_dir, ignore_errors=True)
+    resume = _resume_point(cfg, run_dir, d)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
     task = load_task(cfg.data)
@@ -218,39 +198,84 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     tokenizer = models.load_tokenizer(base, cfg.model)
     reward = build_reward(cfg.reward)  # the scoring pool starts while the model loads
     sft_dir = sft.cache_dir(cfg, base)
-    start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) else base
+    start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
     policy = models.load_model(start, cfg.model, d.device)
     if cfg.trainer.fsdp:
         distributed.shard(policy, d)
     engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
-    logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main)
-    run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger, eval_problems=eval_problems)
+    saved = checkpoint.read_state(resume) if resume else {}
+    if resume and d.is_main:
+        lifecycle.rewind_metrics(run_dir / "metrics.jsonl", saved["global_step"])
+    logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id"))
+    run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger, entropy_coef=cfg.entropy.coef,
+              eval_problems=eval_problems)
+    rl = lifecycle.make_rl_state(cfg, policy, task.train, d.rank, d.world_size)
     summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
+    before: EvalResult | lifecycle.SavedEval | None = None
     try:
-        with _phase(summary, "sft"):
-            if cfg.sft.steps and start == base:
-                summary.update(sft.run_sft(cfg, d, policy, tokenizer, task.train, sft_dir, run.log, d.is_main and cfg.logger.progress))
-                engine.sync_weights(policy)
-            summary["sft_cached"] = bool(cfg.sft.steps) and start != base
-            summary["sft_dir"] = str(sft_dir) if cfg.sft.steps else None
+        if not resume:
+            with _phase(summary, "sft"):
+                if cfg.sft.steps and start == base:
+                    summary.update(sft.run_sft(cfg, d, policy, tokenizer, task.train, sft_dir, run.log,
+                                               d.is_main and cfg.logger.progress))
+                    engine.sync_weights(policy)
+                summary["sft_cached"] = bool(cfg.sft.steps) and start != base
+                summary["sft_dir"] = str(sft_dir) if cfg.sft.steps else None
         if cfg.algo.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
-            run.ref = load_reference(str(sft_dir) if cfg.sft.steps else base, cfg, d)
-        with _phase(summary, "eval_before"):
-            before = evaluate(run, eval_problems, "before") if cfg.eval.before else None
+            run.ref = load_reference(_reference_path(cfg, base, sft_dir), cfg, d)
+        if not resume:
+            with _phase(summary, "eval_before"):
+                before = evaluate(run, eval_problems, "before") if cfg.eval.before else None
+            rl.pre_rl = {**summary, "before_pass_at": before.pass_at if before else None}
         with _phase(summary, "rl"):
-            run_rl(run, PromptSampler(task.train, cfg.trainer.seed, d.rank, d.world_size, cfg.data.shuffle))
+            if resume:
+                lifecycle.restore(run, rl, resume)  # last: it sets every RNG
+                summary.update({k: v for k, v in rl.pre_rl.items() if k != "before_pass_at"}, world_size=d.world_size,
+                               resumed_from=str(resume))
+                if rl.pre_rl.get("before_pass_at"):
+                    before = lifecycle.SavedEval({int(k): v for k, v in rl.pre_rl["before_pass_at"].items()})
+            with lifecycle.SigtermFlag() as sigterm:
+                stopped = run_rl(run, rl, sigterm)
+        if stopped:
+            raise lifecycle.stopped(stopped, run, rl, checkpoint.complete_checkpoints(run_dir)[-1])
         with _phase(summary, "eval_after"):
             after = evaluate(run, eval_problems, "after") if cfg.eval.after else None
         if cfg.trainer.save_final:
             export_hf(policy, tokenizer, run_dir / "final", d, {"rl_steps": run.rl_step})
-        summary.update(_summarise(run, before, after, time.time() - t0))
+        summary.update(_summarise(run, before, after, time.time() - t0), skipped_steps=rl.skipped_steps)
         if d.is_main:
             _write_outputs(run, summary, before, after)
         return summary
     finally:
         logger.close()
         reward.close()
+
+
+def _resume_point(cfg: Config, run_dir: Path, d: distributed.Dist) -> Path | None:
+    """trainer.resume resolved on rank 0, the same answer (or error) on every rank."""
+    found: tuple[str | None, str | None] = (None, None)
+    if d.is_main:
+        try:
+            path = checkpoint.resolve_resume(cfg.trainer.resume, run_dir)
+            found = (str(path) if path else None, None)
+        except ConfigError as e:
+            found = (None, str(e))
+    path, err = distributed.broadcast_object(found)
+    if err:
+        raise ConfigError(err)
+    if cfg.trainer.resume == "auto" and path is None:
+        log.info("trainer.resume=auto: no checkpoint in %s yet, starting afresh", run_dir / checkpoint.CKPT_DIR)
+    return Path(path) if path else None
+
+
+def _reference_path(cfg: Config, base: str, sft_dir: Path) -> str:
+    if not cfg.sft.steps:
+        return base
+    if not (sft_dir / "DONE").exists():
+        raise ConfigError(f"config key 'trainer.resume': the KL reference is the SFT result {sft_dir}, which is gone; "
+                          "rerun SFT with the same config (same cache dir) or set algo.kl_coef=0")
+    return str(sft_dir)
 
 
 def load_reference(path: str, cfg: Config, d: distributed.Dist) -> torch.nn.Module:

@@ -219,7 +219,7 @@ def test_stage_boundary_drops_prompts_solved_in_every_sample():
     from types import SimpleNamespace
 
     from skyexp.data import DataError, PromptSampler
-    from skyexp.train import drop_solved
+    from skyexp.lifecycle import drop_solved
 
     problems = [Problem(f"p{i}", f"problem {i}", "1") for i in range(10)]
     sampler = PromptSampler(problems, seed=3)

@@ -1,0 +1,280 @@
+"""The RL run's lifecycle: the state the loop carries between steps, saving and restoring it
+exactly, stage boundaries, and stopping cleanly (SIGTERM, non-finite steps).
+
+A run resumed from a checkpoint continues as if it had never stopped: the checkpoint holds the
+policy and AdamW state (DCP, sharded), the LR scheduler, every RNG of every rank, the prompt
+sampler's position and the prompts dropped at stage boundaries, the pass counts of the current
+stage (for the next boundary's drop), the entropy controller, the logger step and the W&B run id.
+On CPU the resumed run's metrics and parameters equal an uninterrupted run's bit for bit
+(tests/test_resume.py).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import signal
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from skyexp import checkpoint
+from skyexp.config import Config
+from skyexp.data import DataError, PromptSampler
+from skyexp.data.difficulty import Counts, fully_solved, merge, without
+from skyexp.distributed import all_gather_objects, all_reduce_max
+from skyexp.schedule import StagePlan
+from skyexp.types import Problem
+
+log = logging.getLogger("skyexp")
+
+SIGTERM_EXIT = 143  # 128 + SIGTERM: "stopped, resumable", as a shell reports a process killed by it
+NONFINITE_EXIT = 3
+
+
+class Stopped(RuntimeError):
+    """The run stopped early with a checkpoint; the message says why and how to go on."""
+
+    def __init__(self, message: str, exit_code: int):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def stopped(reason: str, run: Any, rl: RLState, path: Path) -> Stopped:
+    """The exception that ends a run stopped early, with what to do next."""
+    again = f"resume with trainer.resume=auto hydra.run.dir={run.run_dir}"
+    if reason == "sigterm":
+        return Stopped(f"SIGTERM: stopped after RL step {run.rl_step} with a checkpoint in {path}; {again}", SIGTERM_EXIT)
+    return Stopped(f"stopped at RL step {run.rl_step}: {rl.bad_streak} steps in a row had a non-finite loss or gradient "
+                   f"(trainer.max_bad_steps={run.cfg.trainer.max_bad_steps}; their updates were skipped). The last good "
+                   f"state is saved in {path}; fix the cause (a lower trainer.lr, a tighter trainer.grad_clip), then {again}",
+                   NONFINITE_EXIT)
+
+
+@dataclass
+class RLState:
+    """What the RL loop carries from step to step besides the Run's counters."""
+
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    sampler: PromptSampler
+    problems: list[Problem]  # the whole training set, before any stage-boundary drop
+    stage: int = 0  # position: the next step is step `step_in_stage` of stage `stage`
+    step_in_stage: int = 0
+    skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
+    bad_streak: int = 0  # ... in a row, up to now
+    pre_rl: dict[str, Any] = field(default_factory=dict)  # summary entries of the phases before RL
+
+
+@dataclass(frozen=True)
+class SavedEval:
+    """pass@k of an evaluation that ran before the resume (all that summary and plots need of it)."""
+
+    pass_at: dict[int, float]
+
+
+def make_rl_state(cfg: Config, policy: torch.nn.Module, problems: list[Problem], rank: int, world: int) -> RLState:
+    t = cfg.trainer
+    opt = torch.optim.AdamW(policy.parameters(), lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas))
+    warm = max(t.warmup_steps, 0)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
+    return RLState(opt, sched, PromptSampler(problems, t.seed, rank, world, cfg.data.shuffle), problems)
+
+
+def dropped_ids(rl: RLState) -> list[str]:
+    """The prompts dropped at stage boundaries so far: those the sampler in use no longer holds."""
+    kept = {p.id for p in rl.sampler.problems}
+    return [p.id for p in rl.problems if p.id not in kept]
+
+
+def merged_counts(run: Any) -> Counts:
+    """This stage's (correct, samples) per prompt id, summed over every rank's run.solved."""
+    counts: Counts = {}
+    for rank_counts in all_gather_objects(run.solved):
+        counts = merge(counts, rank_counts)
+    return counts
+
+
+def drop_solved(run: Any, sampler: PromptSampler, stage_index: int, extra: dict[str, Any] | None = None) -> PromptSampler:
+    """Skywork-OR1's online filtering at the start of stage `stage_index`: the prompts solved in
+    every sample drawn for them during the previous stage (on any rank) leave the training set;
+    the next stage draws fresh shuffled epochs over the rest. Logs the boundary (with `extra`)."""
+    kept, dropped = without(sampler.problems, fully_solved(merged_counts(run)))
+    if not kept:
+        raise DataError(f"context.drop_solved: every prompt was solved in every sample during stage {stage_index - 1}")
+    log.info("stage %d: dropped %d prompts solved in every sample during stage %d, %d left", stage_index, dropped,
+             stage_index - 1, len(kept))
+    run.log({"train/dropped_solved": dropped, "train/prompts": len(kept), "train/rl_step": run.rl_step, **(extra or {})})
+    return PromptSampler(kept, sampler.seed + stage_index, sampler.rank, sampler.world, sampler.shuffle)
+
+
+def enter_stage(run: Any, rl: RLState, stage: StagePlan) -> None:
+    """Stage boundary: drop the prompts solved in every sample during the previous stage
+    (context.drop_solved), reset AdamW's moments (context.reset_optimizer), log the boundary."""
+    cfg = run.cfg
+    if stage.index > 0:
+        row = {"train/stage": stage.index, "train/max_response_len": stage.max_response_len}
+        if cfg.context.reset_optimizer:
+            rl.opt.state.clear()
+        if cfg.context.drop_solved:
+            rl.sampler = drop_solved(run, rl.sampler, stage.index, row)
+        else:
+            run.log({**row, "train/rl_step": run.rl_step})
+        log.info("stage %d: %d steps, max_response_len %d", stage.index, stage.steps, stage.max_response_len)
+    run.solved = {}
+
+
+def count_faults(cfg: Config, rl: RLState, metrics: dict[str, Any]) -> None:
+    """Non-finite updates: counted (train/skipped_steps); too many in a row stops the run."""
+    bad = metrics.get("actor/skipped_updates", 0) > 0
+    rl.skipped_steps += int(bad)
+    rl.bad_streak = rl.bad_streak + 1 if bad else 0
+    metrics["train/skipped_steps"] = rl.skipped_steps
+    if bad:
+        log.warning("RL step %s: non-finite loss or gradient, update skipped (%d in a row)", metrics.get("train/rl_step"),
+                    rl.bad_streak)
+
+
+class SigtermFlag:
+    """SIGTERM (what SLURM sends before preemption) only sets a flag; the loop checks it between
+    steps, on every rank at the same step, then saves a checkpoint and exits."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous: Any = None
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+        log.warning("SIGTERM received: stopping after this step with a checkpoint")
+
+    def __enter__(self) -> SigtermFlag:
+        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        else:
+            log.warning("training outside the main thread: SIGTERM will not checkpoint the run")
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+    def agreed(self, device: torch.device) -> bool:
+        return all_reduce_max(float(self.received), device) > 0
+
+
+# -- saving and restoring -------------------------------------------------------------------
+
+
+def rng_state(engine: Any) -> dict[str, Any]:
+    np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
+    out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
+                           "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached]}
+    if torch.cuda.is_available():
+        out["cuda"] = torch.cuda.get_rng_state_all()
+    gen = getattr(engine, "generator", None)  # the rollout engine's sampling generator, when it has one
+    if gen is not None:
+        out["engine"] = gen.get_state()
+    return out
+
+
+def set_rng_state(engine: Any, s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    name, keys, pos, gauss, cached = s["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, gauss, cached))
+    if "cuda" in s and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
+    gen = getattr(engine, "generator", None)
+    if gen is not None and "engine" in s:
+        gen.set_state(s["engine"])
+
+
+def save(run: Any, rl: RLState, reason: str) -> Path:
+    """Checkpoint the run after its last completed step. All ranks call this."""
+    cfg, d = run.cfg, run.d
+    path = run.run_dir / checkpoint.CKPT_DIR / f"{checkpoint.PREFIX}{run.rl_step:08d}"
+    state = {
+        "version": 1, "reason": reason, "rl_step": run.rl_step, "global_step": run.global_step, "stage": rl.stage,
+        "step_in_stage": rl.step_in_stage, "world_size": d.world_size, "sampler": rl.sampler.state_dict(),
+        "dropped": dropped_ids(rl), "solved": merged_counts(run), "skipped_steps": rl.skipped_steps, "bad_streak": rl.bad_streak,
+        "algo": run.algo_state(), "scheduler": rl.sched.state_dict(), "history": run.history, "pre_rl": rl.pre_rl,
+        "wandb_id": run.logger.run_id, "config": asdict(cfg),
+    }
+    return checkpoint.save(path, run.policy, rl.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last)
+
+
+def restore(run: Any, rl: RLState, path: Path) -> dict[str, Any]:
+    """Load a checkpoint into the run (all ranks). The RNGs are restored last: call this after
+    every other set-up step, right before the RL loop."""
+    cfg, d = run.cfg, run.d
+    state = checkpoint.read_state(path)
+    warn_config_changes(state["config"], asdict(cfg))
+    private = checkpoint.load(path, run.policy, rl.opt, d)
+    rl.sched.load_state_dict(state["scheduler"])
+    rl.stage, rl.step_in_stage = state["stage"], state["step_in_stage"]
+    rl.skipped_steps, rl.bad_streak = state["skipped_steps"], state["bad_streak"]
+    run.solved = {k: tuple(v) for k, v in state["solved"].items()} if d.is_main else {}  # merged at the boundary
+    rl.pre_rl = state["pre_rl"]
+    # the sampler in use: over the prompts not dropped so far, with its own seed; its state's
+    # fingerprint of the problem list makes a wrong reconstruction fail loudly
+    kept, _ = without(rl.problems, set(state["dropped"]))
+    rl.sampler = PromptSampler(kept, state["sampler"]["seed"], d.rank, d.world_size, cfg.data.shuffle)
+    rl.sampler.load_state_dict(state["sampler"])
+    run.rl_step, run.global_step, run.history = state["rl_step"], state["global_step"], state["history"]
+    run.load_algo_state(state["algo"])
+    run.engine.sync_weights(run.policy)
+    if private:
+        set_rng_state(run.engine, private)
+    if state["world_size"] != d.world_size:
+        log.warning("resuming %d-rank checkpoint on %d ranks: model and optimizer are resharded, but ranks without a "
+                    "saved RNG state start fresh ones, so rollouts differ from an uninterrupted run",
+                    state["world_size"], d.world_size)
+    log.info("resumed from %s: RL step %d (stage %d, step %d of it)", path, run.rl_step, rl.stage, rl.step_in_stage)
+    return state
+
+
+IGNORED_CHANGES = ("trainer.resume", "logger.")
+
+
+def warn_config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """Name the config values that differ from the checkpoint's (the run goes on with the new ones)."""
+    a, b = _flat(saved), _flat(now)
+    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(IGNORED_CHANGES)]
+    if changed:
+        log.warning("resuming with a changed config (continuing with the new values): %s",
+                    "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed))
+    return changed
+
+
+def _flat(x: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(x, dict):
+        out: dict[str, Any] = {}
+        for k, v in x.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: json.dumps(x, sort_keys=True) if isinstance(x, list) else x}
+
+
+def rewind_metrics(path: Path, global_step: int) -> int:
+    """Drop the rows a killed run logged after its checkpoint from metrics.jsonl (they are logged
+    again by the resumed run). Returns how many were dropped."""
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    keep = [ln for ln in lines if ln.strip() and _row_step(ln) < global_step]
+    tmp = path.with_suffix(".jsonl.tmp")
+    tmp.write_text("".join(keep))
+    tmp.replace(path)
+    return len(lines) - len(keep)
+
+
+def _row_step(line: str) -> float:
+    try:
+        return json.loads(line)["step"]
+    except (ValueError, KeyError, TypeError):  # a torn last line from the kill
+        return float("inf")
