@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
+from conftest import ROOT
 
 from skyexp.config import RewardConfig
 from skyexp.rewards import MathVerifyReward
@@ -91,3 +95,44 @@ def test_pool_survives_a_crashing_worker():
         assert out[1] == (1.0, "ok")
     finally:
         pool.close()
+
+
+def test_a_worker_killed_while_idle_is_replaced_and_sigterm_is_ignored():
+    """SLURM and torchrun send SIGTERM to the whole process group: scoring workers ignore it (the
+    trainer checkpoints and stops them). A worker killed while waiting for work is replaced."""
+    pool = ScoringPool(workers=2, timeout_s=2.0, target=_hang)
+    try:
+        assert pool.verify([("a", "1"), ("b", "1")]) == [(1.0, "ok")] * 2
+        pids = [w.proc.pid for w in pool._workers]
+        os.kill(pids[0], signal.SIGTERM)
+        os.kill(pids[1], signal.SIGKILL)  # the OOM killer
+        time.sleep(0.5)
+        assert pool.verify([("c", "1"), ("d", "1"), ("e", "1")]) == [(1.0, "ok")] * 3
+        assert pool.restarts == 1 and pool._workers[0].proc.pid == pids[0]
+        t = time.monotonic()
+        pool.close()
+        assert time.monotonic() - t < 15 and not pool._workers
+    finally:
+        pool.close()
+
+
+def test_workers_do_not_outlive_the_trainer():
+    code = ("import os, sys; sys.path.insert(0, sys.argv[1]); from skyexp.rewards.pool import ScoringPool\n"
+            "if __name__ == '__main__':\n"
+            "    p = ScoringPool(2, 2.0); p.verify([('1/2', '0.5')])\n"
+            "    print(' '.join(str(w.proc.pid) for w in p._workers), flush=True); os._exit(0)\n")
+    out = subprocess.run([sys.executable, "-c", code, str(ROOT)], capture_output=True, text=True, timeout=120)
+    pids = [int(x) for x in out.stdout.split()]
+    assert len(pids) == 2, out.stderr[-2000:]
+    end = time.monotonic() + 20
+    while any(_alive(p) for p in pids) and time.monotonic() < end:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in pids)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False

@@ -1,22 +1,25 @@
-"""A spawned process pool that runs math-verify with hard per-item time limits.
+"""Scoring processes that run math-verify with hard per-item time limits.
 
 math-verify's own timeouts use signal.alarm, which works only in a process's main thread: each
-pool worker is a spawned process, so they work there and give the soft limit. Code stuck in C
-(a huge integer power) ignores signals, so the parent also enforces a hard deadline and kills
-and replaces the pool when it passes. Workers run with an address-space cap.
+worker is a spawned process, so they work there and give the soft limit. Code stuck in C (a huge
+integer power) ignores signals, so the parent also enforces a hard deadline per item and kills
+and replaces the worker that passes it. Workers run with an address-space cap.
 
-Scheduling: pass 1 sends every item and waits until a batch deadline sized for the whole batch.
-If it passes, the pool is replaced and the items still unfinished go through pass 2 in chunks of
-at most `workers` items, one per worker, each chunk with a per-item deadline: only the items that
-hang on their own are scored as timeouts.
+Each worker has its own pipe and takes one item at a time, so a worker that hangs, crashes or is
+killed (by the OOM killer, or by the SIGTERM that SLURM and torchrun send to a whole process
+group) costs only its own item, scored 0 and counted, and is replaced alone. (A
+multiprocessing.Pool shares one task queue whose lock an idle worker holds while it waits: a
+worker killed then takes the lock with it and the pool never hands out work or shuts down again.)
+Workers ignore SIGINT and SIGTERM (the trainer stops them, after its own checkpoint) and exit
+when the trainer's end of the pipe closes, so they never outlive it.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import multiprocessing as mp
 import time
+from multiprocessing.connection import wait
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +27,10 @@ log = logging.getLogger(__name__)
 def _init_worker(memory_mb: int) -> None:
     import os
     import resource
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     if memory_mb > 0:
@@ -35,8 +42,16 @@ def _init_worker(memory_mb: int) -> None:
     import math_verify  # noqa: F401  (import once, before the first item's clock starts)
 
 
-def _warm() -> bool:
-    return True
+def _serve(conn, target, memory_mb: int) -> None:
+    """A worker's loop: (pred, gold, soft_timeout) in, (score, status) out, until the pipe closes."""
+    _init_worker(memory_mb)
+    conn.send("ready")
+    while True:
+        try:
+            item = conn.recv()
+        except (EOFError, OSError):  # the trainer is gone
+            return
+        conn.send(target(*item))
 
 
 class _SoftTimeouts(logging.Handler):
@@ -80,68 +95,74 @@ def verify_one(pred: str, gold: str, soft_timeout: int) -> tuple[float, str]:
     return score, ("timeout" if score == 0.0 and soft.count > before else "ok")
 
 
+class _Worker:
+    def __init__(self, ctx, target, memory_mb: int):
+        self.conn, child = ctx.Pipe()
+        self.proc = ctx.Process(target=_serve, args=(child, target, memory_mb), daemon=True)
+        self.proc.start()
+        child.close()
+        self.ready = False
+        self.item: int | None = None  # index of the item it is scoring
+        self.deadline = 0.0
+
+    def kill(self) -> None:
+        self.proc.kill()
+        self.proc.join(timeout=10)
+        self.conn.close()
+
+
 class ScoringPool:
+    STARTUP_S = 120.0  # spawning and importing sympy; minutes only on a broken install
+
     def __init__(self, workers: int, timeout_s: float, memory_mb: int = 2048, target=verify_one):
-        self.workers, self.timeout_s, self.memory_mb, self.target = workers, timeout_s, memory_mb, target
+        self.timeout_s, self.memory_mb, self.target = timeout_s, memory_mb, target
         self.soft_timeout = max(1, int(timeout_s // 3))  # parse + parse + verify fit in the hard limit
         self.restarts = 0
         self._ctx = mp.get_context("spawn")
-        self._pool = None
-        self._warmup = None
-        self._start()
+        self._workers = [_Worker(self._ctx, target, memory_mb) for _ in range(workers)]
 
-    def _start(self) -> None:
-        self._pool = self._ctx.Pool(self.workers, initializer=_init_worker, initargs=(self.memory_mb,))
-        self._warmup = [self._pool.apply_async(_warm) for _ in range(self.workers)]
-
-    def _restart(self) -> None:
+    def _replace(self, i: int) -> None:
         self.restarts += 1
-        self._pool.terminate()
-        self._pool.join()
-        self._start()
-
-    def _wait_ready(self) -> None:
-        for w in self._warmup or []:
-            w.get(timeout=120)  # spawning and importing sympy; minutes only on a broken install
-        self._warmup = None
+        self._workers[i].kill()
+        self._workers[i] = _Worker(self._ctx, self.target, self.memory_mb)
 
     def verify(self, items: list[tuple[str, str]]) -> list[tuple[float, str]]:
-        """[(pred, gold)] -> [(score, status)], status in ok | timeout | error."""
-        if not items:
-            return []
-        self._wait_ready()
+        """[(pred, gold)] -> [(score, status)], status in ok | timeout | error. Each item has
+        timeout_s (plus a second for the round trip) from when a worker takes it."""
         results: list[tuple[float, str] | None] = [None] * len(items)
-        pending = [self._pool.apply_async(self.target, (p, g, self.soft_timeout)) for p, g in items]
-        deadline = time.monotonic() + self.timeout_s * (math.ceil(len(items) / self.workers) + 1)
-        self._collect(pending, list(range(len(items))), results, deadline)
-        left = [i for i, r in enumerate(results) if r is None]
-        if left:
-            self._restart()
-            for s in range(0, len(left), self.workers):
-                chunk = left[s : s + self.workers]
-                self._wait_ready()
-                asyncs = [self._pool.apply_async(self.target, (*items[i], self.soft_timeout)) for i in chunk]
-                self._collect(asyncs, chunk, results, time.monotonic() + self.timeout_s + 1.0)
-                if any(results[i] is None for i in chunk):
-                    for i in chunk:
-                        if results[i] is None:
-                            results[i] = (0.0, "timeout")
-                    self._restart()
-            log.warning("scoring: %d of %d items hit the %.1fs limit", sum(r[1] == "timeout" for r in results), len(items), self.timeout_s)
+        todo = list(range(len(items)))[::-1]
+        startup = time.monotonic() + self.STARTUP_S
+        while any(r is None for r in results):
+            for w in self._workers:  # hand out work to idle, ready workers
+                if w.ready and w.item is None and todo:
+                    w.item, w.deadline = todo.pop(), time.monotonic() + self.timeout_s + 1.0
+                    w.conn.send((*items[w.item], self.soft_timeout))
+            waits = [w.deadline for w in self._workers if w.item is not None] + [startup]
+            ready = wait([w.conn for w in self._workers], timeout=max(0.0, min(waits) - time.monotonic()))
+            for i, w in enumerate(self._workers):
+                if w.conn in ready:
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):  # it died: its item (if any) is an error
+                        if w.item is not None:
+                            results[w.item] = (0.0, "error")
+                        self._replace(i)
+                        continue
+                    if msg == "ready":
+                        w.ready = True
+                    else:
+                        results[w.item], w.item = msg, None
+                elif w.item is not None and time.monotonic() > w.deadline:  # hung, maybe in C: kill it
+                    results[w.item] = (0.0, "timeout")
+                    self._replace(i)
+            if time.monotonic() > startup and not any(w.ready for w in self._workers):
+                raise RuntimeError(f"scoring workers did not start in {self.STARTUP_S:.0f}s (is math-verify installed?)")
+        timeouts = sum(r[1] == "timeout" for r in results)  # type: ignore[index]
+        if timeouts:
+            log.warning("scoring: %d of %d items hit the %.1fs limit", timeouts, len(items), self.timeout_s)
         return results  # type: ignore[return-value]
 
-    @staticmethod
-    def _collect(asyncs, index: list[int], results: list, deadline: float) -> None:
-        for i, a in zip(index, asyncs):
-            try:
-                results[i] = a.get(timeout=max(0.0, deadline - time.monotonic()))
-            except mp.TimeoutError:
-                continue
-            except Exception:  # the worker raised while unpickling or returning
-                results[i] = (0.0, "error")
-
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
+        for w in self._workers:
+            w.kill()
+        self._workers = []
