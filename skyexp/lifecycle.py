@@ -16,6 +16,7 @@ import logging
 import random
 import signal
 import threading
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -205,13 +206,17 @@ def save(run: Any, rl: RLState, reason: str) -> Path:
         "algo": run.algo_state(), "scheduler": rl.sched.state_dict(), "history": run.history, "pre_rl": rl.pre_rl,
         "wandb_id": run.logger.run_id, "config": asdict(cfg),
     }
-    return checkpoint.save(path, run.policy, rl.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last)
+    t = time.perf_counter()
+    checkpoint.save(path, run.policy, rl.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last)
+    log.info("checkpoint %s (%s): %.1f MB in %.2fs", path.name, reason, checkpoint.size_bytes(path) / 2**20,
+             time.perf_counter() - t)
+    return path
 
 
 def restore(run: Any, rl: RLState, path: Path) -> dict[str, Any]:
     """Load a checkpoint into the run (all ranks). The RNGs are restored last: call this after
     every other set-up step, right before the RL loop."""
-    cfg, d = run.cfg, run.d
+    cfg, d, t = run.cfg, run.d, time.perf_counter()
     state = checkpoint.read_state(path)
     warn_config_changes(state["config"], asdict(cfg))
     private = checkpoint.load(path, run.policy, rl.opt, d)
@@ -234,7 +239,8 @@ def restore(run: Any, rl: RLState, path: Path) -> dict[str, Any]:
         log.warning("resuming %d-rank checkpoint on %d ranks: model and optimizer are resharded, but ranks without a "
                     "saved RNG state start fresh ones, so rollouts differ from an uninterrupted run",
                     state["world_size"], d.world_size)
-    log.info("resumed from %s: RL step %d (stage %d, step %d of it)", path, run.rl_step, rl.stage, rl.step_in_stage)
+    log.info("resumed from %s: RL step %d (stage %d, step %d of it) in %.2fs", path, run.rl_step, rl.stage, rl.step_in_stage,
+             time.perf_counter() - t)
     return state
 
 

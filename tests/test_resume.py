@@ -142,7 +142,7 @@ def test_sigterm_leaves_a_checkpoint_to_resume_from(reference, tmp_path):
     assert code == 143 and "SIGTERM: stopped after RL step" in out, out[-3000:]
     saved = checkpoint.complete_checkpoints(run_dir)
     state = checkpoint.read_state(saved[-1])
-    assert state["reason"] in ("sigterm", "stage_end", "save_every") and str(saved[-1]) in out
+    assert state["reason"] == "sigterm" and str(saved[-1]) in out
     assert rl_steps_logged(run_dir)[-1] == state["rl_step"] - 1  # it stopped right after the saved step
     assert not list((run_dir / "checkpoints").glob(".tmp-*")) and not (run_dir / "final").exists()
     run(ARGS + RESUME, run_dir)
@@ -165,7 +165,7 @@ def test_kill_while_saving_keeps_the_previous_checkpoint(reference, tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.dist
-def test_torchrun_sigkill_then_resume_is_exact(tmp_path):
+def test_torchrun_sigkill_or_sigterm_then_resume_is_exact(tmp_path):
     args = ARGS + ["logger=local"]
     reference = tmp_path / "reference"
     run(args, reference, torchrun=2)
@@ -176,5 +176,16 @@ def test_torchrun_sigkill_then_resume_is_exact(tmp_path):
     finish(proc)
     assert checkpoint.complete_checkpoints(run_dir), f"k={k}"
     assert sorted(p.name for p in checkpoint.complete_checkpoints(run_dir)[-1].glob("rank_*.pt")) == ["rank_0.pt", "rank_1.pt"]
+    run(args + RESUME, run_dir, torchrun=2)
+    assert_same_run(run_dir, reference)
+    # SIGTERM to torchrun: it forwards the signal, both ranks agree on the step, save and exit
+    run_dir = tmp_path / "term"
+    proc = launch(args, run_dir, torchrun=2)
+    wait_for_step(proc, run_dir, 1)
+    os.kill(proc.pid, signal.SIGTERM)
+    code, out = finish(proc)
+    assert code != 0 and "SIGTERM: stopped after RL step" in out, out[-3000:]
+    saved = checkpoint.complete_checkpoints(run_dir)
+    assert saved and checkpoint.read_state(saved[-1])["reason"] == "sigterm"
     run(args + RESUME, run_dir, torchrun=2)
     assert_same_run(run_dir, reference)
