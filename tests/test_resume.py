@@ -47,11 +47,35 @@ def launch(args: list[str], run_dir: Path, torchrun: int = 0, script: list[str] 
     return proc
 
 
+def kill_tree(proc: subprocess.Popen) -> None:
+    """SIGKILL the run and every process under it: torchrun starts each worker in a session of
+    its own, so killing torchrun's process group would leave the workers running."""
+    children: dict[int, list[int]] = {}
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            ppid = int((p / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(p.name))
+    tree, todo = [], [proc.pid]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo += children.get(pid, [])
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def finish(proc: subprocess.Popen, timeout: int = 900) -> tuple[int, str]:
     try:
         code = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        kill_tree(proc)
         raise
     return code, proc.log_path.read_text()
 
@@ -119,10 +143,11 @@ def test_sigkill_then_resume_is_exact(reference, tmp_path):
     run_dir, k = tmp_path / "run", _kill_point()
     proc = launch(ARGS, run_dir)
     wait_for_step(proc, run_dir, k)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc)
     assert finish(proc)[0] == -signal.SIGKILL
     saved = checkpoint.complete_checkpoints(run_dir)
-    assert saved and checkpoint.step_of(saved[-1]) <= k + 1, f"k={k}"
+    assert saved and checkpoint.step_of(saved[-1]) <= k + 1 < sum(STEPS), f"k={k}"
+    assert not (run_dir / "final").exists()
     out = run(ARGS + RESUME, run_dir)
     assert f"resumed from {saved[-1]}" in out
     assert_same_run(run_dir, reference)
@@ -172,9 +197,12 @@ def test_torchrun_sigkill_or_sigterm_then_resume_is_exact(tmp_path):
     run_dir, k = tmp_path / "run", _kill_point()
     proc = launch(args, run_dir, torchrun=2)
     wait_for_step(proc, run_dir, k)
-    os.killpg(proc.pid, signal.SIGKILL)
+    kill_tree(proc)
     finish(proc)
-    assert checkpoint.complete_checkpoints(run_dir), f"k={k}"
+    time.sleep(2)  # nothing may still be running to finish the run behind the test's back
+    saved = checkpoint.complete_checkpoints(run_dir)
+    assert saved and checkpoint.step_of(saved[-1]) <= k + 1 < sum(STEPS), f"k={k}"
+    assert not (run_dir / "final").exists() and max(rl_steps_logged(run_dir)) < sum(STEPS) - 1
     assert sorted(p.name for p in checkpoint.complete_checkpoints(run_dir)[-1].glob("rank_*.pt")) == ["rank_0.pt", "rank_1.pt"]
     run(args + RESUME, run_dir, torchrun=2)
     assert_same_run(run_dir, reference)
