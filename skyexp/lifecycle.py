@@ -141,6 +141,14 @@ def count_faults(cfg: Config, rl: RLState, metrics: dict[str, Any]) -> None:
                     rl.bad_streak)
 
 
+def stop_reason(cfg: Config, rl: RLState, sigterm: SigtermFlag, device: torch.device) -> str | None:
+    """Why the run must stop after this step, the same on every rank (None: go on)."""
+    asked = sigterm.agreed(device)  # a collective: every rank calls it every step
+    if rl.bad_streak >= cfg.trainer.max_bad_steps:
+        return "nonfinite"
+    return "sigterm" if asked else None
+
+
 class SigtermFlag:
     """SIGTERM (what SLURM sends before preemption) only sets a flag; the loop checks it between
     steps, on every rank at the same step, then saves a checkpoint and exits."""

@@ -153,7 +153,7 @@ def run_rl(run: Run, rl: RLState, sigterm: lifecycle.SigtermFlag) -> str | None:
             stage_end = rl.step_in_stage == stage.steps
             if stage_end:
                 rl.stage, rl.step_in_stage = stage.index + 1, 0
-            stop = "nonfinite" if rl.bad_streak >= cfg.trainer.max_bad_steps else "sigterm" if sigterm.agreed(run.d.device) else None
+            stop = lifecycle.stop_reason(cfg, rl, sigterm, run.d.device)
             if stop or stage_end or (every and run.rl_step % every == 0):
                 lifecycle.save(run, rl, stop or ("stage_end" if stage_end else "save_every"))
             if stop:
@@ -204,8 +204,8 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         distributed.shard(policy, d)
     engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     saved = checkpoint.read_state(resume) if resume else {}
-    if resume and d.is_main:
-        lifecycle.rewind_metrics(run_dir / "metrics.jsonl", saved["global_step"])
+    if cfg.trainer.resume and d.is_main:  # rows logged after the checkpoint (all of them without one) go
+        lifecycle.rewind_metrics(run_dir / "metrics.jsonl", saved.get("global_step", 0))
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id"))
     run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger, entropy_coef=cfg.entropy.coef,
               eval_problems=eval_problems)
