@@ -133,10 +133,14 @@ class ScoringPool:
         todo = list(range(len(items)))[::-1]
         startup = time.monotonic() + self.STARTUP_S
         while any(r is None for r in results):
-            for w in self._workers:  # hand out work to idle, ready workers
+            for i, w in enumerate(self._workers):  # hand out work to idle, ready workers
                 if w.ready and w.item is None and todo:
+                    try:
+                        w.conn.send((*items[todo[-1]], self.soft_timeout))
+                    except OSError:  # it died while idle: the item waits for another worker
+                        self._replace(i)
+                        continue
                     w.item, w.deadline = todo.pop(), time.monotonic() + self.timeout_s + 1.0
-                    w.conn.send((*items[w.item], self.soft_timeout))
             waits = [w.deadline for w in self._workers if w.item is not None] + [startup]
             ready = wait([w.conn for w in self._workers], timeout=max(0.0, min(waits) - time.monotonic()))
             for i, w in enumerate(self._workers):
