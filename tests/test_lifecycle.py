@@ -14,7 +14,7 @@ from test_config import compose_cfg
 
 import skyexp.train as train_mod
 from skyexp import checkpoint, distributed, lifecycle
-from skyexp.config import to_typed
+from skyexp.config import RewardConfig, to_typed
 from skyexp.data import PromptSampler, load_task
 from skyexp.models import load_model, resolve_path
 from skyexp.rewards import Scored
@@ -30,12 +30,15 @@ RUN = BASE + [
     "temperature=linear", "temperature.value=0.7", "temperature.end=1.1", "temperature.steps=0",
     "+context.stages.2.temperature=0.9", "algo.old_logprobs=recompute", "entropy=adaptive", "entropy.target=9.0",
     "trainer.save_every=1", "trainer.keep_last=0",
+    "eval.every=3", "eval.size=4", "eval.n=2", "eval.max_response_len=12",  # evals use the engine's RNG mid-run
 ]
 
 
 class ParityReward:
     """Prompts with an even answer are solved in every sample; the others in samples 0 and 2 of
     each group of 4 (mixed groups, so advantages are not zero)."""
+
+    cfg = RewardConfig()
 
     def score(self, texts, golds):
         s = [1.0 if int(g) % 2 == 0 or i % 2 == 0 else 0.0 for i, g in enumerate(golds)]
@@ -113,10 +116,11 @@ def test_three_stages_in_one_run(reference):
     assert [r["train/prompts"] for r in bounds] == [len(problems) - expected[0], len(problems) - sum(expected)]
     assert [r["train/stage"] for r in bounds] == [1, 2]
     assert [p.name for p in checkpoint.complete_checkpoints(run_dir)] == [f"step_{k:08d}" for k in range(1, 8)]
+    assert [r["train/rl_step"] for r in rows if "val/arith/pass@1" in r] == [3, 6]  # eval.every=3
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("k", [2, 3])  # a stage end (the boundary runs after the resume) and mid-stage
+@pytest.mark.parametrize("k", [2, 3])  # a stage end (the boundary runs after the resume); mid-stage, after an eval
 def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(reference, scripted, tmp_path, k):
     cfg, ref_dir, _ = reference
     run_dir = tmp_path / "run"
