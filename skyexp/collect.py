@@ -45,6 +45,9 @@ class StepBatch:
     statuses: list[str]  # [G*n] scoring status (ok | timeout | error)
     extracted: list[str | None]  # [G*n] final boxed answers
     gen_batches: int  # generation rounds this step took (the same on every rank)
+    prompts: tuple[str, ...] = ()  # [G] prompt text (for the sample table)
+    answers: tuple[str, ...] = ()  # [G] ground truth
+    texts: tuple[str, ...] = ()  # [G*n] decoded responses
 
     def row_weights(self, mask_truncated: bool) -> torch.Tensor:
         """[G*n] 1 for rows that train. DAPO overlong filtering (mask_truncated) drops truncated
@@ -59,7 +62,7 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
     a = cfg.algo
     quota = stage.batch_size // d.world_size  # this rank's share of the groups that train
     reward_cfg = stage_reward(cfg.reward, stage.truncated)
-    parts: list[tuple[Rollout, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Scored, torch.Tensor]] = []
+    parts: list[tuple[Rollout, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Scored, torch.Tensor, tuple]] = []
     have, rounds = 0, 0
     ids: list[str] = []  # [G] one per group generated
     while True:
@@ -80,7 +83,8 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
                                                   stage.max_response_len), reward_cfg)
             view = (total.view(-1, stage.n), correct.view(-1, stage.n))
             keep = FILTERS[a.filter_groups](*view, low=a.filter_low, high=a.filter_high)
-            parts.append((rollout, *view, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep))
+            parts.append((rollout, *view, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep,
+                          (prompts.prompts, prompts.answers, texts)))
             ids += prompts.ids
             have += int(keep.sum())
         if not a.dynamic_sampling or rounds >= a.max_gen_batches:
@@ -100,6 +104,9 @@ def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
         statuses=[s for p in parts for s in p[4].status],
         extracted=[x for p in parts for x in p[4].extracted],
         gen_batches=rounds,
+        prompts=tuple(x for p in parts for x in p[6][0]),
+        answers=tuple(x for p in parts for x in p[6][1]),
+        texts=tuple(x for p in parts for x in p[6][2]),
     )
 
 

@@ -181,10 +181,15 @@ class LoggerConfig:
     mode: str = "offline"  # offline | online | disabled (WANDB_MODE in the environment wins)
     project: str = "skyexp"
     entity: str | None = None
-    group: str | None = None
-    run_name: str | None = None
+    group: str | None = None  # sweeps set their name: their runs share one W&B group
+    run_name: str | None = None  # None: the job's command-line overrides (e.g. `algo.n=4,entropy=adaptive`)
+    job_type: str = "train"
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
+    dir: str = ""  # where W&B writes its files; empty: the run directory
+    settings: dict[str, Any] = field(default_factory=dict)  # extra wandb.Settings fields (e.g. init_timeout)
+    samples_every: int = 50  # a W&B table of sample completions every this many RL steps; 0: never
+    samples_rows: int = 8  # rows per table
     progress: bool = True
 
 
@@ -209,6 +214,7 @@ class TrainerConfig:
     keep_last: int = 2  # checkpoints kept (0: all)
     resume: str = ""  # "": start afresh | auto: newest complete checkpoint of the run dir | a checkpoint dir
     max_bad_steps: int = 3  # stop (with a checkpoint) after this many non-finite steps in a row
+    nproc_per_node: int = 0  # > 0: the job runs itself under torchrun, N ranks per node (skyexp/launch.py)
 
 
 @dataclass
@@ -358,6 +364,8 @@ def validate(c: Config) -> None:
     from skyexp.schedule import validate_schedule
 
     validate_schedule(c, _check)
+    _check(c.logger.samples_every >= 0 and c.logger.samples_rows >= 1, "logger.samples_every", "needs >= 0 and samples_rows >= 1")
+    _check(c.trainer.nproc_per_node >= 0, "trainer.nproc_per_node", "must be >= 0 (0: run in this process)")
 
 
 def check_world(c: Config, world_size: int) -> None:

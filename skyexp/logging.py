@@ -1,8 +1,12 @@
 """Metric sinks behind one protocol: W&B, a local metrics.jsonl, and the console.
 
 Only rank 0 logs; other ranks get a MultiLogger with no sinks (no `if rank == 0` in the loop).
-A W&B failure (no network, bad key, unwritable dir) is reported once and the run continues
-with the local metrics.jsonl, which is written and flushed every step.
+A W&B failure (no network, bad key, invalid settings, unwritable dir) is reported once and the
+run continues with the local metrics.jsonl, which is written and flushed every step.
+
+Besides scalars, a metrics dict may carry a tensor of many values (a W&B histogram, e.g. the
+step's token entropies), a `Table` (W&B table; also appended to tables/<key>.jsonl) or a
+`LinePlot` (W&B line chart, e.g. pass@k against k at each eval).
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 import logging
 import math
 import os
+import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,7 +26,24 @@ from skyexp.config import LoggerConfig
 
 log = logging.getLogger("skyexp")
 
-STEP_KEY = "train/global_step"
+STEP_KEY = "train/global_step"  # every logged row (SFT steps, RL steps, evals)
+RL_STEP_KEY = "train/rl_step"  # the x axis of every RL and eval metric
+STEP_OF_PREFIX = {"sft": STEP_KEY}  # metric namespaces not plotted against the RL step
+
+
+@dataclass(frozen=True)
+class Table:
+    columns: list[str]
+    rows: list[list[Any]]
+
+
+@dataclass(frozen=True)
+class LinePlot:
+    x: list[float]
+    y: list[float]
+    x_label: str
+    y_label: str
+    title: str
 
 
 class Logger(Protocol):
@@ -41,7 +64,8 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 class JsonlLogger:
-    """One JSON object per step: {"step": s, "<metric>": value, ...}. Non-finite values become null."""
+    """One JSON object per step: {"step": s, "<metric>": value, ...}. Non-finite values become null.
+    Tables go to tables/<key with / as .>.jsonl beside it, one object per row with the step."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -50,6 +74,11 @@ class JsonlLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._f.write(json.dumps({"step": step, **_scalars(metrics)}) + "\n")
         self._f.flush()
+        for key, table in ((k, v) for k, v in metrics.items() if isinstance(v, Table)):
+            out = self.path.parent / "tables" / f"{key.replace('/', '.')}.jsonl"
+            out.parent.mkdir(exist_ok=True)
+            with open(out, "a", encoding="utf-8") as f:
+                f.writelines(json.dumps({"step": step, **dict(zip(table.columns, row))}) + "\n" for row in table.rows)
 
     def close(self) -> None:
         self._f.close()
@@ -68,40 +97,63 @@ class ConsoleLogger:
 
 
 class WandbLogger:
-    """`run_id` continues an existing W&B run (a resumed training run); steps it logged after the
+    """W&B run from LoggerConfig: project, entity, group, name, job_type, tags, notes, settings.
+    Every metric namespace is plotted against the RL step (define_metric), SFT against the global step.
+    `run_id` continues an existing W&B run (a resumed training run); steps it logged after the
     checkpoint are logged again; W&B keeps the values it already holds for those steps."""
 
     def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_id: str | None = None):
         self.run = None
+        self._defined: set[str] = set()
         mode = os.environ.get("WANDB_MODE") or cfg.mode
         try:
             import wandb
 
             self.wandb = wandb
+            wdir = Path(cfg.dir or run_dir)
+            wdir.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.run_name, tags=list(cfg.tags),
-                notes=cfg.notes, config=config, dir=str(run_dir), mode=mode, reinit="finish_previous",
-                id=run_id, resume="allow" if run_id else None,
+                project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.run_name, job_type=cfg.job_type,
+                tags=list(cfg.tags), notes=cfg.notes, config=config, dir=str(wdir), mode=mode, reinit="finish_previous",
+                settings=wandb.Settings(**cfg.settings), id=run_id, resume="allow" if run_id else None,
             )
             self.run.define_metric(STEP_KEY)
-            self.run.define_metric("*", step_metric=STEP_KEY)
+            self.run.define_metric(RL_STEP_KEY)
         except Exception as e:  # never let W&B stop training
             log.warning("W&B disabled for this run (%s: %s); metrics.jsonl still records everything", type(e).__name__, e)
             self.run = None
 
+    def _define(self, key: str) -> None:
+        """Plot `key`'s namespace against its step metric (one define_metric per namespace)."""
+        prefix = key.split("/")[0]
+        glob = key if prefix == "train" else f"{prefix}/*"  # train/* would catch the step keys themselves
+        if key in (STEP_KEY, RL_STEP_KEY) or glob in self._defined:
+            return
+        self.run.define_metric(glob, step_metric=STEP_OF_PREFIX.get(prefix, RL_STEP_KEY))
+        self._defined.add(glob)
+
+    def _convert(self, v: Any) -> Any:
+        wandb = self.wandb
+        if isinstance(v, torch.Tensor) and v.numel() > 1:
+            return wandb.Histogram(v.float().numpy(), num_bins=64)
+        if isinstance(v, Table):
+            return wandb.Table(columns=list(v.columns), data=[list(r) for r in v.rows])
+        if isinstance(v, LinePlot):
+            table = wandb.Table(columns=[v.x_label, v.y_label], data=[[x, y] for x, y in zip(v.x, v.y)])
+            return wandb.plot.line(table, v.x_label, v.y_label, title=v.title)
+        return v
+
     def log(self, metrics: dict[str, Any], step: int) -> None:
         if self.run is None:
             return
-        data: dict[str, Any] = {STEP_KEY: step}
-        for k, v in metrics.items():
-            if isinstance(v, torch.Tensor) and v.numel() > 1:
-                data[k] = self.wandb.Histogram(v.float().numpy(), num_bins=64)
-            elif k not in data:
-                data[k] = v
         try:
+            data: dict[str, Any] = {STEP_KEY: step}
+            for k, v in metrics.items():
+                self._define(k)
+                data.setdefault(k, self._convert(v))
             self.run.log(_drop_non_finite(data), step=step)
         except Exception as e:
-            log.warning("W&B log failed (%s); continuing without W&B", e)
+            log.warning("W&B log failed (%s: %s); continuing without W&B", type(e).__name__, e)
             self.run = None
 
     def close(self) -> None:
@@ -138,6 +190,27 @@ class MultiLogger:
             s.close()
 
 
+def git_commit(path: Path | None = None) -> str | None:
+    """HEAD of the repository holding skyexp, with "-dirty" when tracked files changed; None outside git."""
+    cwd = path or Path(__file__).resolve().parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> str | None:
+    """A run's name from its command-line overrides (as a sweep job gets them), without the
+    sweep/experiment selection and hydra.* settings: `algo.n=4,entropy=adaptive`. None if nothing is left."""
+    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in skip and not o.lstrip("+~").startswith("hydra.")]
+    return ",".join(sorted(kept)) or None
+
+
 def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], is_main: bool,
                 run_id: str | None = None) -> MultiLogger:
     if not is_main:
@@ -148,5 +221,5 @@ def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], is_mai
     if "console" in cfg.backends:
         sinks.append(ConsoleLogger())
     if "wandb" in cfg.backends and cfg.mode != "disabled":
-        sinks.append(WandbLogger(cfg, run_dir, config, run_id))
+        sinks.append(WandbLogger(cfg, run_dir, {**config, "git_commit": git_commit()}, run_id))
     return MultiLogger(sinks)

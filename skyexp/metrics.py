@@ -12,6 +12,7 @@ import torch
 
 from skyexp.collect import StepBatch
 from skyexp.distributed import all_reduce_max, all_reduce_sum
+from skyexp.logging import Table
 from skyexp.types import UpdateStats
 
 
@@ -86,3 +87,21 @@ def step_metrics(
     if stats.entropy_hist is not None:
         out["actor/entropy_hist"] = stats.entropy_hist
     return out
+
+
+SAMPLE_COLUMNS = ["rl_step", "prompt", "completion", "answer", "extracted", "reward", "correct", "length", "truncated"]
+
+
+def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
+    """Up to `rows` of this rank's samples, one from each group in turn (first samples first), so
+    the table shows several prompts before it repeats one."""
+    n = batch.rollout.n
+    groups = len(batch.prompts)
+    order = [g * n + j for j in range(n) for g in range(groups)][:rows]
+    lengths = batch.rollout.response_lengths.tolist()
+    out = []
+    for r in order:
+        g, j = divmod(r, n)
+        out.append([rl_step, batch.prompts[g], batch.texts[r], batch.answers[g], batch.extracted[r],
+                    float(batch.rewards[g, j]), bool(batch.correct[g, j] > 0), int(lengths[r]), bool(batch.rollout.truncated[r])])
+    return Table(SAMPLE_COLUMNS, out)

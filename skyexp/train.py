@@ -31,8 +31,8 @@ from skyexp.data import load_task
 from skyexp.data.difficulty import Counts, merge, tally
 from skyexp.evaluate import EvalResult, eval_due, eval_template, run_eval, write_records
 from skyexp.lifecycle import RLState
-from skyexp.logging import make_logger
-from skyexp.metrics import step_metrics
+from skyexp.logging import LinePlot, git_commit, make_logger
+from skyexp.metrics import sample_table, step_metrics
 from skyexp.rewards import build_reward
 from skyexp.rollout import engine_for
 from skyexp.schedule import StagePlan, masks_truncated, plan_stages, temperature_at
@@ -117,7 +117,11 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
         extra["critic/kl_coeff"] = kl_reward_coef  # the reward penalty's weight (0 with the KL loss)
     if a.old_logprobs == "recompute":
         extra["rollout/logprob_diff"] = global_token_mean((old_logp - ro.logprobs).abs(), trained_tokens, dev)
-    return step_metrics(batch, adv, weights, stats, t.s, stage.index, run.rl_step, dev, extra)
+    out = step_metrics(batch, adv, weights, stats, t.s, stage.index, run.rl_step, dev, extra)
+    every = cfg.logger.samples_every
+    if every and run.rl_step % every == 0 and batch.texts:
+        out["samples/completions"] = sample_table(batch, run.rl_step, cfg.logger.samples_rows)
+    return out
 
 
 def reference_logprobs(run: Run, ro, weights: torch.Tensor) -> torch.Tensor | None:
@@ -167,7 +171,10 @@ def evaluate(run: Run, problems, label: str) -> EvalResult:
     cfg = run.cfg
     res = run_eval(run.engine, run.reward, run.tokenizer, problems, cfg.eval, eval_template(cfg.eval), cfg.model.chat_template,
                    run.d.rank, run.d.world_size)
-    run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.rl_step})
+    curve = LinePlot(list(res.pass_at), list(res.pass_at.values()), "k", "pass@k",
+                     f"pass@k on {cfg.eval.name} ({label}, RL step {run.rl_step})")
+    run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.rl_step,
+             f"val/{cfg.eval.name}/pass@k_curve/{label}": curve})
     if run.d.is_main:
         write_records(res.records, run.run_dir / "eval" / f"{cfg.eval.name}_{label}.jsonl")
         log.info("eval %s (%s): %s", cfg.eval.name, label, "  ".join(f"pass@{k}={v:.3f}" for k, v in res.pass_at.items()))
@@ -210,7 +217,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger, entropy_coef=cfg.entropy.coef,
               eval_problems=eval_problems)
     rl = lifecycle.make_rl_state(cfg, policy, task.train, d.rank, d.world_size)
-    summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model),
+    summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model), "git_commit": git_commit(),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
     before: EvalResult | lifecycle.SavedEval | None = None
     try:
