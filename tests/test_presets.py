@@ -20,7 +20,7 @@ RUNS = {
     "grpo": ["algo=grpo", "entropy=adaptive", "entropy.target=9.0", "algo.kl_coef=0.05"],  # KL loss; bonus on
     "dr_grpo": ["algo=dr_grpo", "entropy=high_entropy_tokens", "reward=format", "reward.format_think=false"],
     "dapo": ["algo=dapo", "reward=dapo", "entropy=clip_cov", "algo.max_gen_batches=2"],
-    "skywork_or1": ["+experiment=skywork_or1"],
+    "skywork_or1": ["algo=skywork_or1", "entropy=adaptive", "temperature=t1_0"],
     "reinforce_pp": ["algo=reinforce_pp", "algo.kl_coef=0.05", "algo.kl_mode=reward", "algo.kl_estimator=k1", "reward=cosine"],
     "ppo_offpolicy": ["algo=ppo_offpolicy", "entropy=kl_cov", "algo.old_logprobs=recompute", "reward=cosine"],
 }
