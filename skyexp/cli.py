@@ -53,7 +53,10 @@ def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
     def entry(cfg: DictConfig):
         from skyexp.config import ConfigError, to_typed
         from skyexp.data import DataError
+        from skyexp.logging import run_name_from_overrides
 
+        if cfg.logger.run_name is None:  # a sweep's runs are named by what the sweep changed
+            cfg.logger.run_name = run_name_from_overrides(list(HydraConfig.get().overrides.task))
         try:
             typed = to_typed(cfg)
         except ConfigError as e:
