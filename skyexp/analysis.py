@@ -133,6 +133,7 @@ class WandbOfflineRun:
     history: pd.DataFrame  # scalar history rows
     metrics_defined: dict[str, str]  # glob or name -> its step metric
     media: list[str]  # non-scalar history keys: histograms, tables, charts
+    complete: bool  # the file ends with the run's exit record (W&B's service writes it after finish() returns)
 
 
 def load_wandb_offline(run_dir: str | Path) -> list[WandbOfflineRun]:
@@ -141,7 +142,7 @@ def load_wandb_offline(run_dir: str | Path) -> list[WandbOfflineRun]:
     for f in sorted(Path(run_dir).rglob("offline-run-*/run-*.wandb")):
         info: dict[str, Any] = {}
         config: dict[str, Any] = {}
-        rows, defined, media = [], {}, set()
+        rows, defined, media, complete = [], {}, set(), False
         for rec in _wandb_records(f):
             kind = rec.WhichOneof("record_type")
             if kind == "run":
@@ -151,6 +152,8 @@ def load_wandb_offline(run_dir: str | Path) -> list[WandbOfflineRun]:
                 config.update({i.key: json.loads(i.value_json) for i in r.config.update})
             elif kind == "config":
                 config.update({i.key: json.loads(i.value_json) for i in rec.config.update})
+            elif kind == "exit":
+                complete = True
             elif kind == "metric":
                 defined[rec.metric.glob_name or rec.metric.name] = rec.metric.step_metric
             elif kind == "history":
@@ -163,7 +166,7 @@ def load_wandb_offline(run_dir: str | Path) -> list[WandbOfflineRun]:
                     elif key.endswith("/_type"):
                         media.add(f"{key[: -len('/_type')]}:{value}")
                 rows.append(row)
-        out.append(WandbOfflineRun(info, config, pd.DataFrame(rows), defined, sorted(media)))
+        out.append(WandbOfflineRun(info, config, pd.DataFrame(rows), defined, sorted(media), complete))
     return out
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import subprocess
+import time
 
 import pytest
 import torch
@@ -22,6 +23,18 @@ from skyexp.logging import (
     make_logger,
     run_name_from_overrides,
 )
+
+
+def wait_for_wandb_files(path, count: int, timeout: float = 60.0):
+    """W&B offline runs under path once all `count` are complete: run.finish() returns before
+    W&B's service process has written the file out."""
+    deadline = time.monotonic() + timeout
+    while True:
+        runs = load_wandb_offline(path)
+        if (len(runs) == count and all(r.complete for r in runs)) or time.monotonic() > deadline:
+            assert len(runs) == count and all(r.complete for r in runs), [(r.info, r.complete) for r in runs]
+            return runs
+        time.sleep(0.5)
 
 
 def test_run_name_is_the_overrides_without_sweep_and_hydra_settings():
@@ -62,7 +75,7 @@ def test_wandb_offline_run_carries_group_name_metrics_and_media(tmp_path, monkey
                 "samples/completions": Table(["prompt", "completion"], [["q", "a"]])}, 1 + s)
     lg.log({"train/rl_step": 2, "val/arith/pass@1": 0.5, "val/arith/pass@k_curve/after": LinePlot([1, 2], [0.5, 0.7], "k", "pass@k", "t")}, 3)
     lg.close()
-    (run,) = load_wandb_offline(tmp_path / "wb")
+    (run,) = wait_for_wandb_files(tmp_path / "wb", 1)
     assert {k: run.info[k] for k in ("group", "name", "job_type", "tags", "notes", "project")} == {
         "group": "g1", "name": "algo.n=4", "job_type": "sweep", "tags": ["t1"], "notes": "hello", "project": "p1"}
     assert run.config["algo"] == {"n": 4} and run.config["git_commit"] == "abc"

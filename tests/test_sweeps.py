@@ -19,6 +19,7 @@ def test_tiny_entropy_collapse_runs_share_a_wandb_group(tiny_sweep):
     assert [r.name for r in runs] == ["entropy=none,temperature=t1_0", "entropy=adaptive,temperature=t1_0"]
     for run in runs:
         (wb,) = load_wandb_offline(run.path)
+        assert wb.complete  # the job's process has exited: W&B wrote everything out
         assert wb.info["group"] == "tiny_entropy_collapse" and wb.info["name"] == run.name
         assert wb.info["job_type"] == "sweep" and wb.info["tags"] == ["tiny", "entropy_collapse"]
         assert len(wb.config["git_commit"]) >= 40 and wb.config["entropy"]["name"] == run.name.split(",")[0].split("=")[1]
