@@ -118,8 +118,7 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
     if a.old_logprobs == "recompute":
         extra["rollout/logprob_diff"] = global_token_mean((old_logp - ro.logprobs).abs(), trained_tokens, dev)
     out = step_metrics(batch, adv, weights, stats, t.s, stage.index, run.rl_step, dev, extra)
-    every = cfg.logger.samples_every
-    if every and run.rl_step % every == 0 and batch.texts:
+    if cfg.logger.samples_every and run.rl_step % cfg.logger.samples_every == 0:
         out["samples/completions"] = sample_table(batch, run.rl_step, cfg.logger.samples_rows)
     return out
 
