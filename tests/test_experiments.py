@@ -57,7 +57,9 @@ def test_real_recipe_values(name):
     assert (c.model.name, c.algo.advantage, c.algo.n, c.algo.batch_size) == (model, adv, n, bs)
     assert [s.steps for s in c.context.stages] == steps and [s.max_response_len for s in c.context.stages] == caps
     assert (c.entropy.name, c.algo.filter_groups, c.algo.kl_coef, c.sft.steps) == (ent, filt, 0.0, 0)
-    assert c.model.dtype == "bfloat16" and c.data.source != "arith" and c.eval.source != "data"
+    assert c.model.dtype == "bfloat16" and c.data.name != "arith"
+    assert (c.eval.name, c.eval.n, c.eval.temperature, c.eval.top_p) == ("aime24", 8, 0.6, 0.95)
+    assert c.eval.max_response_len == caps[-1]  # evaluated at the length the recipe trains to
     if name == "skywork_or1_7b":
         assert (c.entropy.target, c.entropy.delta, c.entropy.coef_max, c.temperature.value) == (0.2, 1e-4, 5e-3, 1.0)
         assert c.algo.mini_batches == 1 and c.algo.ppo_epochs == 1  # on-policy: one update per batch
