@@ -20,6 +20,8 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
+from skyexp.cli import run_name_from_overrides  # the name a run had on W&B
+
 RL_STEP = "train/rl_step"
 _PASS = re.compile(r"^val/(?P<bench>[^/]+)/pass@(?P<k>\d+)$")
 
@@ -55,8 +57,6 @@ def load_run(path: str | Path) -> RunData:
     hydra = path / ".hydra"
     config = OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml")) if (hydra / "config.yaml").exists() else {}
     overrides = list(OmegaConf.load(hydra / "overrides.yaml")) if (hydra / "overrides.yaml").exists() else []
-    from skyexp.logging import run_name_from_overrides  # the name the run had on W&B
-
     name = (config.get("logger") or {}).get("run_name") or run_name_from_overrides(overrides) or path.name
     return RunData(name=name, metrics=pd.DataFrame(rows), summary=summary, config=config, overrides=overrides, path=path)
 

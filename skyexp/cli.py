@@ -36,6 +36,13 @@ def quiet_libraries() -> None:
         logging.getLogger("skyexp").setLevel(logging.WARNING)
 
 
+def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> str | None:
+    """A run's name from its command-line overrides (as a sweep job gets them), without the
+    sweep/experiment selection and hydra.* settings: `algo.n=4,entropy=adaptive`. None if nothing is left."""
+    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in skip and not o.lstrip("+~").startswith("hydra.")]
+    return ",".join(sorted(kept)) or None
+
+
 def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
     """A main() running `job(typed_config, run_dir, plain_config)` under Hydra."""
     import hydra
@@ -53,7 +60,6 @@ def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
     def entry(cfg: DictConfig):
         from skyexp.config import ConfigError, to_typed
         from skyexp.data import DataError
-        from skyexp.logging import run_name_from_overrides
 
         if cfg.logger.run_name is None:  # a sweep's runs are named by what the sweep changed
             cfg.logger.run_name = run_name_from_overrides(list(HydraConfig.get().overrides.task))

@@ -204,12 +204,6 @@ def git_commit(path: Path | None = None) -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty else "")
 
 
-def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> str | None:
-    """A run's name from its command-line overrides (as a sweep job gets them), without the
-    sweep/experiment selection and hydra.* settings: `algo.n=4,entropy=adaptive`. None if nothing is left."""
-    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in skip and not o.lstrip("+~").startswith("hydra.")]
-    return ",".join(sorted(kept)) or None
-
 
 def make_logger(cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], is_main: bool,
                 run_id: str | None = None) -> MultiLogger:

@@ -13,6 +13,7 @@ import torch
 from conftest import ROOT, only_run_dir, run_skyexp
 
 from skyexp.analysis import load_wandb_offline
+from skyexp.cli import run_name_from_overrides
 from skyexp.config import LoggerConfig
 from skyexp.logging import (
     JsonlLogger,
@@ -21,7 +22,6 @@ from skyexp.logging import (
     WandbLogger,
     git_commit,
     make_logger,
-    run_name_from_overrides,
 )
 
 
