@@ -12,7 +12,9 @@ is what lets several SGD steps reuse one batch off-policy. Its log-probs are the
 log-probs (`algo.old_logprobs=rollout`, exact with the hf engine, which runs the same fp32 model),
 or the trainer's own forward pass over the batch before the first optimizer step
 (`algo.old_logprobs=recompute`, verl's way; needed when the engine's numerics differ, e.g. vLLM
-in bf16, where a mismatch would otherwise show up as spurious clipping).
+in bf16, where a mismatch would otherwise show up as spurious clipping). With recomputed old
+log-probs, `algo.rollout_is` also weights each token's loss by the truncated importance ratio
+pi_trainer_old / pi_sampler (skyexp.algos.rollout_is), which corrects for the mismatch itself.
 """
 
 from __future__ import annotations
@@ -141,6 +143,7 @@ def rl_update(
     rule: str = "none",  # token rule, a key of skyexp.algos.token_rules.TOKEN_RULES
     rule_params: dict | None = None,
     max_response_len: int | None = None,  # the length cap (Dr.GRPO's constant); default: the rollout's width
+    is_weights: torch.Tensor | None = None,  # [B*n, R] truncated-IS weight of each token's loss (skyexp.algos.rollout_is)
 ) -> UpdateStats:
     """ppo_epochs x mini_batches optimizer steps on one rollout batch.
 
@@ -153,6 +156,8 @@ def rl_update(
     steps on zero gradients: AdamW momentum and weight decay would still move the parameters).
     A mini-batch whose loss or gradient norm is not finite on any rank takes no step either
     (counted in `skipped_updates`): the parameters and optimizer state stay as they were.
+    The forward passes of the first mini-batch run before any optimizer step, so they also measure,
+    for free, how far the trainer's log-probs are from the sampler's (`rollout.logprobs`).
     """
     if entropy is None and rollout.entropy is None:
         entropy = sampling_view(model, rollout, weights, False, micro_batch_size, device)[1]
@@ -173,8 +178,9 @@ def rl_update(
     sums = torch.zeros(9, dtype=torch.float64)
     norms: list[float] = []
     skipped = 0
+    diff = torch.zeros(3, dtype=torch.float64)  # |trainer - sampler| log-prob: sum, tokens, max (first mini-batch)
     for _epoch in range(algo.ppo_epochs):
-        for sel in _mini_batches(weights, rollout.n, algo.mini_batches):
+        for m, sel in enumerate(_mini_batches(weights, rollout.n, algo.mini_batches)):
             glob = all_reduce_sum([loss_mask[sel].sum().item(), float(weights[sel].sum().item())], device)
             norm = dict(num_tokens=float(glob[0]), num_seqs=float(glob[1]), max_len=max_len)
             needed = grad_rows[sel]
@@ -194,6 +200,8 @@ def rl_update(
                     lm = loss_mask[idx, :rlen].to(device) * live  # live = 0: a padding micro-batch (see _chunks)
                     pg, st = tr.loss(logp, old[idx, :rlen].to(device), adv_tok[idx, :rlen].to(device),
                                      chosen[idx, :rlen].to(device), **clip, **params)
+                    if is_weights is not None:
+                        pg = pg * is_weights[idx, :rlen].to(device)
                     loss = agg(pg, lm, **norm)
                     if entropy_coef > 0:
                         loss = loss - entropy_coef * agg(token_entropy(logits, rollout.temperature), lm, **norm)
@@ -203,6 +211,10 @@ def rl_update(
                     (loss * world_size).backward()
                     bad_loss = bad_loss or not bool(torch.isfinite(loss))
                 with torch.no_grad():
+                    if _epoch == 0 and m == 0:
+                        gap = (logp - rollout.logprobs[idx, :rlen].to(device)).abs() * lm
+                        diff[0], diff[1] = diff[0] + float(gap.sum()), diff[1] + float(lm.sum())
+                        diff[2] = max(float(diff[2]), float(gap.max()))
                     sums += torch.stack([(pg * lm).sum(), (st["clipped_low"] * lm).sum(), (st["clipped_high"] * lm).sum(),
                                          (st["dual_clipped"] * lm).sum(), (chosen[idx, :rlen].to(device) * lm).sum(),
                                          lm.new_zeros(()), (st["approx_kl"] * lm).sum(), (kl * lm).sum(), lm.sum()]).double().cpu()
@@ -218,6 +230,7 @@ def rl_update(
             optimizer.zero_grad(set_to_none=True)
     tot = all_reduce_sum(sums, device)
     trained, fwd = max(float(tot[5]), 1.0), max(float(tot[8]), 1.0)
+    gap_sum, gap_tokens = all_reduce_sum(diff[:2], device).tolist()
     return UpdateStats(
         pg_loss=float(tot[0]) / trained,
         entropy=global_token_mean(ent_all, resp_mask, device),  # the sampler's, over every response token
@@ -233,6 +246,8 @@ def rl_update(
         skipped_updates=skipped,
         num_tokens=int(resp_mask.sum().item()),
         entropy_hist=_hist_sample(ent_all, resp_mask),
+        sampler_logprob_diff=gap_sum / max(gap_tokens, 1.0),
+        sampler_logprob_diff_max=all_reduce_max(float(diff[2]), device),
     )
 
 

@@ -60,6 +60,7 @@ def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
     def entry(cfg: DictConfig):
         from skyexp.config import ConfigError, to_typed
         from skyexp.data import DataError
+        from skyexp.rollout import MissingExtraError
 
         if cfg.logger.run_name is None:  # a sweep's runs are named by what the sweep changed
             cfg.logger.run_name = run_name_from_overrides(list(HydraConfig.get().overrides.task))
@@ -75,7 +76,7 @@ def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
                 Path(HydraConfig.get().runtime.output_dir),
                 OmegaConf.to_container(cfg, resolve=True),
             )
-        except (ConfigError, DataError) as e:
+        except (ConfigError, DataError, MissingExtraError) as e:  # MissingExtraError: e.g. rollout=vllm without vllm
             print(f"skyexp: {e}", file=sys.stderr)
             sys.exit(2)
 

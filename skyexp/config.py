@@ -92,6 +92,10 @@ class AlgoConfig:
     # hf engine), or recomputed by the trainer once before the first optimizer step (as verl does;
     # use with engines whose numerics differ, e.g. vLLM in bf16).
     old_logprobs: str = "rollout"  # rollout | recompute
+    # Truncated importance sampling for the sampler/trainer mismatch (skyexp.algos.rollout_is): each
+    # token's loss weighted by min(pi_trainer_old / pi_sampler, rollout_is_cap). none | token | sequence
+    rollout_is: str = "none"
+    rollout_is_cap: float = 2.0
 
 
 @dataclass
@@ -149,9 +153,16 @@ class ContextConfig:
 
 @dataclass
 class RolloutConfig:
-    name: str = "hf"  # a key of skyexp.rollout.ENGINES
+    name: str = "hf"  # hf | vllm (optional extra; skyexp/rollout/vllm.py)
     top_p: float = 1.0
-    max_batch: int = 256  # sequences sampled together (memory bound)
+    max_batch: int = 256  # sequences sampled together (hf: per chunk; vllm: max_num_seqs)
+    # vllm only. Tensor parallel: GPUs per engine, consecutive torchrun ranks share one engine.
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5  # GPU share for vLLM weights + KV cache (the rest trains)
+    kv_cache_gb: float = 0.0  # KV cache size; 0: from gpu_memory_utilization on GPUs, 1 GiB on CPUs
+    max_model_len: int = 0  # longest prompt + response; 0: the model's own limit
+    enforce_eager: bool = False  # skip torch.compile (faster start, slower decoding)
+    sleep: bool = False  # GPUs: free vLLM's memory (weights, KV cache) during the update
 
 
 @dataclass
@@ -283,6 +294,10 @@ def _registry_names(kind: str) -> list[str]:
         from skyexp.algos.kl import KL_ESTIMATORS
 
         return sorted(KL_ESTIMATORS)
+    if kind == "rollout_is":
+        from skyexp.algos.rollout_is import ROLLOUT_IS
+
+        return sorted(ROLLOUT_IS)
     if kind == "rollout":
         from skyexp.rollout import ENGINE_NAMES
 
@@ -352,6 +367,13 @@ def validate(c: Config) -> None:
     _check(c.algo.kl_coef >= 0, "algo.kl_coef", "must be >= 0")
     _check(c.entropy.coef_min <= c.entropy.coef_max, "entropy.coef_min", "must be <= entropy.coef_max")
     _check(0 < c.rollout.top_p <= 1, "rollout.top_p", "must be in (0, 1]")
+    _check(c.rollout.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
+    _check(0 < c.rollout.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
+    _check(c.rollout.kv_cache_gb >= 0, "rollout.kv_cache_gb", "must be >= 0 (0: automatic)")
+    _check_name(c.algo.rollout_is, "algo.rollout_is", "rollout_is")
+    _check(c.algo.rollout_is == "none" or c.algo.old_logprobs == "recompute", "algo.rollout_is",
+           "the correction weighs the trainer's old log-probs against the sampler's: set algo.old_logprobs=recompute")
+    _check(c.algo.rollout_is_cap >= 1, "algo.rollout_is_cap", "must be >= 1 (weights above it are truncated to it)")
     validate_eval(c.eval, _check)
     _check(c.reward.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(c.reward.workers >= 1, "reward.workers", "must be >= 1")

@@ -10,7 +10,9 @@ from typing import Any
 
 import torch
 
+from skyexp.algos.rollout_is import is_weight_stats
 from skyexp.collect import StepBatch
+from skyexp.config import AlgoConfig
 from skyexp.distributed import all_reduce_max, all_reduce_sum
 from skyexp.logging import Table
 from skyexp.types import UpdateStats
@@ -105,3 +107,29 @@ def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
         out.append([rl_step, batch.prompts[g], batch.texts[r], batch.answers[g], batch.extracted[r],
                     float(batch.rewards[g, j]), bool(batch.correct[g, j] > 0), int(lengths[r]), bool(batch.rollout.truncated[r])])
     return Table(SAMPLE_COLUMNS, out)
+
+
+def mismatch_metrics(
+    a: AlgoConfig,
+    old_logp: torch.Tensor,  # [G*n, R] the old-policy log-probs the update used
+    sampler_logp: torch.Tensor,  # [G*n, R] the engine's sampling log-probs
+    trained: torch.Tensor,  # [G*n, R] 1 on tokens that train
+    is_w: torch.Tensor,  # [G*n, R] truncated-IS weights (ones without the correction)
+    stats: UpdateStats,
+    device: torch.device,
+) -> dict[str, float]:
+    """How far the trainer's log-probs are from the sampler's (vLLM vs FSDP numerics), all ranks:
+    over every trained token when the trainer recomputed them, else over the first mini-batch the
+    update forwarded (UpdateStats). Plus the truncated-IS weights when the correction is on."""
+    if a.old_logprobs == "recompute":
+        gap = (old_logp - sampler_logp).abs() * trained
+        tot = all_reduce_sum([float(gap.sum()), float(trained.sum())], device)
+        out = {"rollout/logprob_diff": float(tot[0]) / max(float(tot[1]), 1.0),
+               "rollout/logprob_diff_max": all_reduce_max(float(gap.max()) if gap.numel() else 0.0, device)}
+    else:
+        out = {"rollout/logprob_diff": stats.sampler_logprob_diff, "rollout/logprob_diff_max": stats.sampler_logprob_diff_max}
+    if a.rollout_is != "none":
+        w_sum, at_cap, tokens = all_reduce_sum(list(is_weight_stats(is_w, trained, a.rollout_is_cap)), device).tolist()
+        out["rollout/is_weight_mean"] = w_sum / max(tokens, 1.0)
+        out["rollout/is_truncated_frac"] = at_cap / max(tokens, 1.0)
+    return out

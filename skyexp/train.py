@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from skyexp import checkpoint, distributed, lifecycle, models, plots, sft
 from skyexp.actor import forward_stats, global_token_mean, rl_update, sampling_view
 from skyexp.algos.entropy import CONTROLLERS
+from skyexp.algos.rollout_is import ROLLOUT_IS
 from skyexp.benchmarks import load_problems
 from skyexp.checkpoint import export_hf
 from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
@@ -32,7 +33,7 @@ from skyexp.data.difficulty import Counts, merge, tally
 from skyexp.evaluate import EvalResult, eval_due, eval_template, run_eval, write_records
 from skyexp.lifecycle import RLState
 from skyexp.logging import LinePlot, git_commit, make_logger
-from skyexp.metrics import sample_table, step_metrics
+from skyexp.metrics import mismatch_metrics, sample_table, step_metrics
 from skyexp.rewards import build_reward
 from skyexp.rollout import engine_for
 from skyexp.schedule import StagePlan, masks_truncated, plan_stages, temperature_at
@@ -95,6 +96,7 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
             old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev)
         with t("ref"):
             ref_logp = reference_logprobs(run, ro, weights)  # None unless a KL term is on
+        is_w = ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
         kl_loss_coef, kl_reward_coef = kl_coefs(a)
         seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n]
         adv = group_advantages(a, batch.rewards - kl_reward_coef * seq_kl, batch.train, dev)  # [G*n]
@@ -105,7 +107,8 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
         with t("update"):
             stats = rl_update(run.policy, rl.opt, ro, adv, weights, a, coef, mb, cfg.trainer.grad_clip, run.d.world_size, dev,
                               old_logprobs=old_logp, entropy=ent, ref_logprobs=ref_logp, kl_coef=kl_loss_coef, rule=e.name,
-                              rule_params=asdict(e), max_response_len=stage.max_response_len)
+                              rule_params=asdict(e), max_response_len=stage.max_response_len,
+                              is_weights=is_w if a.rollout_is != "none" else None)
         with t("sync"):
             run.engine.sync_weights(run.policy)
     masked = (weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated  # [G*n] trains but for truncation
@@ -115,8 +118,7 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
     if ref_logp is not None:
         extra["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
         extra["critic/kl_coeff"] = kl_reward_coef  # the reward penalty's weight (0 with the KL loss)
-    if a.old_logprobs == "recompute":
-        extra["rollout/logprob_diff"] = global_token_mean((old_logp - ro.logprobs).abs(), trained_tokens, dev)
+    extra.update(mismatch_metrics(a, old_logp, ro.logprobs, trained_tokens, is_w, stats, dev))
     out = step_metrics(batch, adv, weights, stats, t.s, stage.index, run.rl_step, dev, extra)
     if cfg.logger.samples_every and run.rl_step % cfg.logger.samples_every == 0:
         out["samples/completions"] = sample_table(batch, run.rl_step, cfg.logger.samples_rows)
@@ -208,7 +210,11 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     policy = models.load_model(start, cfg.model, d.device)
     if cfg.trainer.fsdp:
         distributed.shard(policy, d)
-    engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
+    try:
+        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
+    except BaseException:
+        reward.close()  # its worker processes would outlive the failed start
+        raise
     saved = checkpoint.read_state(resume) if resume else {}
     if cfg.trainer.resume and d.is_main:  # rows logged after the checkpoint (all of them without one) go
         lifecycle.rewind_metrics(run_dir / "metrics.jsonl", saved.get("global_step", 0))
@@ -216,7 +222,8 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger, entropy_coef=cfg.entropy.coef,
               eval_problems=eval_problems)
     rl = lifecycle.make_rl_state(cfg, policy, task.train, d.rank, d.world_size)
-    summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(engine.model), "git_commit": git_commit(),
+    summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(policy), "rollout": cfg.rollout.name,
+                               "git_commit": git_commit(),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
     before: EvalResult | lifecycle.SavedEval | None = None
     try:

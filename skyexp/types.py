@@ -83,3 +83,6 @@ class UpdateStats:
     kl_ref: float | None = None  # mean KL-to-reference estimator over trained tokens (KL loss on)
     optimizer_steps: int = 0
     skipped_updates: int = 0  # optimizer steps skipped because the loss or gradient was not finite
+    # |log pi_trainer - log pi_sampler| on the tokens of the first mini-batch, before any optimizer step
+    sampler_logprob_diff: float = 0.0  # mean
+    sampler_logprob_diff_max: float = 0.0

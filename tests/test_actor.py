@@ -104,7 +104,7 @@ from skyexp.algos.token_rules import TOKEN_RULES  # noqa: E402
 
 
 def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=None, ref=None, kl_coef=0.0, rule="none",
-                     params=None, max_len=None):
+                     params=None, max_len=None, isw=None):
     """The update written out plainly: every row of the mini-batch through one forward pass,
     old log-probs the sampler's for every epoch and mini-batch, SGD with lr 1."""
     p = copy.deepcopy(policy)
@@ -127,6 +127,7 @@ def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=Non
             norm = dict(num_tokens=float(lm.sum()), num_seqs=float(weights[rows].sum()), max_len=max_len or lm.shape[1])
             pg, _ = tr.loss(logp, old[rows], adv_tok, sel, clip_low=algo.clip_low, clip_high=algo.clip_high,
                             clip_c=algo.clip_c, ratio_max=algo.ratio_max, **params)
+            pg = pg if isw is None else pg * isw[rows]
             loss = agg(pg, lm, **norm) - coef * agg(token_entropy(logits, ro.temperature), lm, **norm)
             if kl_coef:
                 loss = loss + kl_coef * agg(KL_ESTIMATORS[algo.kl_estimator](logp, ref[rows]), lm, **norm)
@@ -153,7 +154,7 @@ def batch(setup):
 
 
 @pytest.mark.parametrize("case", ["plain", "entropy_bonus", "kl_loss", "seq-mean-token-sum-norm", "epochs_minibatches",
-                                  "kl_cov", "clip_cov", "high_entropy_tokens"])
+                                  "kl_cov", "clip_cov", "high_entropy_tokens", "rollout_is"])
 def test_update_equals_reference(batch, case):
     """Micro-batches of 3 rows, zero-gradient rows skipped, global normalisers: the same parameters as
     the plain full-batch computation, for each term and token rule. kl_cov with noisy old log-probs
@@ -176,13 +177,17 @@ def test_update_equals_reference(batch, case):
         kw = dict(rule=case, params=dict(clip_cov_ratio=0.2, cov_low=-5.0, cov_high=5.0))
     elif case == "high_entropy_tokens":
         kw = dict(rule=case, params=dict(top_ratio=0.3))
+    elif case == "rollout_is":  # trainer's old log-probs differ from the sampler's: truncated-IS weights
+        from skyexp.algos.rollout_is import token_is_weights
+
+        kw = dict(old=noisy_old, isw=token_is_weights(noisy_old, ro.logprobs, ro.response_mask, 1.2))
     expected = reference_update(policy, ro, adv, weights, algo, **kw)
     p = copy.deepcopy(policy)
     opt = torch.optim.SGD(p.parameters(), lr=1.0)
     torch.manual_seed(123)
     st = rl_update(p, opt, ro, adv, weights, algo, kw.get("coef", 0.0), 3, 0.0, 1, d.device, old_logprobs=kw.get("old"),
                    ref_logprobs=kw.get("ref"), kl_coef=kw.get("kl_coef", 0.0), rule=kw.get("rule", "none"),
-                   rule_params=kw.get("params"), max_response_len=kw.get("max_len"))
+                   rule_params=kw.get("params"), max_response_len=kw.get("max_len"), is_weights=kw.get("isw"))
     _same(p, expected)
     assert any(not torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
     # groups are dealt to mini-batches in turn: with 2 of them, group 1 (all-zero advantages) sits

@@ -96,6 +96,11 @@ def test_unknown_group_option_lists_valid_ones():
         (["data=jsonl", "data.path=/x", "data.max_bad_fraction=2"], "data.max_bad_fraction"),
         (["sft.source=jsonl"], "sft.path"),
         (["algo.mini_batches=3"], "algo.mini_batches"),
+        (["algo.rollout_is=token"], "algo.rollout_is"),  # needs the trainer's own old log-probs
+        (["algo.old_logprobs=recompute", "algo.rollout_is=tis"], "algo.rollout_is"),
+        (["algo.old_logprobs=recompute", "algo.rollout_is=token", "algo.rollout_is_cap=0.5"], "algo.rollout_is_cap"),
+        (["rollout=vllm", "rollout.gpu_memory_utilization=0"], "rollout.gpu_memory_utilization"),
+        (["rollout=vllm", "rollout.tensor_parallel_size=0"], "rollout.tensor_parallel_size"),
     ],
 )
 def test_cross_field_checks_name_the_key(overrides, key):

