@@ -163,6 +163,7 @@ class RolloutConfig:
     max_model_len: int = 0  # longest prompt + response; 0: the model's own limit
     enforce_eager: bool = False  # skip torch.compile (faster start, slower decoding)
     sleep: bool = False  # GPUs: free vLLM's memory (weights, KV cache) during the update
+    lean: bool = True  # hf: skyexp's decoding step for Qwen2/Llama/Mistral (same numbers, less overhead)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from skyexp.actor import response_logits
@@ -83,3 +84,76 @@ def test_sync_weights_copies_the_policy(tiny_dir):
     eng.sync_weights(policy)
     for (n1, a), (n2, b) in zip(policy.named_parameters(), eng.model.named_parameters()):
         assert n1 == n2 and torch.equal(a, b)
+
+
+def _llama_gqa(tmp_path):
+    """A Llama model with grouped-query attention (4 query heads share 2 KV heads), no biases."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                                     eos_token_id=1, pad_token_id=0, bos_token_id=0))
+    m.save_pretrained(tmp_path / "llama")
+    return str(tmp_path / "llama")
+
+
+@pytest.mark.parametrize("arch", ["qwen2", "llama_gqa"])
+def test_lean_decoding_equals_the_model_forward(tiny_dir, tmp_path, arch):
+    """The lean path samples what the model's own forward samples (same seed: same tokens) with
+    the same log-probs and entropies, through cache growth (40 > CHUNK tokens) and row compaction."""
+    from skyexp.rollout.lean import CHUNK, lean_supported
+
+    path, eos, pad = (str(tiny_dir), None, None) if arch == "qwen2" else (_llama_gqa(tmp_path), 1, 0)
+    if arch == "qwen2":
+        tok = load_tokenizer(path, ModelConfig())
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        prompts = tok(["Compute 1+2.\n", "Compute ((6*9)+4)*1.\n", "x"], add_special_tokens=False)["input_ids"]
+    else:
+        prompts = [[5, 6, 7], [9, 3, 4, 5, 6, 2, 8], [11]]
+    # EOS := the token this random model samples most, so rows finish at different steps
+    probe = HFEngine(load_model(path, ModelConfig()), -1, pad, seed=7).generate(prompts, 4, 40, 0.9).responses
+    eos = int(probe.flatten().bincount().argmax())
+    out = {}
+    for lean in (True, False):
+        eng = HFEngine(load_model(path, ModelConfig()), eos, pad, seed=7, lean=lean)
+        assert (eng.fused is not None) == lean and lean_supported(eng.model)
+        out[lean] = eng.generate(prompts, n=4, max_tokens=40, temperature=0.9)
+    a, b = out[True], out[False]
+    assert a.response_mask.shape[1] > CHUNK and int(a.truncated.sum()) <= 0.75 * a.truncated.numel()  # compacted
+    assert torch.equal(a.sequences, b.sequences) and torch.equal(a.attention_mask, b.attention_mask)
+    assert torch.equal(a.response_mask, b.response_mask)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5) and torch.allclose(a.entropy, b.entropy, atol=1e-5)
+    model = load_model(path, ModelConfig())
+    with torch.no_grad():
+        logits = response_logits(model, a.sequences, a.attention_mask, a.prompt_len)
+    assert torch.allclose(token_logprobs(logits, a.responses, 0.9) * a.response_mask, a.logprobs, atol=1e-4)
+
+
+def test_fused_weights_follow_sync(tiny_dir):
+    """The lean path's fused q/k/v and gate/up buffers are the engine model's parameters: syncing a
+    changed policy changes what is sampled, and the log-probs are the new policy's."""
+    tok, eng = _engine(tiny_dir, seed=4)
+    policy = load_model(str(tiny_dir), ModelConfig())
+    with torch.no_grad():
+        for p in policy.parameters():
+            p.mul_(1.5).add_(0.01)
+    eng.sync_weights(policy)
+    layer = eng.model.model.layers[0]
+    assert layer.self_attn.k_proj.weight.data_ptr() > layer.self_attn.q_proj.weight.data_ptr()
+    assert torch.equal(eng.fused[0][0][: layer.self_attn.q_proj.out_features], layer.self_attn.q_proj.weight)
+    ro = eng.generate(tok(["Compute 3*3.\n"], add_special_tokens=False)["input_ids"], n=4, max_tokens=10, temperature=1.0)
+    with torch.no_grad():
+        logits = response_logits(policy, ro.sequences, ro.attention_mask, ro.prompt_len)
+    assert torch.allclose(token_logprobs(logits, ro.responses, 1.0) * ro.response_mask, ro.logprobs, atol=1e-4)
+
+
+def test_lean_path_declines_what_it_does_not_reproduce(tiny_dir):
+    from skyexp.rollout.lean import lean_supported
+
+    model = load_model(str(tiny_dir), ModelConfig())
+    assert lean_supported(model)
+    model.config.use_sliding_window = True
+    assert not lean_supported(model)
+    model.config.use_sliding_window, model.config.model_type = False, "gpt2"
+    assert not lean_supported(model)

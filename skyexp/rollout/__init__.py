@@ -55,4 +55,4 @@ def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device |
                             **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS}, **common)
     from skyexp.models import load_model
 
-    return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), **common)
+    return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, **common)

@@ -4,17 +4,20 @@ The engine keeps its own unsharded copy of the policy for generation: sampling t
 through FSDP would all-gather every layer at every token. `sync_weights` refreshes the copy one
 parameter at a time after each optimizer step (the same contract a vLLM engine has).
 
-The loop calls the model directly with a KV cache instead of `generate()`: one forward per
-token, log-probs of the sampled tokens under softmax(logits / T) computed on the way, and it
-stops as soon as every row has emitted EOS. Finished rows are dropped from the batch and the
-KV cache as they accumulate, so short answers do not pay for the longest one.
+The loop calls the model one token at a time with a KV cache instead of `generate()`: log-probs
+and entropies of the sampled tokens under softmax(logits / T) are computed on the way, and it
+stops as soon as every row has emitted EOS. Each prompt runs once; its KV cache is copied to its
+n samples. Finished rows are dropped from the batch and the KV cache as they accumulate, so short
+answers do not pay for the longest one. Qwen2 / Llama / Mistral models decode through
+skyexp.rollout.lean.LeanSteps (same numbers, less overhead per token); others, or `lean=False`,
+through the model's own forward.
 """
 
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
+from skyexp.rollout.lean import LeanSteps, ModelSteps, fuse_weights, lean_supported
 from skyexp.types import Rollout
 
 COMPACT_AT = 0.75  # shrink the batch once a quarter of its rows have finished
@@ -22,7 +25,7 @@ COMPACT_AT = 0.75  # shrink the batch once a quarter of its rows have finished
 
 class HFEngine:
     def __init__(self, model: torch.nn.Module, eos_id: int, pad_id: int, seed: int = 0, max_batch: int = 256,
-                 device: torch.device | str = "cpu"):
+                 device: torch.device | str = "cpu", lean: bool = True):
         self.model = model.eval()
         self.model.config.use_cache = True
         for p in self.model.parameters():
@@ -30,6 +33,7 @@ class HFEngine:
         self.eos_id, self.pad_id, self.max_batch = eos_id, pad_id, max_batch
         self.device = torch.device(device)
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.fused = fuse_weights(self.model) if lean and lean_supported(self.model) else None
 
     def sync_weights(self, policy: torch.nn.Module) -> None:
         from skyexp.distributed import full_parameters
@@ -41,13 +45,12 @@ class HFEngine:
 
     def generate(self, prompt_ids: list[list[int]], n: int, max_tokens: int, temperature: float,
                  top_p: float = 1.0) -> Rollout:
-        rows = [p for p in prompt_ids for _ in range(n)]
-        if not rows:
+        if not prompt_ids:
             raise ValueError("generate: no prompts")
-        plen = max(len(r) for r in rows)
-        per_chunk = max(n, (self.max_batch // n) * n)  # keep each prompt's group in one chunk
-        parts = [self._sample(rows[s : s + per_chunk], plen, max_tokens, temperature, top_p)
-                 for s in range(0, len(rows), per_chunk)]
+        plen = max(len(r) for r in prompt_ids)
+        per_chunk = max(1, self.max_batch // n)  # prompts per chunk: each prompt's group stays in one chunk
+        parts = [self._sample(prompt_ids[s : s + per_chunk], n, plen, max_tokens, temperature, top_p)
+                 for s in range(0, len(prompt_ids), per_chunk)]
         width = max(p[0].shape[1] for p in parts)  # P + longest response
         def cat(i: int, w: int, fill: float) -> torch.Tensor:
             return torch.cat([_pad_right(p[i], w, fill) for p in parts])
@@ -57,49 +60,49 @@ class HFEngine:
                        entropy=cat(5, width - plen, 0))
 
     @torch.inference_mode()
-    def _sample(self, rows: list[list[int]], plen: int, max_tokens: int, temperature: float, top_p: float):
-        dev, num = self.device, len(rows)
+    def _sample(self, prompts: list[list[int]], n: int, plen: int, max_tokens: int, temperature: float, top_p: float):
+        dev, num = self.device, len(prompts) * n
+        ids = torch.full((len(prompts), plen), self.pad_id, dtype=torch.long, device=dev)
+        for i, r in enumerate(prompts):
+            ids[i, plen - len(r) :] = torch.tensor(r, dtype=torch.long)
+        prompt_attn = (torch.arange(plen, device=dev) >= plen - torch.tensor([len(r) for r in prompts], device=dev)[:, None]).long()
         seq = torch.full((num, plen + max_tokens), self.pad_id, dtype=torch.long, device=dev)
         attn = torch.zeros_like(seq)
-        for i, r in enumerate(rows):
-            seq[i, plen - len(r) : plen] = torch.tensor(r, dtype=torch.long)
-            attn[i, plen - len(r) : plen] = 1
-        positions = (attn[:, :plen].cumsum(-1) - 1).clamp(min=0)
+        seq[:, :plen], attn[:, :plen] = ids.repeat_interleave(n, 0), prompt_attn.repeat_interleave(n, 0)
         logprobs = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
         entropy = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
         resp_mask = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
         done = torch.zeros(num, dtype=torch.bool, device=dev)
-        cache = DynamicCache(config=self.model.config)
-        out = self.model(input_ids=seq[:, :plen], attention_mask=attn[:, :plen], position_ids=positions,
-                         past_key_values=cache, use_cache=True, logits_to_keep=1)
-        next_pos = attn[:, :plen].sum(-1, keepdim=True)  # [live, 1]
-        live = torch.arange(num, device=dev)  # rows still in the KV cache
-        steps = 0
+        steps = LeanSteps(self.model, self.fused, plen + max_tokens) if self.fused is not None else ModelSteps(self.model)
+        logits = steps.start(ids, prompt_attn, n)  # [num, V]
+        live = None  # rows still in the KV cache (None: all of them)
+        steps_taken = 0
         for t in range(max_tokens):
-            tok, lp, ent = sample_token(out.logits[:, -1], temperature, top_p, self.generator)
-            alive = ~done[live]
+            tok, lp, ent = sample_token(logits, temperature, top_p, self.generator)
+            rows = slice(None) if live is None else live
+            alive = ~done[rows]
             tok = torch.where(alive, tok, self.pad_id)
-            seq[live, plen + t] = tok
-            attn[live, plen + t] = alive.long()
-            resp_mask[live, t] = alive.float()
-            logprobs[live, t] = torch.where(alive, lp, 0.0)
-            entropy[live, t] = torch.where(alive, ent, 0.0)
-            done[live] |= tok == self.eos_id
-            steps = t + 1
+            seq[rows, plen + t] = tok
+            attn[rows, plen + t] = alive.long()
+            resp_mask[rows, t] = alive.float()
+            logprobs[rows, t] = torch.where(alive, lp, 0.0)
+            entropy[rows, t] = torch.where(alive, ent, 0.0)
+            done[rows] |= tok == self.eos_id
+            steps_taken = t + 1
             if bool(done.all()) or t + 1 == max_tokens:
                 break
-            still = ~done[live]
-            if int(still.sum()) <= COMPACT_AT * live.numel():
+            still = ~done[rows]
+            if int(still.sum()) <= COMPACT_AT * still.numel():
                 # drop finished rows from the cache: later tokens cost only what is still running
                 keep = still.nonzero().squeeze(1)
-                cache.batch_select_indices(keep)
-                live, tok, next_pos = live[keep], tok[keep], next_pos[keep]
-            out = self.model(input_ids=tok[:, None], attention_mask=attn[live, : plen + t + 1], position_ids=next_pos,
-                             past_key_values=cache, use_cache=True)
-            next_pos = next_pos + 1
+                steps.select(keep)
+                live = keep if live is None else live[keep]
+                tok = tok[keep]
+            logits = steps.step(tok)
         truncated = ~done
-        return (seq[:, : plen + steps].clone(), attn[:, : plen + steps].clone(), resp_mask[:, :steps].clone(),
-                logprobs[:, :steps].clone(), truncated, entropy[:, :steps].clone())
+        s = steps_taken
+        return (seq[:, : plen + s].clone(), attn[:, : plen + s].clone(), resp_mask[:, :s].clone(), logprobs[:, :s].clone(),
+                truncated, entropy[:, :s].clone())
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
