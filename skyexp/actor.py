@@ -60,12 +60,41 @@ def trim(seq: torch.Tensor, attn: torch.Tensor, resp_mask: torch.Tensor, prompt_
     return seq[:, first : prompt_len + rlen], attn[:, first : prompt_len + rlen], resp_mask[:, :rlen], prompt_len - first
 
 
-def response_logits(model: torch.nn.Module, seq: torch.Tensor, attn: torch.Tensor, prompt_len: int) -> torch.Tensor:
-    """Logits that predict each response token: [N, R, V] for seq [N, P+R]."""
-    resp_len = seq.shape[1] - prompt_len
+def response_logits(model: torch.nn.Module, seq: torch.Tensor, attn: torch.Tensor, prompt_len: int,
+                    groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Logits that predict each response token: [N, R, V] for seq [N, P+R].
+
+    With `groups` [N] (row -> group, groups numbered 0.. in order of first appearance; the rows
+    of a group share one prompt), each prompt goes through the model once: its KV cache is indexed
+    out to the group's rows and the responses run on top of it. The same function of the
+    parameters (gradients included: the indexing sums them back over the group), at the cost of
+    the prompt tokens once per group instead of once per sample."""
+    if groups is None:
+        resp_len = seq.shape[1] - prompt_len
+        positions = (attn.cumsum(-1) - 1).clamp(min=0)
+        out = model(input_ids=seq, attention_mask=attn, position_ids=positions, use_cache=False, logits_to_keep=resp_len + 1)
+        return out.logits[:, :-1]
+    from transformers import DynamicCache
+
+    groups = groups.to(seq.device)
+    first = torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1  # one row per group
+    first = torch.cat([first.new_zeros(1), first[:-1] + 1])
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    out = model(input_ids=seq, attention_mask=attn, position_ids=positions, use_cache=False, logits_to_keep=resp_len + 1)
-    return out.logits[:, :-1]
+    cache = DynamicCache(config=model.config)
+    head = model(input_ids=seq[first, :prompt_len], attention_mask=attn[first, :prompt_len],
+                 position_ids=positions[first, :prompt_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+    logits = head.logits[groups]  # [N, 1, V] predicts the first response token
+    if seq.shape[1] - prompt_len > 1:
+        cache.batch_select_indices(groups)
+        out = model(input_ids=seq[:, prompt_len:-1], attention_mask=attn[:, :-1], position_ids=positions[:, prompt_len:-1],
+                    past_key_values=cache, use_cache=True)
+        logits = torch.cat([logits, out.logits], dim=1)
+    return logits
+
+
+def _groups(idx: torch.Tensor, n: int, share: bool) -> torch.Tensor | None:
+    """Row -> group numbering of a micro-batch whose rows come group by group (see _chunks)."""
+    return torch.unique_consecutive(idx // n, return_inverse=True)[1] if share else None
 
 
 def _no_sync(model: torch.nn.Module, last: bool):
@@ -85,16 +114,16 @@ def _grad_norm_and_clip(model: torch.nn.Module, max_norm: float) -> float:
 
 @torch.no_grad()
 def forward_stats(model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device,
-                  with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+                  with_entropy: bool, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """No-grad forward pass over `rows` of the rollout: token log-probs [N, R] (and entropies
     [N, R]) at the rollout temperature; rows not in `rows` stay 0. Every rank runs the same number
     of passes (see _chunks), so it can run under FSDP."""
     logp = torch.zeros_like(rollout.logprobs)
     ent = torch.zeros_like(rollout.logprobs) if with_entropy else None
-    for idx, live in _chunks(rollout, rows, micro_batch_size, device):
+    for idx, live in _chunks(rollout, rows, micro_batch_size, device, share_prompts):
         seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], rollout.response_mask[idx],
                                    rollout.prompt_len)
-        logits = response_logits(model, seq.to(device), attn.to(device), plen)
+        logits = response_logits(model, seq.to(device), attn.to(device), plen, _groups(idx, rollout.n, share_prompts))
         if not live:
             continue
         rlen = rm.shape[1]
@@ -105,7 +134,7 @@ def forward_stats(model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, 
 
 
 def sampling_view(model: torch.nn.Module, rollout: Rollout, weights: torch.Tensor, recompute: bool, micro_batch_size: int,
-                  device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+                  device: torch.device, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Old-policy log-probs [N, R] and token entropies [N, R] of the policy that sampled the batch,
     before any optimizer step. Taken from the rollout when it carries them; otherwise one no-grad
     forward pass computes what is missing (log-probs of the rows that train, entropies of all)."""
@@ -113,7 +142,7 @@ def sampling_view(model: torch.nn.Module, rollout: Rollout, weights: torch.Tenso
         return rollout.logprobs, rollout.entropy
     need_entropy = rollout.entropy is None
     rows = torch.arange(len(weights)) if need_entropy else (weights > 0).nonzero().squeeze(1)
-    logp, ent = forward_stats(model, rollout, rows, micro_batch_size, device, need_entropy)
+    logp, ent = forward_stats(model, rollout, rows, micro_batch_size, device, need_entropy, share_prompts)
     return (logp if recompute else rollout.logprobs), (ent if need_entropy else rollout.entropy)
 
 
@@ -144,6 +173,7 @@ def rl_update(
     rule_params: dict | None = None,
     max_response_len: int | None = None,  # the length cap (Dr.GRPO's constant); default: the rollout's width
     is_weights: torch.Tensor | None = None,  # [B*n, R] truncated-IS weight of each token's loss (skyexp.algos.rollout_is)
+    share_prompts: bool = False,  # run each prompt once per micro-batch for its group (see response_logits)
 ) -> UpdateStats:
     """ppo_epochs x mini_batches optimizer steps on one rollout batch.
 
@@ -160,7 +190,7 @@ def rl_update(
     for free, how far the trainer's log-probs are from the sampler's (`rollout.logprobs`).
     """
     if entropy is None and rollout.entropy is None:
-        entropy = sampling_view(model, rollout, weights, False, micro_batch_size, device)[1]
+        entropy = sampling_view(model, rollout, weights, False, micro_batch_size, device, share_prompts)[1]
     old = rollout.logprobs if old_logprobs is None else old_logprobs
     ent_all = rollout.entropy if entropy is None else entropy
     if kl_coef > 0 and ref_logprobs is None:
@@ -188,14 +218,14 @@ def rl_update(
                 chosen[sel] = tr.select(adv_tok[sel], old[sel], ent_all[sel], loss_mask[sel], **params)
             if tr.grads_zero_advantage:
                 needed = needed | chosen[sel].any(-1)
-            chunks = _chunks(rollout, sel[needed], micro_batch_size, device)
+            chunks = _chunks(rollout, sel[needed], micro_batch_size, device, share_prompts)
             bad_loss = False
             for j, (idx, live) in enumerate(chunks):
                 seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], resp_mask[idx], rollout.prompt_len)
                 rlen = rm.shape[1]
                 with _no_sync(model, last=j == len(chunks) - 1):
                     seq, attn = seq.to(device), attn.to(device)
-                    logits = response_logits(model, seq, attn, plen)
+                    logits = response_logits(model, seq, attn, plen, _groups(idx, rollout.n, share_prompts))
                     logp = token_logprobs(logits, seq[:, plen:], rollout.temperature)
                     lm = loss_mask[idx, :rlen].to(device) * live  # live = 0: a padding micro-batch (see _chunks)
                     pg, st = tr.loss(logp, old[idx, :rlen].to(device), adv_tok[idx, :rlen].to(device),
@@ -266,13 +296,32 @@ def _mini_batches(weights: torch.Tensor, n: int, parts: int) -> list[torch.Tenso
     return [(groups[m::parts, None] * n + torch.arange(n)).flatten() for m in range(parts)]
 
 
-def _chunks(rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device) -> list[tuple[torch.Tensor, float]]:
+def _chunks(rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device,
+            by_group: bool = False) -> list[tuple[torch.Tensor, float]]:
     """Micro-batches of `rows`, length-sorted so little is spent on padding (the global normalisers
-    make the result independent of the grouping). Every rank must run the same number of
+    make the result independent of the grouping). `by_group` keeps each group's rows together and
+    in one micro-batch (sorted by the group's longest row; a micro-batch holds at least one group),
+    for prompts shared within a micro-batch. Every rank must run the same number of
     forward/backward passes (FSDP all-gathers inside them), so a rank with fewer rows pads with
     micro-batches of one row whose loss is multiplied by 0. Returns [(row indices, live)]."""
-    order = rows[torch.argsort(rollout.attention_mask[rows].sum(-1), stable=True)]
-    chunks = [(c, 1.0) for c in order.split(micro_batch_size) if c.numel()]
+    lengths = rollout.attention_mask[rows].sum(-1)
+    if not by_group:
+        order = rows[torch.argsort(lengths, stable=True)]
+        chunks = [(c, 1.0) for c in order.split(micro_batch_size) if c.numel()]
+    else:
+        group = rows // rollout.n
+        longest = torch.zeros(rollout.sequences.shape[0] // rollout.n + 1, dtype=lengths.dtype)
+        longest = longest.scatter_reduce(0, group, lengths, "amax")[group]
+        order = rows[torch.argsort(longest * (group.max() + 1 if group.numel() else 1) + group, stable=True)]
+        sizes = torch.unique_consecutive(order // rollout.n, return_counts=True)[1].tolist()
+        chunks, start, cur = [], 0, 0
+        for size in sizes:
+            if cur and cur + size > micro_batch_size:
+                chunks.append((order[start : start + cur], 1.0))
+                start, cur = start + cur, 0
+            cur += size
+        if cur:
+            chunks.append((order[start : start + cur], 1.0))
     most = int(all_reduce_max(len(chunks), device))
     return chunks + [(torch.zeros(1, dtype=torch.long), 0.0)] * (most - len(chunks))
 

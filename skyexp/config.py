@@ -217,7 +217,10 @@ class TrainerConfig:
     warmup_steps: int = 0
     grad_clip: float = 1.0
     micro_batch_size: int = 64  # sequences per forward/backward in the update
-    fsdp: bool = True
+    # Forward each prompt once for the samples of its group in a micro-batch (same gradient, the
+    # prompt tokens' cost paid once per group instead of n times; skyexp.actor.response_logits).
+    share_prompts: bool = True
+    fsdp: bool = True  # shard the policy with FSDP2 over the ranks (a single process trains it unsharded)
     cache_dir: str = ""  # SFT results and built models; empty: $SKYEXP_CACHE or ~/.cache/skyexp
     save_final: bool = True  # export the final policy in Hugging Face format
     # Checkpoints (skyexp.checkpoint) go to <run dir>/checkpoints: every save_every RL steps, at

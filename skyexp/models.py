@@ -4,7 +4,8 @@ A real model is a hub id or a local directory (`model.path`). The tiny model is 
 (no download): a Qwen2-architecture causal LM of ~1.8M parameters with a byte-level BPE
 tokenizer using Qwen's own pre-tokenizer, so AutoTokenizer (which for model_type qwen2 rebuilds
 Qwen's digit-splitting pre-tokenizer) reloads it with identical ids. It is saved in Hugging Face
-format under the cache directory, keyed by its architecture, and reused.
+format under the cache directory, keyed by its architecture, and reused. `load_policy` and
+`load_reference` give the training copies (FSDP2-sharded across ranks).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -145,6 +147,27 @@ def load_model(path: str, cfg: ModelConfig, device: torch.device | str = "cpu"):
         model.gradient_checkpointing_enable()
     model.config.use_cache = False
     return model.to(device)
+
+
+def load_policy(path: str, cfg: Any, d: Any) -> torch.nn.Module:
+    """The policy (cfg: the Config, d: the Dist), FSDP2-sharded over the ranks. One process trains
+    the plain model: sharding over a world of one only copies parameters and gradients."""
+    from skyexp.distributed import shard
+
+    policy = load_model(path, cfg.model, d.device)
+    if cfg.trainer.fsdp and d.world_size > 1:
+        shard(policy, d)
+    return policy
+
+
+def load_reference(path: str, cfg: Any, d: Any) -> torch.nn.Module:
+    """A frozen copy of the policy for the KL term, sharded like the policy."""
+    from skyexp.distributed import shard
+
+    ref = load_model(path, cfg.model, d.device).eval().requires_grad_(False)
+    if cfg.trainer.fsdp and d.world_size > 1:
+        shard(ref, d)
+    return ref
 
 
 def num_params(model: torch.nn.Module) -> int:

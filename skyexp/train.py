@@ -85,7 +85,7 @@ class Timer:
 
 
 def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
-    cfg, t, dev, mb = run.cfg, Timer(), run.d.device, run.cfg.trainer.micro_batch_size
+    cfg, t, dev, mb, share = run.cfg, Timer(), run.d.device, run.cfg.trainer.micro_batch_size, run.cfg.trainer.share_prompts
     a, e = cfg.algo, cfg.entropy
     stage = replace(stage, temperature=temperature_at(cfg, stage, run.rl_step))  # the loss uses the rollout's
     with t("step"):
@@ -93,7 +93,7 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
         run.solved = merge(run.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
         ro, weights = batch.rollout, batch.row_weights(masks_truncated(cfg, stage))  # [G*n]
         with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
-            old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev)
+            old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev, share)
         with t("ref"):
             ref_logp = reference_logprobs(run, ro, weights)  # None unless a KL term is on
         is_w = ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
@@ -107,7 +107,7 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
         with t("update"):
             stats = rl_update(run.policy, rl.opt, ro, adv, weights, a, coef, mb, cfg.trainer.grad_clip, run.d.world_size, dev,
                               old_logprobs=old_logp, entropy=ent, ref_logprobs=ref_logp, kl_coef=kl_loss_coef, rule=e.name,
-                              rule_params=asdict(e), max_response_len=stage.max_response_len,
+                              rule_params=asdict(e), max_response_len=stage.max_response_len, share_prompts=share,
                               is_weights=is_w if a.rollout_is != "none" else None)
         with t("sync"):
             run.engine.sync_weights(run.policy)
@@ -129,8 +129,9 @@ def reference_logprobs(run: Run, ro, weights: torch.Tensor) -> torch.Tensor | No
     """The reference policy's log-probs [G*n, R] on the rows that train; None without a reference."""
     if run.ref is None:
         return None
-    return forward_stats(run.ref, ro, (weights > 0).nonzero().squeeze(1), run.cfg.trainer.micro_batch_size, run.d.device,
-                         False)[0]
+    t = run.cfg.trainer
+    return forward_stats(run.ref, ro, (weights > 0).nonzero().squeeze(1), t.micro_batch_size, run.d.device, False,
+                         t.share_prompts)[0]
 
 
 def run_rl(run: Run, rl: RLState, sigterm: lifecycle.SigtermFlag) -> str | None:
@@ -207,9 +208,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     reward = build_reward(cfg.reward)  # the scoring pool starts while the model loads
     sft_dir = sft.cache_dir(cfg, base)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
-    policy = models.load_model(start, cfg.model, d.device)
-    if cfg.trainer.fsdp:
-        distributed.shard(policy, d)
+    policy = models.load_policy(start, cfg, d)
     try:
         engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     except BaseException:
@@ -236,7 +235,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
                 summary["sft_cached"] = bool(cfg.sft.steps) and start != base
                 summary["sft_dir"] = str(sft_dir) if cfg.sft.steps else None
         if cfg.algo.kl_coef > 0:  # the reference is the policy RL starts from (after SFT)
-            run.ref = load_reference(_reference_path(cfg, base, sft_dir), cfg, d)
+            run.ref = models.load_reference(_reference_path(cfg, base, sft_dir), cfg, d)
         if not resume:
             with _phase(summary, "eval_before"):
                 before = evaluate(run, eval_problems, "before") if cfg.eval.before else None
@@ -289,14 +288,6 @@ def _reference_path(cfg: Config, base: str, sft_dir: Path) -> str:
         raise ConfigError(f"config key 'trainer.resume': the KL reference is the SFT result {sft_dir}, which is gone; "
                           "rerun SFT with the same config (same cache dir) or set algo.kl_coef=0")
     return str(sft_dir)
-
-
-def load_reference(path: str, cfg: Config, d: distributed.Dist) -> torch.nn.Module:
-    """A frozen copy of the policy for the KL term, sharded like the policy."""
-    ref = models.load_model(path, cfg.model, d.device).eval().requires_grad_(False)
-    if cfg.trainer.fsdp:
-        distributed.shard(ref, d)
-    return ref
 
 
 @contextmanager

@@ -37,7 +37,8 @@ def main(model_dir: str, batch_path: str, out_path: str) -> None:
         ref = data["ref"][rows] if case.get("kl_coef") else None
         stats = rl_update(policy, opt, local, data["adv"][rows], data["weights"][rows], AlgoConfig(**case["algo"]),
                           case.get("coef", 0.0), case["micro_batch_size"], 0.0, d.world_size, d.device, ref_logprobs=ref,
-                          kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"))
+                          kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"),
+                          share_prompts=case.get("share", False))
         state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         out[name] = {"params": state, "pg_loss": stats.pg_loss, "entropy": stats.entropy, "kl_ref": stats.kl_ref}
     if d.is_main:

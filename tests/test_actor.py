@@ -153,12 +153,14 @@ def batch(setup):
     return policy, ro, adv, weights, d
 
 
+@pytest.mark.parametrize("share", [False, True], ids=["per_row", "shared_prompts"])
 @pytest.mark.parametrize("case", ["plain", "entropy_bonus", "kl_loss", "seq-mean-token-sum-norm", "epochs_minibatches",
                                   "kl_cov", "clip_cov", "high_entropy_tokens", "rollout_is"])
-def test_update_equals_reference(batch, case):
+def test_update_equals_reference(batch, case, share):
     """Micro-batches of 3 rows, zero-gradient rows skipped, global normalisers: the same parameters as
     the plain full-batch computation, for each term and token rule. kl_cov with noisy old log-probs
-    gives zero-advantage rows a gradient: they must not be skipped."""
+    gives zero-advantage rows a gradient: they must not be skipped. With shared prompts a micro-batch
+    holds whole groups (4 rows here, over the size of 3) and runs each prompt once."""
     policy, ro, adv, weights, d = batch
     algo, kw = AlgoConfig(), {}
     torch.manual_seed(9)
@@ -187,7 +189,8 @@ def test_update_equals_reference(batch, case):
     torch.manual_seed(123)
     st = rl_update(p, opt, ro, adv, weights, algo, kw.get("coef", 0.0), 3, 0.0, 1, d.device, old_logprobs=kw.get("old"),
                    ref_logprobs=kw.get("ref"), kl_coef=kw.get("kl_coef", 0.0), rule=kw.get("rule", "none"),
-                   rule_params=kw.get("params"), max_response_len=kw.get("max_len"), is_weights=kw.get("isw"))
+                   rule_params=kw.get("params"), max_response_len=kw.get("max_len"), is_weights=kw.get("isw"),
+                   share_prompts=share)
     _same(p, expected)
     assert any(not torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
     # groups are dealt to mini-batches in turn: with 2 of them, group 1 (all-zero advantages) sits
@@ -215,9 +218,30 @@ def test_old_policy_is_the_sampler_for_every_minibatch(batch):
     assert abs(st1.ppo_kl) < 1e-5  # one on-policy step: the ratio is 1 up to float noise
 
 
-def test_recomputed_old_logprobs_match_the_engine(batch):
+def test_shared_prompt_logits_equal_the_plain_forward(batch):
+    """Each prompt once, its KV cache indexed out to its group: the logits and the gradient of the
+    plain forward pass over every row."""
+    from skyexp.actor import _groups
+
+    policy, ro, *_ = batch
+    rows = torch.tensor([0, 1, 3, 4, 8, 9, 10])  # groups of 2, 2 and 3 rows (skipped rows leave uneven groups)
+    seq, attn = ro.sequences[rows], ro.attention_mask[rows]
+    grads = []
+    for groups in (None, _groups(rows, ro.n, True)):
+        p = copy.deepcopy(policy)
+        logits = response_logits(p, seq, attn, ro.prompt_len, groups)
+        (logits * torch.linspace(-1, 1, logits.shape[-1])).sum().backward()
+        grads.append((logits.detach(), [q.grad for q in p.parameters()]))
+    (a, ga), (b, gb) = grads
+    assert a.shape == b.shape == (7, ro.response_mask.shape[1], a.shape[-1])
+    assert torch.allclose(a, b, atol=1e-5)
+    assert all(torch.allclose(x, y, atol=1e-4, rtol=1e-4) for x, y in zip(ga, gb))
+
+
+@pytest.mark.parametrize("share", [False, True])
+def test_recomputed_old_logprobs_match_the_engine(batch, share):
     policy, ro, adv, weights, d = batch
-    old, ent = sampling_view(policy, ro, weights, True, 5, d.device)
+    old, ent = sampling_view(policy, ro, weights, True, 5, d.device, share)
     trained = ro.response_mask * weights[:, None]
     assert torch.allclose(old * trained, ro.logprobs * trained, atol=1e-4)
     assert (old * (1 - weights[:, None])).abs().sum() == 0  # filtered rows are not recomputed

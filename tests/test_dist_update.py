@@ -25,6 +25,9 @@ CASES = {
     "seq_mean_offpolicy": {"algo": {"loss_agg": "seq-mean-token-mean", "mini_batches": 2, "ppo_epochs": 2},
                            "micro_batch_size": 2, "single_mbs": 16},
     "dr_grpo_norm": {"algo": {"loss_agg": "seq-mean-token-sum-norm"}, "max_len": 16, "micro_batch_size": 4, "single_mbs": 1},
+    # prompts shared within a group (two forwards per micro-batch under FSDP): ranks hold 2 and 1
+    # trained groups after the zero-advantage group is skipped, so one rank pads a micro-batch
+    "shared_prompts": {"algo": {}, "coef": 0.0, "micro_batch_size": 4, "single_mbs": 9, "share": True},
 }
 
 
@@ -53,7 +56,8 @@ def test_two_ranks_equal_one(tiny_dir, dist1, tmp_path):
         p = copy.deepcopy(base)
         st = rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(**case["algo"]),
                        case.get("coef", 0.0), case["single_mbs"], 0.0, 1, dist1.device, ref_logprobs=ref if case.get("kl_coef") else None,
-                       kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"))
+                       kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"),
+                       share_prompts=case.get("share", False))
         theirs = two[name]["params"]
         moved = False
         for k, v in p.state_dict().items():
