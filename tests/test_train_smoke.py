@@ -86,3 +86,26 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
     f.write_text("".join(json.dumps({"problem": "x"}) + "\n" for _ in range(10)))
     r = run_skyexp(args, tmp_path / "bad")
     assert r.returncode == 2 and "10 of 10 rows are unusable" in r.stderr and "row 0" in r.stderr
+
+
+@pytest.mark.slow
+def test_fast_paths_keep_a_seeded_runs_metrics(tmp_path):
+    """The speed-ups (lean decoding, prompts shared in the update) change no result: a seeded run
+    samples the same tokens and logs the same metrics as the plain paths (model forward per token,
+    every row's prompt in the update), up to float rounding."""
+    args = ["sft=none", "algo=grpo", "entropy=fixed", "entropy.coef=0.01", "context.stages.0.steps=3", "algo.batch_size=4",
+            "algo.n=4", "context.stages.0.max_response_len=24", "eval.before=false", "eval.after=false", "logger=local",
+            "logger.progress=false", "trainer.save_final=false", "trainer.lr=1e-3", "trainer.micro_batch_size=6"]
+    runs = {}
+    for name, extra in (("fast", []), ("plain", ["rollout.lean=false", "trainer.share_prompts=false"])):
+        r = run_skyexp(args + extra, tmp_path / name)
+        assert r.returncode == 0, r.stderr[-3000:]
+        rows = [json.loads(x) for x in (only_run_dir(tmp_path / name) / "metrics.jsonl").read_text().splitlines()]
+        runs[name] = [x for x in rows if "actor/pg_loss" in x]
+    assert len(runs["fast"]) == len(runs["plain"]) == 3
+    for fast, plain in zip(runs["fast"], runs["plain"]):
+        for key in ("response_length/mean", "response_length/clip_ratio", "critic/score/mean", "batch/solve_none"):
+            assert fast[key] == plain[key], key  # the same samples
+        for key in ("actor/entropy", "actor/pg_loss", "actor/ppo_kl", "critic/advantages/std"):
+            assert fast[key] == pytest.approx(plain[key], abs=1e-5), key
+        assert fast["actor/grad_norm"] > 0 and fast["actor/grad_norm"] == pytest.approx(plain["actor/grad_norm"], rel=1e-4)
