@@ -68,13 +68,20 @@ METRICS = [
     "mfu_gen",
     "mfu_update",
     "mfu_step",
+    "mfu_step_distinct",
 ]
 
 
-def derive(rec: dict[str, float], n_params: int, peak: float) -> dict[str, float]:
-    """Rates of one measured step: tokens/s per phase, MFU per phase (peak in GFLOP/s)."""
+def derive(rec: dict[str, float], n_params: int, peak: float, n: int) -> dict[str, float]:
+    """Rates of one measured step: tokens/s per phase, MFU per phase (peak in GFLOP/s).
+
+    MFU counts every row's prompt and response tokens (the issue's count, what a framework that
+    runs each row on its own executes). `mfu_step_distinct` counts each prompt once per group
+    (n samples): the FLOPs skyexp executes, since it shares prompts in generation and update."""
     gen_f, upd_f = step_flops(n_params, rec["seq_tokens"])
+    distinct = rec["gen_tokens"] + (rec["seq_tokens"] - rec["gen_tokens"]) / n
     out = dict(rec)
+    out["mfu_step_distinct"] = sum(step_flops(n_params, distinct)) / rec["step_s"] / (peak * 1e9)
     out["gen_tok_s"] = rec["gen_tokens"] / rec["gen_s"]
     out["update_tok_s"] = rec["seq_tokens"] / rec["update_s"]
     out["mfu_gen"] = gen_f / rec["gen_s"] / (peak * 1e9)
@@ -114,7 +121,7 @@ def measure(
         "trl_checkpointing": trl.checkpointing,
     }
     for side in (sky, trl):
-        recs = [derive(r, side.n_params, peak) for r in side.steps[warmup:]]
+        recs = [derive(r, side.n_params, peak, work.samples) for r in side.steps[warmup:]]
         result[side.name] = {"steps": recs, **{k: summarise([r[k] for r in recs]) for k in METRICS}}
     pairs = [
         t["step_s"] / s["step_s"] for s, t in zip(result["skyexp"]["steps"], result["trl"]["steps"])
@@ -166,26 +173,27 @@ def _ratio_line(r: dict[str, Any]) -> str:
 
 
 def table(main: dict[str, dict]) -> str:
-    head = (
-        f"{'work':24s} {'framework':9s} {'step s median [min-max]':>26s} {'gen tok/s':>10s} {'upd tok/s':>10s} "
-        f"{'MFU gen':>8s} {'MFU upd':>8s} {'MFU step':>8s}"
-    )
-    lines = [head, "-" * len(head)]
+    """The main runs as a Markdown table (medians over the measured steps)."""
+    lines = [
+        "| work | framework | step s, median [min-max] | gen s | update s | gen tok/s | update tok/s "
+        "| MFU gen | MFU update | MFU step (distinct) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for label, r in main.items():
         for f in ("skyexp", "trl"):
-            m = r[f]
-            st = m["step_s"]
+            m = {k: v["median"] for k, v in r[f].items() if k != "steps"}
+            st = r[f]["step_s"]
             lines.append(
-                f"{label:24s} {f:9s} {st['median']:9.3f} [{st['min']:.3f}-{st['max']:.3f}]".ljust(
-                    61
-                )
-                + f"{m['gen_tok_s']['median']:10.0f} {m['update_tok_s']['median']:10.0f} "
-                f"{m['mfu_gen']['median']:8.1%} {m['mfu_update']['median']:8.1%} {m['mfu_step']['median']:8.1%}"
+                f"| {label} | {f} | {st['median']:.3f} [{st['min']:.3f}-{st['max']:.3f}] | {m['gen_s']:.3f} "
+                f"| {m['update_s']:.3f} | {m['gen_tok_s']:.0f} | {m['update_tok_s']:.0f} | {m['mfu_gen']:.1%} "
+                f"| {m['mfu_update']:.1%} | {m['mfu_step']:.1%} ({m['mfu_step_distinct']:.1%}) |"
             )
+    lines.append("")
+    for label, r in main.items():
         sp = r["speedup_pairs"]
         lines.append(
-            f"{'':24s} speed-up (TRL / skyexp median step) {r['speedup']:.2f}x; per interleaved pair "
-            f"{sp['median']:.2f}x [{sp['min']:.2f}-{sp['max']:.2f}]; load {r['load_before']} -> {r['load_after']}"
+            f"- {label}: TRL / skyexp median step {r['speedup']:.2f}x (per interleaved pair {sp['median']:.2f}x, "
+            f"{sp['min']:.2f}-{sp['max']:.2f}); load average {r['load_before']} -> {r['load_after']}"
         )
     return "\n".join(lines)
 
@@ -290,7 +298,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = max(peak_start["peak"], peak_end["peak"])
     for r in main_runs.values():  # MFU against the better of the two peak measurements
         for f in ("skyexp", "trl"):
-            r[f]["steps"] = [derive(s, r["params"], peak) for s in r[f]["steps"]]
+            r[f]["steps"] = [
+                derive(s, r["params"], peak, r["work"]["samples"]) for s in r[f]["steps"]
+            ]
             r[f].update({k: summarise([s[k] for s in r[f]["steps"]]) for k in METRICS})
     host = platform.node() or "host"
     out_dir = Path(a.out_dir)
