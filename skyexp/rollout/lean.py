@@ -149,7 +149,7 @@ class LeanSteps:
             x = x + _linear(layer.self_attn.o_proj, o.transpose(1, 2).reshape(g, plen, hq * d))
             x = x + self._mlp(layer, w_gu, x)
         # additive attention mask over the cache: -inf on prompt padding and on columns not written yet
-        self.bias = torch.full((g * n, self.cap), float("-inf"), device=dev)
+        self.bias = torch.full((g * n, self.cap), float("-inf"), device=dev, dtype=x.dtype)
         self.bias[:, :plen].masked_fill_(attn.repeat_interleave(n, 0) == 1, 0.0)
         self.pos = attn.sum(-1).repeat_interleave(n, 0)  # [rows] position of the next token
         return self._logits(x[:, -1]).repeat_interleave(n, 0)
@@ -177,7 +177,10 @@ class LeanSteps:
                 * self.scale
                 + bias
             )
-            o = torch.bmm(torch.softmax(s, dim=-1).view(rows * hk, hq // hk, self.cap), self.v[i])
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(
+                x.dtype
+            )  # as the model's eager attention
+            o = torch.bmm(p.view(rows * hk, hq // hk, self.cap), self.v[i])
             x = x + _linear(layer.self_attn.o_proj, o.view(rows, hq * d))
             x = x + self._mlp(layer, w_gu, x)
         self.len, self.pos = t + 1, self.pos + 1
