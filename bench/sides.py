@@ -57,29 +57,33 @@ class SkyexpSide:
 
     def __init__(self, work: Work, cache_dir: str, threads: int, run_dir: Path):
         from skyexp import distributed, models
-        from skyexp.data import PromptSampler, load_task
-        from skyexp.models import load_policy
+        from skyexp.data import load_task
+        from skyexp.lifecycle import make_rl_state
         from skyexp.rollout import engine_for
-        from skyexp.train import Run, make_optimizer, plan_stages
+        from skyexp.train import Run, plan_stages
 
         self.cfg = cfg = compose_config(work, cache_dir, threads)
         d = distributed.setup(cfg.trainer.device, cfg.trainer.threads)
         self.path = models.resolve_path(cfg.model, cfg.trainer.cache_dir)
         self.tokenizer = models.load_tokenizer(self.path, cfg.model)
-        policy = load_policy(self.path, cfg, d)
-        self.engine = RecordingEngine(
-            engine_for(cfg, self.path, self.tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
-        )
+        policy = models.load_policy(self.path, cfg, d)
+        seed = cfg.trainer.seed * 1000 + d.rank
+        self.engine = RecordingEngine(engine_for(cfg, self.path, self.tokenizer, d.device, seed))
         self.run = Run(
-            cfg, d, run_dir, self.tokenizer, policy, self.engine, ParityReward(), NullLogger()
+            cfg,
+            d,
+            run_dir,
+            self.tokenizer,
+            policy,
+            self.engine,
+            ParityReward(),
+            NullLogger(),
+            entropy_coef=cfg.entropy.coef,
         )
-        self.opt = make_optimizer(cfg, policy)
-        self.run.entropy_coef = cfg.entropy.coef
+        # optimizer, LR schedule and prompt sampler, as train() builds them
+        self.rl = make_rl_state(cfg, policy, load_task(cfg.data).train, d.rank, d.world_size)
         policy.train()
         self.stage = plan_stages(cfg)[0]
-        self.sampler = PromptSampler(
-            load_task(cfg.data).train, cfg.trainer.seed, d.rank, d.world_size, cfg.data.shuffle
-        )
         self.n_params = matmul_params(self.engine.model)
         self.steps: list[dict[str, float]] = []
         self.prompts: list = []
@@ -88,7 +92,7 @@ class SkyexpSide:
         from skyexp.train import rl_step
 
         t = time.perf_counter()
-        m = rl_step(self.run, self.stage, self.sampler, self.opt)
+        m = rl_step(self.run, self.stage, self.rl)
         step_s = time.perf_counter() - t
         self.run.rl_step += 1
         ro = self.engine.last
