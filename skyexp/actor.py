@@ -299,29 +299,15 @@ def _mini_batches(weights: torch.Tensor, n: int, parts: int) -> list[torch.Tenso
 def _chunks(rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device,
             by_group: bool = False) -> list[tuple[torch.Tensor, float]]:
     """Micro-batches of `rows`, length-sorted so little is spent on padding (the global normalisers
-    make the result independent of the grouping). `by_group` keeps each group's rows together and
-    in one micro-batch (sorted by the group's longest row; a micro-batch holds at least one group),
-    for prompts shared within a micro-batch. Every rank must run the same number of
-    forward/backward passes (FSDP all-gathers inside them), so a rank with fewer rows pads with
-    micro-batches of one row whose loss is multiplied by 0. Returns [(row indices, live)]."""
-    lengths = rollout.attention_mask[rows].sum(-1)
-    if not by_group:
-        order = rows[torch.argsort(lengths, stable=True)]
-        chunks = [(c, 1.0) for c in order.split(micro_batch_size) if c.numel()]
-    else:
-        group = rows // rollout.n
-        longest = torch.zeros(rollout.sequences.shape[0] // rollout.n + 1, dtype=lengths.dtype)
-        longest = longest.scatter_reduce(0, group, lengths, "amax")[group]
-        order = rows[torch.argsort(longest * (group.max() + 1 if group.numel() else 1) + group, stable=True)]
-        sizes = torch.unique_consecutive(order // rollout.n, return_counts=True)[1].tolist()
-        chunks, start, cur = [], 0, 0
-        for size in sizes:
-            if cur and cur + size > micro_batch_size:
-                chunks.append((order[start : start + cur], 1.0))
-                start, cur = start + cur, 0
-            cur += size
-        if cur:
-            chunks.append((order[start : start + cur], 1.0))
+    make the result independent of the grouping). `by_group` orders each micro-batch's rows group
+    by group, for prompts shared within a micro-batch (a group split over two micro-batches runs
+    its prompt in each). Every rank must run the same number of forward/backward passes (FSDP
+    all-gathers inside them), so a rank with fewer rows pads with micro-batches of one row whose
+    loss is multiplied by 0. Returns [(row indices, live)]."""
+    order = rows[torch.argsort(rollout.attention_mask[rows].sum(-1), stable=True)]
+    chunks = [(c, 1.0) for c in order.split(micro_batch_size) if c.numel()]
+    if by_group:
+        chunks = [(c[torch.argsort(c // rollout.n, stable=True)], live) for c, live in chunks]
     most = int(all_reduce_max(len(chunks), device))
     return chunks + [(torch.zeros(1, dtype=torch.long), 0.0)] * (most - len(chunks))
 

@@ -159,8 +159,8 @@ def batch(setup):
 def test_update_equals_reference(batch, case, share):
     """Micro-batches of 3 rows, zero-gradient rows skipped, global normalisers: the same parameters as
     the plain full-batch computation, for each term and token rule. kl_cov with noisy old log-probs
-    gives zero-advantage rows a gradient: they must not be skipped. With shared prompts a micro-batch
-    holds whole groups (4 rows here, over the size of 3) and runs each prompt once."""
+    gives zero-advantage rows a gradient: they must not be skipped. With shared prompts each micro-batch
+    runs the prompt of each group it holds rows of once (groups of 4 split over micro-batches of 3)."""
     policy, ro, adv, weights, d = batch
     algo, kw = AlgoConfig(), {}
     torch.manual_seed(9)

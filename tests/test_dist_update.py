@@ -25,9 +25,9 @@ CASES = {
     "seq_mean_offpolicy": {"algo": {"loss_agg": "seq-mean-token-mean", "mini_batches": 2, "ppo_epochs": 2},
                            "micro_batch_size": 2, "single_mbs": 16},
     "dr_grpo_norm": {"algo": {"loss_agg": "seq-mean-token-sum-norm"}, "max_len": 16, "micro_batch_size": 4, "single_mbs": 1},
-    # prompts shared within a group (two forwards per micro-batch under FSDP): ranks hold 2 and 1
-    # trained groups after the zero-advantage group is skipped, so one rank pads a micro-batch
-    "shared_prompts": {"algo": {}, "coef": 0.0, "micro_batch_size": 4, "single_mbs": 9, "share": True},
+    # prompts shared within a micro-batch (two forwards per micro-batch under FSDP): ranks hold 4 and
+    # 7 trained rows after the zero-advantage group is skipped, so one rank pads a micro-batch
+    "shared_prompts": {"algo": {}, "coef": 0.0, "micro_batch_size": 3, "single_mbs": 9, "share": True},
 }
 
 
