@@ -83,7 +83,10 @@ def fuse_weights(model: torch.nn.Module) -> list[tuple]:
 
 
 def _rms(x: torch.Tensor, norm: torch.nn.Module) -> torch.Tensor:
-    # Qwen2RMSNorm / LlamaRMSNorm, op for op
+    # Qwen2RMSNorm / LlamaRMSNorm (computed in fp32, scaled in the model's dtype); in fp32 the fused
+    # kernel gives the same bits as the module's four ops, in one call
+    if x.dtype == torch.float32:
+        return F.rms_norm(x, norm.weight.shape, norm.weight, norm.variance_epsilon)
     h = x.to(torch.float32)
     h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)
     return norm.weight * h.to(x.dtype)
