@@ -157,3 +157,19 @@ def test_lean_path_declines_what_it_does_not_reproduce(tiny_dir):
     assert not lean_supported(model)
     model.config.use_sliding_window, model.config.model_type = False, "gpt2"
     assert not lean_supported(model)
+
+
+def test_draw_samples_the_distribution():
+    """Inverse-CDF draws: frequencies match the probabilities (unnormalised rows too), zero-mass
+    tokens never come up, the same seed gives the same draws, and a long flat tail keeps its mass."""
+    from skyexp.rollout.hf import draw
+
+    p = torch.tensor([0.5, 0.3, 0.0, 0.15, 0.05])
+    tok = draw((2 * p).repeat(40000, 1), torch.Generator().manual_seed(0))
+    freq = torch.bincount(tok, minlength=5).float() / tok.numel()
+    assert torch.allclose(freq, p, atol=0.01) and freq[2] == 0
+    assert torch.equal(tok[:100], draw((2 * p).repeat(100, 1), torch.Generator().manual_seed(0)))
+    tail = torch.full((8, 200_000), 0.5 / 199_999)  # half the mass spread thinly over 200k tokens
+    tail[:, 0] = 0.5
+    hits = torch.cat([draw(tail, torch.Generator().manual_seed(s)) for s in range(100)])
+    assert abs(float((hits > 0).float().mean()) - 0.5) < 0.06

@@ -123,8 +123,20 @@ def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generat
             sorted_p, idx = probs.sort(-1, descending=True)
             keep = (sorted_p.cumsum(-1) - sorted_p) < top_p  # always keeps the top token
             probs = torch.zeros_like(probs).scatter(-1, idx, sorted_p * keep)
-        tok = torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+        tok = draw(probs, generator)
     return tok, logp.gather(-1, tok[:, None]).squeeze(-1), entropy
+
+
+def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """One token per row of probs [N, V] (rows need not sum to 1), by inverse CDF: the first index
+    whose cumulative mass exceeds u * total, u ~ U[0, 1). The distribution of
+    torch.multinomial(probs, 1), from one uniform per row instead of one exponential per
+    vocabulary entry (on CPU the exponentials cost more than a tiny model's forward step). The
+    cumulative sum is in float64 so that the tail of a large vocabulary keeps its mass. Zero-mass
+    tokens are never drawn. Draws differ from torch.multinomial's for the same seed."""
+    cdf = probs.double().cumsum(-1)
+    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
+    return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 
 def _pad_right(x: torch.Tensor, width: int, value: float) -> torch.Tensor:
