@@ -96,29 +96,27 @@ def _linear(lin: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     return F.linear(x, lin.weight, lin.bias)  # the module's own function, without module dispatch
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    return x * cos + torch.cat((-x[..., half:], x[..., :half]), dim=-1) * sin
+def _rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    # the model's x * cos + rotate_half(x) * sin, bit for bit: rotate_half(x) = [-x2, x1] and
+    # roll(x) = [x2, x1], the sign moved into signed_sin = [-sin1, sin2] (negation is exact)
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 class LeanSteps:
     def __init__(self, model: torch.nn.Module, fused: list[tuple], max_len: int):
         c = model.config
         self.model, self.fused, self.inner = model, fused, model.model
-        self.heads, self.kv_heads = (
-            c.num_attention_heads,
-            c.num_key_value_heads or c.num_attention_heads,
-        )
+        self.heads = c.num_attention_heads
+        self.kv_heads = c.num_key_value_heads or c.num_attention_heads
         self.head_dim = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
         self.scale = self.head_dim**-0.5
         probe = self.inner.embed_tokens.weight
         cos, sin = self.inner.rotary_emb(
             probe[:1, None], torch.arange(max_len, device=probe.device)[None]
         )
-        self.cos, self.sin = (
-            cos[0],
-            sin[0],
-        )  # [max_len, D] rotary tables (with the rope type's scaling)
+        half = self.head_dim // 2
+        # [max_len, D] rotary tables (with the rope type's scaling); sin with the sign of rotate_half
+        self.cos, self.sin = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
     @torch.inference_mode()
     def start(self, ids: torch.Tensor, attn: torch.Tensor, n: int) -> torch.Tensor:
@@ -132,9 +130,8 @@ class LeanSteps:
         mask = (causal & attn[:, None, :].bool()) | torch.eye(plen, dtype=torch.bool, device=dev)
         x = self.inner.embed_tokens(ids)
         self.rows, self.len, self.cap = g * n, plen, plen + CHUNK
-        self.k = [
-            x.new_zeros(g * n * hk, self.cap, d) for _ in self.fused
-        ]  # [rows*heads, cap, D] per layer
+        # per layer [rows * KV heads, cap, D]
+        self.k = [x.new_zeros(g * n * hk, self.cap, d) for _ in self.fused]
         self.v = [x.new_zeros(g * n * hk, self.cap, d) for _ in self.fused]
         for i, (layer, (w_qkv, b_qkv, w_gu)) in enumerate(zip(self.inner.layers, self.fused)):
             qkv = (
@@ -167,23 +164,25 @@ class LeanSteps:
         hq, hk, d = self.heads, self.kv_heads, self.head_dim
         cos, sin = self.cos[self.pos][:, None], self.sin[self.pos][:, None]  # [rows, 1, D]
         self.bias[:, t] = 0.0
-        bias = self.bias[:, None, None]  # [rows, 1, 1, cap]
+        g = hq // hk  # query heads per KV head
+        bias = (
+            self.bias[:, None, None].expand(rows, hk, g, self.cap).reshape(rows * hk, g, self.cap)
+        )
         x = self.inner.embed_tokens(tok)
         for i, (layer, (w_qkv, b_qkv, w_gu)) in enumerate(zip(self.inner.layers, self.fused)):
             qkv = F.linear(_rms(x, layer.input_layernorm), w_qkv, b_qkv).view(rows, hq + 2 * hk, d)
             qk = _rotate(qkv[:, : hq + hk], cos, sin)
-            self.k[i][:, t] = qk[:, hq:].reshape(rows * hk, d)
-            self.v[i][:, t] = qkv[:, hq + hk :].reshape(rows * hk, d)
-            q = qk[:, :hq].reshape(rows * hk, hq // hk, d)
-            s = (
-                torch.bmm(q, self.k[i].transpose(1, 2)).view(rows, hk, hq // hk, self.cap)
-                * self.scale
-                + bias
+            self.k[i].view(rows, hk, self.cap, d)[:, :, t] = qk[:, hq:]
+            self.v[i].view(rows, hk, self.cap, d)[:, :, t] = qkv[:, hq + hk :]
+            s = torch.baddbmm(
+                bias,
+                qk[:, :hq].reshape(rows * hk, g, d),
+                self.k[i].transpose(1, 2),
+                alpha=self.scale,
             )
-            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(
-                x.dtype
-            )  # as the model's eager attention
-            o = torch.bmm(p.view(rows * hk, hq // hk, self.cap), self.v[i])
+            # softmax in fp32, as the model's eager attention
+            p = torch.softmax(s, dim=-1, dtype=torch.float32).to(x.dtype)
+            o = torch.bmm(p, self.v[i])  # [rows * hk, g, d]
             x = x + _linear(layer.self_attn.o_proj, o.view(rows, hq * d))
             x = x + self._mlp(layer, w_gu, x)
         self.len, self.pos = t + 1, self.pos + 1
@@ -191,9 +190,8 @@ class LeanSteps:
 
     def select(self, keep: torch.Tensor) -> None:
         hk = self.kv_heads
-        idx = (
-            keep[:, None] * hk + torch.arange(hk, device=keep.device)
-        ).flatten()  # cache rows of the kept rows
+        # the cache rows of the kept rows
+        idx = (keep[:, None] * hk + torch.arange(hk, device=keep.device)).flatten()
         self.k, self.v = [k[idx] for k in self.k], [v[idx] for v in self.v]
         self.bias, self.pos, self.rows = self.bias[keep], self.pos[keep], keep.numel()
 
