@@ -74,6 +74,7 @@ def compose_config(work: Work, cache_dir: str, threads: int) -> Any:
         f"trainer.threads={threads}",
         f"trainer.cache_dir={cache_dir}",
         "trainer.micro_batch_size=64",
+        "trainer.fsdp=false",  # one process, as TRL: FSDP2 over a world of one only copies tensors
         "trainer.warmup_steps=0",
         "data.train_size=2000",
         "eval.before=false",

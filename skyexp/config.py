@@ -30,6 +30,7 @@ from skyexp.config_data import (
     validate_sft,
 )
 from skyexp.config_eval import QWEN_MATH_COT, EvalConfig, validate_eval
+from skyexp.config_names import registry_names
 
 # The data-side schemas (data, sft, filter, distill) live in config_data, the eval schema in
 # config_eval; importable from here too.
@@ -220,7 +221,7 @@ class TrainerConfig:
     # Forward each prompt once for the samples of its group in a micro-batch (same gradient, the
     # prompt tokens' cost paid once per group instead of n times; skyexp.actor.response_logits).
     share_prompts: bool = True
-    fsdp: bool = True  # shard the policy with FSDP2 over the ranks (a single process trains it unsharded)
+    fsdp: bool = True  # shard the policy with FSDP2 over the ranks (false: the plain model, one process only)
     cache_dir: str = ""  # SFT results and built models; empty: $SKYEXP_CACHE or ~/.cache/skyexp
     save_final: bool = True  # export the final policy in Hugging Face format
     # Checkpoints (skyexp.checkpoint) go to <run dir>/checkpoints: every save_every RL steps, at
@@ -276,61 +277,20 @@ def to_typed(cfg: DictConfig | dict, schema: type = Config) -> Config:
     return typed
 
 
-def _registry_names(kind: str) -> list[str]:
-    # Imported here so `config` stays importable without torch-heavy modules at import time.
-    if kind == "algo":
-        from skyexp.algos.advantages import ADVANTAGES
-
-        return sorted(ADVANTAGES)
-    if kind == "loss_agg":
-        from skyexp.algos.losses import AGGREGATIONS
-
-        return sorted(AGGREGATIONS)
-    if kind == "entropy":
-        from skyexp.algos.entropy import CONTROLLERS
-
-        return sorted(CONTROLLERS)
-    if kind == "filter":
-        from skyexp.algos.filters import FILTERS
-
-        return sorted(FILTERS)
-    if kind == "kl":
-        from skyexp.algos.kl import KL_ESTIMATORS
-
-        return sorted(KL_ESTIMATORS)
-    if kind == "rollout_is":
-        from skyexp.algos.rollout_is import ROLLOUT_IS
-
-        return sorted(ROLLOUT_IS)
-    if kind == "rollout":
-        from skyexp.rollout import ENGINE_NAMES
-
-        return sorted(ENGINE_NAMES)
-    if kind == "data":
-        from skyexp.data import SOURCE_NAMES
-
-        return sorted(SOURCE_NAMES)
-    if kind == "reward_term":
-        from skyexp.rewards.terms import REWARD_TERMS
-
-        return sorted(REWARD_TERMS)
-    raise KeyError(kind)
-
-
 def _check(cond: bool, key: str, msg: str) -> None:
     if not cond:
         raise ConfigError(f"config key '{key}': {msg}")
 
 
 def _check_name(value: str, key: str, kind: str) -> None:
-    names = _registry_names(kind)
+    names = registry_names(kind)
     _check(value in names, key, f"unknown value '{value}'; valid options: {', '.join(names)}")
 
 
 def validate(c: Config) -> None:
     """Cross-field checks. Each failure names the offending key."""
     _check_name(c.algo.advantage, "algo.advantage", "algo")
-    advantages = _registry_names("algo")
+    advantages = registry_names("algo")
     _check(c.algo.name not in advantages or c.algo.name == c.algo.advantage, "algo.name",
            f"'{c.algo.name}' names an advantage estimator but algo.advantage is '{c.algo.advantage}': pick the preset "
            f"(algo={c.algo.name}) or set algo.advantage={c.algo.name}")
@@ -404,6 +364,8 @@ def check_world(c: Config, world_size: int) -> None:
                f"must divide the per-rank prompt batch ({bs // world_size})")
     _check(c.algo.gen_batch_size % world_size == 0, "algo.gen_batch_size",
            f"generation batch {c.algo.gen_batch_size} is not divisible by {world_size} ranks")
+    _check(c.trainer.fsdp or world_size == 1, "trainer.fsdp",
+           f"false trains an unsharded copy per rank and nothing would reduce gradients across {world_size} ranks")
 
 
 def config_hash(*parts: Any) -> str:

@@ -116,6 +116,10 @@ def test_world_size_divisibility():
     with pytest.raises(ConfigError, match="algo.batch_size"):
         check_world(c, 2)
     check_world(c, 1)
+    plain = to_typed(compose_cfg(["trainer.fsdp=false"]))
+    check_world(plain, 1)  # one process may train the plain model
+    with pytest.raises(ConfigError, match="trainer.fsdp"):
+        check_world(plain, 2)  # nothing would all-reduce the gradients
 
 
 def test_cli_rejects_unknown_algo_fast(tmp_path):
