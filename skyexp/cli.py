@@ -43,8 +43,17 @@ def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("swee
     return ",".join(sorted(kept)) or None
 
 
-def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
-    """A main() running `job(typed_config, run_dir, plain_config)` under Hydra."""
+def hydra_command(
+    job: Callable[..., Any],
+    config_name: str = "train",
+    schema: type | None = None,
+    prog: str = "skyexp",
+    prepare: Callable[[Any], tuple] | None = None,
+) -> Callable[[], Any]:
+    """A main() running `job(typed_config, *prepare(typed_config), run_dir, plain_config)` under Hydra
+    with conf/<config_name>.yaml checked against `schema` (default: the training Config).
+    `prepare` runs in the Hydra context before anything loads: its ConfigError is an invalid config
+    like the schema's own. Config, data and missing-extra errors print `<prog>: ...` and exit 2."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import DictConfig, OmegaConf
@@ -55,29 +64,31 @@ def hydra_command(job: Callable[[Any, Path, dict], Any]) -> Callable[[], Any]:
     @hydra.main(
         version_base="1.3",
         config_path=str(Path(__file__).resolve().parent.parent / "conf"),
-        config_name="train",
+        config_name=config_name,
     )
     def entry(cfg: DictConfig):
-        from skyexp.config import ConfigError, to_typed
+        from skyexp.config import Config, ConfigError, to_typed
         from skyexp.data import DataError
         from skyexp.rollout import MissingExtraError
 
         if cfg.logger.run_name is None:  # a sweep's runs are named by what the sweep changed
             cfg.logger.run_name = run_name_from_overrides(list(HydraConfig.get().overrides.task))
         try:
-            typed = to_typed(cfg)
+            typed = to_typed(cfg, schema or Config)
+            extra = prepare(typed) if prepare else ()
         except ConfigError as e:
-            print(f"skyexp: invalid config: {e}", file=sys.stderr)
+            print(f"{prog}: invalid config: {e}", file=sys.stderr)
             sys.exit(2)
         quiet_libraries()
         try:
             return job(
                 typed,
+                *extra,
                 Path(HydraConfig.get().runtime.output_dir),
                 OmegaConf.to_container(cfg, resolve=True),
             )
         except (ConfigError, DataError, MissingExtraError) as e:  # MissingExtraError: e.g. rollout=vllm without vllm
-            print(f"skyexp: {e}", file=sys.stderr)
+            print(f"{prog}: {e}", file=sys.stderr)
             sys.exit(2)
 
     return entry

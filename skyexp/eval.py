@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import re
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -137,46 +136,21 @@ def evaluate_all(
         reward.close()
 
 
-def _hydra_entry():
+def _benchmarks(cfg: EvalRunConfig) -> tuple[list[EvalConfig]]:
+    """The benchmarks of the command line, composed in the running Hydra context."""
     import hydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import DictConfig, OmegaConf
+    from omegaconf import OmegaConf
 
-    from skyexp.cli import quiet_libraries, register_schema
-
-    register_schema()
-
-    @hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
-    def entry(cfg: DictConfig):
-        from skyexp.data import DataError
-
-        # unresolved, so an interpolation like ${eval.name} is re-resolved for each benchmark
-        overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-        try:
-            typed = to_typed(cfg, EvalRunConfig)
-            evals = resolve_benchmarks(
-                typed, overrides, lambda o: hydra.compose(config_name="eval", overrides=o)
-            )
-        except ConfigError as e:
-            print(f"skyexp.eval: invalid config: {e}", file=sys.stderr)
-            sys.exit(2)
-        quiet_libraries()
-        try:
-            return evaluate_all(
-                typed,
-                evals,
-                Path(HydraConfig.get().runtime.output_dir),
-                OmegaConf.to_container(cfg, resolve=True),
-            )
-        except (ConfigError, DataError) as e:
-            print(f"skyexp.eval: {e}", file=sys.stderr)
-            sys.exit(2)
-
-    return entry
+    # unresolved, so an interpolation like ${eval.name} is re-resolved for each benchmark
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
+    return (resolve_benchmarks(cfg, overrides, lambda o: hydra.compose(config_name="eval", overrides=o)),)
 
 
 def main() -> None:
-    _hydra_entry()()
+    from skyexp.cli import hydra_command
+
+    hydra_command(evaluate_all, config_name="eval", schema=EvalRunConfig, prog="skyexp.eval", prepare=_benchmarks)()
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ import logging
 import random
 import shutil
 import time
+import warnings
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -149,7 +150,9 @@ def run_rl(run: Run, rl: RLState, sigterm: lifecycle.SigtermFlag) -> str | None:
             metrics = rl_step(run, stage, rl)
             lifecycle.count_faults(cfg, rl, metrics)
             metrics["actor/lr"] = rl.sched.get_last_lr()[0]
-            rl.sched.step()
+            with warnings.catch_warnings():  # the schedule counts RL steps, also ones whose update was skipped
+                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+                rl.sched.step()
             run.log(metrics)
             run.history.append({k: metrics[k] for k in ("train/rl_step", "actor/entropy", "critic/score/mean")})
             run.rl_step += 1

