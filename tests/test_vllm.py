@@ -135,3 +135,31 @@ def test_vllm_engine_suite_in_a_vllm_venv():
     assert (
         re.search(r"\d+ passed", summary) and "skipped" not in summary and "failed" not in summary
     ), tail
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_sync_hides_only_the_expected_reload_warnings(tied):
+    """Every sync makes vLLM warn for the rotary table and a tied LM head (no tensors of their own);
+    those are dropped, a warning for any other layer (a weight the sync missed) is not."""
+    import logging
+
+    from skyexp.rollout.vllm import RELOAD_LOGGER, _quiet_expected_reload_warnings
+
+    log = logging.getLogger(RELOAD_LOGGER)
+    seen: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: seen.append(record.getMessage())
+    log.addHandler(handler)
+    try:
+        _quiet_expected_reload_warnings(tied)
+        _quiet_expected_reload_warnings(tied)  # a second engine replaces the filter, not stacks it
+        for layer in ("RotaryEmbedding", "ParallelLMHead", "QKVParallelLinear"):
+            log.warning("%s: Failed to load weights", layer)
+        log.warning("something else about %s", "RotaryEmbedding")
+    finally:
+        log.removeHandler(handler)
+        for f in list(log.filters):
+            log.removeFilter(f)
+    expected = ([] if tied else ["ParallelLMHead: Failed to load weights"]) + [
+        "QKVParallelLinear: Failed to load weights", "something else about RotaryEmbedding"]
+    assert seen == expected

@@ -23,6 +23,7 @@ KV cache (level 1) for the update, and wakes them for the next sync and generate
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 from collections.abc import Iterable, Iterator
@@ -84,14 +85,16 @@ class VLLMEngine:
             raise ValueError(
                 "rollout.sleep=true needs a GPU: vLLM's sleep mode is not supported on CPU"
             )
+        hf_config = _hf_config(path, trust_remote_code)
         if self.device.type == "cpu":
-            _check_cpu_head_size(path, trust_remote_code)
+            _check_cpu_head_size(path, hf_config)
         self.eos_id, self.pad_id, self.sleep = eos_id, pad_id, sleep
         self.tp_group, tp_rank, backend = _tensor_parallel_group(tensor_parallel_size)
         # streaming weights by reference needs the engine core in this process
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm = import_vllm()
+        _quiet_expected_reload_warnings(bool(getattr(hf_config, "tie_word_embeddings", False)))
         if self.device.type == "cpu" and not kv_cache_gb:
             kv_cache_gb = CPU_KV_CACHE_GB
         kwargs: dict[str, Any] = dict(
@@ -286,12 +289,15 @@ def _to_rollout(
     )
 
 
-def _check_cpu_head_size(path: str, trust_remote_code: bool) -> None:
-    """vLLM's CPU attention kernels take head sizes that are multiples of 16 from 32 up; others fail
-    at the first generate, deep inside vLLM."""
+def _hf_config(path: str, trust_remote_code: bool) -> Any:
     from transformers import AutoConfig
 
-    c = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    return AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+
+
+def _check_cpu_head_size(path: str, c: Any) -> None:
+    """vLLM's CPU attention kernels take head sizes that are multiples of 16 from 32 up; others fail
+    at the first generate, deep inside vLLM."""
     heads = getattr(c, "num_attention_heads", 0)
     size = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else 0)
     if size and (size % 16 or size < 32):
@@ -300,6 +306,31 @@ def _check_cpu_head_size(path: str, trust_remote_code: bool) -> None:
             f"{size} (hidden {c.hidden_size} / {heads} heads). For the tiny model set model.num_heads "
             "so hidden_size / num_heads is one (e.g. 160 / 5 = 32)"
         )
+
+
+RELOAD_LOGGER = "vllm.model_executor.model_loader.reload.layerwise"
+
+
+class _ExpectedReloadWarnings(logging.Filter):
+    """vLLM's in-place reload warns "<Layer>: Failed to load weights" for each layer the streamed
+    state dict has no tensor for. Two are expected at every sync and would fill the log: rotary
+    embeddings (their cos/sin table is computed, never trained) and an LM head tied to the
+    embeddings (its weight is the embedding matrix; _repack_tied_weights redoes its processing).
+    Any other layer's warning still shows: it would mean a weight the sync missed."""
+
+    def __init__(self, layers: frozenset[str]):
+        super().__init__()
+        self.layers = layers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.layers)
+
+
+def _quiet_expected_reload_warnings(tied_head: bool) -> None:
+    log = logging.getLogger(RELOAD_LOGGER)
+    for f in [f for f in log.filters if isinstance(f, _ExpectedReloadWarnings)]:
+        log.removeFilter(f)  # one engine per process; a later one may have another head
+    log.addFilter(_ExpectedReloadWarnings(frozenset({"RotaryEmbedding"} | ({"ParallelLMHead"} if tied_head else set()))))
 
 
 def _tensor_parallel_group(tp: int) -> tuple[Any, int, str | None]:
