@@ -2,44 +2,23 @@
 
 from __future__ import annotations
 
+import importlib
+
+# kind -> (module, registry): imported on use so `config` stays importable without torch-heavy modules
+REGISTRIES = {
+    "algo": ("skyexp.algos.advantages", "ADVANTAGES"),
+    "loss_agg": ("skyexp.algos.losses", "AGGREGATIONS"),
+    "entropy": ("skyexp.algos.entropy", "CONTROLLERS"),
+    "filter": ("skyexp.algos.filters", "FILTERS"),
+    "kl": ("skyexp.algos.kl", "KL_ESTIMATORS"),
+    "rollout_is": ("skyexp.algos.rollout_is", "ROLLOUT_IS"),
+    "rollout": ("skyexp.rollout", "ENGINE_NAMES"),
+    "data": ("skyexp.data", "SOURCE_NAMES"),
+    "reward_term": ("skyexp.rewards.terms", "REWARD_TERMS"),
+}
+
 
 def registry_names(kind: str) -> list[str]:
-    """The valid names of one registry (`kind`), for config checks that list the options."""
-    # Imported here so `config` stays importable without torch-heavy modules at import time.
-    if kind == "algo":
-        from skyexp.algos.advantages import ADVANTAGES
-
-        return sorted(ADVANTAGES)
-    if kind == "loss_agg":
-        from skyexp.algos.losses import AGGREGATIONS
-
-        return sorted(AGGREGATIONS)
-    if kind == "entropy":
-        from skyexp.algos.entropy import CONTROLLERS
-
-        return sorted(CONTROLLERS)
-    if kind == "filter":
-        from skyexp.algos.filters import FILTERS
-
-        return sorted(FILTERS)
-    if kind == "kl":
-        from skyexp.algos.kl import KL_ESTIMATORS
-
-        return sorted(KL_ESTIMATORS)
-    if kind == "rollout_is":
-        from skyexp.algos.rollout_is import ROLLOUT_IS
-
-        return sorted(ROLLOUT_IS)
-    if kind == "rollout":
-        from skyexp.rollout import ENGINE_NAMES
-
-        return sorted(ENGINE_NAMES)
-    if kind == "data":
-        from skyexp.data import SOURCE_NAMES
-
-        return sorted(SOURCE_NAMES)
-    if kind == "reward_term":
-        from skyexp.rewards.terms import REWARD_TERMS
-
-        return sorted(REWARD_TERMS)
-    raise KeyError(kind)
+    """The valid names of one registry (`kind`, a key of REGISTRIES), for checks that list the options."""
+    module, attr = REGISTRIES[kind]
+    return sorted(getattr(importlib.import_module(module), attr))

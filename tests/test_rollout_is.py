@@ -71,37 +71,18 @@ def test_update_measures_the_sampler_mismatch(batch):
     """The first mini-batch's forward runs before any optimizer step, so it compares the trainer's
     log-probs with the sampler's: ~0 for the exact hf engine, the injected offset otherwise."""
     policy, ro, adv, d = batch
-    st = rl_update(
-        policy,
-        torch.optim.SGD(policy.parameters(), lr=0.0),
-        ro,
-        adv,
-        torch.ones(8),
-        AlgoConfig(),
-        0.0,
-        3,
-        0.0,
-        1,
-        d.device,
-    )
+
+    def update(rollout):  # lr 0: the forward passes only
+        opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+        return rl_update(policy, opt, rollout, adv, torch.ones(8), AlgoConfig(), 0.0, 3, 0.0, 1, d.device)
+
+    st = update(ro)
     assert st.sampler_logprob_diff_max < 1e-4
     off = (
         ro.logprobs - 0.25 * ro.response_mask
     )  # a sampler that gives every token e^-0.25 of the probability
     off[0, 0] -= 0.5
-    st = rl_update(
-        policy,
-        torch.optim.SGD(policy.parameters(), lr=0.0),
-        dataclasses.replace(ro, logprobs=off),
-        adv,
-        torch.ones(8),
-        AlgoConfig(),
-        0.0,
-        3,
-        0.0,
-        1,
-        d.device,
-    )
+    st = update(dataclasses.replace(ro, logprobs=off))
     tokens = float(ro.response_mask.sum())
     assert st.sampler_logprob_diff == pytest.approx(0.25 + 0.5 / tokens, abs=1e-4)
     assert st.sampler_logprob_diff_max == pytest.approx(0.75, abs=1e-4)
