@@ -277,8 +277,15 @@ def _flat(x: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: json.dumps(x, sort_keys=True) if isinstance(x, list) else x}
 
 
+def rewind_logs(run_dir: Path, global_step: int) -> int:
+    """Rewind metrics.jsonl and every tables/*.jsonl (sample completions) of a run directory to its
+    checkpoint (see rewind_metrics). Returns how many rows were dropped in all."""
+    files = [run_dir / "metrics.jsonl", *sorted((run_dir / "tables").glob("*.jsonl"))]
+    return sum(rewind_metrics(f, global_step) for f in files)
+
+
 def rewind_metrics(path: Path, global_step: int) -> int:
-    """Drop the rows a killed run logged after its checkpoint from metrics.jsonl (they are logged
+    """Drop the rows a killed run logged after its checkpoint from a JSONL log (they are logged
     again by the resumed run). Returns how many were dropped."""
     if not path.exists():
         return 0

@@ -219,7 +219,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         raise
     saved = checkpoint.read_state(resume) if resume else {}
     if cfg.trainer.resume and d.is_main:  # rows logged after the checkpoint (all of them without one) go
-        lifecycle.rewind_metrics(run_dir / "metrics.jsonl", saved.get("global_step", 0))
+        lifecycle.rewind_logs(run_dir, saved.get("global_step", 0))
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id"))
     run = Run(cfg, d, run_dir, tokenizer, policy, engine, reward, logger, entropy_coef=cfg.entropy.coef,
               eval_problems=eval_problems)

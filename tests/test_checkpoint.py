@@ -134,6 +134,11 @@ def test_rewind_metrics_drops_rows_logged_after_the_checkpoint(tmp_path):
     assert lifecycle.rewind_metrics(f, 4) == 3
     assert [json.loads(x)["step"] for x in f.read_text().splitlines()] == [0, 1, 2, 3]
     assert lifecycle.rewind_metrics(tmp_path / "none.jsonl", 1) == 0
+    (tmp_path / "tables").mkdir()
+    (tmp_path / "tables" / "samples.completions.jsonl").write_text("".join(
+        json.dumps({"step": s, "prompt": "p"}) + "\n" for s in (1, 1, 5, 6)))
+    assert lifecycle.rewind_logs(tmp_path, 2) == 2 + 2  # metrics rows 2, 3; table rows of steps 5, 6
+    assert [json.loads(x)["step"] for x in (tmp_path / "tables" / "samples.completions.jsonl").read_text().splitlines()] == [1, 1]
 
 
 def test_config_changes_are_named():

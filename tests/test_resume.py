@@ -25,7 +25,8 @@ ARGS = ["sft=none", "eval.before=false", "eval.after=false", "logger.progress=fa
         "trainer.threads=1", "trainer.lr=1e-3", "trainer.warmup_steps=2", "trainer.micro_batch_size=16",
         "context=tiny_3stage", *[f"context.stages.{i}.steps={s}" for i, s in enumerate(STEPS)],
         *[f"context.stages.{i}.max_response_len={n}" for i, n in enumerate((16, 24, 32))],
-        "reward=cosine", "entropy=adaptive", "entropy.target=9.0", "trainer.save_every=2", "trainer.keep_last=2"]
+        "reward=cosine", "entropy=adaptive", "entropy.target=9.0", "trainer.save_every=2", "trainer.keep_last=2",
+        "logger.samples_every=1", "logger.samples_rows=3"]
 RESUME = ["trainer.resume=auto"]
 
 
@@ -117,6 +118,9 @@ def assert_same_run(resumed: Path, reference: Path) -> None:
         assert g == w, {k: (g.get(k), w.get(k)) for k in set(g) | set(w) if g.get(k) != w.get(k)}
     from safetensors.torch import load_file
 
+    table = "tables/samples.completions.jsonl"  # rewound with metrics.jsonl: no step twice, none lost
+    got_rows, want_rows = ((p / table).read_text().splitlines() for p in (resumed, reference))
+    assert got_rows == want_rows and len(want_rows) == 3 * sum(STEPS)
     a, b = load_file(resumed / "final" / "model.safetensors"), load_file(reference / "final" / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
