@@ -120,10 +120,13 @@ def test_weights_sync_in_place_after_an_update(engine, tok, tiny_dir, dist1):
     assert torch.equal(logits.argmax(-1)[m], g.responses[m]) and (lp - g.logprobs).abs().max() < TOL
 
 
-def test_rl_steps_with_rollout_vllm(tmp_path):
+@pytest.mark.parametrize("ranks", [1, 2], ids=["one_process", "torchrun_2"])
+def test_rl_steps_with_rollout_vllm(tmp_path, ranks):
     """The real loop with rollout=vllm: SFT warm-up, eval, 3 RL steps, each synced into vLLM. The
     trainer's recomputed log-probs match vLLM's at every step, so every sync landed (the entropy
-    bonus gives every step a gradient, so the weights do change); the truncated-IS weights are ~1."""
+    bonus gives every step a gradient, so the weights do change); the truncated-IS weights are ~1.
+    Under torchrun each rank drives its own engine, fed from the FSDP2 shards by all-gather; the
+    logged gap is the maximum over the ranks, so one stale engine would show."""
     args = [
         "rollout=vllm",
         "rollout.enforce_eager=true",
@@ -144,7 +147,7 @@ def test_rl_steps_with_rollout_vllm(tmp_path):
         "entropy=fixed",
         "entropy.coef=0.01",
     ]
-    r = run_skyexp(args, tmp_path, timeout=1200, env={"OMP_NUM_THREADS": "1"})
+    r = run_skyexp(args, tmp_path, timeout=1200, env={"OMP_NUM_THREADS": "1"}, torchrun=ranks if ranks > 1 else 0)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     run_dir = only_run_dir(tmp_path)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -157,4 +160,5 @@ def test_rl_steps_with_rollout_vllm(tmp_path):
     assert all(x["actor/grad_norm"] > 0 and x["actor/optimizer_steps"] == 1 for x in rl)
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rollout"] == "vllm" and "pass@1_after" in summary and summary["rl_steps"] == 3
+    assert summary["world_size"] == ranks
     assert (run_dir / "final" / "config.json").exists()
