@@ -211,8 +211,8 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     reward = build_reward(cfg.reward)  # the scoring pool starts while the model loads
     sft_dir = sft.cache_dir(cfg, base)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
-    policy = models.load_policy(start, cfg, d)
     try:
+        policy = models.load_policy(start, cfg, d)
         engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     except BaseException:
         reward.close()  # its worker processes would outlive the failed start
