@@ -205,13 +205,15 @@ def rl_update(
     adv_tok = advantages[:, None].expand_as(loss_mask)
     chosen = torch.zeros_like(loss_mask, dtype=torch.bool)
     # pg, clip_lo, clip_hi, dual, rule-selected, tokens(loss) | ppo_kl, kl_ref, tokens(forward)
-    sums = torch.zeros(9, dtype=torch.float64)
+    # accumulated on the device and read once per mini-batch (no host sync per micro-batch)
+    sums = torch.zeros(9, dtype=torch.float64, device=device)
     norms: list[float] = []
     skipped = 0
-    diff = torch.zeros(3, dtype=torch.float64)  # |trainer - sampler| log-prob: sum, tokens, max (first mini-batch)
+    diff = torch.zeros(3, dtype=torch.float64, device=device)  # |trainer - sampler| log-prob: sum, tokens, max (first mini-batch)
     for _epoch in range(algo.ppo_epochs):
         for m, sel in enumerate(_mini_batches(weights, rollout.n, algo.mini_batches)):
-            glob = all_reduce_sum([loss_mask[sel].sum().item(), float(weights[sel].sum().item())], device)
+            sel_tokens = loss_mask[sel].sum().item()
+            glob = all_reduce_sum([sel_tokens, float(weights[sel].sum().item())], device)
             norm = dict(num_tokens=float(glob[0]), num_seqs=float(glob[1]), max_len=max_len)
             needed = grad_rows[sel]
             if tr.select is not None and _epoch == 0:
@@ -219,7 +221,7 @@ def rl_update(
             if tr.grads_zero_advantage:
                 needed = needed | chosen[sel].any(-1)
             chunks = _chunks(rollout, sel[needed], micro_batch_size, device, share_prompts)
-            bad_loss = False
+            bad_loss = torch.zeros((), dtype=torch.bool, device=device)
             for j, (idx, live) in enumerate(chunks):
                 seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], resp_mask[idx], rollout.prompt_len)
                 rlen = rm.shape[1]
@@ -239,20 +241,20 @@ def rl_update(
                     if kl_coef > 0:
                         loss = loss + kl_coef * agg(kl, lm, **norm)
                     (loss * world_size).backward()
-                    bad_loss = bad_loss or not bool(torch.isfinite(loss))
+                    bad_loss |= ~torch.isfinite(loss.detach())
                 with torch.no_grad():
                     if _epoch == 0 and m == 0:
                         gap = (logp - rollout.logprobs[idx, :rlen].to(device)).abs() * lm
-                        diff[0], diff[1] = diff[0] + float(gap.sum()), diff[1] + float(lm.sum())
-                        diff[2] = max(float(diff[2]), float(gap.max()))
+                        diff += torch.stack([gap.sum(), lm.sum(), torch.zeros_like(lm.sum())]).double()
+                        diff[2] = torch.maximum(diff[2], gap.max().double())
                     sums += torch.stack([(pg * lm).sum(), (st["clipped_low"] * lm).sum(), (st["clipped_high"] * lm).sum(),
                                          (st["dual_clipped"] * lm).sum(), (chosen[idx, :rlen].to(device) * lm).sum(),
-                                         lm.new_zeros(()), (st["approx_kl"] * lm).sum(), (kl * lm).sum(), lm.sum()]).double().cpu()
-            sums[5] += loss_mask[sel].sum().item()
+                                         lm.new_zeros(()), (st["approx_kl"] * lm).sum(), (kl * lm).sum(), lm.sum()]).double()
+            sums[5] += sel_tokens
             if chunks and norm["num_tokens"] > 0:
                 gn = _grad_norm_and_clip(model, grad_clip)
                 # a non-finite loss or gradient on any rank skips this optimizer step everywhere
-                if all_reduce_max(float(bad_loss or not math.isfinite(gn)), device) == 0:
+                if all_reduce_max(float(bool(bad_loss) or not math.isfinite(gn)), device) == 0:
                     norms.append(gn)
                     optimizer.step()
                 else:

@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from skyexp.actor import global_token_mean
 from skyexp.algos.rollout_is import is_weight_stats
 from skyexp.collect import StepBatch
 from skyexp.config import AlgoConfig
@@ -114,7 +115,7 @@ def mismatch_metrics(
     old_logp: torch.Tensor,  # [G*n, R] the old-policy log-probs the update used
     sampler_logp: torch.Tensor,  # [G*n, R] the engine's sampling log-probs
     trained: torch.Tensor,  # [G*n, R] 1 on tokens that train
-    is_w: torch.Tensor,  # [G*n, R] truncated-IS weights (ones without the correction)
+    is_w: torch.Tensor | None,  # [G*n, R] truncated-IS weights; None without the correction
     stats: UpdateStats,
     device: torch.device,
 ) -> dict[str, float]:
@@ -123,12 +124,11 @@ def mismatch_metrics(
     update forwarded (UpdateStats). Plus the truncated-IS weights when the correction is on."""
     if a.old_logprobs == "recompute":
         gap = (old_logp - sampler_logp).abs() * trained
-        tot = all_reduce_sum([float(gap.sum()), float(trained.sum())], device)
-        out = {"rollout/logprob_diff": float(tot[0]) / max(float(tot[1]), 1.0),
+        out = {"rollout/logprob_diff": global_token_mean((old_logp - sampler_logp).abs(), trained, device),
                "rollout/logprob_diff_max": all_reduce_max(float(gap.max()) if gap.numel() else 0.0, device)}
     else:
         out = {"rollout/logprob_diff": stats.sampler_logprob_diff, "rollout/logprob_diff_max": stats.sampler_logprob_diff_max}
-    if a.rollout_is != "none":
+    if a.rollout_is != "none" and is_w is not None:
         w_sum, at_cap, tokens = all_reduce_sum(list(is_weight_stats(is_w, trained, a.rollout_is_cap)), device).tolist()
         out["rollout/is_weight_mean"] = w_sum / max(tokens, 1.0)
         out["rollout/is_truncated_frac"] = at_cap / max(tokens, 1.0)

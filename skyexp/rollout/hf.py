@@ -71,7 +71,6 @@ class HFEngine:
         seq[:, :plen], attn[:, :plen] = ids.repeat_interleave(n, 0), prompt_attn.repeat_interleave(n, 0)
         logprobs = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
         entropy = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
-        resp_mask = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
         done = torch.zeros(num, dtype=torch.bool, device=dev)
         steps = LeanSteps(self.model, self.fused, plen + max_tokens) if self.fused is not None else ModelSteps(self.model)
         logits = steps.start(ids, prompt_attn, n)  # [num, V]
@@ -83,16 +82,16 @@ class HFEngine:
             alive = ~done[rows]
             tok = torch.where(alive, tok, self.pad_id)
             seq[rows, plen + t] = tok
-            attn[rows, plen + t] = alive.long()
-            resp_mask[rows, t] = alive.float()
+            attn[rows, plen + t] = alive.long()  # also the response mask
             logprobs[rows, t] = torch.where(alive, lp, 0.0)
             entropy[rows, t] = torch.where(alive, ent, 0.0)
-            done[rows] |= tok == self.eos_id
+            still = alive & (tok != self.eos_id)  # rows outside `live` finished earlier
+            done[rows] = ~still
+            left = int(still.sum())  # the one host sync per token
             steps_taken = t + 1
-            if bool(done.all()) or t + 1 == max_tokens:
+            if left == 0 or t + 1 == max_tokens:
                 break
-            still = ~done[rows]
-            if int(still.sum()) <= COMPACT_AT * still.numel():
+            if left <= COMPACT_AT * still.numel():
                 # drop finished rows from the cache: later tokens cost only what is still running
                 keep = still.nonzero().squeeze(1)
                 steps.select(keep)
@@ -101,7 +100,7 @@ class HFEngine:
             logits = steps.step(tok)
         truncated = ~done
         s = steps_taken
-        return (seq[:, : plen + s].clone(), attn[:, : plen + s].clone(), resp_mask[:, :s].clone(), logprobs[:, :s].clone(),
+        return (seq[:, : plen + s].clone(), attn[:, : plen + s].clone(), attn[:, plen : plen + s].float(), logprobs[:, :s].clone(),
                 truncated, entropy[:, :s].clone())
 
 

@@ -129,7 +129,7 @@ class LeanSteps:
         # pad queries see themselves only (their outputs are never used): no row is all -inf
         mask = (causal & attn[:, None, :].bool()) | torch.eye(plen, dtype=torch.bool, device=dev)
         x = self.inner.embed_tokens(ids)
-        self.rows, self.len, self.cap = g * n, plen, plen + CHUNK
+        self.len, self.cap = plen, plen + CHUNK
         # per layer [rows * KV heads, cap, D]
         self.k = [x.new_zeros(g * n * hk, self.cap, d) for _ in self.fused]
         self.v = [x.new_zeros(g * n * hk, self.cap, d) for _ in self.fused]
@@ -193,7 +193,7 @@ class LeanSteps:
         # the cache rows of the kept rows
         idx = (keep[:, None] * hk + torch.arange(hk, device=keep.device)).flatten()
         self.k, self.v = [k[idx] for k in self.k], [v[idx] for v in self.v]
-        self.bias, self.pos, self.rows = self.bias[keep], self.pos[keep], keep.numel()
+        self.bias, self.pos = self.bias[keep], self.pos[keep]
 
     def _grow(self) -> None:
         """More cache columns, by a quarter of the cache (at least CHUNK): each column is copied
