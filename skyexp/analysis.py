@@ -20,7 +20,11 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from skyexp.cli import run_name_from_overrides  # the name a run had on W&B
+from skyexp.cli import (  # run_name: the name it had on W&B
+    override_key,
+    run_name_from_overrides,
+    swept_overrides,
+)
 
 RL_STEP = "train/rl_step"
 _PASS = re.compile(r"^val/(?P<bench>[^/]+)/pass@(?P<k>\d+)$")
@@ -95,7 +99,7 @@ def summary_frame(runs: list[RunData]) -> pd.DataFrame:
     """One row per run: name, the swept values (one column per override key), summary.json."""
     rows = []
     for r in runs:
-        swept = dict(o.lstrip("+~").split("=", 1) for o in r.overrides if "=" in o and o.lstrip("+~").split("=")[0] not in ("sweep", "experiment"))
+        swept = {override_key(o): o.split("=", 1)[1] for o in swept_overrides(r.overrides) if "=" in o}
         rows.append({"run": r.name, **swept, **r.summary})
     return pd.DataFrame(rows)
 

@@ -63,7 +63,10 @@ def is_complete(path: Path) -> bool:
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
     """The run's complete checkpoints, oldest first."""
-    root = run_dir / CKPT_DIR
+    return _complete_in(run_dir / CKPT_DIR)
+
+
+def _complete_in(root: Path) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted((p for p in root.iterdir() if is_complete(p)), key=step_of)
@@ -143,8 +146,7 @@ def _write_synced(path: Path, text: str) -> None:
 
 def prune(root: Path, keep_last: int) -> list[Path]:
     """Delete all but the newest `keep_last` complete checkpoints (0 keeps all); return the deleted."""
-    done = sorted((p for p in root.iterdir() if is_complete(p)), key=step_of)
-    old = done[:-keep_last] if keep_last > 0 else []
+    old = _complete_in(root)[:-keep_last] if keep_last > 0 else []
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
     return old

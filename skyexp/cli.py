@@ -36,11 +36,21 @@ def quiet_libraries() -> None:
         logging.getLogger("skyexp").setLevel(logging.WARNING)
 
 
+def override_key(override: str) -> str:
+    """`+eval.n=4` -> `eval.n`; `~eval` -> `eval`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def swept_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> list[str]:
+    """The overrides that set something a run is about: without the sweep/experiment selection and
+    hydra.* settings."""
+    return [o for o in overrides if override_key(o) not in skip and not override_key(o).startswith("hydra.")]
+
+
 def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> str | None:
-    """A run's name from its command-line overrides (as a sweep job gets them), without the
-    sweep/experiment selection and hydra.* settings: `algo.n=4,entropy=adaptive`. None if nothing is left."""
-    kept = [o for o in overrides if o.lstrip("+~").split("=")[0] not in skip and not o.lstrip("+~").startswith("hydra.")]
-    return ",".join(sorted(kept)) or None
+    """A run's name from its command-line overrides (as a sweep job gets them), the swept ones
+    only: `algo.n=4,entropy=adaptive`. None if nothing is left."""
+    return ",".join(sorted(swept_overrides(overrides, skip))) or None
 
 
 def hydra_command(

@@ -24,14 +24,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from skyexp.cli import override_key
 from skyexp.config import ConfigError, EvalConfig, EvalRunConfig, to_typed
 
 log = logging.getLogger("skyexp")
-
-
-def override_key(override: str) -> str:
-    """`+eval.n=4` -> `eval.n`; `~eval` -> `eval`."""
-    return override.split("=", 1)[0].lstrip("+~")
 
 
 def resolve_benchmarks(

@@ -133,7 +133,7 @@ def enter_stage(run: Any, rl: RLState, stage: StagePlan) -> None:
     run.solved = {}
 
 
-def count_faults(cfg: Config, rl: RLState, metrics: dict[str, Any]) -> None:
+def count_faults(rl: RLState, metrics: dict[str, Any]) -> None:
     """Non-finite updates: counted (train/skipped_steps); too many in a row stops the run."""
     bad = metrics.get("actor/skipped_updates", 0) > 0
     rl.skipped_steps += int(bad)

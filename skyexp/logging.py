@@ -11,6 +11,7 @@ step's token entropies), a `Table` (W&B table; also appended to tables/<key>.jso
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -190,8 +191,10 @@ class MultiLogger:
             s.close()
 
 
+@functools.cache
 def git_commit(path: Path | None = None) -> str | None:
-    """HEAD of the repository holding skyexp, with "-dirty" when tracked files changed; None outside git."""
+    """HEAD of the repository holding skyexp, with "-dirty" when tracked files changed; None outside git.
+    Read once per process (the summary and the W&B config both record it)."""
     cwd = path or Path(__file__).resolve().parent
     try:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)

@@ -163,12 +163,7 @@ def load_policy(path: str, cfg: Any, d: Any) -> torch.nn.Module:
 
 def load_reference(path: str, cfg: Any, d: Any) -> torch.nn.Module:
     """A frozen copy of the policy for the KL term, sharded like the policy."""
-    from skyexp.distributed import shard
-
-    ref = load_model(path, cfg.model, d.device).eval().requires_grad_(False)
-    if cfg.trainer.fsdp:
-        shard(ref, d)
-    return ref
+    return load_policy(path, cfg, d).eval().requires_grad_(False)
 
 
 def num_params(model: torch.nn.Module) -> int:

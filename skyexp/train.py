@@ -37,7 +37,7 @@ from skyexp.logging import LinePlot, git_commit, make_logger
 from skyexp.metrics import mismatch_metrics, sample_table, step_metrics
 from skyexp.rewards import build_reward
 from skyexp.rollout import engine_for
-from skyexp.schedule import StagePlan, masks_truncated, plan_stages, temperature_at
+from skyexp.schedule import StagePlan, masks_truncated, plan_stages, temperature_at, total_steps
 
 log = logging.getLogger("skyexp")
 
@@ -97,7 +97,8 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
             old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev, share)
         with t("ref"):
             ref_logp = reference_logprobs(run, ro, weights)  # None unless a KL term is on
-        is_w = ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
+        is_w = (ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
+                if a.rollout_is != "none" else None)
         kl_loss_coef, kl_reward_coef = kl_coefs(a)
         seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n]
         adv = group_advantages(a, batch.rewards - kl_reward_coef * seq_kl, batch.train, dev)  # [G*n]
@@ -109,7 +110,7 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
             stats = rl_update(run.policy, rl.opt, ro, adv, weights, a, coef, mb, cfg.trainer.grad_clip, run.d.world_size, dev,
                               old_logprobs=old_logp, entropy=ent, ref_logprobs=ref_logp, kl_coef=kl_loss_coef, rule=e.name,
                               rule_params=asdict(e), max_response_len=stage.max_response_len, share_prompts=share,
-                              is_weights=is_w if a.rollout_is != "none" else None)
+                              is_weights=is_w)
         with t("sync"):
             run.engine.sync_weights(run.policy)
     masked = (weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated  # [G*n] trains but for truncation
@@ -138,9 +139,15 @@ def reference_logprobs(run: Run, ro, weights: torch.Tensor) -> torch.Tensor | No
 def run_rl(run: Run, rl: RLState, sigterm: lifecycle.SigtermFlag) -> str | None:
     """Train through the stages from rl's position. Checkpoints every trainer.save_every steps, at
     every stage end, and before stopping early; returns why it stopped early (None: it finished)."""
-    cfg, every = run.cfg, run.cfg.trainer.save_every
     run.policy.train()
-    total_steps = sum(s.steps for s in plan_stages(cfg))
+    total = total_steps(run.cfg)
+    with warnings.catch_warnings():  # the LR schedule counts RL steps, also ones whose update was skipped
+        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+        return _run_stages(run, rl, sigterm, total)
+
+
+def _run_stages(run: Run, rl: RLState, sigterm: lifecycle.SigtermFlag, total: int) -> str | None:
+    cfg, every = run.cfg, run.cfg.trainer.save_every
     for stage in plan_stages(cfg)[rl.stage:]:
         if rl.step_in_stage == 0:
             lifecycle.enter_stage(run, rl, stage)
@@ -148,15 +155,13 @@ def run_rl(run: Run, rl: RLState, sigterm: lifecycle.SigtermFlag) -> str | None:
                    disable=not (run.d.is_main and cfg.logger.progress), dynamic_ncols=True)
         for _ in bar:
             metrics = rl_step(run, stage, rl)
-            lifecycle.count_faults(cfg, rl, metrics)
+            lifecycle.count_faults(rl, metrics)
             metrics["actor/lr"] = rl.sched.get_last_lr()[0]
-            with warnings.catch_warnings():  # the schedule counts RL steps, also ones whose update was skipped
-                warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-                rl.sched.step()
+            rl.sched.step()
             run.log(metrics)
             run.history.append({k: metrics[k] for k in ("train/rl_step", "actor/entropy", "critic/score/mean")})
             run.rl_step += 1
-            if eval_due(cfg.eval.every, run.rl_step, total_steps, cfg.eval.after):  # before a checkpoint: it uses the RNG
+            if eval_due(cfg.eval.every, run.rl_step, total, cfg.eval.after):  # before a checkpoint: it uses the RNG
                 evaluate(run, run.eval_problems, f"step{run.rl_step}")
             rl.step_in_stage += 1
             stage_end = rl.step_in_stage == stage.steps
