@@ -63,7 +63,7 @@ class SkyexpSide:
         from skyexp.train import Run, plan_stages
 
         self.cfg = cfg = compose_config(work, cache_dir, threads)
-        d = distributed.setup(cfg.trainer.device, cfg.trainer.threads)
+        d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
         self.path = models.resolve_path(cfg.model, cfg.trainer.cache_dir)
         self.tokenizer = models.load_tokenizer(self.path, cfg.model)
         policy = models.load_policy(self.path, cfg, d)

@@ -212,6 +212,9 @@ class TrainerConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch threads per rank; 0: cores / local ranks
+    # CPU: freed memory stays in the process for the next step instead of going back to the kernel
+    # and faulting in again (skyexp.distributed.keep_freed_memory); resident size stays at the peak
+    keep_freed_memory: bool = True
     lr: float = 3e-5
     weight_decay: float = 0.0
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])

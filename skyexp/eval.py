@@ -72,7 +72,7 @@ def evaluate_all(
     from skyexp.rollout import engine_for
 
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
     held_out = (
