@@ -1,6 +1,6 @@
 """RL step time of skyexp against TRL's GRPOTrainer on the same model and work, side by side.
 
-    python bench/rl_step.py            # tiny + 25.9M model, scaling curves (5.5 min on 2 idle cores)
+    python bench/rl_step.py            # tiny + 25.9M model, scaling curves (6 min on 2 idle cores)
     python bench/rl_step.py --quick    # tiny model only, a few steps: a CI-sized check
 
 Both frameworks load one directory of weights (a Qwen2 built by skyexp.models), draw the same

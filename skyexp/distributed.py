@@ -77,7 +77,7 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    # glibc < 2.35 caps the threshold at 32 MiB: fall back to the cap
+    # some glibc versions refuse a threshold above 32 MiB: fall back to that
     mmap_ok = mallopt(M_MMAP_THRESHOLD, 1 << 30) == 1 or mallopt(M_MMAP_THRESHOLD, 32 << 20) == 1
     return mmap_ok and mallopt(M_TRIM_THRESHOLD, 2**31 - 1) == 1
 
