@@ -68,7 +68,7 @@ def keep_freed_memory() -> bool:
     serves blocks above a threshold (at most 32 MiB) with mmap and unmaps them when freed, and
     trims the top of the heap when more than twice that is free, so the next step page-faults
     every page in again, zero-filled by the kernel. Measured on the 2-core VM: an elementwise op
-    on a 23 MB tensor ran 1.7-3x slower with fresh pages, and a 25.9M-model step took up to 100k
+    on a 23 MB tensor ran 1.8-3.3x slower with fresh pages, and a 25.9M-model step took up to 100k
     faults. Here blocks up to 1 GiB come from the heap and the heap is trimmed only beyond 2 GiB
     free: memory is reused as PyTorch's CUDA caching allocator reuses it, and the resident size
     stays at the step's peak. Returns False where the C library has no mallopt (not glibc)."""
