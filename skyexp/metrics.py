@@ -123,8 +123,9 @@ def mismatch_metrics(
     over every trained token when the trainer recomputed them, else over the first mini-batch the
     update forwarded (UpdateStats). Plus the truncated-IS weights when the correction is on."""
     if a.old_logprobs == "recompute":
-        gap = (old_logp - sampler_logp).abs() * trained
-        out = {"rollout/logprob_diff": global_token_mean((old_logp - sampler_logp).abs(), trained, device),
+        diff = (old_logp - sampler_logp).abs()
+        gap = diff * trained
+        out = {"rollout/logprob_diff": global_token_mean(diff, trained, device),
                "rollout/logprob_diff_max": all_reduce_max(float(gap.max()) if gap.numel() else 0.0, device)}
     else:
         out = {"rollout/logprob_diff": stats.sampler_logprob_diff, "rollout/logprob_diff_max": stats.sampler_logprob_diff_max}
