@@ -245,7 +245,7 @@ def rl_update(
                 with torch.no_grad():
                     if _epoch == 0 and m == 0:
                         gap = (logp - rollout.logprobs[idx, :rlen].to(device)).abs() * lm
-                        diff += torch.stack([gap.sum(), lm.sum(), torch.zeros_like(lm.sum())]).double()
+                        diff[:2] += torch.stack([gap.sum(), lm.sum()]).double()
                         diff[2] = torch.maximum(diff[2], gap.max().double())
                     sums += torch.stack([(pg * lm).sum(), (st["clipped_low"] * lm).sum(), (st["clipped_high"] * lm).sum(),
                                          (st["dual_clipped"] * lm).sum(), (chosen[idx, :rlen].to(device) * lm).sum(),
