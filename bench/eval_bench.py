@@ -100,10 +100,10 @@ def eval_throughput(threads: int, model_dir: str) -> None:
     import torch
 
     from skyexp import models
-    from skyexp.benchmarks import load_problems
     from skyexp.config import EvalConfig, ModelConfig, RewardConfig
     from skyexp.data import arith
-    from skyexp.evaluate import eval_template, run_eval
+    from skyexp.evaluation.benchmarks import load_problems
+    from skyexp.evaluation.runner import eval_template, run_eval
     from skyexp.rewards import MathVerifyReward
     from skyexp.rollout import build_engine
 

@@ -58,7 +58,7 @@ class SkyexpSide:
     def __init__(self, work: Work, cache_dir: str, threads: int, run_dir: Path):
         from skyexp import distributed, models
         from skyexp.data import load_task
-        from skyexp.lifecycle import make_rl_state
+        from skyexp.rl.lifecycle import make_rl_state
         from skyexp.rollout import engine_for
         from skyexp.train import Run, plan_stages
 

@@ -24,8 +24,8 @@ from typing import Any
 
 from skyexp.config import Config
 from skyexp.data import load_task, template_of
-from skyexp.offline import open_sampler, output_path, sample, user_text, write_jsonl
-from skyexp.types import Problem
+from skyexp.evaluation.offline import open_sampler, output_path, sample, user_text, write_jsonl
+from skyexp.records import Problem
 
 log = logging.getLogger("skyexp")
 

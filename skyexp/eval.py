@@ -63,13 +63,14 @@ def evaluate_all(
 
     import torch
 
-    from skyexp import distributed, models, report
-    from skyexp.benchmarks import load_problems
+    from skyexp import distributed, models
     from skyexp.data import load_task
-    from skyexp.evaluate import eval_template, run_eval, write_records
-    from skyexp.logging import make_logger
+    from skyexp.evaluation import report
+    from skyexp.evaluation.benchmarks import load_problems
+    from skyexp.evaluation.runner import eval_template, run_eval, write_records
     from skyexp.rewards import build_reward
     from skyexp.rollout import engine_for
+    from skyexp.tracking import make_logger
 
     t0 = time.time()
     d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)

@@ -4,7 +4,7 @@
    benchmark problem — normalised exact match, or n-gram containment >= filter.overlap
    (skyexp.data.decontam) — and report each drop with the benchmark problem it matched.
 2. Difficulty (filter.n > 0): sample n responses per prompt with the current model through the
-   RL rollout engine and reward (skyexp.offline), record each prompt's pass rate, and drop the
+   RL rollout engine and reward (skyexp.evaluation.offline), record each prompt's pass rate, and drop the
    prompts solved never (pass rate 0) or always (1), as DeepScaleR and Skywork-OR1 prepare
    their data (arXiv 2505.22312 §3). The kept rows carry `pass_rate`, `correct` and `n`, so a
    curriculum can select on them: data=jsonl data.path=<out> data.difficulty_key=pass_rate
@@ -31,8 +31,8 @@ from typing import Any
 from skyexp.config import Config
 from skyexp.data import decontaminate, load_task
 from skyexp.data.difficulty import in_band, pass_rate
-from skyexp.offline import open_sampler, output_path, problem_row, sample, write_jsonl
-from skyexp.types import Problem
+from skyexp.evaluation.offline import open_sampler, output_path, problem_row, sample, write_jsonl
+from skyexp.records import Problem
 
 log = logging.getLogger("skyexp")
 

@@ -21,23 +21,31 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from skyexp import checkpoint, distributed, lifecycle, models, plots, sft
-from skyexp.actor import forward_stats, global_token_mean, rl_update, sampling_view
+from skyexp import checkpoint, distributed, models, plots
 from skyexp.algos.entropy import CONTROLLERS
 from skyexp.algos.rollout_is import ROLLOUT_IS
-from skyexp.benchmarks import load_problems
 from skyexp.checkpoint import export_hf
-from skyexp.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
 from skyexp.config import Config, ConfigError, check_world
+from skyexp.config.stages import (
+    StagePlan,
+    masks_truncated,
+    plan_stages,
+    temperature_at,
+    total_steps,
+)
 from skyexp.data import load_task
 from skyexp.data.difficulty import Counts, merge, tally
-from skyexp.evaluate import EvalResult, eval_due, eval_template, run_eval, write_records
-from skyexp.lifecycle import RLState
-from skyexp.logging import LinePlot, git_commit, make_logger
-from skyexp.metrics import mismatch_metrics, sample_table, step_metrics
+from skyexp.evaluation.benchmarks import load_problems
+from skyexp.evaluation.estimators import EvalResult
+from skyexp.evaluation.runner import eval_due, eval_template, run_eval, write_records
 from skyexp.rewards import build_reward
+from skyexp.rl import lifecycle, sft
+from skyexp.rl.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
+from skyexp.rl.lifecycle import RLState
+from skyexp.rl.metrics import mismatch_metrics, sample_table, step_metrics
+from skyexp.rl.update import forward_stats, global_token_mean, rl_update, sampling_view
 from skyexp.rollout import engine_for
-from skyexp.schedule import StagePlan, masks_truncated, plan_stages, temperature_at, total_steps
+from skyexp.tracking import LinePlot, git_commit, make_logger
 
 log = logging.getLogger("skyexp")
 

@@ -11,10 +11,10 @@ import sys
 import torch
 
 from skyexp import distributed
-from skyexp.actor import rl_update
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model
-from skyexp.types import Rollout
+from skyexp.records import Rollout
+from skyexp.rl.update import rl_update
 
 
 def main(model_dir: str, batch_path: str, out_path: str) -> None:

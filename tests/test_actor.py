@@ -7,10 +7,10 @@ import copy
 import pytest
 import torch
 
-from skyexp.actor import pack, rl_update, sft_step
 from skyexp.algos.advantages import rloo
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model, load_tokenizer
+from skyexp.rl.update import pack, rl_update, sft_step
 from skyexp.rollout.hf import HFEngine
 
 
@@ -96,11 +96,11 @@ def test_skipping_zero_signal_rows_changes_nothing(setup):
 
 # ---- the update against a from-scratch reference: normalisers, skipped rows, terms, old policy ----
 
-from skyexp.actor import response_logits, sampling_view  # noqa: E402
 from skyexp.algos.entropy import token_entropy  # noqa: E402
 from skyexp.algos.kl import KL_ESTIMATORS  # noqa: E402
 from skyexp.algos.losses import AGGREGATIONS, token_logprobs  # noqa: E402
 from skyexp.algos.token_rules import TOKEN_RULES  # noqa: E402
+from skyexp.rl.update import response_logits, sampling_view  # noqa: E402
 
 
 def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=None, ref=None, kl_coef=0.0, rule="none",
@@ -221,7 +221,7 @@ def test_old_policy_is_the_sampler_for_every_minibatch(batch):
 def test_shared_prompt_logits_equal_the_plain_forward(batch):
     """Each prompt once, its KV cache indexed out to its group: the logits and the gradient of the
     plain forward pass over every row."""
-    from skyexp.actor import _groups
+    from skyexp.rl.update import _groups
 
     policy, ro, *_ = batch
     rows = torch.tensor([0, 1, 3, 4, 8, 9, 10])  # groups of 2, 2 and 3 rows (skipped rows leave uneven groups)

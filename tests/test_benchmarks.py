@@ -11,11 +11,11 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from skyexp.__main__ import register_schema
-from skyexp.benchmarks import load_problems
 from skyexp.config import QWEN_MATH_COT, ConfigError, EvalConfig, EvalRunConfig, to_typed
 from skyexp.data import DataError, Template, template_of
 from skyexp.eval import checkpoint_labels, override_key, resolve_benchmarks
-from skyexp.evaluate import eval_template
+from skyexp.evaluation.benchmarks import load_problems
+from skyexp.evaluation.runner import eval_template
 from skyexp.rewards.extract import answer_text
 
 CONF = ROOT / "conf"

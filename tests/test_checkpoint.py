@@ -10,10 +10,11 @@ import numpy as np
 import pytest
 import torch
 
-from skyexp import checkpoint, distributed, lifecycle
-from skyexp.actor import rl_update
+from skyexp import checkpoint, distributed
 from skyexp.config import AlgoConfig, ConfigError, ModelConfig
 from skyexp.models import load_model, load_tokenizer
+from skyexp.rl import lifecycle
+from skyexp.rl.update import rl_update
 from skyexp.rollout.hf import HFEngine
 
 

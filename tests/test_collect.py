@@ -8,13 +8,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from skyexp.collect import collect_batch, concat_rollouts, group_advantages, kl_coefs, kl_penalty
 from skyexp.config import AlgoConfig, Config, ModelConfig
 from skyexp.data import PromptSampler
 from skyexp.models import load_tokenizer
+from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
+from skyexp.rl.collect import collect_batch, concat_rollouts, group_advantages, kl_coefs, kl_penalty
 from skyexp.train import StagePlan, Timer
-from skyexp.types import Problem, Rollout
 
 
 class FakeEngine:

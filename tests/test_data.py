@@ -8,7 +8,7 @@ import pytest
 
 from skyexp.config import DataConfig
 from skyexp.data import DataError, PromptSampler, clean_rows, load_task
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 
 def _write(path, rows):

@@ -13,9 +13,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-from skyexp.actor import rl_update
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model, load_tokenizer
+from skyexp.rl.update import rl_update
 from skyexp.rollout.hf import HFEngine
 
 CASES = {

@@ -9,18 +9,20 @@ from types import SimpleNamespace
 
 import pytest
 
-from skyexp.evaluate import (
+from skyexp.evaluation.estimators import (
     EvalResult,
     best_at_k,
-    eval_due,
-    eval_template,
-    generate_by_length,
     ks_for,
-    length_groups,
     maj_at_k,
     maj_at_k_all,
     mean_at_n,
     pass_at_k,
+)
+from skyexp.evaluation.runner import (
+    eval_due,
+    eval_template,
+    generate_by_length,
+    length_groups,
     run_eval,
 )
 
@@ -236,7 +238,7 @@ class _ExactReward:
 
 def test_run_eval_renders_the_eval_template_and_counts_votes():
     from skyexp.config import EvalConfig
-    from skyexp.types import Problem
+    from skyexp.records import Problem
 
     cfg = EvalConfig(name="t", n=4, prompt_template="Q: {problem}", system_prompt="SYS", response_prefix="<think>")
     problems = [Problem(id="a", problem="1+1", answer="2"), Problem(id="b", problem="2+2", answer="4")]

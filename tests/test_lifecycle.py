@@ -13,12 +13,13 @@ import torch
 from test_config import compose_cfg
 
 import skyexp.train as train_mod
-from skyexp import checkpoint, distributed, lifecycle
+from skyexp import checkpoint, distributed
 from skyexp.config import RewardConfig, to_typed
+from skyexp.config.stages import plan_stages
 from skyexp.data import PromptSampler, load_task
 from skyexp.models import load_model, resolve_path
 from skyexp.rewards import Scored
-from skyexp.schedule import plan_stages
+from skyexp.rl import lifecycle
 
 STEPS, LENS = (2, 3, 2), (16, 24, 32)
 BASE = ["sft=none", "eval.before=false", "eval.after=false", "logger=local", "logger.progress=false", "algo.batch_size=4",

@@ -15,7 +15,7 @@ from conftest import ROOT, only_run_dir, run_skyexp
 from skyexp.analysis import load_wandb_offline
 from skyexp.cli import run_name_from_overrides
 from skyexp.config import LoggerConfig
-from skyexp.logging import (
+from skyexp.tracking import (
     JsonlLogger,
     LinePlot,
     Table,

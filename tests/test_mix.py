@@ -13,7 +13,7 @@ from test_sources import write_jsonl
 from skyexp.config import ConfigError, DataConfig, MixEntry
 from skyexp.data import DataError, PromptSampler, load_task
 from skyexp.data.mix import build_mix, dedup, normalise_text, take
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 
 def probs(prefix: str, texts: list[str]) -> list[Problem]:

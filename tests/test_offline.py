@@ -33,8 +33,9 @@ WARMUP = [
 @pytest.fixture(scope="module")
 def warm_model(dist1, tmp_path_factory):
     """The tiny model after 40 SFT steps on level-1 arith, as a Hugging Face directory."""
-    from skyexp import models, sft
+    from skyexp import models
     from skyexp.data import load_task
+    from skyexp.rl import sft
 
     cfg = to_typed(compose_cfg(WARMUP))
     base = models.resolve_path(cfg.model)
@@ -149,7 +150,8 @@ def test_distill_writes_verified_sft_data_that_an_sft_stage_trains_on(warm_model
     report = json.loads((tmp_path / "distill.report.json").read_text())
     assert report["rows"] == len(rows) and report["prompts"] == 32
 
-    from skyexp import models, sft
+    from skyexp import models
+    from skyexp.rl import sft
 
     cfg = to_typed(
         compose_cfg(
@@ -182,7 +184,7 @@ def test_distill_rows_keep_only_correct_finished_distinct_samples():
     never kept; the prompt is the data template's (system, user) and the response carries the
     template's response prefix, where the sampled text began."""
     from skyexp.distill import accepted, sft_rows
-    from skyexp.types import Problem
+    from skyexp.records import Problem
 
     def smp(text, score, status="ok", truncated=False):
         return {
@@ -270,7 +272,8 @@ def test_hub_style_sft_set_in_conversation_format(tmp_path, tiny_dir, monkeypatc
     with a top-level system prompt) loads through datasets.load_dataset, bad rows counted."""
     import datasets
 
-    from skyexp import models, sft
+    from skyexp import models
+    from skyexp.rl import sft
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
     rows = [

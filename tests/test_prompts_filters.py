@@ -14,7 +14,7 @@ from skyexp.data import Template, apply_template, make_batch, template_of
 from skyexp.data.decontam import find_contaminated
 from skyexp.data.difficulty import fully_solved, in_band, merge, tally, without
 from skyexp.data.sft_data import parse_conversation, parse_pair
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 CHAT = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
@@ -219,7 +219,7 @@ def test_stage_boundary_drops_prompts_solved_in_every_sample():
     from types import SimpleNamespace
 
     from skyexp.data import DataError, PromptSampler
-    from skyexp.lifecycle import drop_solved
+    from skyexp.rl.lifecycle import drop_solved
 
     problems = [Problem(f"p{i}", f"problem {i}", "1") for i in range(10)]
     sampler = PromptSampler(problems, seed=3)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 
-from skyexp import report
 from skyexp.config import EvalConfig
-from skyexp.evaluate import EvalResult
+from skyexp.evaluation import report
+from skyexp.evaluation.estimators import EvalResult
 
 
 def _results():

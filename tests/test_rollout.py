@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from skyexp.actor import response_logits
 from skyexp.algos.entropy import token_entropy
 from skyexp.algos.losses import token_logprobs
 from skyexp.config import ModelConfig
 from skyexp.models import load_model, load_tokenizer
+from skyexp.rl.update import response_logits
 from skyexp.rollout.hf import HFEngine, sample_token
 
 

@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from skyexp.actor import rl_update
 from skyexp.algos.rollout_is import (
     ROLLOUT_IS,
     is_weight_stats,
@@ -16,10 +15,11 @@ from skyexp.algos.rollout_is import (
     token_is_weights,
 )
 from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.metrics import mismatch_metrics
 from skyexp.models import load_model, load_tokenizer
+from skyexp.records import UpdateStats
+from skyexp.rl.metrics import mismatch_metrics
+from skyexp.rl.update import rl_update
 from skyexp.rollout.hf import HFEngine
-from skyexp.types import UpdateStats
 
 L = math.log
 

@@ -6,7 +6,7 @@ import pytest
 from test_config import compose_cfg
 
 from skyexp.config import ConfigError, to_typed
-from skyexp.schedule import masks_truncated, plan_stages, stage_reward, temperature_at
+from skyexp.config.stages import masks_truncated, plan_stages, stage_reward, temperature_at
 
 
 def test_presets_plan_growing_stages():

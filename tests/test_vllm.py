@@ -23,7 +23,7 @@ VLLM_VENV_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 def test_nothing_imports_vllm_unless_chosen():
     code = (
         "import sys\n"
-        "import skyexp.train, skyexp.rollout, skyexp.rollout.vllm, skyexp.metrics, skyexp.__main__\n"
+        "import skyexp.train, skyexp.rollout, skyexp.rollout.vllm, skyexp.rl.metrics, skyexp.__main__\n"
         "from skyexp.config import Config, validate\n"
         "c = Config(); c.rollout.name = 'vllm'; validate(c)\n"
         "assert 'vllm' not in sys.modules, 'vllm was imported'\n"

@@ -22,10 +22,10 @@ pytest.importorskip(
 pytestmark = pytest.mark.slow
 
 from skyexp import distributed  # noqa: E402
-from skyexp.actor import pack, response_logits, sft_step  # noqa: E402
 from skyexp.algos.losses import token_logprobs  # noqa: E402
 from skyexp.config import ModelConfig  # noqa: E402
 from skyexp.models import load_model, load_tokenizer  # noqa: E402
+from skyexp.rl.update import pack, response_logits, sft_step  # noqa: E402
 
 SHORT = "Compute 1+2."
 # longer than a KV-cache block, so the prefix cache holds it between generate calls

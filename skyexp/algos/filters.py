@@ -2,7 +2,7 @@
 
 Each maps (rewards [B, n] total reward, correct [B, n] 1/0 correctness) to keep [B] bool.
 DAPO dynamic sampling (arXiv 2503.14476) repeats generation until enough groups pass the filter;
-that loop lives in skyexp.collect, the decision per group lives here.
+that loop lives in skyexp.rl.collect, the decision per group lives here.
 """
 
 from __future__ import annotations

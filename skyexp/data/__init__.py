@@ -22,7 +22,7 @@ from skyexp.data.mix import build_mix, labels_for
 from skyexp.data.rows import DataError, clean_rows, get_path, read_jsonl, read_rows
 from skyexp.data.sources import SOURCES, Request, load_source
 from skyexp.data.templates import Template, apply_template, template_of
-from skyexp.types import Problem, PromptBatch
+from skyexp.records import Problem, PromptBatch
 
 __all__ = ["DataError", "TaskData", "PromptSampler", "Template", "apply_template", "clean_rows", "decontaminate", "load_task",
            "make_batch", "read_jsonl", "template_of", "SOURCE_NAMES"]

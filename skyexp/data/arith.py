@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import random
 
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 OPS = "+-*"
 MAX_VALUE = 99  # running values stay in [0, 99]: every step is a fact a small model can learn

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 Counts = dict[str, tuple[int, int]]  # problem id -> (correct samples, samples)
 

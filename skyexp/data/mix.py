@@ -20,7 +20,7 @@ import re
 import unicodedata
 from dataclasses import dataclass, field, replace
 
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 log = logging.getLogger(__name__)
 

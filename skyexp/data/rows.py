@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 log = logging.getLogger(__name__)
 

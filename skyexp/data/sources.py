@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from skyexp.data.rows import DataError, RowSchema, clean, get_path, read_rows
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import torch
 
-from skyexp.types import Rollout
+from skyexp.records import Rollout
 
 
 class MissingExtraError(ImportError):

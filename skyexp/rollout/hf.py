@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import torch
 
+from skyexp.records import Rollout
 from skyexp.rollout.lean import LeanSteps, ModelSteps, fuse_weights, lean_supported
-from skyexp.types import Rollout
 
 COMPACT_AT = 0.75  # shrink the batch once a quarter of its rows have finished
 

@@ -31,8 +31,8 @@ from typing import Any
 
 import torch
 
+from skyexp.records import Rollout
 from skyexp.rollout import MissingExtraError
-from skyexp.types import Rollout
 
 INSTALL_HINT = (
     "rollout=vllm needs vLLM, an optional extra: `pip install -e '.[vllm]'` on GPU machines, "
@@ -271,7 +271,7 @@ def _to_rollout(
     n: int,
     temperature: float,
 ) -> Rollout:
-    from skyexp.actor import pack
+    from skyexp.rl.update import pack
 
     seq, attn, rmask, plen = pack(prompts, responses, pad_id)
     lp = torch.zeros_like(rmask)

@@ -10,13 +10,13 @@ from typing import Any
 
 import torch
 
-from skyexp.actor import global_token_mean
 from skyexp.algos.rollout_is import is_weight_stats
-from skyexp.collect import StepBatch
 from skyexp.config import AlgoConfig
 from skyexp.distributed import all_reduce_max, all_reduce_sum
-from skyexp.logging import Table
-from skyexp.types import UpdateStats
+from skyexp.records import UpdateStats
+from skyexp.rl.collect import StepBatch
+from skyexp.rl.update import global_token_mean
+from skyexp.tracking import Table
 
 
 def step_metrics(

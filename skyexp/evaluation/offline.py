@@ -3,7 +3,7 @@ training: the model RL would start from (the cached SFT result, or model.path / 
 the configured rollout engine and reward, and prompts rendered with the data template — so a
 pass rate measured here is the pass rate the RL loop would see.
 
-Sampling goes through `skyexp.evaluate.run_eval` (n samples per prompt, scored, gathered across
+Sampling goes through `skyexp.evaluation.runner.run_eval` (n samples per prompt, scored, gathered across
 ranks), a chunk of prompts at a time so memory stays bounded on large sets. Under torchrun every
 rank samples its share; rank 0 writes the outputs.
 """
@@ -19,13 +19,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from skyexp import distributed, models, sft
+from skyexp import distributed, models
 from skyexp.config import Config, EvalConfig, SampleJob
 from skyexp.data import apply_template, template_of
-from skyexp.evaluate import run_eval
+from skyexp.evaluation.runner import run_eval
+from skyexp.records import Problem
 from skyexp.rewards import build_reward
+from skyexp.rl import sft
 from skyexp.rollout import engine_for
-from skyexp.types import Problem
 
 log = logging.getLogger("skyexp")
 

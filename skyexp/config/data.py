@@ -132,7 +132,7 @@ NEEDS_PATH = ("jsonl", "parquet", "hub")  # sources without a hub id of their ow
 
 
 def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
-    """Cross-field checks of data.* (called by skyexp.config.validate with its checkers)."""
+    """Cross-field checks of data.* (called by skyexp.config.checks with its checkers)."""
     check(
         bool(d.levels) and all(1 <= lv <= 6 for lv in d.levels),
         "data.levels",

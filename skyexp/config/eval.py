@@ -55,7 +55,7 @@ class EvalConfig:
 
 
 def validate_eval(e: EvalConfig, check: Check) -> None:
-    """Cross-field checks of eval.* (called by skyexp.config.validate with its checker)."""
+    """Cross-field checks of eval.* (called by skyexp.config.checks with its checker)."""
     sources = ("data", "hub", "jsonl", "parquet")
     check(e.source in sources, "eval.source", f"'{e.source}' is not one of {', '.join(sources)}")
     check(

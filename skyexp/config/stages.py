@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from skyexp.config import Config, RewardConfig, TemperatureConfig
+from skyexp.config.schema import Config, RewardConfig, TemperatureConfig
 
 TRUNCATION_MODES = ("keep", "mask", "soft_penalty")
 

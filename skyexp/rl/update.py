@@ -30,7 +30,7 @@ from skyexp.algos.losses import AGGREGATIONS, token_logprobs
 from skyexp.algos.token_rules import TOKEN_RULES
 from skyexp.config import AlgoConfig
 from skyexp.distributed import all_reduce_max, all_reduce_sum
-from skyexp.types import Rollout, UpdateStats
+from skyexp.records import Rollout, UpdateStats
 
 MAX_HIST_VALUES = 65536  # token entropies kept per step for the histogram
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from skyexp.config import EvalConfig
 from skyexp.data.rows import DataError, clean_rows, read_hub, read_jsonl, read_parquet
+from skyexp.records import Problem
 from skyexp.rewards.extract import answer_text
-from skyexp.types import Problem
 
 
 def read_local(path: str, split: str = "test") -> list[dict[str, Any]]:

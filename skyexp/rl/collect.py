@@ -23,12 +23,12 @@ from skyexp.algos.advantages import ADVANTAGES
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.config import AlgoConfig
+from skyexp.config.stages import stage_reward
 from skyexp.data import make_batch, template_of
 from skyexp.distributed import all_gather_objects, all_reduce_sum
+from skyexp.records import Rollout
 from skyexp.rewards import Scored
 from skyexp.rewards.terms import ScoreInput, combine
-from skyexp.schedule import stage_reward
-from skyexp.types import Rollout
 
 
 @dataclass(frozen=True)

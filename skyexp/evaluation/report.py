@@ -13,7 +13,7 @@ from typing import Any
 
 from skyexp import plots
 from skyexp.config import EvalConfig
-from skyexp.evaluate import EvalResult
+from skyexp.evaluation.estimators import EvalResult
 
 log = logging.getLogger("skyexp")
 

@@ -26,11 +26,11 @@ import torch
 
 from skyexp import checkpoint
 from skyexp.config import Config
+from skyexp.config.stages import StagePlan
 from skyexp.data import DataError, PromptSampler
 from skyexp.data.difficulty import Counts, fully_solved, merge, without
 from skyexp.distributed import all_gather_objects, all_reduce_max
-from skyexp.schedule import StagePlan
-from skyexp.types import Problem
+from skyexp.records import Problem
 
 log = logging.getLogger("skyexp")
 

@@ -18,7 +18,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from skyexp.actor import pack, sft_step
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, config_hash
 from skyexp.data import DataError, PromptSampler, apply_template, template_of
@@ -27,7 +26,8 @@ from skyexp.data.sft_data import parse_conversation, parse_pair
 from skyexp.data.templates import render_messages
 from skyexp.distributed import Dist
 from skyexp.models import cache_root
-from skyexp.types import Problem
+from skyexp.records import Problem
+from skyexp.rl.update import pack, sft_step
 
 log = logging.getLogger("skyexp")
 

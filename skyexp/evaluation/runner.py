@@ -1,0 +1,122 @@
+"""The benchmark runner used before, during and after RL and by `python -m skyexp.eval`: sample n
+responses per problem through the rollout engine (grouped by prompt length), score them with the
+training reward, gather over ranks, and return an EvalResult (skyexp.evaluation.estimators)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from skyexp.config import EvalConfig
+from skyexp.data import Template, apply_template
+from skyexp.distributed import all_gather_objects
+from skyexp.evaluation.estimators import EvalResult
+from skyexp.records import Problem
+from skyexp.rewards.vote import group_wrong_answers
+
+log = logging.getLogger("skyexp")
+
+
+def eval_template(e: EvalConfig) -> Template:
+    """The prompt of a benchmark: eval.prompt_template, eval.system_prompt, eval.response_prefix."""
+    return Template(e.prompt_template, e.system_prompt, e.response_prefix)
+
+
+def response_cap(engine, requested: int) -> int:
+    """Never sample past the model's context window: generating beyond max_position_embeddings
+    is meaningless (and vLLM refuses it), and the long-CoT protocols ask for 32k tokens."""
+    limit = getattr(getattr(getattr(engine, "model", None), "config", None), "max_position_embeddings", None)
+    if isinstance(limit, int) and 0 < limit < requested:
+        log.warning("eval.max_response_len=%d exceeds the model's context (%d tokens): using %d", requested, limit, limit)
+        return limit
+    return requested
+
+
+def length_groups(lengths: list[int]) -> list[list[int]]:
+    """Indices grouped for generation: sorted by prompt length, each group's longest prompt at most
+    twice its shortest. The engine left-pads a call's prompts to the longest one, so one call over
+    a benchmark whose prompts run from 50 to 4000 tokens spends most of its attention on padding;
+    grouped, padding stays under half of any group's prompt tokens."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and lengths[i] <= 2 * max(1, lengths[groups[-1][0]]):
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
+def generate_by_length(engine, tokenizer, ids: list[list[int]], n: int, max_len: int, temperature: float,
+                       top_p: float) -> tuple[list[str], list[int], list[bool]]:
+    """n samples per prompt, one engine call per length group -> per sample, in prompt order
+    (prompt i's samples at i*n ... i*n + n-1): decoded text, response length, truncated?"""
+    texts: list[str] = [""] * (len(ids) * n)
+    lengths, truncated = [0] * len(texts), [False] * len(texts)
+    for group in length_groups([len(x) for x in ids]):
+        ro = engine.generate([ids[i] for i in group], n, max_len, temperature, top_p)
+        decoded = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
+        for j, i in enumerate(group):
+            for s in range(n):
+                texts[i * n + s] = decoded[j * n + s]
+                lengths[i * n + s] = int(ro.response_lengths[j * n + s])
+                truncated[i * n + s] = bool(ro.truncated[j * n + s])
+    return texts, lengths, truncated
+
+
+def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig, template: str | Template, chat: bool,
+             rank: int = 0, world_size: int = 1) -> EvalResult:
+    """Sample cfg.n answers per problem (this rank's share), score them, group the wrong answers
+    for maj@k, gather every rank's results (in problem order). `template` renders each problem
+    (`eval_template(cfg)` for benchmarks; the identity "{problem}" for prompts rendered already)."""
+    t0 = time.perf_counter()
+    if cfg.size:
+        problems = problems[: cfg.size]
+    max_len = response_cap(engine, cfg.max_response_len)
+    mine = list(range(rank, len(problems), world_size))
+    local: list[tuple[int, int, list[int], list[float], dict]] = []
+    timeouts = errors = 0
+    if mine:
+        prompts = [apply_template(problems[i].problem, template, tokenizer, chat) for i in mine]
+        ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+        texts, lengths, truncated = generate_by_length(engine, tokenizer, ids, cfg.n, max_len, cfg.temperature, cfg.top_p)
+        golds = [problems[i].answer for i in mine for _ in range(cfg.n)]
+        scored = reward.score(texts, golds)
+        timeouts, errors = scored.timeouts, scored.errors
+        rows = [range(j * cfg.n, (j + 1) * cfg.n) for j in range(len(mine))]
+        pool = getattr(reward, "pool", None)  # a reward without a math-verify pool groups by text alone
+        groups = group_wrong_answers([[(scored.extracted[r], scored.scores[r] > 0) for r in rs] for rs in rows],
+                                     pool.verify if pool else None, cfg.vote_max_pairs, reward.cfg.max_answer_chars)
+        for i, rs, grp in zip(mine, rows, groups):
+            samples = [{"text": texts[r], "extracted": scored.extracted[r], "score": scored.scores[r], "status": scored.status[r],
+                        "length": lengths[r], "truncated": truncated[r]} for r in rs]
+            c = int(sum(scored.scores[r] > 0 for r in rs))
+            votes = ([{"answer": problems[i].answer, "count": c, "correct": True}] if c else []) + \
+                [{"answer": a, "count": m, "correct": False} for a, m in grp]
+            local.append((i, c, [m for _, m in grp], [scored.scores[r] for r in rs],
+                          {"id": problems[i].id, "problem": problems[i].problem, "answer": problems[i].answer,
+                           "correct": c, "votes": votes, "samples": samples}))
+    gathered = all_gather_objects((local, timeouts, errors))
+    merged = sorted((item for part, _, _ in gathered for item in part), key=lambda x: x[0])
+    return EvalResult(name=cfg.name, n=cfg.n, correct=[m[1] for m in merged], records=[m[4] for m in merged],
+                      timeouts=sum(t for _, t, _ in gathered), errors=sum(e for _, _, e in gathered),
+                      wrong_groups=[m[2] for m in merged], scores=[m[3] for m in merged], max_response_len=max_len,
+                      seconds=time.perf_counter() - t0)
+
+
+def eval_due(every: int, rl_step: int, total_steps: int, after: bool) -> bool:
+    """eval.every=N: evaluate after every N-th RL step (rl_step counts finished steps), except
+    after the last step when eval.after will evaluate the same weights anyway."""
+    if after and rl_step == total_steps:
+        return False
+    return every > 0 and rl_step > 0 and rl_step % every == 0
+
+
+def write_records(records: list[dict[str, Any]], path: Path) -> None:
+    """One JSON object per problem: its samples (text, extracted answer, score, status, length,
+    truncation) and the vote groups behind maj@k."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
