@@ -1,6 +1,6 @@
 """The two frameworks under test, each stepped one RL step at a time and timed per phase.
 
-skyexp runs `skyexp.train.rl_step`, the function `python -m skyexp` calls each step, on a Run set
+skyexp runs `skyexp.rl.step.rl_step`, the function `python -m skyexp` calls each step, on a Run set
 up with the trainer's own helpers (policy, engine, optimizer). TRL runs `GRPOTrainer.train()`; a
 callback times each step from `on_step_begin` to `on_step_end` (generation, scoring, loss,
 backward, optimizer step) and, if asked, runs the other framework's step right after, so the two
@@ -57,10 +57,11 @@ class SkyexpSide:
 
     def __init__(self, work: Work, cache_dir: str, threads: int, run_dir: Path):
         from skyexp import distributed, models
+        from skyexp.config.stages import plan_run
         from skyexp.data import load_task
-        from skyexp.rl.lifecycle import make_rl_state
+        from skyexp.rl.lifecycle import make_optimizer, make_sampler
+        from skyexp.rl.state import RunState
         from skyexp.rollout import engine_for
-        from skyexp.train import Run, plan_stages
 
         self.cfg = cfg = compose_config(work, cache_dir, threads)
         d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
@@ -69,30 +70,23 @@ class SkyexpSide:
         policy = models.load_policy(self.path, cfg, d)
         seed = cfg.trainer.seed * 1000 + d.rank
         self.engine = RecordingEngine(engine_for(cfg, self.path, self.tokenizer, d.device, seed))
-        self.run = Run(
-            cfg,
-            d,
-            run_dir,
-            self.tokenizer,
-            policy,
-            self.engine,
-            ParityReward(),
-            NullLogger(),
-            entropy_coef=cfg.entropy.coef,
-        )
-        # optimizer, LR schedule and prompt sampler, as train() builds them
-        self.rl = make_rl_state(cfg, policy, load_task(cfg.data).train, d.rank, d.world_size)
+        # optimizer, LR schedule and prompt sampler, as train.setup() builds them
+        opt, sched = make_optimizer(cfg, policy)
+        problems = load_task(cfg.data).train
+        self.run = RunState(cfg, d, run_dir, plan_run(cfg), self.tokenizer, policy, self.engine, ParityReward(),
+                            NullLogger(), opt, sched, make_sampler(cfg, problems, d.rank, d.world_size), problems,
+                            entropy_coef=cfg.entropy.coef)
         policy.train()
-        self.stage = plan_stages(cfg)[0]
+        self.stage = self.run.plan.stages[0]
         self.n_params = matmul_params(self.engine.model)
         self.steps: list[dict[str, float]] = []
         self.prompts: list = []
 
     def step(self) -> dict[str, float]:
-        from skyexp.train import rl_step
+        from skyexp.rl.step import rl_step
 
         t = time.perf_counter()
-        m = rl_step(self.run, self.stage, self.rl)
+        m = rl_step(self.run, self.stage).metrics
         step_s = time.perf_counter() - t
         self.run.rl_step += 1
         ro = self.engine.last

@@ -63,65 +63,28 @@ def evaluate_all(
 
     import torch
 
-    from skyexp import distributed, models
+    from skyexp import distributed
     from skyexp.data import load_task
     from skyexp.evaluation import report
     from skyexp.evaluation.benchmarks import load_problems
-    from skyexp.evaluation.runner import eval_template, run_eval, write_records
     from skyexp.rewards import build_reward
-    from skyexp.rollout import engine_for
     from skyexp.tracking import make_logger
 
     t0 = time.time()
     d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
-    held_out = (
-        load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None
-    )
+    held_out = load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None
     problems = {e.name: load_problems(e, held_out, cfg.data.max_bad_fraction) for e in evals}
-    if cfg.checkpoints:
-        paths, labels = list(cfg.checkpoints), checkpoint_labels(cfg.checkpoints)
-    else:
-        base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
-        # a trained run is labelled by its directory: "tiny" would say nothing about it
-        label = checkpoint_labels([cfg.model.path])[0] if cfg.model.path else cfg.model.name
-        paths, labels = [distributed.broadcast_object(base)], [label]
+    paths, labels = _checkpoints(cfg, d)
     reward = build_reward(cfg.reward)
     logger = make_logger(cfg.logger, run_dir, config_dict, d.is_main)
-    results = []
+    results: list = []
     try:
         for path, label in zip(paths, labels):
-            tokenizer = models.load_tokenizer(path, cfg.model)
-            engine = engine_for(cfg, path, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
-            for e in evals:
-                log.info(
-                    "eval %s on %s: %d problems x %d samples",
-                    e.name,
-                    label,
-                    len(problems[e.name][: e.size or None]),
-                    e.n,
-                )
-                res = run_eval(
-                    engine,
-                    reward,
-                    tokenizer,
-                    problems[e.name],
-                    e,
-                    eval_template(e),
-                    cfg.model.chat_template,
-                    d.rank,
-                    d.world_size,
-                )
-                logger.log(
-                    {**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors},
-                    len(results),
-                )
-                if d.is_main:
-                    sub = f"{label}/" if len(paths) > 1 else ""
-                    write_records(res.records, run_dir / "eval" / f"{sub}{e.name}.jsonl")
-                results.append((label, e, res))
-            del engine
+            sub = f"{label}/" if len(paths) > 1 else ""
+            results += _evaluate_checkpoint(cfg, d, (path, label, sub), evals, problems, (reward, logger, run_dir),
+                                            len(results))
         summary = report.summarise(results, labels, paths, time.time() - t0)
         if d.is_main:
             report.write(run_dir / "eval", summary, results)
@@ -131,6 +94,43 @@ def evaluate_all(
     finally:
         logger.close()
         reward.close()
+
+
+def _checkpoints(cfg: EvalRunConfig, d) -> tuple[list[str], list[str]]:
+    """The model directories to evaluate and their labels: eval's `checkpoints`, or model.path
+    (the tiny model when empty)."""
+    from skyexp import distributed, models
+
+    if cfg.checkpoints:
+        return list(cfg.checkpoints), checkpoint_labels(cfg.checkpoints)
+    base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
+    # a trained run is labelled by its directory: "tiny" would say nothing about it
+    label = checkpoint_labels([cfg.model.path])[0] if cfg.model.path else cfg.model.name
+    return [distributed.broadcast_object(base)], [label]
+
+
+def _evaluate_checkpoint(cfg: EvalRunConfig, d, which: tuple[str, str, str], evals: list[EvalConfig],
+                         problems: dict[str, list], sinks: tuple, first_step: int) -> list[tuple]:
+    """Every benchmark on one checkpoint (`which` = path, label, output subdirectory), one engine
+    for all; `sinks` = (reward, logger, run directory). Returns [(label, eval config, result)]."""
+    from skyexp import models
+    from skyexp.evaluation.runner import eval_template, run_eval, write_records
+    from skyexp.rollout import engine_for
+
+    (path, label, sub), (reward, logger, run_dir) = which, sinks
+    tokenizer = models.load_tokenizer(path, cfg.model)
+    engine = engine_for(cfg, path, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
+    out = []
+    for e in evals:
+        log.info("eval %s on %s: %d problems x %d samples", e.name, label, len(problems[e.name][: e.size or None]), e.n)
+        res = run_eval(engine, reward, tokenizer, problems[e.name], e, eval_template(e), cfg.model.chat_template, d.rank,
+                       d.world_size)
+        logger.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors}, first_step + len(out))
+        if d.is_main:
+            write_records(res.records, run_dir / "eval" / f"{sub}{e.name}.jsonl")
+        out.append((label, e, res))
+    del engine
+    return out
 
 
 def _benchmarks(cfg: EvalRunConfig) -> tuple[list[EvalConfig]]:

@@ -67,7 +67,7 @@ def score_rows(
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m skyexp.score", description=__doc__.split("\n\n")[0])
     p.add_argument("input", type=Path, help="JSONL with completion and answer fields")
     p.add_argument(
@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
         help=f"address-space cap per worker (default {d.memory_mb})",
     )
     p.add_argument("--max-answer-chars", type=int, default=d.max_answer_chars)
-    a = p.parse_args(argv)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     if a.workers < 1 or a.timeout <= 0:
         print("skyexp.score: --workers must be >= 1 and --timeout > 0", file=sys.stderr)

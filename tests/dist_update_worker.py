@@ -9,12 +9,12 @@ from __future__ import annotations
 import sys
 
 import torch
+from conftest import update
 
 from skyexp import distributed
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model
 from skyexp.records import Rollout
-from skyexp.rl.update import rl_update
 
 
 def main(model_dir: str, batch_path: str, out_path: str) -> None:
@@ -35,7 +35,7 @@ def main(model_dir: str, batch_path: str, out_path: str) -> None:
         distributed.shard(policy, d)
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
         ref = data["ref"][rows] if case.get("kl_coef") else None
-        stats = rl_update(policy, opt, local, data["adv"][rows], data["weights"][rows], AlgoConfig(**case["algo"]),
+        stats = update(policy, opt, local, data["adv"][rows], data["weights"][rows], AlgoConfig(**case["algo"]),
                           case.get("coef", 0.0), case["micro_batch_size"], 0.0, d.world_size, d.device, ref_logprobs=ref,
                           kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"),
                           share_prompts=case.get("share", False))

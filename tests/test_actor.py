@@ -6,11 +6,13 @@ import copy
 
 import pytest
 import torch
+from conftest import update
 
 from skyexp.algos.advantages import rloo
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model, load_tokenizer
-from skyexp.rl.update import pack, rl_update, sft_step
+from skyexp.rl.forward import pack
+from skyexp.rl.update import UpdateSettings, sft_step
 from skyexp.rollout.hf import HFEngine
 
 
@@ -33,7 +35,7 @@ def test_rl_update_learns_a_bandit(setup):
         ro = eng.generate(prompts, 8, 3, 1.0)
         r = (ro.responses[:, 0] == target).float().view(8, 8)
         rates.append(r.mean().item())
-        stats = rl_update(policy, opt, ro, rloo(r).flatten(), torch.ones(64), AlgoConfig(), 0.0, 64, 1.0, 1, d.device)
+        stats = update(policy, opt, ro, rloo(r).flatten(), torch.ones(64), AlgoConfig(), 0.0, 64, 1.0, 1, d.device)
         eng.sync_weights(policy)
     assert sum(rates[:3]) / 3 < 0.1 and sum(rates[-3:]) / 3 > 0.5
     assert stats.entropy > 0 and stats.num_tokens == 64 * 3
@@ -49,7 +51,7 @@ def test_micro_batch_split_does_not_change_the_update(setup):
     for mb in (8, 1, 3):
         p = copy.deepcopy(policy)
         opt = torch.optim.SGD(p.parameters(), lr=1.0)
-        st = rl_update(p, opt, ro, adv, weights, AlgoConfig(), 0.01, mb, 0.0, 1, d.device)
+        st = update(p, opt, ro, adv, weights, AlgoConfig(), 0.01, mb, 0.0, 1, d.device)
         results.append((p, st))
     base = dict(results[0][0].named_parameters())
     for p, st in results[1:]:
@@ -67,7 +69,7 @@ def test_sft_step_lowers_the_loss_on_response_tokens_only(setup):
     seq, attn, rmask, plen = pack(prompts, responses, tok.pad_token_id)
     assert rmask.sum() == 4 * len(responses[0])
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
-    losses = [sft_step(policy, opt, seq, attn, rmask, plen, 2, 1.0, 1, d.device)[0] for _ in range(15)]
+    losses = [sft_step(policy, opt, (seq, attn, rmask, plen), UpdateSettings(2, 1.0, 1, d.device))[0] for _ in range(15)]
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -86,7 +88,7 @@ def test_skipping_zero_signal_rows_changes_nothing(setup):
     for r in (ro, dataclasses.replace(ro, entropy=None)):
         p = copy.deepcopy(policy)
         opt = torch.optim.SGD(p.parameters(), lr=1.0)
-        out.append((p, rl_update(p, opt, r, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)))
+        out.append((p, update(p, opt, r, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)))
     (fast, s1), (full, s2) = out
     for (n, a), (_, b) in zip(fast.named_parameters(), full.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), n
@@ -98,9 +100,10 @@ def test_skipping_zero_signal_rows_changes_nothing(setup):
 
 from skyexp.algos.entropy import token_entropy  # noqa: E402
 from skyexp.algos.kl import KL_ESTIMATORS  # noqa: E402
-from skyexp.algos.losses import AGGREGATIONS, token_logprobs  # noqa: E402
+from skyexp.algos.losses import AGGREGATIONS, Normalisers, token_logprobs  # noqa: E402
 from skyexp.algos.token_rules import TOKEN_RULES  # noqa: E402
-from skyexp.rl.update import response_logits, sampling_view  # noqa: E402
+from skyexp.config.names import config_params  # noqa: E402
+from skyexp.rl.forward import response_logits, sampling_view  # noqa: E402
 
 
 def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=None, ref=None, kl_coef=0.0, rule="none",
@@ -121,20 +124,26 @@ def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=Non
             lm = lm_all[rows]
             adv_tok = adv[rows, None].expand_as(lm)
             torch.manual_seed(123)
-            sel = tr.select(adv_tok, old[rows], ent[rows], lm, **params) if tr.select else torch.zeros_like(lm, dtype=torch.bool)
+            sel = (tr.select(adv_tok, old[rows], ent[rows], lm, **_own(tr.select, params)) if tr.select
+                   else torch.zeros_like(lm, dtype=torch.bool))
             logits = response_logits(p, ro.sequences[rows], ro.attention_mask[rows], ro.prompt_len)
             logp = token_logprobs(logits, ro.responses[rows], ro.temperature)
-            norm = dict(num_tokens=float(lm.sum()), num_seqs=float(weights[rows].sum()), max_len=max_len or lm.shape[1])
-            pg, _ = tr.loss(logp, old[rows], adv_tok, sel, clip_low=algo.clip_low, clip_high=algo.clip_high,
-                            clip_c=algo.clip_c, ratio_max=algo.ratio_max, **params)
+            norm = Normalisers(float(lm.sum()), float(weights[rows].sum()), max_len or lm.shape[1])
+            clip = dict(clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c, ratio_max=algo.ratio_max)
+            pg, _ = tr.loss(logp, old[rows], adv_tok, sel, **_own(tr.loss, {**clip, **params}))
             pg = pg if isw is None else pg * isw[rows]
-            loss = agg(pg, lm, **norm) - coef * agg(token_entropy(logits, ro.temperature), lm, **norm)
+            loss = agg(pg, lm, norm) - coef * agg(token_entropy(logits, ro.temperature), lm, norm)
             if kl_coef:
-                loss = loss + kl_coef * agg(KL_ESTIMATORS[algo.kl_estimator](logp, ref[rows]), lm, **norm)
+                loss = loss + kl_coef * agg(KL_ESTIMATORS[algo.kl_estimator](logp, ref[rows]), lm, norm)
             loss.backward()
             opt.step()
             opt.zero_grad()
     return p
+
+
+def _own(fn, params):
+    """The entries of params that fn takes (each rule function takes only its own parameters)."""
+    return {k: v for k, v in params.items() if k in config_params(fn)}
 
 
 def _same(a, b, atol=2e-5):
@@ -187,7 +196,7 @@ def test_update_equals_reference(batch, case, share):
     p = copy.deepcopy(policy)
     opt = torch.optim.SGD(p.parameters(), lr=1.0)
     torch.manual_seed(123)
-    st = rl_update(p, opt, ro, adv, weights, algo, kw.get("coef", 0.0), 3, 0.0, 1, d.device, old_logprobs=kw.get("old"),
+    st = update(p, opt, ro, adv, weights, algo, kw.get("coef", 0.0), 3, 0.0, 1, d.device, old_logprobs=kw.get("old"),
                    ref_logprobs=kw.get("ref"), kl_coef=kw.get("kl_coef", 0.0), rule=kw.get("rule", "none"),
                    rule_params=kw.get("params"), max_response_len=kw.get("max_len"), is_weights=kw.get("isw"),
                    share_prompts=share)
@@ -210,18 +219,18 @@ def test_old_policy_is_the_sampler_for_every_minibatch(batch):
     adv = adv.clone()
     adv[4:8] = torch.tensor([0.2, -0.2, 0.1, -0.1])  # every group has signal: both mini-batches step
     p = copy.deepcopy(policy)
-    st = rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(ppo_epochs=2, mini_batches=2),
+    st = update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(ppo_epochs=2, mini_batches=2),
                    0.0, 4, 0.0, 1, d.device)
     assert st.ppo_kl != 0.0 and st.optimizer_steps == 4
     p1 = copy.deepcopy(policy)
-    st1 = rl_update(p1, torch.optim.SGD(p1.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)
+    st1 = update(p1, torch.optim.SGD(p1.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)
     assert abs(st1.ppo_kl) < 1e-5  # one on-policy step: the ratio is 1 up to float noise
 
 
 def test_shared_prompt_logits_equal_the_plain_forward(batch):
     """Each prompt once, its KV cache indexed out to its group: the logits and the gradient of the
     plain forward pass over every row."""
-    from skyexp.rl.update import _groups
+    from skyexp.rl.forward import groups_of as _groups
 
     policy, ro, *_ = batch
     rows = torch.tensor([0, 1, 3, 4, 8, 9, 10])  # groups of 2, 2 and 3 rows (skipped rows leave uneven groups)

@@ -13,6 +13,7 @@ from skyexp.algos.filters import FILTERS, accuracy_band, mixed_accuracy, zero_va
 from skyexp.algos.kl import k1, k2, k3
 from skyexp.algos.losses import (
     AGGREGATIONS,
+    Normalisers,
     clipped_policy_loss,
     seq_mean_token_mean,
     seq_mean_token_sum,
@@ -85,7 +86,7 @@ def test_zero_variance_filter():
 def test_accuracy_filters():
     correct = torch.tensor([[1.0, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
     # accuracies 1.0, 0.2, 0.8, 0.0, 0.4: PRIME's band [0.2, 0.8] keeps both ends inclusive
-    assert accuracy_band(correct, correct, low=0.2, high=0.8).tolist() == [False, True, True, False, True]
+    assert accuracy_band(correct, correct, filter_low=0.2, filter_high=0.8).tolist() == [False, True, True, False, True]
     assert mixed_accuracy(correct, correct).tolist() == [False, True, True, False, True]
     # shaped rewards: an all-correct group of different lengths has variance (kept by
     # zero_variance) but accuracy 1 (dropped by mixed_accuracy, DAPO's `acc` metric)
@@ -161,10 +162,10 @@ def test_aggregations_are_split_invariant(name):
     torch.manual_seed(3)
     loss, mask = torch.randn(8, 5), (torch.rand(8, 5) > 0.3).float()
     mask[:, 0] = 1
-    norm = dict(num_tokens=mask.sum().item(), num_seqs=8.0, max_len=7)
+    norm = Normalisers(num_tokens=mask.sum().item(), num_seqs=8.0, max_len=7)
     agg = AGGREGATIONS[name]
-    whole = agg(loss, mask, **norm)
-    parts = sum(agg(loss[i : i + 1], mask[i : i + 1], **norm) for i in range(8))
+    whole = agg(loss, mask, norm)
+    parts = sum(agg(loss[i : i + 1], mask[i : i + 1], norm) for i in range(8))
     assert torch.allclose(whole, parts)
     assert set(AGGREGATIONS) == {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"}
 
@@ -173,11 +174,11 @@ def test_aggregation_hand_values():
     # two sequences: losses [1, 2, (pad)] and [3, (pad), (pad)]; 3 tokens, 2 sequences, cap 4
     loss = torch.tensor([[1.0, 2.0, 9.0], [3.0, 9.0, 9.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
-    norm = dict(num_tokens=3.0, num_seqs=2.0, max_len=4)
-    assert token_mean(loss, mask, **norm).item() == pytest.approx(2.0)  # (1+2+3)/3
-    assert seq_mean_token_mean(loss, mask, **norm).item() == pytest.approx(2.25)  # (1.5 + 3)/2
-    assert seq_mean_token_sum(loss, mask, **norm).item() == pytest.approx(3.0)  # (3 + 3)/2
-    assert seq_mean_token_sum_norm(loss, mask, **norm).item() == pytest.approx(0.75)  # (3 + 3)/(2*4)
+    norm = Normalisers(num_tokens=3.0, num_seqs=2.0, max_len=4)
+    assert token_mean(loss, mask, norm).item() == pytest.approx(2.0)  # (1+2+3)/3
+    assert seq_mean_token_mean(loss, mask, norm).item() == pytest.approx(2.25)  # (1.5 + 3)/2
+    assert seq_mean_token_sum(loss, mask, norm).item() == pytest.approx(3.0)  # (3 + 3)/2
+    assert seq_mean_token_sum_norm(loss, mask, norm).item() == pytest.approx(0.75)  # (3 + 3)/(2*4)
 
 
 def test_kl_estimators():
@@ -219,10 +220,12 @@ def test_adaptive_controller_tracks_the_target_and_stays_in_bounds():
     assert max(coefs) > 0  # the bonus switched on
 
 
-def test_controller_and_rule_registries_agree():
+def test_controllers_and_token_rules_are_separate_registries():
+    """entropy.controller and entropy.token_rule compose: neither registry lists the other's names."""
     from skyexp.algos.token_rules import TOKEN_RULES
 
-    assert set(CONTROLLERS) == set(TOKEN_RULES) == {"none", "fixed", "adaptive", "clip_cov", "kl_cov", "high_entropy_tokens"}
+    assert set(CONTROLLERS) == {"none", "fixed", "adaptive"}
+    assert set(TOKEN_RULES) == {"none", "clip_cov", "kl_cov", "high_entropy_tokens"}
 
 
 # ---- token rules: Clip-Cov, KL-Cov, high-entropy tokens ----
@@ -256,7 +259,7 @@ def test_kl_cov_selects_the_largest_covariance_tokens():
     sel = kl_cov_select(adv, logp, None, mask, kl_cov_ratio=0.25)
     assert sel.tolist() == [[True, False, False, False]]
     assert kl_cov_select(adv, logp, None, mask, kl_cov_ratio=0.5).tolist() == [[True, False, True, False]]
-    assert not kl_cov_select(adv, logp, None, torch.zeros(1, 4)).any()
+    assert not kl_cov_select(adv, logp, None, torch.zeros(1, 4), kl_cov_ratio=0.25).any()
 
 
 def test_kl_cov_loss_penalises_only_selected_tokens_and_does_not_clip():
@@ -283,8 +286,8 @@ def test_clip_cov_cuts_random_tokens_inside_the_band():
     assert int(sel.sum()) == 5  # int(0.05 * 100)
     assert ((cov[sel] > 1.0) & (cov[sel] < 5.0)).all()
     # at least one token is cut even for a tiny ratio; none when no token lies in the band
-    assert int(clip_cov_select(adv, logp, None, mask, clip_cov_ratio=1e-6).sum()) == 1
-    assert int(clip_cov_select(adv, logp, None, mask, cov_low=100.0, cov_high=200.0).sum()) == 0
+    assert int(clip_cov_select(adv, logp, None, mask, clip_cov_ratio=1e-6, cov_low=1.0, cov_high=5.0).sum()) == 1
+    assert int(clip_cov_select(adv, logp, None, mask, clip_cov_ratio=0.05, cov_low=100.0, cov_high=200.0).sum()) == 0
     # the selected tokens lose their gradient; the others keep it
     lp = logp.clone().requires_grad_(True)
     loss, _ = clip_cov_loss(lp, logp, adv, sel, clip_low=0.2, clip_high=0.2, clip_c=0.0, ratio_max=10.0)

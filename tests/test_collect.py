@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from skyexp.config import AlgoConfig, Config, ModelConfig
+from skyexp.config.stages import StagePlan
 from skyexp.data import PromptSampler
 from skyexp.models import load_tokenizer
 from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
 from skyexp.rl.collect import collect_batch, concat_rollouts, group_advantages, kl_coefs, kl_penalty
-from skyexp.train import StagePlan, Timer
+from skyexp.rl.state import Timer
 
 
 class FakeEngine:
@@ -56,10 +57,11 @@ class ScriptedReward:
 def _run(tiny_dir, dist1, script, **algo):
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
     cfg = Config(algo=AlgoConfig(n=2, batch_size=2, **algo))
-    run = SimpleNamespace(cfg=cfg, d=dist1, tokenizer=tok, engine=FakeEngine(tok), reward=ScriptedReward(script))
     problems = [Problem(id=str(i), problem=f"Compute {i}+1.", answer=str(i + 1)) for i in range(50)]
     sampler = PromptSampler(problems, 0)
-    return collect_batch(run, StagePlan(0, 1, 2, 2, 8, 1.0), sampler, Timer()), run, sampler
+    run = SimpleNamespace(cfg=cfg, d=dist1, tokenizer=tok, engine=FakeEngine(tok), reward=ScriptedReward(script),
+                          sampler=sampler)
+    return collect_batch(run, StagePlan(0, 1, 2, 2, 8, reward=cfg.reward), 1.0, Timer()), run, sampler
 
 
 ALL1, ALL0, MIXED = (1, 1), (0, 0), (1, 0)

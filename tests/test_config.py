@@ -89,7 +89,10 @@ def test_unknown_group_option_lists_valid_ones():
         (["entropy.top_ratio=0"], "entropy.top_ratio"),
         (["algo=ppo_offpolicy", "algo.advantage=rloo", "algo.n=1"], "algo.n"),
         (["algo.loss_agg=sum"], "algo.loss_agg"),
-        (["entropy.name=magic"], "entropy.name"),
+        (["entropy.controller=magic"], "entropy.controller"),
+        (["entropy.token_rule=magic"], "entropy.token_rule"),
+        (["entropy=adaptive", "entropy.controller=fixed"], "entropy.name"),  # the preset label contradicts the key
+        (["+entropy.targte=0.1"], "entropy.targte"),  # a misspelt parameter forced in past Hydra's own check
         (["context=sky_t1_mini", "context.stages.1.max_response_len=100"], "context.stages[1].max_response_len"),
         (["algo.clip_c=0.5"], "algo.clip_c"),
         (["logger.backends=[tensorboard]"], "logger.backends"),
@@ -139,3 +142,24 @@ def test_cli_rejects_cross_field_error_before_loading(tmp_path):
     r = run_skyexp(["algo.n=1"], tmp_path, timeout=60)
     assert r.returncode == 2
     assert "algo.n" in r.stderr and "rloo" in r.stderr
+
+
+def test_a_misspelt_parameter_of_a_registered_function_is_named(monkeypatch):
+    """Registered functions take their config values as keyword-only parameters bound by name at
+    validation: a parameter no config key provides (a typo in the function) fails there, naming it."""
+    from skyexp.algos import entropy as ent
+    from skyexp.algos import token_rules as tr
+
+    def typo_controller(coef, entropy, *, targett):
+        return coef, 0.0
+
+    monkeypatch.setitem(ent.CONTROLLERS, "typo", typo_controller)
+    with pytest.raises(ConfigError, match=r"entropy\.targett"):
+        to_typed(compose_cfg(["entropy.controller=typo"]))
+
+    def typo_select(adv, logp, entropy, mask, *, top_ratoi):
+        return mask > 0
+
+    monkeypatch.setitem(tr.TOKEN_RULES, "typo", tr.TokenRule(typo_select, tr.plain_loss))
+    with pytest.raises(ConfigError, match=r"entropy\.top_ratoi or algo\.top_ratoi"):
+        to_typed(compose_cfg(["entropy.token_rule=typo"]))

@@ -11,11 +11,10 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, update
 
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model, load_tokenizer
-from skyexp.rl.update import rl_update
 from skyexp.rollout.hf import HFEngine
 
 CASES = {
@@ -54,7 +53,7 @@ def test_two_ranks_equal_one(tiny_dir, dist1, tmp_path):
     base = load_model(str(tiny_dir), ModelConfig())
     for name, case in CASES.items():
         p = copy.deepcopy(base)
-        st = rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(**case["algo"]),
+        st = update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(**case["algo"]),
                        case.get("coef", 0.0), case["single_mbs"], 0.0, 1, dist1.device, ref_logprobs=ref if case.get("kl_coef") else None,
                        kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"),
                        share_prompts=case.get("share", False))

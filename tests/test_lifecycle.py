@@ -12,10 +12,11 @@ import pytest
 import torch
 from test_config import compose_cfg
 
+import skyexp.rl.step as rl_step_mod
 import skyexp.train as train_mod
 from skyexp import checkpoint, distributed
 from skyexp.config import RewardConfig, to_typed
-from skyexp.config.stages import plan_stages
+from skyexp.config.stages import plan_run
 from skyexp.data import PromptSampler, load_task
 from skyexp.models import load_model, resolve_path
 from skyexp.rewards import Scored
@@ -139,14 +140,14 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(reference, script
 def test_non_finite_steps_are_skipped_then_stop_the_run(scripted, tmp_path, monkeypatch, dist1):
     bad_steps: set[int] = set()
     calls = []
-    real = train_mod.group_advantages
+    real = rl_step_mod.group_advantages
 
     def poisoned(*args, **kwargs):
         adv = real(*args, **kwargs)
         calls.append(1)
         return adv * float("nan") if len(calls) - 1 in bad_steps else adv
 
-    monkeypatch.setattr(train_mod, "group_advantages", poisoned)
+    monkeypatch.setattr(rl_step_mod, "group_advantages", poisoned)
     args = BASE + ["context.stages.0.steps=4", "context.stages.0.max_response_len=12", "trainer.max_bad_steps=2",
                    "trainer.save_every=1", "trainer.keep_last=0"]
     bad_steps.update({1})
@@ -184,11 +185,12 @@ def test_boundary_resets_the_optimizer_only_when_asked(dist1):
     model = torch.nn.Linear(2, 1)
     for reset in (False, True):
         cfg.context.reset_optimizer = reset
-        rl = lifecycle.make_rl_state(cfg, model, [], 0, 1)
+        opt, _ = lifecycle.make_optimizer(cfg, model)
         model(torch.ones(1, 2)).sum().backward()
-        rl.opt.step()
+        opt.step()
         logged = []
-        run = SimpleNamespace(cfg=cfg, d=dist1, rl_step=5, log=logged.append, solved={"a": (1, 1)})
-        lifecycle.enter_stage(run, rl, plan_stages(cfg)[1])
-        assert bool(rl.opt.state) is not reset and run.solved == {}
+        run = SimpleNamespace(cfg=cfg, d=dist1, rl_step=5, log=logged.append, solved={"a": (1, 1)}, opt=opt,
+                              sampler=lifecycle.make_sampler(cfg, [], 0, 1))
+        lifecycle.enter_stage(run, plan_run(cfg).stages[1])
+        assert bool(opt.state) is not reset and run.solved == {}
         assert logged == [{"train/stage": 1, "train/max_response_len": 16384, "train/rl_step": 5}]

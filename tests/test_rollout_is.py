@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+from conftest import update
 
 from skyexp.algos.rollout_is import (
     ROLLOUT_IS,
@@ -18,7 +19,6 @@ from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model, load_tokenizer
 from skyexp.records import UpdateStats
 from skyexp.rl.metrics import mismatch_metrics
-from skyexp.rl.update import rl_update
 from skyexp.rollout.hf import HFEngine
 
 L = math.log
@@ -72,17 +72,17 @@ def test_update_measures_the_sampler_mismatch(batch):
     log-probs with the sampler's: ~0 for the exact hf engine, the injected offset otherwise."""
     policy, ro, adv, d = batch
 
-    def update(rollout):  # lr 0: the forward passes only
+    def forward_only(rollout):  # lr 0: the forward passes only
         opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-        return rl_update(policy, opt, rollout, adv, torch.ones(8), AlgoConfig(), 0.0, 3, 0.0, 1, d.device)
+        return update(policy, opt, rollout, adv, torch.ones(8), AlgoConfig(), 0.0, 3, 0.0, 1, d.device)
 
-    st = update(ro)
+    st = forward_only(ro)
     assert st.sampler_logprob_diff_max < 1e-4
     off = (
         ro.logprobs - 0.25 * ro.response_mask
     )  # a sampler that gives every token e^-0.25 of the probability
     off[0, 0] -= 0.5
-    st = update(dataclasses.replace(ro, logprobs=off))
+    st = forward_only(dataclasses.replace(ro, logprobs=off))
     tokens = float(ro.response_mask.sum())
     assert st.sampler_logprob_diff == pytest.approx(0.25 + 0.5 / tokens, abs=1e-4)
     assert st.sampler_logprob_diff_max == pytest.approx(0.75, abs=1e-4)

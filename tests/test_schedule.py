@@ -6,7 +6,15 @@ import pytest
 from test_config import compose_cfg
 
 from skyexp.config import ConfigError, to_typed
-from skyexp.config.stages import masks_truncated, plan_stages, stage_reward, temperature_at
+from skyexp.config.stages import plan_run, stage_reward
+
+
+def plan_stages(c):
+    return plan_run(c).stages
+
+
+def temperature_at(c, stage, step):
+    return plan_run(c).temperature_at(stage, step)
 
 
 def test_presets_plan_growing_stages():
@@ -24,12 +32,14 @@ def test_per_stage_overrides_and_inheritance():
                               "+context.stages.1.n=2", "+context.stages.1.temperature=0.7", "+context.stages.1.truncated=mask",
                               "context.truncated=soft_penalty"]))
     s0, s1 = plan_stages(c)
-    assert (s0.batch_size, s0.n, s0.temperature, s0.truncated) == (8, 4, None, "soft_penalty")  # inherited
-    assert (s1.batch_size, s1.n, s1.temperature, s1.truncated) == (16, 2, 0.7, "mask")
+    assert (s0.batch_size, s0.n, s0.own_temperature, s0.truncated) == (8, 4, None, "soft_penalty")  # inherited
+    assert (s1.batch_size, s1.n, s1.own_temperature, s1.truncated) == (16, 2, 0.7, "mask")
+    assert s0.reward.terms["overlong"] == 1.0 and "overlong" not in s1.reward.terms  # soft_penalty's term, stage 0 only
+    assert (s0.key("n"), s1.key("n"), s0.key("batch_size")) == ("algo.n", "context.stages[1].n", "algo.batch_size")
     assert temperature_at(c, s1, 0) == 0.7 and temperature_at(c, s0, 5) == c.temperature.value
-    assert not masks_truncated(c, s0) and masks_truncated(c, s1)
+    assert not s0.mask_truncated and s1.mask_truncated
     c.algo.mask_truncated = True  # the dapo preset masks in every stage
-    assert masks_truncated(c, s0)
+    assert plan_stages(c)[0].mask_truncated
 
 
 def test_temperature_schedules():

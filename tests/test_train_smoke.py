@@ -109,3 +109,19 @@ def test_fast_paths_keep_a_seeded_runs_metrics(tmp_path):
         for key in ("actor/entropy", "actor/pg_loss", "actor/ppo_kl", "critic/advantages/std"):
             assert fast[key] == pytest.approx(plain[key], abs=1e-5), key
         assert fast["actor/grad_norm"] > 0 and fast["actor/grad_norm"] == pytest.approx(plain["actor/grad_norm"], rel=1e-4)
+
+
+@pytest.mark.slow
+def test_adaptive_controller_composes_with_a_token_rule(tmp_path):
+    """entropy.controller and entropy.token_rule are two keys: the adaptive bonus (target above the
+    tiny policy's entropy, so it switches on) and Clip-Cov act in the same update."""
+    args = TINY + ["entropy=none", "entropy.controller=adaptive", "entropy.token_rule=clip_cov", "entropy.target=5.0",
+                   "entropy.delta=0.01", "entropy.clip_cov_ratio=0.2", "entropy.cov_low=-100", "entropy.cov_high=100",
+                   "eval.before=false", "eval.after=false", "sft.steps=6"]
+    r = run_skyexp(args, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [json.loads(line) for line in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    rl = [r for r in rows if "actor/pg_loss" in r]
+    assert len(rl) == 3
+    assert [r["actor/entropy_coeff"] for r in rl] == pytest.approx([0.0, 0.01, 0.02])  # the controller's bonus grows
+    assert all(0 < r["actor/token_rule_frac"] < 1 for r in rl)  # Clip-Cov cut some tokens every step

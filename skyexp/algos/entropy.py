@@ -27,23 +27,24 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 4
 # Controllers: (coef, entropy, params) -> (next coef, coef in force this step).
 # `entropy` is this step's mean token entropy of the sampling policy over the tokens that train,
 # known before the update (the rollout carries it), so no controller lags a step behind.
-# The coefficient is the controller's whole state: Run.entropy_coef, saved with a checkpoint.
-# Token-level mechanisms (clip_cov, kl_cov, high_entropy_tokens) live in skyexp.algos.token_rules
-# and add no bonus.
+# The coefficient is the controller's whole state (RunState.entropy_coef, saved with a checkpoint).
+# A controller's keyword-only parameters are entropy.* config keys of the same name, bound at
+# lookup (skyexp.config.names.bind). Token-level mechanisms (clip_cov, kl_cov,
+# high_entropy_tokens) are `entropy.token_rule`s in skyexp.algos.token_rules; both compose.
 
 
-def no_bonus(coef: float, entropy: float, **_: float) -> tuple[float, float]:
+def no_bonus(coef: float, entropy: float) -> tuple[float, float]:
     """Entropy is measured and logged; no bonus."""
     return coef, 0.0
 
 
-def fixed_bonus(coef: float, entropy: float, **_: float) -> tuple[float, float]:
+def fixed_bonus(coef: float, entropy: float) -> tuple[float, float]:
     """Constant coefficient: loss -= coef * H."""
     return coef, coef
 
 
 def adaptive_bonus(
-    coef: float, entropy: float, *, target: float, delta: float, coef_min: float, coef_max: float, **_: float
+    coef: float, entropy: float, *, target: float, delta: float, coef_min: float, coef_max: float
 ) -> tuple[float, float]:
     """Skywork-OR1 adaptive entropy control (arXiv 2505.22312, sec. 3.2; their release's EntController).
 
@@ -64,7 +65,4 @@ CONTROLLERS: dict[str, Callable[..., tuple[float, float]]] = {
     "none": no_bonus,
     "fixed": fixed_bonus,
     "adaptive": adaptive_bonus,
-    "clip_cov": no_bonus,
-    "kl_cov": no_bonus,
-    "high_entropy_tokens": no_bonus,
 }

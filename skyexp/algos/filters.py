@@ -12,11 +12,11 @@ from collections.abc import Callable
 import torch
 
 
-def keep_all(rewards: torch.Tensor, correct: torch.Tensor, **_: float) -> torch.Tensor:
+def keep_all(rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     return torch.ones(rewards.shape[0], dtype=torch.bool, device=rewards.device)
 
 
-def zero_variance(rewards: torch.Tensor, correct: torch.Tensor, **_: float) -> torch.Tensor:
+def zero_variance(rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """Drop groups whose total rewards are all equal: their advantage is 0 under every group-baseline
     estimator, so they only dilute the token-mean (Skywork-OR1 rejection sampling, arXiv 2505.22312,
     whose release drops groups with rewards all 0 or all 1). With shaped rewards (length terms) a
@@ -24,7 +24,7 @@ def zero_variance(rewards: torch.Tensor, correct: torch.Tensor, **_: float) -> t
     return (rewards.max(dim=-1).values - rewards.min(dim=-1).values) > 0
 
 
-def mixed_accuracy(rewards: torch.Tensor, correct: torch.Tensor, **_: float) -> torch.Tensor:
+def mixed_accuracy(rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
     """Keep groups solved by some but not all samples, 0 < accuracy < 1: DAPO's dynamic-sampling
     criterion (filter metric `acc`, arXiv 2503.14476) and DeepScaleR's. Unlike zero_variance it
     drops an all-correct group even when length shaping makes its rewards differ."""
@@ -32,12 +32,11 @@ def mixed_accuracy(rewards: torch.Tensor, correct: torch.Tensor, **_: float) -> 
     return (acc > 0) & (acc < 1)
 
 
-def accuracy_band(rewards: torch.Tensor, correct: torch.Tensor, *, low: float = 0.2, high: float = 0.8,
-                  **_: float) -> torch.Tensor:
-    """Keep groups with low <= accuracy <= high (PRIME's online prompt filter, arXiv 2502.01456,
-    band [0.2, 0.8])."""
+def accuracy_band(rewards: torch.Tensor, correct: torch.Tensor, *, filter_low: float, filter_high: float) -> torch.Tensor:
+    """Keep groups with filter_low <= accuracy <= filter_high (PRIME's online prompt filter,
+    arXiv 2502.01456, band [0.2, 0.8]: the algo.filter_low / algo.filter_high defaults)."""
     acc = correct.float().mean(dim=-1)
-    return (acc >= low) & (acc <= high)
+    return (acc >= filter_low) & (acc <= filter_high)
 
 
 FILTERS: dict[str, Callable[..., torch.Tensor]] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -75,29 +76,38 @@ def clipped_policy_loss(
 # the same loss and gradient however the mini-batch is split.
 
 
-def token_mean(loss: torch.Tensor, mask: torch.Tensor, *, num_tokens: float, **_: object) -> torch.Tensor:
+@dataclass(frozen=True)
+class Normalisers:
+    """A mini-batch's global counts (over its micro-batches and every rank)."""
+
+    num_tokens: float  # tokens that train
+    num_seqs: float  # sequences that train
+    max_len: int  # the response-length cap (Dr.GRPO's constant)
+
+
+def token_mean(loss: torch.Tensor, mask: torch.Tensor, norm: Normalisers) -> torch.Tensor:
     """sum over all tokens / total tokens in the mini-batch (DAPO; verl's default)."""
-    return (loss * mask).sum() / max(num_tokens, 1.0)
+    return (loss * mask).sum() / max(norm.num_tokens, 1.0)
 
 
-def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, *, num_seqs: float, **_: object) -> torch.Tensor:
+def seq_mean_token_mean(loss: torch.Tensor, mask: torch.Tensor, norm: Normalisers) -> torch.Tensor:
     """mean over sequences of each sequence's token mean (original GRPO; favours short answers)."""
     per_seq = (loss * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-    return per_seq.sum() / max(num_seqs, 1.0)
+    return per_seq.sum() / max(norm.num_seqs, 1.0)
 
 
-def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, *, num_seqs: float, **_: object) -> torch.Tensor:
+def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, norm: Normalisers) -> torch.Tensor:
     """mean over sequences of each sequence's token sum."""
-    return (loss * mask).sum() / max(num_seqs, 1.0)
+    return (loss * mask).sum() / max(norm.num_seqs, 1.0)
 
 
-def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, *, num_seqs: float, max_len: int, **_: object) -> torch.Tensor:
+def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, norm: Normalisers) -> torch.Tensor:
     """Dr.GRPO (arXiv 2503.20783): token sums divided by a constant (the response-length cap)
     rather than each sequence's length, removing the length bias."""
-    return (loss * mask).sum() / (max(num_seqs, 1.0) * max(max_len, 1))
+    return (loss * mask).sum() / (max(norm.num_seqs, 1.0) * max(norm.max_len, 1))
 
 
-AGGREGATIONS: dict[str, Callable[..., torch.Tensor]] = {
+AGGREGATIONS: dict[str, Callable[[torch.Tensor, torch.Tensor, Normalisers], torch.Tensor]] = {
     "token-mean": token_mean,
     "seq-mean-token-mean": seq_mean_token_mean,
     "seq-mean-token-sum": seq_mean_token_sum,

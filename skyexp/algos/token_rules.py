@@ -1,13 +1,15 @@
 """Token-level entropy mechanisms: which tokens the policy gradient acts on, and how.
 
-Selected by `entropy=` beside the coefficient controllers of skyexp.algos.entropy. A rule is a
-pair of pure functions:
+Selected by `entropy.token_rule`, composable with the coefficient controllers of
+skyexp.algos.entropy (`entropy.controller`). A rule is a pair of pure functions whose
+keyword-only parameters without defaults are config keys of the same name (entropy.* for the
+rule's own, algo.* for the PPO clip), bound at lookup (skyexp.config.names.bind):
 
-  select(adv, logp, entropy, mask, **params) -> sel [N, T] bool   (or None: no selection)
+  select(adv, logp, entropy, mask, *, <entropy.* params>) -> sel [N, T] bool   (or None: no selection)
       run once per mini-batch, BEFORE the forward pass, on the sampling policy's log-probs and
       entropies, so the choice does not depend on how the mini-batch is split into micro-batches
       and rows without gradient can still skip the forward pass;
-  loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **params)
+  loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, <entropy.* params>)
       -> (per-token loss [N, T], per-token stats), replacing the plain clipped surrogate.
 
 Shapes: N sequences, T response positions; `adv` is the sequence advantage broadcast over its
@@ -42,10 +44,11 @@ def token_covariance(adv: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) 
 
 
 def clip_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *,
-                    clip_cov_ratio: float = 2e-4, cov_low: float = 1.0, cov_high: float = 5.0,
-                    generator: torch.Generator | None = None, **_: object) -> torch.Tensor:
+                    clip_cov_ratio: float, cov_low: float, cov_high: float,
+                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Clip-Cov (arXiv 2505.22617): among tokens with cov_low < c_t < cov_high pick
-    max(1, int(clip_cov_ratio * #tokens)) at random. Defaults are the paper's (r = 2e-4, band [1, 5]).
+    max(1, int(clip_cov_ratio * #tokens)) at random. The paper's values: r = 2e-4, band [1, 5]
+(conf/entropy/clip_cov.yaml).
     Departure: the reference code also excludes tokens the PPO clip is already cutting; those
     are known only after the forward pass, so they may be picked here (their gradient is 0 anyway)."""
     valid = mask > 0
@@ -59,9 +62,9 @@ def clip_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor
 
 
 def kl_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *,
-                  kl_cov_ratio: float = 2e-3, **_: object) -> torch.Tensor:
+                  kl_cov_ratio: float) -> torch.Tensor:
     """KL-Cov (arXiv 2505.22617): the max(1, int(kl_cov_ratio * #tokens)) tokens of largest c_t.
-    Default k = 2e-3 (their 7B recipe, `k_percent=0.2` percent)."""
+    The paper's k = 2e-3 (their 7B recipe, `k_percent=0.2` percent; conf/entropy/kl_cov.yaml)."""
     valid = mask > 0
     n = int(valid.sum())
     sel = torch.zeros(mask.numel(), dtype=torch.bool, device=mask.device)
@@ -73,7 +76,7 @@ def kl_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, 
 
 
 def high_entropy_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *,
-                        top_ratio: float = 0.2, **_: object) -> torch.Tensor:
+                        top_ratio: float) -> torch.Tensor:
     """Wang et al., "Beyond the 80/20 rule" (arXiv 2506.01939): tokens whose entropy is at least
     the (1 - rho) quantile tau of the batch's token entropies, H_t >= tau (rho = top_ratio = 0.2).
     Ties at tau are all kept, as the paper's indicator 1[H_t >= tau] does."""
@@ -86,12 +89,12 @@ def high_entropy_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Te
     return (entropy >= tau) & valid
 
 
-def plain_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **_):
+def plain_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max):
     """The clipped surrogate of skyexp.algos.losses, untouched (sel is None)."""
     return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
 
 
-def clip_cov_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **_):
+def clip_cov_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max):
     """Clip-Cov: the clipped surrogate with the selected tokens' terms removed (value and gradient
     0, as the reference code's `* corr`). The paper's recipe widens the PPO clip to [0, 2]
     (clip_low = clip_high = 1); that is the algo preset's choice, not forced here."""
@@ -99,7 +102,7 @@ def clip_cov_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, rati
     return loss * (~sel), stats
 
 
-def kl_cov_loss(logp, old_logp, adv, sel, *, ratio_max, kl_cov_coef: float = 1.0, **_):
+def kl_cov_loss(logp, old_logp, adv, sel, *, ratio_max, kl_cov_coef):
     """KL-Cov: L_t = -A_t r_t for every token, plus kl_cov_coef * |log pi_t - log pi_old,t| on the
     selected ones (beta = 1 in the paper). As in the paper and its code there is no PPO clip; the
     ratio is clamped to [1/ratio_max, ratio_max] for numerical safety.
@@ -113,7 +116,7 @@ def kl_cov_loss(logp, old_logp, adv, sel, *, ratio_max, kl_cov_coef: float = 1.0
     return loss, {"clipped_low": zero, "clipped_high": zero, "dual_clipped": zero, "approx_kl": (old_logp - logp).detach()}
 
 
-def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **_):
+def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max):
     """Policy gradient only on the selected (high-entropy) tokens. The aggregation's normaliser is
     unchanged (all response tokens), as in the paper's objective (1/sum|o_i| outside the indicator)."""
     loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
@@ -131,8 +134,6 @@ class TokenRule(NamedTuple):
 PLAIN = TokenRule(None, plain_loss)
 TOKEN_RULES: dict[str, TokenRule] = {
     "none": PLAIN,
-    "fixed": PLAIN,
-    "adaptive": PLAIN,
     "clip_cov": TokenRule(clip_cov_select, clip_cov_loss),
     "kl_cov": TokenRule(kl_cov_select, kl_cov_loss, grads_zero_advantage=True),
     "high_entropy_tokens": TokenRule(high_entropy_select, high_entropy_loss),

@@ -1,14 +1,31 @@
-"""The names each registry accepts, looked up lazily for skyexp.config's checks (no torch at import)."""
+"""The registries' names, looked up lazily for the config checks (no torch at import), and `bind`,
+which gives a registered function its parameters from the config.
+
+A registered function (an advantage estimator, an entropy controller, a token rule, a group
+filter) declares the config values it needs as keyword-only parameters without defaults, named
+as the config keys are (`target` for entropy.target). `bind` looks each up in the given config
+sections and returns the function with them bound; a parameter no section provides raises
+ConfigError naming the key, so a misspelt parameter fails at config validation, not silently at
+run time. Keyword-only parameters with defaults are run-time arguments (a random generator) and
+are left alone.
+"""
 
 from __future__ import annotations
 
+import functools
 import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from skyexp.config.schema import ConfigError
 
 # kind -> (module, registry): imported on use so `config` stays importable without torch-heavy modules
 REGISTRIES = {
     "algo": ("skyexp.algos.advantages", "ADVANTAGES"),
     "loss_agg": ("skyexp.algos.losses", "AGGREGATIONS"),
-    "entropy": ("skyexp.algos.entropy", "CONTROLLERS"),
+    "entropy_controller": ("skyexp.algos.entropy", "CONTROLLERS"),
+    "token_rule": ("skyexp.algos.token_rules", "TOKEN_RULES"),
     "filter": ("skyexp.algos.filters", "FILTERS"),
     "kl": ("skyexp.algos.kl", "KL_ESTIMATORS"),
     "rollout_is": ("skyexp.algos.rollout_is", "ROLLOUT_IS"),
@@ -18,7 +35,33 @@ REGISTRIES = {
 }
 
 
-def registry_names(kind: str) -> list[str]:
-    """The valid names of one registry (`kind`, a key of REGISTRIES), for checks that list the options."""
+def registry(kind: str) -> dict[str, Any]:
+    """One registry (`kind`, a key of REGISTRIES), imported on first use."""
     module, attr = REGISTRIES[kind]
-    return sorted(getattr(importlib.import_module(module), attr))
+    return getattr(importlib.import_module(module), attr)
+
+
+def registry_names(kind: str) -> list[str]:
+    """The valid names of one registry, for checks that list the options."""
+    return sorted(registry(kind))
+
+
+def config_params(fn: Callable[..., Any]) -> list[str]:
+    """The keyword-only parameters of fn that come from the config (those without a default)."""
+    return [p.name for p in inspect.signature(fn).parameters.values()
+            if p.kind is p.KEYWORD_ONLY and p.default is p.empty]
+
+
+def bind(fn: Callable[..., Any], sections: dict[str, Any], what: str) -> Callable[..., Any]:
+    """fn with each config parameter bound to the field of that name in the first of `sections`
+    ({"entropy": cfg.entropy, "algo": cfg.algo}) that has one. `what` names the registry entry
+    in the error ("entropy.token_rule 'clip_cov'")."""
+    bound = {}
+    for name in config_params(fn):
+        owner = next((sec for sec, obj in sections.items() if hasattr(obj, name)), None)
+        if owner is None:
+            keys = " or ".join(f"{sec}.{name}" for sec in sections)
+            raise ConfigError(f"config key '{keys}': {what} ({fn.__module__}.{fn.__qualname__}) takes the parameter "
+                              f"'{name}', which no config key provides (misspelt in the function or missing in the schema)")
+        bound[name] = getattr(sections[owner], name)
+    return functools.partial(fn, **bound)

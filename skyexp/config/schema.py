@@ -89,9 +89,10 @@ class AlgoConfig:
 
 @dataclass
 class EntropyConfig:
-    # none | fixed | adaptive (coefficient controllers, skyexp.algos.entropy) |
-    # clip_cov | kl_cov | high_entropy_tokens (token rules, skyexp.algos.token_rules)
-    name: str = "none"
+    name: str = "none"  # the preset (conf/entropy/<name>.yaml); a label
+    # Two composable mechanisms; each registered function takes the keys below it needs by name.
+    controller: str = "none"  # the bonus coefficient: none | fixed | adaptive (skyexp.algos.entropy)
+    token_rule: str = "none"  # none | clip_cov | kl_cov | high_entropy_tokens (skyexp.algos.token_rules)
     coef: float = 0.0  # initial / fixed coefficient
     target: float = 0.2  # adaptive: target token entropy
     delta: float = 1e-4  # adaptive: step of the coefficient
@@ -225,6 +226,19 @@ class TrainerConfig:
 
 
 @dataclass
+class DebugConfig:
+    """The debug overlay's limits (conf/debug/tiny.yaml sets enabled; skyexp.config.debug applies
+    them): any recipe shrunk to its tiny twin, stage structure kept."""
+
+    enabled: bool = False
+    max_rl_steps: int = 30  # RL steps over all stages (each stage keeps its share, at least 1)
+    max_response_len: int = 64  # the last stage's cap
+    min_response_len: int = 32  # the first stage's (stages between: linear in the recipe's caps)
+    max_n: int = 8  # samples per prompt
+    max_batch_size: int = 16  # prompts per step
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -240,6 +254,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     filter: FilterConfig = field(default_factory=FilterConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    debug: DebugConfig = field(default_factory=DebugConfig)
 
 
 @dataclass

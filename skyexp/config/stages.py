@@ -2,9 +2,11 @@
 
 A run trains through `context.stages` in order, inside one process: each stage has its own step
 count and response-length cap, and may override the prompt batch, samples per prompt, rollout
-temperature and the handling of truncated responses. `plan_stages` resolves the overrides once;
-`temperature_at` gives the rollout temperature of an RL step (the loss uses the temperature the
-rollout carries, so both always agree).
+temperature and the handling of truncated responses. `plan_run` resolves the overrides once
+into a typed RunPlan, which validation, the RL loop, the temperature schedule and checkpointing
+all read; each resolved value remembers the config key it came from, so a check names the key the
+user set. `RunPlan.temperature_at` gives the rollout temperature of an RL step (the loss uses the
+temperature the rollout carries, so both always agree).
 
 Truncated responses (`context.truncated`, per stage `context.stages[i].truncated`):
   keep          scored as they are (an unfinished answer is usually wrong: reward 0);
@@ -20,7 +22,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from skyexp.config.schema import Config, RewardConfig, TemperatureConfig
@@ -30,28 +32,55 @@ TRUNCATION_MODES = ("keep", "mask", "soft_penalty")
 
 @dataclass(frozen=True)
 class StagePlan:
+    """One RL stage, every per-stage override resolved."""
+
     index: int
     steps: int
-    batch_size: int
-    n: int
+    batch_size: int  # prompts per step, all ranks
+    n: int  # samples per prompt
     max_response_len: int
-    temperature: float | None  # the stage's own temperature; None follows the temperature schedule
+    own_temperature: float | None = None  # the stage's own temperature; None: the schedule's (RunPlan.temperature_at)
     truncated: str = "keep"  # a TRUNCATION_MODES entry
     first_step: int = 0  # RL step at which the stage starts
+    mask_truncated: bool = False  # truncated responses get no loss (truncated == "mask" or algo.mask_truncated)
+    reward: RewardConfig = field(default_factory=RewardConfig)  # with DAPO's overlong term under soft_penalty
+    keys: dict[str, str] = field(default_factory=dict)  # resolved field -> the config key that set it
+
+    def key(self, name: str) -> str:
+        """The config key behind a resolved field (`context.stages[1].n` or `algo.n`)."""
+        return self.keys.get(name, f"context.stages[{self.index}].{name}")
 
 
-def plan_stages(cfg: Config) -> list[StagePlan]:
-    """The RL stages of the context schedule, per-stage overrides resolved."""
-    out, first = [], 0
-    for i, s in enumerate(cfg.context.stages):
-        out.append(StagePlan(i, s.steps, s.batch_size or cfg.algo.batch_size, s.n or cfg.algo.n, s.max_response_len,
-                             s.temperature, s.truncated or cfg.context.truncated, first))
+@dataclass(frozen=True)
+class RunPlan:
+    stages: tuple[StagePlan, ...]
+    total_steps: int
+    temperature: TemperatureConfig
+
+    def temperature_at(self, stage: StagePlan, step: int) -> float:
+        """The rollout temperature of RL step `step`: the stage's own, else the schedule's."""
+        if stage.own_temperature is not None:
+            return stage.own_temperature
+        return TEMPERATURE_SCHEDULES[self.temperature.schedule](self.temperature, step, self.total_steps)
+
+
+def _resolve(c: Config, i: int, first: int) -> StagePlan:
+    s, key = c.context.stages[i], f"context.stages[{i}]"
+    keys = {name: (f"{key}.{name}" if getattr(s, name) is not None else f"{default}.{name}")
+            for name, default in (("batch_size", "algo"), ("n", "algo"), ("truncated", "context"))}
+    truncated = s.truncated if s.truncated is not None else c.context.truncated
+    return StagePlan(i, s.steps, s.batch_size if s.batch_size is not None else c.algo.batch_size,
+                     s.n if s.n is not None else c.algo.n, s.max_response_len, s.temperature, truncated, first,
+                     c.algo.mask_truncated or truncated == "mask", stage_reward(c.reward, truncated), keys)
+
+
+def plan_run(c: Config) -> RunPlan:
+    """The RL stages of the context schedule, per-stage overrides resolved (once per run)."""
+    stages, first = [], 0
+    for i, s in enumerate(c.context.stages):
+        stages.append(_resolve(c, i, first))
         first += s.steps
-    return out
-
-
-def total_steps(cfg: Config) -> int:
-    return sum(s.steps for s in cfg.context.stages)
+    return RunPlan(tuple(stages), first, c.temperature)
 
 
 # Temperature schedules: (config, RL step, total RL steps) -> temperature.
@@ -80,13 +109,6 @@ TEMPERATURE_SCHEDULES: dict[str, Callable[[TemperatureConfig, int, int], float]]
 }
 
 
-def temperature_at(cfg: Config, stage: StagePlan, step: int) -> float:
-    """The rollout temperature of RL step `step`: the stage's own, else the schedule's."""
-    if stage.temperature is not None:
-        return stage.temperature
-    return TEMPERATURE_SCHEDULES[cfg.temperature.schedule](cfg.temperature, step, total_steps(cfg))
-
-
 def stage_reward(reward: RewardConfig, truncated: str) -> RewardConfig:
     """The reward config of a stage: soft_penalty adds DAPO's overlong term when it is not on."""
     if truncated != "soft_penalty" or reward.terms.get("overlong", 0) != 0:
@@ -94,34 +116,37 @@ def stage_reward(reward: RewardConfig, truncated: str) -> RewardConfig:
     return replace(reward, terms={**reward.terms, "overlong": 1.0})
 
 
-def masks_truncated(cfg: Config, stage: StagePlan) -> bool:
-    return cfg.algo.mask_truncated or stage.truncated == "mask"
+Check = Callable[[bool, str, str], Any]
 
 
-def validate_schedule(c: Config, check: Callable[[bool, str, str], Any]) -> None:
-    """Checks of context.*, temperature.* and the checkpoint keys of trainer.*; each names its key."""
+def validate_schedule(c: Config, check: Check) -> None:
+    """Checks of context.*, temperature.* and the checkpoint keys of trainer.*; each names its key.
+    The stage checks run on the resolved plan (the same one the run uses)."""
     check(len(c.context.stages) >= 1, "context.stages", "needs at least one stage")
     check(c.context.truncated in TRUNCATION_MODES, "context.truncated",
           f"'{c.context.truncated}' is not one of {', '.join(TRUNCATION_MODES)}")
     prev = 0
-    for i, s in enumerate(c.context.stages):
-        key = f"context.stages[{i}]"
-        check(s.steps > 0, f"{key}.steps", "must be > 0")
-        check(s.max_response_len > 0, f"{key}.max_response_len", "must be > 0")
-        check(s.max_response_len >= prev, f"{key}.max_response_len", f"must not decrease ({s.max_response_len} < {prev})")
+    for s in plan_run(c).stages:
+        check(s.steps > 0, s.key("steps"), "must be > 0")
+        check(s.max_response_len > 0, s.key("max_response_len"), "must be > 0")
+        check(s.max_response_len >= prev, s.key("max_response_len"), f"must not decrease ({s.max_response_len} < {prev})")
         prev = s.max_response_len
-        n = s.n if s.n is not None else c.algo.n
-        check(n >= 1, f"{key}.n" if s.n is not None else "algo.n", "must be >= 1")
+        check(s.n >= 1, s.key("n"), "must be >= 1")
         if c.algo.advantage == "rloo":
-            check(n >= 2, f"{key}.n" if s.n is not None else "algo.n", "rloo needs at least 2 samples per prompt (leave-one-out baseline)")
-        bs = s.batch_size if s.batch_size is not None else c.algo.batch_size
-        check(bs >= 1, f"{key}.batch_size", "must be >= 1")
-        check(bs % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({bs})")
-        if s.temperature is not None:
-            check(s.temperature > 0, f"{key}.temperature", "must be > 0")
-        if s.truncated is not None:
-            check(s.truncated in TRUNCATION_MODES, f"{key}.truncated", f"'{s.truncated}' is not one of {', '.join(TRUNCATION_MODES)}")
-    t = c.temperature
+            check(s.n >= 2, s.key("n"), "rloo needs at least 2 samples per prompt (leave-one-out baseline)")
+        check(s.batch_size >= 1, s.key("batch_size"), "must be >= 1")
+        check(s.batch_size % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({s.batch_size})")
+        if s.own_temperature is not None:
+            check(s.own_temperature > 0, s.key("temperature"), "must be > 0")
+        check(s.truncated in TRUNCATION_MODES, s.key("truncated"), f"'{s.truncated}' is not one of {', '.join(TRUNCATION_MODES)}")
+    _validate_temperature(c.temperature, check)
+    r = c.trainer
+    check(r.save_every >= 0, "trainer.save_every", "must be >= 0 (0: only at stage ends and when stopped)")
+    check(r.keep_last >= 0, "trainer.keep_last", "must be >= 0 (0: keep every checkpoint)")
+    check(r.max_bad_steps >= 1, "trainer.max_bad_steps", "must be >= 1")
+
+
+def _validate_temperature(t: TemperatureConfig, check: Check) -> None:
     check(t.schedule in TEMPERATURE_SCHEDULES, "temperature.schedule",
           f"unknown value '{t.schedule}'; valid options: {', '.join(TEMPERATURE_SCHEDULES)}")
     check(t.value > 0, "temperature.value", "must be > 0 (RL samples)")
@@ -134,7 +159,12 @@ def validate_schedule(c: Config, check: Callable[[bool, str, str], Any]) -> None
         check(all(a < b for a, b in zip(t.milestones, t.milestones[1:])) and all(m > 0 for m in t.milestones),
               "temperature.milestones", "must be positive and increasing")
         check(all(v > 0 for v in t.values), "temperature.values", "must be > 0 (RL samples)")
-    r = c.trainer
-    check(r.save_every >= 0, "trainer.save_every", "must be >= 0 (0: only at stage ends and when stopped)")
-    check(r.keep_last >= 0, "trainer.keep_last", "must be >= 0 (0: keep every checkpoint)")
-    check(r.max_bad_steps >= 1, "trainer.max_bad_steps", "must be >= 1")
+
+
+def check_world_plan(c: Config, world_size: int, check: Check) -> None:
+    """The plan's checks that need the number of ranks (known only after the process group starts)."""
+    for s in plan_run(c).stages:
+        check(s.batch_size % world_size == 0, s.key("batch_size"),
+              f"prompt batch {s.batch_size} is not divisible by {world_size} ranks")
+        check((s.batch_size // world_size) % c.algo.mini_batches == 0, "algo.mini_batches",
+              f"must divide the per-rank prompt batch ({s.batch_size // world_size})")

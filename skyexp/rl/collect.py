@@ -15,7 +15,7 @@ the cap the step trains on the groups it has (verl raises an error); `batch/gen_
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import NamedTuple
 
 import torch
 
@@ -23,12 +23,14 @@ from skyexp.algos.advantages import ADVANTAGES
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.config import AlgoConfig
-from skyexp.config.stages import stage_reward
+from skyexp.config.names import bind
+from skyexp.config.stages import StagePlan
 from skyexp.data import make_batch, template_of
 from skyexp.distributed import all_gather_objects, all_reduce_sum
-from skyexp.records import Rollout
+from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
 from skyexp.rewards.terms import ScoreInput, combine
+from skyexp.rl.state import RunState, Timer
 
 
 @dataclass(frozen=True)
@@ -56,57 +58,81 @@ class StepBatch:
         return w * (~self.rollout.truncated).float() if mask_truncated else w
 
 
-def collect_batch(run: Any, stage: Any, sampler: Any, timer: Any) -> StepBatch:
+class _Round(NamedTuple):
+    """One generation round: a prompt batch's rollout, scored and filtered."""
+
+    rollout: Rollout  # [g*n, ...]
+    rewards: torch.Tensor  # [g, n]
+    correct: torch.Tensor  # [g, n]
+    terms: dict[str, torch.Tensor]  # {term: [g, n]}
+    scored: Scored
+    keep: torch.Tensor  # [g] passed the group filter
+    ids: list[str]
+    prompts: list[str]
+    answers: list[str]
+    texts: list[str]
+
+
+def _round(run: RunState, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer) -> _Round:
+    """Generate n samples for each problem, score them, apply the group filter."""
+    cfg = run.cfg
+    prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
+    with timer("gen"):
+        rollout = run.engine.generate(prompts.prompt_ids, stage.n, stage.max_response_len, temperature, cfg.rollout.top_p)
+    with timer("reward"):
+        texts = run.tokenizer.batch_decode(rollout.responses, skip_special_tokens=True)
+        scored = run.reward.score(texts, [x for x in prompts.answers for _ in range(stage.n)])
+        correct = torch.tensor(scored.scores, dtype=torch.float32)
+        total, terms = combine(ScoreInput(texts, correct, rollout.response_lengths, rollout.truncated,
+                                          stage.max_response_len), stage.reward)
+    rewards, correct = total.view(-1, stage.n), correct.view(-1, stage.n)
+    keep = run_filter(cfg.algo, rewards, correct)
+    return _Round(rollout, rewards, correct, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep,
+                  prompts.ids, prompts.prompts, prompts.answers, texts)
+
+
+def run_filter(a: AlgoConfig, rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
+    """algo.filter_groups over [G, n] rewards and correctness: [G] bool, the groups kept."""
+    return bind(FILTERS[a.filter_groups], {"algo": a}, f"algo.filter_groups '{a.filter_groups}'")(rewards, correct)
+
+
+def collect_batch(run: RunState, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
     """Generate and score prompt batches (several under dynamic sampling), filter groups."""
-    cfg, d = run.cfg, run.d
-    a = cfg.algo
-    quota = stage.batch_size // d.world_size  # this rank's share of the groups that train
-    reward_cfg = stage_reward(cfg.reward, stage.truncated)
-    parts: list[tuple[Rollout, torch.Tensor, torch.Tensor, dict[str, torch.Tensor], Scored, torch.Tensor, tuple]] = []
-    have, rounds = 0, 0
-    ids: list[str] = []  # [G] one per group generated
+    a = run.cfg.algo
+    quota = stage.batch_size // run.d.world_size  # this rank's share of the groups that train
+    rounds: list[_Round] = []
+    have, drawn = 0, 0
     while True:
-        rounds += 1
+        drawn += 1
         # every rank draws every round, so the samplers stay in step; a rank whose share is full
         # skips its prompts instead of generating
-        problems = sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
+        problems = run.sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
         if have < quota or not a.dynamic_sampling:
-            prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
-            with timer("gen"):
-                rollout = run.engine.generate(prompts.prompt_ids, stage.n, stage.max_response_len, stage.temperature,
-                                              cfg.rollout.top_p)
-            with timer("reward"):
-                texts = run.tokenizer.batch_decode(rollout.responses, skip_special_tokens=True)
-                scored = run.reward.score(texts, [x for x in prompts.answers for _ in range(stage.n)])
-                correct = torch.tensor(scored.scores, dtype=torch.float32)
-                total, terms = combine(ScoreInput(texts, correct, rollout.response_lengths, rollout.truncated,
-                                                  stage.max_response_len), reward_cfg)
-            view = (total.view(-1, stage.n), correct.view(-1, stage.n))
-            keep = FILTERS[a.filter_groups](*view, low=a.filter_low, high=a.filter_high)
-            parts.append((rollout, *view, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep,
-                          (prompts.prompts, prompts.answers, texts)))
-            ids += prompts.ids
-            have += int(keep.sum())
-        if not a.dynamic_sampling or rounds >= a.max_gen_batches:
+            rounds.append(_round(run, stage, temperature, problems, timer))
+            have += int(rounds[-1].keep.sum())
+        if not a.dynamic_sampling or drawn >= a.max_gen_batches:
             break
-        if all_reduce_sum([float(have < quota)], d.device)[0] == 0:  # every rank holds its share
+        if all_reduce_sum([float(have < quota)], run.d.device)[0] == 0:  # every rank holds its share
             break
-    kept = torch.cat([p[5] for p in parts])
-    train = kept & (kept.cumsum(0) <= quota) if a.dynamic_sampling else kept
+    return _assemble(rounds, quota, a.dynamic_sampling, drawn, run.tokenizer.pad_token_id)
+
+
+def _assemble(rounds: list[_Round], quota: int, dynamic: bool, drawn: int, pad_id: int) -> StepBatch:
+    kept = torch.cat([r.keep for r in rounds])
     return StepBatch(
-        rollout=concat_rollouts([p[0] for p in parts], run.tokenizer.pad_token_id),
-        ids=ids,
-        correct=torch.cat([p[2] for p in parts]),
-        rewards=torch.cat([p[1] for p in parts]),
-        terms={k: torch.cat([p[3][k] for p in parts]) for k in parts[0][3]},
+        rollout=concat_rollouts([r.rollout for r in rounds], pad_id),
+        ids=[x for r in rounds for x in r.ids],
+        correct=torch.cat([r.correct for r in rounds]),
+        rewards=torch.cat([r.rewards for r in rounds]),
+        terms={k: torch.cat([r.terms[k] for r in rounds]) for k in rounds[0].terms},
         kept=kept,
-        train=train,
-        statuses=[s for p in parts for s in p[4].status],
-        extracted=[x for p in parts for x in p[4].extracted],
-        gen_batches=rounds,
-        prompts=tuple(x for p in parts for x in p[6][0]),
-        answers=tuple(x for p in parts for x in p[6][1]),
-        texts=tuple(x for p in parts for x in p[6][2]),
+        train=kept & (kept.cumsum(0) <= quota) if dynamic else kept,
+        statuses=[s for r in rounds for s in r.scored.status],
+        extracted=[x for r in rounds for x in r.scored.extracted],
+        gen_batches=drawn,
+        prompts=tuple(x for r in rounds for x in r.prompts),
+        answers=tuple(x for r in rounds for x in r.answers),
+        texts=tuple(x for r in rounds for x in r.texts),
     )
 
 

@@ -1,5 +1,5 @@
-"""The RL run's lifecycle: the state the loop carries between steps, saving and restoring it
-exactly, stage boundaries, and stopping cleanly (SIGTERM, non-finite steps).
+"""The RL run's lifecycle: building the optimizer and sampler, saving and restoring the run
+state (skyexp.rl.state) exactly, stage boundaries, and stopping cleanly (SIGTERM, non-finite steps).
 
 A run resumed from a checkpoint continues as if it had never stopped: the checkpoint holds the
 policy and AdamW state (DCP, sharded), the LR scheduler, every RNG of every rank, the prompt
@@ -17,7 +17,7 @@ import random
 import signal
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,13 @@ import numpy as np
 import torch
 
 from skyexp import checkpoint
-from skyexp.config import Config
+from skyexp.config import Config, ConfigError
 from skyexp.config.stages import StagePlan
 from skyexp.data import DataError, PromptSampler
 from skyexp.data.difficulty import Counts, fully_solved, merge, without
 from skyexp.distributed import all_gather_objects, all_reduce_max
 from skyexp.records import Problem
+from skyexp.rl.state import RunState, StepResult
 
 log = logging.getLogger("skyexp")
 
@@ -46,30 +47,15 @@ class Stopped(RuntimeError):
         self.exit_code = exit_code
 
 
-def stopped(reason: str, run: Any, rl: RLState, path: Path) -> Stopped:
+def stopped(reason: str, run: RunState, path: Path) -> Stopped:
     """The exception that ends a run stopped early, with what to do next."""
     again = f"resume with trainer.resume=auto hydra.run.dir={run.run_dir}"
     if reason == "sigterm":
         return Stopped(f"SIGTERM: stopped after RL step {run.rl_step} with a checkpoint in {path}; {again}", SIGTERM_EXIT)
-    return Stopped(f"stopped at RL step {run.rl_step}: {rl.bad_streak} steps in a row had a non-finite loss or gradient "
+    return Stopped(f"stopped at RL step {run.rl_step}: {run.bad_streak} steps in a row had a non-finite loss or gradient "
                    f"(trainer.max_bad_steps={run.cfg.trainer.max_bad_steps}; their updates were skipped). The last good "
                    f"state is saved in {path}; fix the cause (a lower trainer.lr, a tighter trainer.grad_clip), then {again}",
                    NONFINITE_EXIT)
-
-
-@dataclass
-class RLState:
-    """What the RL loop carries from step to step besides the Run's counters."""
-
-    opt: torch.optim.Optimizer
-    sched: torch.optim.lr_scheduler.LambdaLR
-    sampler: PromptSampler
-    problems: list[Problem]  # the whole training set, before any stage-boundary drop
-    stage: int = 0  # position: the next step is step `step_in_stage` of stage `stage`
-    step_in_stage: int = 0
-    skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
-    bad_streak: int = 0  # ... in a row, up to now
-    pre_rl: dict[str, Any] = field(default_factory=dict)  # summary entries of the phases before RL
 
 
 @dataclass(frozen=True)
@@ -79,24 +65,28 @@ class SavedEval:
     pass_at: dict[int, float]
 
 
-def make_rl_state(cfg: Config, policy: torch.nn.Module, problems: list[Problem], rank: int, world: int) -> RLState:
+def make_optimizer(cfg: Config, policy: torch.nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
     """AdamW (the fused kernel on unsharded parameters: one pass over memory instead of several,
-    6x faster on a 26M-parameter CPU model), its LR warm-up, the prompt sampler."""
+    6x faster on a 26M-parameter CPU model) and its LR warm-up."""
     t, params = cfg.trainer, list(policy.parameters())
     fused = not any(hasattr(p, "full_tensor") for p in params) and params[0].device.type in ("cpu", "cuda")
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), fused=fused or None)
     warm = max(t.warmup_steps, 0)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
-    return RLState(opt, sched, PromptSampler(problems, t.seed, rank, world, cfg.data.shuffle), problems)
+    return opt, sched
 
 
-def dropped_ids(rl: RLState) -> list[str]:
+def make_sampler(cfg: Config, problems: list[Problem], rank: int, world: int) -> PromptSampler:
+    return PromptSampler(problems, cfg.trainer.seed, rank, world, cfg.data.shuffle)
+
+
+def dropped_ids(run: RunState) -> list[str]:
     """The prompts dropped at stage boundaries so far: those the sampler in use no longer holds."""
-    kept = {p.id for p in rl.sampler.problems}
-    return [p.id for p in rl.problems if p.id not in kept]
+    kept = {p.id for p in run.sampler.problems}
+    return [p.id for p in run.problems if p.id not in kept]
 
 
-def merged_counts(run: Any) -> Counts:
+def merged_counts(run: RunState) -> Counts:
     """This stage's (correct, samples) per prompt id, summed over every rank's run.solved."""
     counts: Counts = {}
     for rank_counts in all_gather_objects(run.solved):
@@ -104,7 +94,7 @@ def merged_counts(run: Any) -> Counts:
     return counts
 
 
-def drop_solved(run: Any, sampler: PromptSampler, stage_index: int, extra: dict[str, Any] | None = None) -> PromptSampler:
+def drop_solved(run: RunState, sampler: PromptSampler, stage_index: int, extra: dict[str, Any] | None = None) -> PromptSampler:
     """Skywork-OR1's online filtering at the start of stage `stage_index`: the prompts solved in
     every sample drawn for them during the previous stage (on any rank) leave the training set;
     the next stage draws fresh shuffled epochs over the rest. Logs the boundary (with `extra`)."""
@@ -117,37 +107,37 @@ def drop_solved(run: Any, sampler: PromptSampler, stage_index: int, extra: dict[
     return PromptSampler(kept, sampler.seed + stage_index, sampler.rank, sampler.world, sampler.shuffle)
 
 
-def enter_stage(run: Any, rl: RLState, stage: StagePlan) -> None:
+def enter_stage(run: RunState, stage: StagePlan) -> None:
     """Stage boundary: drop the prompts solved in every sample during the previous stage
     (context.drop_solved), reset AdamW's moments (context.reset_optimizer), log the boundary."""
     cfg = run.cfg
     if stage.index > 0:
         row = {"train/stage": stage.index, "train/max_response_len": stage.max_response_len}
         if cfg.context.reset_optimizer:
-            rl.opt.state.clear()
+            run.opt.state.clear()
         if cfg.context.drop_solved:
-            rl.sampler = drop_solved(run, rl.sampler, stage.index, row)
+            run.sampler = drop_solved(run, run.sampler, stage.index, row)
         else:
             run.log({**row, "train/rl_step": run.rl_step})
         log.info("stage %d: %d steps, max_response_len %d", stage.index, stage.steps, stage.max_response_len)
     run.solved = {}
 
 
-def count_faults(rl: RLState, metrics: dict[str, Any]) -> None:
+def count_faults(run: RunState, result: StepResult) -> None:
     """Non-finite updates: counted (train/skipped_steps); too many in a row stops the run."""
-    bad = metrics.get("actor/skipped_updates", 0) > 0
-    rl.skipped_steps += int(bad)
-    rl.bad_streak = rl.bad_streak + 1 if bad else 0
-    metrics["train/skipped_steps"] = rl.skipped_steps
+    bad = result.skipped_updates > 0
+    run.skipped_steps += int(bad)
+    run.bad_streak = run.bad_streak + 1 if bad else 0
+    result.metrics["train/skipped_steps"] = run.skipped_steps
     if bad:
-        log.warning("RL step %s: non-finite loss or gradient, update skipped (%d in a row)", metrics.get("train/rl_step"),
-                    rl.bad_streak)
+        log.warning("RL step %s: non-finite loss or gradient, update skipped (%d in a row)", result.record.rl_step,
+                    run.bad_streak)
 
 
-def stop_reason(cfg: Config, rl: RLState, sigterm: SigtermFlag, device: torch.device) -> str | None:
+def stop_reason(run: RunState, sigterm: SigtermFlag) -> str | None:
     """Why the run must stop after this step, the same on every rank (None: go on)."""
-    asked = sigterm.agreed(device)  # a collective: every rank calls it every step
-    if rl.bad_streak >= cfg.trainer.max_bad_steps:
+    asked = sigterm.agreed(run.d.device)  # a collective: every rank calls it every step
+    if run.bad_streak >= run.cfg.trainer.max_bad_steps:
         return "nonfinite"
     return "sigterm" if asked else None
 
@@ -206,43 +196,40 @@ def set_rng_state(engine: Any, s: dict[str, Any]) -> None:
         gen.set_state(s["engine"])
 
 
-def save(run: Any, rl: RLState, reason: str) -> Path:
+def save(run: RunState, reason: str) -> Path:
     """Checkpoint the run after its last completed step. All ranks call this."""
     cfg, d = run.cfg, run.d
     path = run.run_dir / checkpoint.CKPT_DIR / f"{checkpoint.PREFIX}{run.rl_step:08d}"
     state = {
-        "version": 1, "reason": reason, "rl_step": run.rl_step, "global_step": run.global_step, "stage": rl.stage,
-        "step_in_stage": rl.step_in_stage, "world_size": d.world_size, "sampler": rl.sampler.state_dict(),
-        "dropped": dropped_ids(rl), "solved": merged_counts(run), "skipped_steps": rl.skipped_steps, "bad_streak": rl.bad_streak,
-        "algo": run.algo_state(), "scheduler": rl.sched.state_dict(), "history": run.history, "pre_rl": rl.pre_rl,
+        "version": 2, "reason": reason, **run.counters(), "world_size": d.world_size, "sampler": run.sampler.state_dict(),
+        "dropped": dropped_ids(run), "solved": merged_counts(run), "scheduler": run.sched.state_dict(),
         "wandb_id": run.logger.run_id, "config": asdict(cfg),
     }
     t = time.perf_counter()
-    checkpoint.save(path, run.policy, rl.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last)
+    checkpoint.save(path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last)
     log.info("checkpoint %s (%s): %.1f MB in %.2fs", path.name, reason, checkpoint.size_bytes(path) / 2**20,
              time.perf_counter() - t)
     return path
 
 
-def restore(run: Any, rl: RLState, path: Path) -> dict[str, Any]:
+def restore(run: RunState, path: Path) -> dict[str, Any]:
     """Load a checkpoint into the run (all ranks). The RNGs are restored last: call this after
     every other set-up step, right before the RL loop."""
     cfg, d, t = run.cfg, run.d, time.perf_counter()
     state = checkpoint.read_state(path)
+    if state.get("version", 1) < 2:
+        raise ConfigError(f"config key 'trainer.resume': {path} was written by an older skyexp (checkpoint state "
+                          f"version {state.get('version', 1)}, this one reads 2); resume it with that version or start afresh")
     warn_config_changes(state["config"], asdict(cfg))
-    private = checkpoint.load(path, run.policy, rl.opt, d)
-    rl.sched.load_state_dict(state["scheduler"])
-    rl.stage, rl.step_in_stage = state["stage"], state["step_in_stage"]
-    rl.skipped_steps, rl.bad_streak = state["skipped_steps"], state["bad_streak"]
+    private = checkpoint.load(path, run.policy, run.opt, d)
+    run.sched.load_state_dict(state["scheduler"])
+    run.load_counters(state)
     run.solved = {k: tuple(v) for k, v in state["solved"].items()} if d.is_main else {}  # merged at the boundary
-    rl.pre_rl = state["pre_rl"]
     # the sampler in use: over the prompts not dropped so far, with its own seed; its state's
     # fingerprint of the problem list makes a wrong reconstruction fail loudly
-    kept, _ = without(rl.problems, set(state["dropped"]))
-    rl.sampler = PromptSampler(kept, state["sampler"]["seed"], d.rank, d.world_size, cfg.data.shuffle)
-    rl.sampler.load_state_dict(state["sampler"])
-    run.rl_step, run.global_step, run.history = state["rl_step"], state["global_step"], state["history"]
-    run.load_algo_state(state["algo"])
+    kept, _ = without(run.problems, set(state["dropped"]))
+    run.sampler = PromptSampler(kept, state["sampler"]["seed"], d.rank, d.world_size, cfg.data.shuffle)
+    run.sampler.load_state_dict(state["sampler"])
     run.engine.sync_weights(run.policy)
     if private:
         set_rng_state(run.engine, private)
@@ -250,7 +237,7 @@ def restore(run: Any, rl: RLState, path: Path) -> dict[str, Any]:
         log.warning("resuming %d-rank checkpoint on %d ranks: model and optimizer are resharded, but ranks without a "
                     "saved RNG state start fresh ones, so rollouts differ from an uninterrupted run",
                     state["world_size"], d.world_size)
-    log.info("resumed from %s: RL step %d (stage %d, step %d of it) in %.2fs", path, run.rl_step, rl.stage, rl.step_in_stage,
+    log.info("resumed from %s: RL step %d (stage %d, step %d of it) in %.2fs", path, run.rl_step, run.stage, run.step_in_stage,
              time.perf_counter() - t)
     return state
 

@@ -27,7 +27,8 @@ from skyexp.data.templates import render_messages
 from skyexp.distributed import Dist
 from skyexp.models import cache_root
 from skyexp.records import Problem
-from skyexp.rl.update import pack, sft_step
+from skyexp.rl.forward import pack
+from skyexp.rl.update import UpdateSettings, sft_step
 
 log = logging.getLogger("skyexp")
 
@@ -107,13 +108,12 @@ def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: lis
     eos = tokenizer.eos_token_id
     bar = tqdm(range(s.steps), desc="sft", disable=not progress, dynamic_ncols=True)
     loss = 0.0
+    settings = UpdateSettings(cfg.trainer.micro_batch_size, cfg.trainer.grad_clip, d.world_size, d.device)
     for _ in bar:
         batch = sampler.next(s.batch_size)
         prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)["input_ids"]  # rendered already
         responses = [r[: s.max_len - 1] + [eos] for r in tokenizer([p.answer for p in batch], add_special_tokens=False)["input_ids"]]
-        seq, attn, rmask, plen = pack(prompts, responses, tokenizer.pad_token_id)
-        loss, gnorm = sft_step(policy, opt, seq, attn, rmask, plen, cfg.trainer.micro_batch_size, cfg.trainer.grad_clip,
-                               d.world_size, d.device)
+        loss, gnorm = sft_step(policy, opt, pack(prompts, responses, tokenizer.pad_token_id), settings)
         sched.step()
         log_step({"sft/loss": loss, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0]})
         bar.set_postfix(loss=f"{loss:.3f}")

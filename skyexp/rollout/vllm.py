@@ -271,7 +271,7 @@ def _to_rollout(
     n: int,
     temperature: float,
 ) -> Rollout:
-    from skyexp.rl.update import pack
+    from skyexp.rl.forward import pack
 
     seq, attn, rmask, plen = pack(prompts, responses, pad_id)
     lp = torch.zeros_like(rmask)

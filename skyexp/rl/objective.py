@@ -1,0 +1,114 @@
+"""The RL objective over per-token tensors: pure, no model, no logits, no distributed calls.
+
+    loss = agg(w_IS * L_rule) - entropy_coef * agg(H) + kl_coef * agg(KL(pi || ref))
+
+L_rule is the token rule's policy loss (the PPO clipped surrogate of skyexp.algos.losses unless
+`entropy.token_rule` replaces it), w_IS the truncated importance weights of `algo.rollout_is`
+(1 without), H the current policy's token entropy (only when the bonus is on), KL the estimator
+`algo.kl_estimator` against the frozen reference (only with `algo.kl_mode=loss`). Every term is
+aggregated alike (`algo.loss_agg`) with the mini-batch's global normalisers, so the loss summed
+over micro-batches and ranks does not depend on how the mini-batch is split.
+
+`LossSpec` is built once per RL step from the registered pieces, their config parameters bound
+(skyexp.config.names.bind); `objective` is what the micro-batch driver (skyexp.rl.update) calls.
+How token log-probs and entropies are computed (full logits for a small vocabulary, a chunked
+lm-head for a large one) is the driver's business: the objective only sees tokens.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from skyexp.algos.kl import KL_ESTIMATORS
+from skyexp.algos.losses import AGGREGATIONS, Normalisers
+from skyexp.algos.token_rules import TOKEN_RULES
+from skyexp.config import AlgoConfig, EntropyConfig
+from skyexp.config.names import bind
+
+PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
+                      tuple[torch.Tensor, dict[str, torch.Tensor]]]
+Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+# The detached per-token sums objective() returns, in a fixed order (the driver accumulates them).
+STAT_NAMES = ("pg", "clipped_low", "clipped_high", "dual_clipped", "rule_selected", "approx_kl", "kl_ref", "tokens")
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    """The objective's pieces, looked up and bound once per step."""
+
+    policy_loss: PolicyLoss  # (logp, old_logp, adv, selected) -> (per-token loss, per-token stats)
+    select: Select | None  # the token rule's selection (adv, old_logp, entropy, mask) -> bool [N, T]
+    grads_zero_advantage: bool  # selected tokens get a gradient even where A = 0
+    aggregate: Callable[[torch.Tensor, torch.Tensor, Normalisers], torch.Tensor]
+    kl: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # estimator (logp, ref_logp) -> [N, T]
+    entropy_coef: float = 0.0  # the bonus in force this step (the controller's output)
+    kl_coef: float = 0.0  # weight of the KL-to-reference loss term
+
+    @property
+    def needs_entropy(self) -> bool:
+        """The driver must compute the current policy's token entropies (with gradient)."""
+        return self.entropy_coef > 0
+
+
+def make_loss_spec(algo: AlgoConfig, entropy: EntropyConfig, entropy_coef: float, kl_coef: float) -> LossSpec:
+    """The spec of one step: the token rule's functions with their entropy.* / algo.* parameters
+    bound, the aggregation and KL estimator by name, this step's coefficients."""
+    rule = TOKEN_RULES[entropy.token_rule]
+    sections, what = {"entropy": entropy, "algo": algo}, f"entropy.token_rule '{entropy.token_rule}'"
+    return LossSpec(
+        policy_loss=bind(rule.loss, sections, what),
+        select=bind(rule.select, sections, what) if rule.select is not None else None,
+        grads_zero_advantage=rule.grads_zero_advantage,
+        aggregate=AGGREGATIONS[algo.loss_agg],
+        kl=KL_ESTIMATORS[algo.kl_estimator],
+        entropy_coef=entropy_coef,
+        kl_coef=kl_coef,
+    )
+
+
+@dataclass(frozen=True)
+class TokenInputs:
+    """One micro-batch's per-token tensors, all [N, T] on the same device."""
+
+    logp: torch.Tensor  # current policy's log-probs of the sampled tokens (with gradient)
+    old_logp: torch.Tensor  # the sampling policy's
+    advantages: torch.Tensor  # per token (a sequence advantage broadcast over its tokens)
+    mask: torch.Tensor  # 1 on tokens that train
+    entropy: torch.Tensor | None = None  # current policy's token entropies (with gradient); spec.needs_entropy
+    ref_logp: torch.Tensor | None = None  # frozen reference's log-probs; needed when spec.kl_coef > 0
+    is_weights: torch.Tensor | None = None  # truncated importance weights (algo.rollout_is)
+    selected: torch.Tensor | None = None  # bool, the token rule's selection
+
+
+def objective(x: TokenInputs, norm: Normalisers, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The micro-batch's share of the mini-batch loss (a scalar with gradient) and detached sums
+    over its tokens (STAT_NAMES: summed policy loss, clip counts, tokens the rule selected, k1
+    KL(old || new) as verl's ppo_kl, KL to the reference, tokens). Dividing a sum by the
+    mini-batch's token count gives verl's per-token metric."""
+    pg, st = spec.policy_loss(x.logp, x.old_logp, x.advantages, x.selected)
+    if x.is_weights is not None:
+        pg = pg * x.is_weights
+    loss = spec.aggregate(pg, x.mask, norm)
+    if spec.entropy_coef > 0:
+        loss = loss - spec.entropy_coef * spec.aggregate(x.entropy, x.mask, norm)
+    kl = spec.kl(x.logp, x.ref_logp) if spec.kl_coef > 0 else torch.zeros_like(x.logp)
+    if spec.kl_coef > 0:
+        loss = loss + spec.kl_coef * spec.aggregate(kl, x.mask, norm)
+    m = x.mask
+    with torch.no_grad():
+        sel = x.selected if x.selected is not None else torch.zeros_like(m)
+        parts = (pg * m, st["clipped_low"] * m, st["clipped_high"] * m, st["dual_clipped"] * m, sel * m,
+                 st["approx_kl"] * m, kl * m, m)
+        sums = {name: p.sum().double() for name, p in zip(STAT_NAMES, parts)}
+    return loss, sums
+
+
+def reduce_named(total: dict[str, torch.Tensor] | None, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Key-by-key sum of two dicts of scalar tensors (total None: a copy of part)."""
+    if total is None:
+        return dict(part)
+    return {k: total[k] + part[k] for k in total}
