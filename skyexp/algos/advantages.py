@@ -1,7 +1,11 @@
-"""Advantage estimators over groups of samples. Each maps rewards [B, n] to advantages [B, n].
+"""Advantage estimators over groups of samples. Each of ADVANTAGES maps rewards [B, n] to
+advantages [B, n].
 
-B prompts, n samples per prompt. Every estimator gives exactly zero advantage to a group
-whose rewards are all equal (n >= 2): such a group carries no learning signal. The caller passes
+B prompts, n samples per prompt. Every estimator of ADVANTAGES gives exactly zero advantage to a
+group whose rewards are all equal (n >= 2; for reinforce_pp with n = 1, to a batch whose rewards
+are all equal): such a group carries no learning signal. Exactly, also in float32, where the
+group mean of equal non-dyadic rewards (1.2, 0.7) is off by a rounding error that a division by
+the group's std would blow up to O(0.1): such groups are set to 0 explicitly. The caller passes
 the groups that train this step, gathered over all ranks, so batch-level statistics
 (REINFORCE++) are those of the whole training batch.
 """
@@ -13,17 +17,28 @@ from collections.abc import Callable
 import torch
 
 
+def equal_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """[B, 1] True where every reward of the group equals its first (the group carries no signal)."""
+    return (rewards == rewards[..., :1]).all(dim=-1, keepdim=True)
+
+
+def centred(rewards: torch.Tensor) -> torch.Tensor:
+    """r_i - mean(r) per group [B, n], exactly 0 for equal-reward groups (float rounding of the mean
+    otherwise leaves ~1e-7 there)."""
+    return (rewards - rewards.mean(dim=-1, keepdim=True)).masked_fill(equal_groups(rewards), 0.0)
+
+
 def rloo(rewards: torch.Tensor, **_: object) -> torch.Tensor:
     """REINFORCE leave-one-out (Ahmadian et al., arXiv 2402.14740).
 
     A_i = r_i - 1/(n-1) * sum_{j != i} r_j  =  n/(n-1) * (r_i - mean(r)).
-    Needs n >= 2 (checked at config time; raised here too).
+    Needs n >= 2 (checked at config time; raised here too). Equal-reward groups: exactly 0.
     """
     n = rewards.shape[-1]
     if n < 2:
         raise ValueError("rloo needs at least 2 samples per prompt")
     total = rewards.sum(dim=-1, keepdim=True)  # [B, 1]
-    return rewards - (total - rewards) / (n - 1)
+    return (rewards - (total - rewards) / (n - 1)).masked_fill(equal_groups(rewards), 0.0)
 
 
 def grpo(rewards: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6, **_: object) -> torch.Tensor:
@@ -31,14 +46,16 @@ def grpo(rewards: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6, **_
 
     A_i = (r_i - mean(r)) / (std(r) + eps), std with Bessel's correction (n-1), as verl does.
     norm_by_std=False gives Dr.GRPO's A_i = r_i - mean(r) (Liu et al., arXiv 2503.20783).
-    For n = 1 the advantage is 0 (a single sample has no group baseline).
+    For n = 1 the advantage is 0 (a single sample has no group baseline). Equal-reward groups get
+    exactly 0: the formula as written gives rounding_error / (std + eps) there in float32, e.g.
+    0.106 for n = 8 rewards of 1.2.
     """
-    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    c = centred(rewards)
     if not norm_by_std:
-        return centred
+        return c
     if rewards.shape[-1] < 2:
         return torch.zeros_like(rewards)
-    return centred / (rewards.std(dim=-1, keepdim=True, unbiased=True) + eps)
+    return c / (rewards.std(dim=-1, keepdim=True, unbiased=True) + eps)
 
 
 def dr_grpo(rewards: torch.Tensor, **kw: object) -> torch.Tensor:
@@ -62,11 +79,8 @@ def reinforce_pp(rewards: torch.Tensor, eps: float = 1e-6, **_: object) -> torch
     """
     if rewards.numel() == 0:
         return rewards.clone()
-    if rewards.shape[-1] == 1:
-        centred = rewards - rewards.mean()
-    else:
-        centred = rewards - rewards.mean(dim=-1, keepdim=True)
-    return centred / (centred.pow(2).mean().sqrt() + eps)
+    c = centred(rewards.reshape(1, -1)).view_as(rewards) if rewards.shape[-1] == 1 else centred(rewards)
+    return c / (c.pow(2).mean().sqrt() + eps)
 
 
 ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
