@@ -8,7 +8,8 @@ pair of pure functions:
       entropies, so the choice does not depend on how the mini-batch is split into micro-batches
       and rows without gradient can still skip the forward pass;
   loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **params)
-      -> (per-token loss [N, T], per-token stats), replacing the plain clipped surrogate.
+      -> (per-token loss [N, T], per-token stats), replacing the plain clipped surrogate
+      (ratio_max bounds the ratio of kl_cov's unclipped surrogate; the others ignore it).
 
 Shapes: N sequences, T response positions; `adv` is the sequence advantage broadcast over its
 tokens, `mask` 1 on tokens that train. Departure shared by the covariance rules: the reference
@@ -86,16 +87,16 @@ def high_entropy_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Te
     return (entropy >= tau) & valid
 
 
-def plain_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **_):
+def plain_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, **_):
     """The clipped surrogate of skyexp.algos.losses, untouched (sel is None)."""
-    return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
+    return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
 
 
-def clip_cov_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **_):
+def clip_cov_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, **_):
     """Clip-Cov: the clipped surrogate with the selected tokens' terms removed (value and gradient
     0, as the reference code's `* corr`). The paper's recipe widens the PPO clip to [0, 2]
     (clip_low = clip_high = 1); that is the algo preset's choice, not forced here."""
-    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
+    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
     return loss * (~sel), stats
 
 
@@ -113,10 +114,10 @@ def kl_cov_loss(logp, old_logp, adv, sel, *, ratio_max, kl_cov_coef: float = 1.0
     return loss, {"clipped_low": zero, "clipped_high": zero, "dual_clipped": zero, "approx_kl": (old_logp - logp).detach()}
 
 
-def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, **_):
+def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, **_):
     """Policy gradient only on the selected (high-entropy) tokens. The aggregation's normaliser is
     unchanged (all response tokens), as in the paper's objective (1/sum|o_i| outside the indicator)."""
-    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
+    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
     return loss * sel, stats
 
 

@@ -58,7 +58,7 @@ class AlgoConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float = 0.0  # dual-clip bound (> 1 enables it); 0 disables
-    ratio_max: float = 10.0  # importance ratio clamp, for numerical safety only
+    ratio_max: float = 10.0  # entropy=kl_cov only: clamp of the ratio in its unclipped surrogate (the PPO clip needs none)
     loss_agg: str = "token-mean"  # a key of skyexp.algos.losses.AGGREGATIONS
     norm_by_std: bool = True  # grpo: divide by the group std (False gives Dr.GRPO)
     adv_eps: float = 1e-6
