@@ -40,7 +40,7 @@ from skyexp.evaluation.estimators import EvalResult
 from skyexp.evaluation.runner import eval_due, eval_template, run_eval, write_records
 from skyexp.rewards import build_reward
 from skyexp.rl import lifecycle, sft
-from skyexp.rl.collect import collect_batch, group_advantages, kl_coefs, kl_penalty
+from skyexp.rl.collect import collect_batch, kl_coefs, kl_penalty, step_advantages
 from skyexp.rl.lifecycle import RLState
 from skyexp.rl.metrics import mismatch_metrics, sample_table, step_metrics
 from skyexp.rl.update import forward_stats, global_token_mean, rl_update, sampling_view
@@ -109,7 +109,8 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
                 if a.rollout_is != "none" else None)
         kl_loss_coef, kl_reward_coef = kl_coefs(a)
         seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n]
-        adv = group_advantages(a, batch.rewards - kl_reward_coef * seq_kl, batch.train, dev)  # [G*n]
+        # [G*n], or [G*n, R] for REINFORCE++ with the KL in the reward (-beta*KL_t per token; issue 17)
+        adv = step_advantages(a, batch.rewards, batch.train, old_logp, ref_logp, ro.response_mask, dev)
         trained_tokens = ro.response_mask * weights[:, None]
         h = global_token_mean(ent, trained_tokens if float(trained_tokens.sum()) > 0 else ro.response_mask, dev)
         run.entropy_coef, coef = CONTROLLERS[e.name](run.entropy_coef, h, target=e.target, delta=e.delta,

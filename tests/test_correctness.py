@@ -7,13 +7,22 @@ Expected numbers are computed by hand in the comments (or quoted from the issue)
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import math
 
 import pytest
 import torch
 
-from skyexp.algos.advantages import ADVANTAGES, reinforce_pp
-from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss
+from skyexp.algos.advantages import (
+    ADVANTAGES,
+    reinforce_pp,
+    reinforce_pp_returns,
+    reinforce_pp_tokens,
+)
+from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss, token_logprobs, token_mean
+from skyexp.config import AlgoConfig, ModelConfig
+from skyexp.rl.collect import step_advantages
 
 # ---- 2. equal-reward groups: exactly zero in float32 ----
 
@@ -49,6 +58,115 @@ def test_only_exactly_equal_groups_are_zeroed():
     r[0, 0] = 1.201
     adv = ADVANTAGES["grpo"](r, eps=0.0)
     assert adv[0, 0].item() == pytest.approx(7 / 8 * 8**0.5, rel=1e-3) and (adv[0, 1:] < 0).all()
+
+
+# ---- 3. REINFORCE++ with the KL in the reward: the paper's token-level form ----
+
+# The issue's case: one group, rewards [1, 0, 0], response masks [1,1,1], [1,1,0], [1,1,1], per-token
+# k1 KL [0.1, 0.2, 3.0], [0.05, 0.05, -], [0, 0, 0], beta = 0.1.
+REWARDS = torch.tensor([[1.0, 0.0, 0.0]])
+MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+KL = torch.tensor([[0.1, 0.2, 3.0], [0.05, 0.05, 0.0], [0.0, 0.0, 0.0]])
+
+
+def test_reinforce_pp_token_returns_hand_values():
+    # group-centred outcome R' = [2/3, -1/3, -1/3] at the last token, -0.1 KL_t on every token:
+    # seq 0: r = [-0.01, -0.02, -0.3 + 0.66667] -> returns-to-go [0.33667, 0.34667, 0.36667]
+    # seq 1: r = [-0.005, -0.005 - 0.33333]      -> [-0.34333, -0.33833]
+    # seq 2: r = [0, 0, -0.33333]                -> [-0.33333] * 3
+    g = reinforce_pp_returns(REWARDS, KL, MASK, 0.1)
+    expected = [[0.33667, 0.34667, 0.36667], [-0.34333, -0.33833, 0.0], [-1 / 3] * 3]
+    assert g.tolist() == [pytest.approx(row, abs=1e-5) for row in expected]
+
+
+def test_reinforce_pp_tokens_issue_numbers():
+    # whitening over the 8 response tokens: mean -0.63167 / 8 = -0.078958; deviations
+    # [0.415625, 0.425625, 0.445625], [-0.264375, -0.259375], [-0.254375] * 3; population variance
+    # 0.883772 / 8 = 0.110472, std 0.332373 -> the issue's (OpenRLHF's reinforce_baseline) values
+    adv = reinforce_pp_tokens(REWARDS, KL, MASK, 0.1)
+    expected = [[1.2505, 1.2806, 1.3407], [-0.7954, -0.7804, 0.0], [-0.7653] * 3]
+    assert adv.tolist() == [pytest.approx(row, abs=1e-4) for row in expected]
+
+
+def test_sequence_form_is_the_former_estimator():
+    # reinforce_pp_seq: r - 0.1 * sum_t KL_t = [0.67, -0.01, 0], centred [0.45, -0.23, -0.22],
+    # rms sqrt(0.30380 / 3) = 0.318224 -> one advantage per sequence [1.414, -0.723, -0.691]
+    adv = ADVANTAGES["reinforce_pp_seq"](REWARDS - 0.1 * (KL * MASK).sum(-1)[None], eps=0.0)
+    assert adv[0].tolist() == pytest.approx([1.41411, -0.72276, -0.69134], abs=1e-4)
+
+
+def test_reinforce_pp_tokens_single_sample_form():
+    # n = 1, beta = 0: rewards [1, 0] with 1 and 3 response tokens -> returns [1], [0, 0, 0];
+    # token mean 0.25, population std sqrt((0.5625 + 3 * 0.0625) / 4) = 0.43301 -> [1.7321], [-0.5774] * 3
+    mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
+    adv = reinforce_pp_tokens(torch.tensor([[1.0], [0.0]]), torch.zeros(2, 3), mask, 0.0)
+    assert adv.tolist() == [pytest.approx([1.73205, 0.0, 0.0], abs=1e-4), pytest.approx([-0.57735] * 3, abs=1e-4)]
+
+
+def test_step_advantages_routes_reinforce_pp_by_kl_mode(dist1):
+    """kl_mode=reward: per-token [G*n, R] from the sampler / reference log-probs (k1), statistics over
+    the training groups only; kl_mode=loss: the sequence form [G*n]."""
+    ref = torch.zeros(6, 3)
+    logp = torch.cat([KL, torch.full((3, 3), 9.0)])  # a second group that does not train: ignored
+    mask = torch.cat([MASK, torch.ones(3, 3)])
+    rewards, train = torch.cat([REWARDS, torch.tensor([[5.0, -5.0, 0.0]])]), torch.tensor([True, False])
+    a = AlgoConfig(advantage="reinforce_pp", kl_coef=0.1, kl_mode="reward", kl_estimator="k1")
+    adv = step_advantages(a, rewards, train, logp, ref, mask, dist1.device)
+    assert adv.shape == (6, 3) and torch.equal(adv[3:], torch.zeros(3, 3))
+    assert torch.allclose(adv[:3], reinforce_pp_tokens(REWARDS, KL, MASK, 0.1), atol=1e-6)
+    seq = step_advantages(dataclasses.replace(a, kl_mode="loss"), rewards, train, logp, ref, mask, dist1.device)
+    assert seq.shape == (6,) and seq[:3].tolist() == pytest.approx([2**0.5, -(2**0.5) / 2, -(2**0.5) / 2], abs=1e-5)
+    # the sequence-level form keeps the former estimator with the KL in the reward
+    old = step_advantages(dataclasses.replace(a, advantage="reinforce_pp_seq"), rewards, train, logp, ref, mask, dist1.device)
+    assert old[:3].tolist() == pytest.approx([1.41411, -0.72276, -0.69134], abs=1e-4)
+
+
+@pytest.fixture()
+def rollout(tiny_dir):
+    from skyexp.models import load_model, load_tokenizer
+    from skyexp.rollout.hf import HFEngine
+
+    tok = load_tokenizer(str(tiny_dir), ModelConfig())
+    policy = load_model(str(tiny_dir), ModelConfig())
+    eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=0)
+    torch.manual_seed(3)
+    prompts = tok(["Compute 1+1.\n", "Compute 4*4.\n"], add_special_tokens=False)["input_ids"]
+    return policy, eng.generate(prompts, 3, 6, 1.0)
+
+
+def test_update_takes_per_token_advantages(rollout, dist1):
+    """rl_update with advantages [N, R]: a broadcast per-sequence advantage gives exactly the
+    per-sequence update; genuinely per-token advantages give the plain full-batch token-mean
+    step (SGD, lr 1) with micro-batches of 4, one filtered row and an all-zero row skipped."""
+    from skyexp.rl.update import response_logits, rl_update
+
+    policy, ro = rollout
+    torch.manual_seed(0)
+    weights = torch.tensor([1.0, 1.0, 0.0, 1.0, 1.0, 1.0])
+    seq_adv = torch.tensor([0.5, -0.5, 0.3, 1.0, 0.0, -1.0])
+
+    def step(adv):
+        p = copy.deepcopy(policy)
+        rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, dist1.device)
+        return p
+
+    def same(p, q, atol):
+        return all(torch.allclose(x, y, atol=atol) for x, y in zip(p.parameters(), q.parameters()))
+
+    assert same(step(seq_adv), step(seq_adv[:, None].expand_as(ro.response_mask).clone()), 0.0)
+    tok_adv = torch.randn(ro.response_mask.shape) * ro.response_mask
+    tok_adv[4] = 0.0
+    expected = copy.deepcopy(policy)
+    logits = response_logits(expected, ro.sequences, ro.attention_mask, ro.prompt_len)
+    logp = token_logprobs(logits, ro.responses, ro.temperature)
+    lm = ro.response_mask * weights[:, None]
+    pg, _ = clipped_policy_loss(logp, ro.logprobs, tok_adv)
+    token_mean(pg, lm, num_tokens=float(lm.sum())).backward()
+    with torch.no_grad():
+        for w in expected.parameters():
+            w -= w.grad
+    got = step(tok_adv)
+    assert same(got, expected, 2e-5) and not same(got, policy, 0.0)
 
 
 # ---- 4. the ratio's safety cap ----

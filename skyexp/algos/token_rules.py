@@ -12,11 +12,11 @@ pair of pure functions:
       (ratio_max bounds the ratio of kl_cov's unclipped surrogate; the others ignore it).
 
 Shapes: N sequences, T response positions; `adv` is the sequence advantage broadcast over its
-tokens, `mask` 1 on tokens that train. Departure shared by the covariance rules: the reference
-code selects per micro-batch with the current policy's log-probs; here selection is over the
-rank's whole mini-batch with the sampling policy's log-probs, identical on the first (on-policy)
-optimizer step and independent of micro-batching. Each rank selects among its own tokens, as each
-GPU does in the reference code.
+tokens (or a per-token advantage: REINFORCE++ with the KL in the reward), `mask` 1 on tokens that
+train. Departure shared by the covariance rules: the reference code selects per micro-batch with
+the current policy's log-probs; here selection is over the rank's whole mini-batch with the
+sampling policy's log-probs, identical on the first (on-policy) optimizer step and independent
+of micro-batching. Each rank selects among its own tokens, as each GPU does in the reference code.
 """
 
 from __future__ import annotations

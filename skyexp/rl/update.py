@@ -156,7 +156,7 @@ def rl_update(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     rollout: Rollout,
-    advantages: torch.Tensor,  # [B*n] one advantage per sequence
+    advantages: torch.Tensor,  # [B*n] one advantage per sequence, or [B*n, R] one per token (REINFORCE++ with KL in the reward)
     weights: torch.Tensor,  # [B*n] 1 for sequences that train, 0 for filtered ones
     algo: AlgoConfig,
     entropy_coef: float,
@@ -201,8 +201,9 @@ def rl_update(
     resp_mask = rollout.response_mask
     loss_mask = resp_mask * weights[:, None]
     max_len = max_response_len or resp_mask.shape[1]
-    grad_rows = (weights > 0) & ((advantages != 0) | (entropy_coef > 0) | (kl_coef > 0))
-    adv_tok = advantages[:, None].expand_as(loss_mask)
+    # issue 17: per-token advantages [B*n, R] are taken as they are; per-sequence [B*n] are broadcast
+    adv_tok = advantages if advantages.dim() == 2 else advantages[:, None].expand_as(loss_mask)
+    grad_rows = (weights > 0) & ((adv_tok != 0).any(-1) | (entropy_coef > 0) | (kl_coef > 0))
     chosen = torch.zeros_like(loss_mask, dtype=torch.bool)
     # pg, clip_lo, clip_hi, dual, rule-selected, tokens(loss) | ppo_kl, kl_ref, tokens(forward)
     # accumulated on the device and read once per mini-batch (no host sync per micro-batch)
