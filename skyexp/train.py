@@ -101,10 +101,13 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
         batch = collect_batch(run, stage, rl.sampler, t)  # generate, score, filter groups (dynamic sampling: repeat)
         run.solved = merge(run.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
         ro, weights = batch.rollout, batch.row_weights(masks_truncated(cfg, stage))  # [G*n]
+        # issue 17: every row of a training group enters its group's baseline (masked truncated rows
+        # too), so each needs old and reference log-probs, not only the rows with weight > 0
+        in_groups = batch.row_weights(False)  # [G*n]
         with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
-            old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", mb, dev, share)
+            old_logp, ent = sampling_view(run.policy, ro, in_groups, a.old_logprobs == "recompute", mb, dev, share)
         with t("ref"):
-            ref_logp = reference_logprobs(run, ro, weights)  # None unless a KL term is on
+            ref_logp = reference_logprobs(run, ro, in_groups)  # None unless a KL term is on
         is_w = (ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
                 if a.rollout_is != "none" else None)
         kl_loss_coef, kl_reward_coef = kl_coefs(a)
@@ -136,12 +139,13 @@ def rl_step(run: Run, stage: StagePlan, rl: RLState) -> dict[str, Any]:
     return out
 
 
-def reference_logprobs(run: Run, ro, weights: torch.Tensor) -> torch.Tensor | None:
-    """The reference policy's log-probs [G*n, R] on the rows that train; None without a reference."""
+def reference_logprobs(run: Run, ro, rows: torch.Tensor) -> torch.Tensor | None:
+    """The reference policy's log-probs [G*n, R] on the rows where rows [G*n] > 0 (0 elsewhere);
+    None without a reference."""
     if run.ref is None:
         return None
     t = run.cfg.trainer
-    return forward_stats(run.ref, ro, (weights > 0).nonzero().squeeze(1), t.micro_batch_size, run.d.device, False,
+    return forward_stats(run.ref, ro, (rows > 0).nonzero().squeeze(1), t.micro_batch_size, run.d.device, False,
                          t.share_prompts)[0]
 
 

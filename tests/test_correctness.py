@@ -24,6 +24,70 @@ from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss, token_logpro
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.rl.collect import step_advantages
 
+# ---- 1. KL penalty in the reward with masked (truncated) rows ----
+
+
+def _single_token_kl(kl: list[float]):
+    """k1 log-probs whose per-sequence KL is `kl`: one response token per row, ref = 0."""
+    logp = torch.tensor(kl)[:, None]
+    return logp, torch.zeros_like(logp), torch.ones_like(logp)
+
+
+def test_kl_in_reward_advantages_with_masked_rows_hand_values(dist1):
+    """The issue's case: rewards [0, 1, 0, 1], rows 0 and 2 truncated and masked (weight 0) but in the
+    group's baseline, GRPO, beta = 0.05. With the true per-sequence KL [0.998, 0.15, 0.158, 0.37]:
+      r' = r - 0.05 KL = [-0.0499, 0.9925, -0.0079, 0.9815], mean 0.47905,
+      centred [-0.52895, 0.51345, -0.48695, 0.50245], std (n-1) = sqrt(1.032995 / 3) = 0.586798,
+      A = [-0.90141, 0.87500, -0.82984, 0.85626]   (the trained rows 1 and 3: 0.875 / 0.856).
+    Reference log-probs left at 0 on the masked rows gave KL [4286.5, 0.15, 86.7, 0.37] and 0.52 / 0.52."""
+    a = AlgoConfig(advantage="grpo", kl_coef=0.05, kl_mode="reward", kl_estimator="k1")
+    rewards, train = torch.tensor([[0.0, 1.0, 0.0, 1.0]]), torch.tensor([True])
+    adv = step_advantages(a, rewards, train, *_single_token_kl([0.998, 0.15, 0.158, 0.37]), dist1.device)
+    assert adv.tolist() == pytest.approx([-0.90141, 0.87500, -0.82984, 0.85626], abs=1e-4)
+    broken = step_advantages(a, rewards, train, *_single_token_kl([4286.5, 0.15, 86.7, 0.37]), dist1.device)
+    assert broken[[1, 3]].tolist() == pytest.approx([0.5165, 0.5164], abs=1e-3)
+
+
+@pytest.mark.slow
+def test_rl_step_gives_masked_rows_old_and_reference_logprobs(tmp_path, monkeypatch):
+    """The real step with the KL in the reward, overlong filtering and recomputed old log-probs:
+    rows 0, 2, ... of every group are marked truncated (so masked); the advantages still see old
+    and reference log-probs on every response token of every row of the groups that train. The
+    run is REINFORCE++, so the update and the metrics also take its per-token advantages [G*n, R]."""
+    from test_config import compose_cfg
+
+    import skyexp.train as train_mod
+    from skyexp.config import to_typed
+
+    seen = {}
+    real_collect, real_adv = train_mod.collect_batch, train_mod.step_advantages
+
+    def collect(*args):
+        b = real_collect(*args)
+        truncated = torch.arange(b.rollout.truncated.numel()) % 2 == 0
+        return dataclasses.replace(b, rollout=dataclasses.replace(b.rollout, truncated=truncated))
+
+    def spy(a, rewards, train, logp, ref_logp, mask, device):
+        seen.update(train=train, logp=logp, ref=ref_logp, mask=mask)
+        seen["adv"] = real_adv(a, rewards, train, logp, ref_logp, mask, device)
+        return seen["adv"]
+
+    monkeypatch.setattr(train_mod, "collect_batch", collect)
+    monkeypatch.setattr(train_mod, "step_advantages", spy)
+    cfg = to_typed(compose_cfg([
+        "algo=reinforce_pp", "algo.kl_coef=0.05", "algo.kl_mode=reward", "algo.kl_estimator=k1", "algo.mask_truncated=true",
+        "algo.old_logprobs=recompute", "sft.steps=0", "context.stages.0.steps=1", "algo.batch_size=2", "algo.n=4",
+        "context.stages.0.max_response_len=6", "eval.before=false", "eval.after=false", "logger=local",
+        "logger.progress=false", "trainer.save_final=false", "trainer.micro_batch_size=8"]))
+    summary = train_mod.train(cfg, tmp_path)
+    assert summary["rl_steps"] == 1
+    rows = seen["train"].repeat_interleave(4)
+    assert rows.any()
+    tokens = seen["mask"][rows] > 0
+    assert (seen["ref"][rows][tokens] != 0).all() and (seen["logp"][rows][tokens] != 0).all()
+    assert seen["adv"].shape == seen["mask"].shape and (seen["adv"][rows][tokens] != 0).any()
+
+
 # ---- 2. equal-reward groups: exactly zero in float32 ----
 
 
