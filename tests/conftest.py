@@ -95,3 +95,12 @@ def update(model, opt, ro, adv, weights, algo, coef, mb, grad_clip, world_size=1
     settings = UpdateSettings(mb, grad_clip, world_size, device or torch.device("cpu"), algo.ppo_epochs, algo.mini_batches,
                               share_prompts)
     return rl_update(model, opt, batch, spec, settings)
+
+
+def estimator(name, **algo):
+    """ADVANTAGES[name] with its algo.* parameters bound as a run binds them (defaults unless given)."""
+    from skyexp.algos.advantages import ADVANTAGES
+    from skyexp.config import AlgoConfig
+    from skyexp.config.names import bind
+
+    return bind(ADVANTAGES[name], {"algo": AlgoConfig(**algo)}, name)

@@ -1,9 +1,17 @@
-"""Advantage estimators over groups of samples. Each maps rewards [B, n] to advantages [B, n].
+"""Advantage estimators over groups of samples. Each of ADVANTAGES maps rewards [B, n] to
+advantages [B, n].
 
-B prompts, n samples per prompt. Every estimator gives exactly zero advantage to a group
-whose rewards are all equal (n >= 2): such a group carries no learning signal. The caller passes
+B prompts, n samples per prompt. Every estimator of ADVANTAGES gives exactly zero advantage to a
+group whose rewards are all equal (n >= 2; for reinforce_pp with n = 1, to a batch whose rewards
+are all equal): such a group carries no learning signal. Exactly, also in float32, where the
+group mean of equal non-dyadic rewards (1.2, 0.7) is off by a rounding error that a division by
+the group's std would blow up to O(0.1): such groups are set to 0 explicitly. The caller passes
 the groups that train this step, gathered over all ranks, so batch-level statistics
 (REINFORCE++) are those of the whole training batch.
+
+TOKEN_RETURNS holds estimators with a token-level form, used when the KL penalty is in the
+reward (`algo.kl_mode=reward`): REINFORCE++ puts -beta*KL_t on each token (see reinforce_pp_returns).
+Their per-token returns are whitened over the tokens of the whole training batch (whiten).
 """
 
 from __future__ import annotations
@@ -13,65 +21,136 @@ from collections.abc import Callable
 import torch
 
 
-def rloo(rewards: torch.Tensor, **_: object) -> torch.Tensor:
+def equal_groups(rewards: torch.Tensor) -> torch.Tensor:
+    """[B, 1] True where every reward of the group equals its first (the group carries no signal)."""
+    return (rewards == rewards[..., :1]).all(dim=-1, keepdim=True)
+
+
+def centred(rewards: torch.Tensor) -> torch.Tensor:
+    """r_i - mean(r) per group [B, n], exactly 0 for equal-reward groups (float rounding of the mean
+    otherwise leaves ~1e-7 there)."""
+    return (rewards - rewards.mean(dim=-1, keepdim=True)).masked_fill(equal_groups(rewards), 0.0)
+
+
+def rloo(rewards: torch.Tensor) -> torch.Tensor:
     """REINFORCE leave-one-out (Ahmadian et al., arXiv 2402.14740).
 
     A_i = r_i - 1/(n-1) * sum_{j != i} r_j  =  n/(n-1) * (r_i - mean(r)).
-    Needs n >= 2 (checked at config time; raised here too).
+    Needs n >= 2 (checked at config time; raised here too). Equal-reward groups: exactly 0.
     """
     n = rewards.shape[-1]
     if n < 2:
         raise ValueError("rloo needs at least 2 samples per prompt")
     total = rewards.sum(dim=-1, keepdim=True)  # [B, 1]
-    return rewards - (total - rewards) / (n - 1)
+    return (rewards - (total - rewards) / (n - 1)).masked_fill(equal_groups(rewards), 0.0)
 
 
-def grpo(rewards: torch.Tensor, norm_by_std: bool = True, eps: float = 1e-6, **_: object) -> torch.Tensor:
+def grpo(rewards: torch.Tensor, *, norm_by_std: bool, adv_eps: float) -> torch.Tensor:
     """GRPO group-normalised advantage (Shao et al., arXiv 2402.03300).
 
-    A_i = (r_i - mean(r)) / (std(r) + eps), std with Bessel's correction (n-1), as verl does.
+    A_i = (r_i - mean(r)) / (std(r) + adv_eps), std with Bessel's correction (n-1), as verl does.
     norm_by_std=False gives Dr.GRPO's A_i = r_i - mean(r) (Liu et al., arXiv 2503.20783).
-    For n = 1 the advantage is 0 (a single sample has no group baseline).
+    For n = 1 the advantage is 0 (a single sample has no group baseline). Equal-reward groups get
+    exactly 0: the formula as written gives rounding_error / (std + eps) there in float32, e.g.
+    0.106 for n = 8 rewards of 1.2.
     """
-    centred = rewards - rewards.mean(dim=-1, keepdim=True)
+    c = centred(rewards)
     if not norm_by_std:
-        return centred
+        return c
     if rewards.shape[-1] < 2:
         return torch.zeros_like(rewards)
-    return centred / (rewards.std(dim=-1, keepdim=True, unbiased=True) + eps)
+    return c / (rewards.std(dim=-1, keepdim=True, unbiased=True) + adv_eps)
 
 
-def dr_grpo(rewards: torch.Tensor, **kw: object) -> torch.Tensor:
-    """Dr.GRPO (arXiv 2503.20783): GRPO without the std division."""
-    kw.pop("norm_by_std", None)
-    return grpo(rewards, norm_by_std=False, **kw)
+def dr_grpo(rewards: torch.Tensor) -> torch.Tensor:
+    """Dr.GRPO (arXiv 2503.20783): GRPO without the std division, A_i = r_i - mean(r)."""
+    return centred(rewards)
 
 
-def reinforce_pp(rewards: torch.Tensor, eps: float = 1e-6, **_: object) -> torch.Tensor:
-    """REINFORCE++ (Hu, arXiv 2501.03262): normalise over the whole batch, not per group.
+def reinforce_pp(rewards: torch.Tensor, *, adv_eps: float) -> torch.Tensor:
+    """REINFORCE++ (Hu, arXiv 2501.03262), sequence-level form: normalise over the whole batch,
+    not per group.
 
     n >= 2 (the paper's "REINFORCE++-baseline", its form for several samples per prompt):
-        A_i = (r_i - mean_group(r)) / (std_batch(r - mean_group(r)) + eps)
-    n = 1 (the original form): A_i = (r_i - mean_batch(r)) / (std_batch(r) + eps).
+        A_i = (r_i - mean_group(r)) / (std_batch(r - mean_group(r)) + adv_eps)
+    n = 1 (the original form): A_i = (r_i - mean_batch(r)) / (std_batch(r) + adv_eps).
     std_batch is the population std over every sequence of the batch, as OpenRLHF computes it.
 
-    Departures: statistics are over sequences; the paper whitens per token, which weights long
-    responses more (with outcome rewards and no per-token KL term every token of a sequence
-    carries the same value). The batch mean of group-centred values is exactly 0 in exact
+    With the KL penalty in the reward (`algo.kl_mode=reward`) `algo.advantage=reinforce_pp` uses
+    the paper's token-level form instead (TOKEN_RETURNS: reinforce_pp_returns, then whiten);
+    this function serves it otherwise, and always as `reinforce_pp_seq`.
+    Departures: statistics are over sequences, not tokens (the paper whitens per token, which
+    weights long responses more; with outcome rewards and no per-token KL term every token of a
+    sequence carries the same return). Under `reinforce_pp_seq` a KL penalty in the reward is
+    r - beta * sum_t KL_t, one value for the whole sequence, where the paper charges -beta*KL_t
+    to each token's return-to-go. The batch mean of group-centred values is exactly 0 in exact
     arithmetic, so it is not subtracted again: equal-reward groups stay exactly 0.
     """
     if rewards.numel() == 0:
         return rewards.clone()
-    if rewards.shape[-1] == 1:
-        centred = rewards - rewards.mean()
-    else:
-        centred = rewards - rewards.mean(dim=-1, keepdim=True)
-    return centred / (centred.pow(2).mean().sqrt() + eps)
+    c = centred(rewards.reshape(1, -1)).view_as(rewards) if rewards.shape[-1] == 1 else centred(rewards)
+    return c / (c.pow(2).mean().sqrt() + adv_eps)
 
 
+def reinforce_pp_returns(rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+    """REINFORCE++ token returns before whitening (Hu, arXiv 2501.03262, sec. 3; OpenRLHF's
+    `reinforce_baseline` with the KL in the reward).
+
+    rewards [B, n] outcome rewards; token_kl [B*n, T] per-token KL estimates (e.g. k1 =
+    log pi - log pi_ref); mask [B*n, T] 1 on response tokens. Per token
+        r_t = -beta * KL_t + [t = last response token] * R',   G_t = sum_{s >= t} r_s  (gamma = 1)
+    with R' = R - mean_group(R) for n >= 2 (REINFORCE++-baseline; exactly 0 for equal-reward
+    groups) and R' = R for n = 1 (the whitening removes the batch mean). Returns G [B*n, T], 0 off
+    the mask. Whitening over the batch's tokens (whiten) turns G into the advantage.
+    """
+    n = rewards.shape[-1]
+    final = (centred(rewards) if n >= 2 else rewards).reshape(-1)  # [B*n]
+    m = mask.to(token_kl.dtype)
+    r = -kl_coef * token_kl * m
+    last = m.shape[-1] - 1 - m.flip(-1).argmax(-1)  # [B*n] last response token (padding: masked below)
+    r = r.scatter_add(-1, last[:, None], final[:, None].to(r.dtype))
+    return r.flip(-1).cumsum(-1).flip(-1) * m
+
+
+def whiten(x: torch.Tensor, mask: torch.Tensor, mean: float, std: float, eps: float = 1e-6) -> torch.Tensor:
+    """(x - mean) / (std + eps) on the mask, 0 elsewhere: x [N, T]. mean and std are the
+    population statistics of x over the masked tokens of the whole training batch (every rank)."""
+    return (x - mean) / (std + eps) * mask
+
+
+def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Population mean and std of x [N, T] over the tokens where mask is 1 (0, 0 when none)."""
+    count = float(mask.sum())
+    if count == 0:
+        return 0.0, 0.0
+    mean = float((x * mask).sum()) / count
+    return mean, (float(((x - mean).pow(2) * mask).sum()) / count) ** 0.5
+
+
+def reinforce_pp_tokens(rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
+                        eps: float = 1e-6) -> torch.Tensor:
+    """REINFORCE++ per-token advantages [B*n, T] of one process's whole batch (Hu, arXiv 2501.03262):
+    A_t = (G_t - mean(G)) / (std(G) + eps), mean and population std over every response token of
+    the batch, G from reinforce_pp_returns. The training step does the same with statistics over
+    every rank (skyexp.rl.collect). Unlike the estimators of ADVANTAGES, an equal-reward group is
+    not 0 here: the token mean is subtracted from every token, as in the paper and OpenRLHF (with
+    beta > 0 no group is without signal anyway: each token carries its own KL charge)."""
+    g = reinforce_pp_returns(rewards, token_kl, mask, kl_coef)
+    mean, std = masked_mean_std(g.double(), mask)
+    return whiten(g, mask, mean, std, eps)
+
+
+# Registered estimators take their config values as keyword-only parameters named as the algo.*
+# keys (norm_by_std, adv_eps), bound at lookup by skyexp.config.names.bind.
 ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
     "rloo": rloo,
     "grpo": grpo,
     "dr_grpo": dr_grpo,
     "reinforce_pp": reinforce_pp,
+    "reinforce_pp_seq": reinforce_pp,  # sequence-level also with the KL in the reward (an ablation; see its docstring)
+}
+
+# Token-level forms, used instead of ADVANTAGES[name] when the KL penalty is in the reward.
+TOKEN_RETURNS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+    "reinforce_pp": reinforce_pp_returns,
 }

@@ -6,11 +6,13 @@ count (generated tokens, including EOS), 0 on padding.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+
+# exp() guard of the clipped surrogate: the log-ratio is capped here (r <= e^20 ~ 4.9e8), as verl does
+LOG_RATIO_CAP = 20.0
 
 
 def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0, chunk: int = 4096) -> torch.Tensor:
@@ -36,23 +38,24 @@ def clipped_policy_loss(
     clip_low: float = 0.2,
     clip_high: float = 0.2,
     clip_c: float = 0.0,
-    ratio_max: float = 10.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO clipped surrogate per token (Schulman et al., arXiv 1707.06347).
 
     L = max(-A r, -A clip(r, 1 - clip_low, 1 + clip_high)),  r = exp(logp - old_logp).
     Separate low/high ranges are DAPO's clip-higher (arXiv 2503.14476). With clip_c > 1, dual
     clip (Ye et al., arXiv 1912.09729) bounds the loss of negative-advantage tokens by -A clip_c.
-    The log-ratio is clamped to +-log(ratio_max) before exp for numerical safety. With the usual
-    ranges (clip_low < 1 - 1/ratio_max) the PPO clip already zeroes the gradient of every token the
-    clamp could touch except A < 0 tokens with r > ratio_max, where the clamp acts as a dual clip
-    at c = ratio_max (DAPO's recipes use c = 10).
+    Numerical safety changes no value or gradient that this objective defines, but one: the
+    log-ratio is capped at LOG_RATIO_CAP = 20 before exp (verl clamps at +-20), so an A < 0 token
+    with r > e^20 ~ 4.9e8 and no dual clip gets loss -A e^20 and gradient 0 where PPO's would be
+    -A r. Without the cap, exp would overflow to inf and 0 * inf = NaN (in the loss of a
+    zero-advantage token, or in the backward pass of a clipped one). There is no lower cap:
+    exp(-large) underflows to 0 harmlessly, and an A > 0 token at small r keeps its gradient
+    -A r (as TRL and verl; e.g. r = 0.05: loss -0.05 A, gradient -0.05 A). A bound on the
+    ratio of A < 0 tokens is the dual clip's job (clip_c; DAPO's recipes use c = 10).
     Returns per-token loss [N, T] and per-token stats (detached): clipped_low, clipped_high (the
     PPO clip is active), dual_clipped (the dual clip is active; verl's pg_clipfrac_lower), approx_kl.
     """
-    bound = math.log(ratio_max)
-    log_ratio = (logp - old_logp).clamp(-bound, bound)
-    ratio = torch.exp(log_ratio)
+    ratio = torch.exp((logp - old_logp).clamp(max=LOG_RATIO_CAP))
     loss_unclipped = -advantages * ratio
     loss_clipped = -advantages * ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
     loss = torch.maximum(loss_unclipped, loss_clipped)

@@ -9,15 +9,16 @@ rule's own, algo.* for the PPO clip), bound at lookup (skyexp.config.names.bind)
       run once per mini-batch, BEFORE the forward pass, on the sampling policy's log-probs and
       entropies, so the choice does not depend on how the mini-batch is split into micro-batches
       and rows without gradient can still skip the forward pass;
-  loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max, <entropy.* params>)
-      -> (per-token loss [N, T], per-token stats), replacing the plain clipped surrogate.
+  loss(logp, old_logp, adv, sel, *, <algo.* clip params>, <entropy.* params>)
+      -> (per-token loss [N, T], per-token stats), replacing the plain clipped surrogate
+      (algo.ratio_max bounds the ratio of kl_cov's unclipped surrogate; the others do not take it).
 
 Shapes: N sequences, T response positions; `adv` is the sequence advantage broadcast over its
-tokens, `mask` 1 on tokens that train. Departure shared by the covariance rules: the reference
-code selects per micro-batch with the current policy's log-probs; here selection is over the
-rank's whole mini-batch with the sampling policy's log-probs, identical on the first (on-policy)
-optimizer step and independent of micro-batching. Each rank selects among its own tokens, as each
-GPU does in the reference code.
+tokens (or a per-token advantage: REINFORCE++ with the KL in the reward), `mask` 1 on tokens that
+train. Departure shared by the covariance rules: the reference code selects per micro-batch with
+the current policy's log-probs; here selection is over the rank's whole mini-batch with the
+sampling policy's log-probs, identical on the first (on-policy) optimizer step and independent
+of micro-batching. Each rank selects among its own tokens, as each GPU does in the reference code.
 """
 
 from __future__ import annotations
@@ -89,16 +90,16 @@ def high_entropy_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Te
     return (entropy >= tau) & valid
 
 
-def plain_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max):
+def plain_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c):
     """The clipped surrogate of skyexp.algos.losses, untouched (sel is None)."""
-    return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
+    return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
 
 
-def clip_cov_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max):
+def clip_cov_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c):
     """Clip-Cov: the clipped surrogate with the selected tokens' terms removed (value and gradient
     0, as the reference code's `* corr`). The paper's recipe widens the PPO clip to [0, 2]
     (clip_low = clip_high = 1); that is the algo preset's choice, not forced here."""
-    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
+    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
     return loss * (~sel), stats
 
 
@@ -116,10 +117,10 @@ def kl_cov_loss(logp, old_logp, adv, sel, *, ratio_max, kl_cov_coef):
     return loss, {"clipped_low": zero, "clipped_high": zero, "dual_clipped": zero, "approx_kl": (old_logp - logp).detach()}
 
 
-def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c, ratio_max):
+def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c):
     """Policy gradient only on the selected (high-entropy) tokens. The aggregation's normaliser is
     unchanged (all response tokens), as in the paper's objective (1/sum|o_i| outside the indicator)."""
-    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c, ratio_max)
+    loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
     return loss * sel, stats
 
 

@@ -61,6 +61,7 @@ def validate(c: Config) -> None:
 
 def validate_algo(a: AlgoConfig) -> None:
     _check_name(a.advantage, "algo.advantage", "algo")
+    bind(registry("algo")[a.advantage], {"algo": a}, f"algo.advantage '{a.advantage}'")
     _check(a.name not in registry_names("algo") or a.name == a.advantage, "algo.name",
            f"'{a.name}' names an advantage estimator but algo.advantage is '{a.advantage}': pick the preset "
            f"(algo={a.name}) or set algo.advantage={a.name}")

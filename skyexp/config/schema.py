@@ -58,14 +58,16 @@ class AlgoConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float = 0.0  # dual-clip bound (> 1 enables it); 0 disables
-    ratio_max: float = 10.0  # importance ratio clamp, for numerical safety only
+    ratio_max: float = 10.0  # entropy=kl_cov only: clamp of the ratio in its unclipped surrogate (the PPO clip needs none)
     loss_agg: str = "token-mean"  # a key of skyexp.algos.losses.AGGREGATIONS
     norm_by_std: bool = True  # grpo: divide by the group std (False gives Dr.GRPO)
     adv_eps: float = 1e-6
     # KL to a frozen reference (the policy RL starts from), loaded only when kl_coef > 0.
     kl_coef: float = 0.0
     kl_estimator: str = "k3"  # k1 | k2 | k3 (skyexp.algos.kl)
-    kl_mode: str = "loss"  # loss: + kl_coef * KL in the loss (GRPO) | reward: r -= kl_coef * sum_t KL_t (RLOO)
+    # loss: + kl_coef * KL in the loss (GRPO) | reward: r -= kl_coef * sum_t KL_t (RLOO), or -kl_coef * KL_t on
+    # each token for reinforce_pp (its token-level form, skyexp.algos.advantages.TOKEN_RETURNS)
+    kl_mode: str = "loss"
     # Group filter (skyexp.algos.filters): none | zero_variance | mixed_accuracy | accuracy_band
     filter_groups: str = "none"
     filter_low: float = 0.2  # accuracy_band: keep groups with filter_low <= accuracy <= filter_high

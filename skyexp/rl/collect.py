@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import torch
 
-from skyexp.algos.advantages import ADVANTAGES
+from skyexp.algos.advantages import ADVANTAGES, TOKEN_RETURNS, whiten
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.config import AlgoConfig
@@ -170,13 +170,49 @@ def kl_coefs(a: AlgoConfig) -> tuple[float, float]:
     return (a.kl_coef, 0.0) if a.kl_mode == "loss" else (0.0, a.kl_coef)
 
 
+def kl_tokens(a: AlgoConfig, logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """Per-token KL of the sampler to the reference, KL_t on response tokens [G*n, R] (0 elsewhere,
+    and everywhere when no reference is loaded)."""
+    if ref_logp is None:
+        return torch.zeros_like(mask)
+    return KL_ESTIMATORS[a.kl_estimator](logp, ref_logp) * mask
+
+
 def kl_penalty(a: AlgoConfig, logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
     """Per-sequence KL of the sampler to the reference, sum_t KL_t over response tokens [G*n]
     (the RLOO-style reward penalty r - beta * KL, Ahmadian et al. 2402.14740; TRL uses k1).
     Zero when no reference is loaded."""
-    if ref_logp is None:
-        return torch.zeros(mask.shape[0])
-    return (KL_ESTIMATORS[a.kl_estimator](logp, ref_logp) * mask).sum(-1)
+    return kl_tokens(a, logp, ref_logp, mask).sum(-1)
+
+
+def step_advantages(a: AlgoConfig, rewards: torch.Tensor, train: torch.Tensor, logp: torch.Tensor,
+                    ref_logp: torch.Tensor | None, mask: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """The step's advantages for this rank's rows: [G*n], one per sequence, with the KL penalty (if
+    in the reward) subtracted from the scalar reward; or [G*n, R], one per token, for an estimator
+    with a token-level form (TOKEN_RETURNS: REINFORCE++, arXiv 2501.03262) when
+    `algo.kl_mode=reward`, which charges -beta * KL_t to each token instead (issue 17).
+    rewards [G, n], train [G], logp / ref_logp / mask [G*n, R]; logp and ref_logp must be there for
+    every row of a training group, masked or not: each enters its group's baseline."""
+    beta = kl_coefs(a)[1]
+    if a.kl_mode == "reward" and a.advantage in TOKEN_RETURNS:
+        return token_advantages(a, rewards, kl_tokens(a, logp, ref_logp, mask), mask, train, device)
+    return group_advantages(a, rewards - beta * kl_penalty(a, logp, ref_logp, mask).view_as(rewards), train, device)
+
+
+def token_advantages(a: AlgoConfig, rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, train: torch.Tensor,
+                     device: torch.device) -> torch.Tensor:
+    """TOKEN_RETURNS[a.advantage] on this rank's training groups, whitened with the mean and std
+    over the response tokens of the training groups of every rank; [G*n, R], 0 on rows of groups
+    that do not train. Groups never straddle ranks, so only the statistics are reduced."""
+    rows = train.repeat_interleave(rewards.shape[1])  # [G*n]
+    g = TOKEN_RETURNS[a.advantage](rewards[train], token_kl[rows], mask[rows], kl_coefs(a)[1]).double()  # [rows, R]
+    m = mask[rows].double()
+    total, count = all_reduce_sum([float((g * m).sum()), float(m.sum())], device).tolist()
+    mean = total / max(count, 1.0)
+    var = float(all_reduce_sum([float(((g - mean).pow(2) * m).sum())], device)[0]) / max(count, 1.0)
+    adv = torch.zeros_like(mask)
+    adv[rows] = whiten(g, m, mean, var**0.5, a.adv_eps).to(adv.dtype)
+    return adv
 
 
 def group_advantages(a: AlgoConfig, rewards: torch.Tensor, train: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -187,7 +223,8 @@ def group_advantages(a: AlgoConfig, rewards: torch.Tensor, train: torch.Tensor, 
     adv = torch.zeros_like(rewards)
     if sum(x.shape[0] for x in everyone) == 0:
         return adv.flatten()
-    adv_all = ADVANTAGES[a.advantage](torch.cat(everyone), norm_by_std=a.norm_by_std, eps=a.adv_eps)
+    estimator = bind(ADVANTAGES[a.advantage], {"algo": a}, f"algo.advantage '{a.advantage}'")
+    adv_all = estimator(torch.cat(everyone))
     start = sum(x.shape[0] for x in everyone[: _rank(len(everyone))])
     adv[train] = adv_all[start : start + mine.shape[0]]
     return adv.flatten()

@@ -119,7 +119,9 @@ def sampling_view(model: torch.nn.Module, rollout: Rollout, weights: torch.Tenso
                   device: torch.device, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Old-policy log-probs [N, R] and token entropies [N, R] of the policy that sampled the batch,
     before any optimizer step. Taken from the rollout when it carries them; otherwise one no-grad
-    forward pass computes what is missing (log-probs of the rows that train, entropies of all)."""
+    forward pass computes what is missing (log-probs of the rows with weights > 0, entropies of all).
+    The caller passes as `weights` every row that enters a group's baseline (issue 17): masked
+    truncated rows train no loss but their KL penalty moves their group's baseline."""
     if not recompute and rollout.entropy is not None:
         return rollout.logprobs, rollout.entropy
     need_entropy = rollout.entropy is None

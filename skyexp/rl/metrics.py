@@ -21,7 +21,7 @@ from skyexp.tracking import Table
 
 def step_metrics(
     batch: StepBatch,
-    adv: torch.Tensor,  # [G*n] advantages (0 on rows that do not train)
+    adv: torch.Tensor,  # [G*n] advantages (0 on rows that do not train), or [G*n, R] per token
     weights: torch.Tensor,  # [G*n] 1 on rows that train
     stats: UpdateStats,
     timings: dict[str, float],
@@ -35,13 +35,15 @@ def step_metrics(
     solved = batch.correct.sum(-1)  # [G]
     n = batch.correct.shape[1]
     tr = weights > 0
+    # issue 17: per-token advantages [G*n, R] are summarised over the trained rows' response tokens
+    adv_tr = adv[tr] if adv.dim() == 1 else adv[tr][ro.response_mask[tr] > 0]
     terms = sorted(batch.terms)
     local = [
         batch.rewards.sum().item(), batch.rewards.numel(), lengths.sum().item(), ro.truncated.float().sum().item(),
         (solved == 0).sum().item(), (solved == n).sum().item(), batch.correct.shape[0], batch.kept.sum().item(),
         batch.train.sum().item(), batch.statuses.count("timeout"), batch.statuses.count("error"),
         sum(x is None for x in batch.extracted), batch.correct.sum().item(),
-        adv[tr].sum().item(), adv[tr].pow(2).sum().item(), tr.sum().item(),
+        adv_tr.sum().item(), adv_tr.pow(2).sum().item(), adv_tr.numel(),
         *[batch.terms[k].sum().item() for k in terms],
     ]
     g = all_reduce_sum(local, device).tolist()
@@ -55,8 +57,8 @@ def step_metrics(
         "critic/score/mean": g[0] / samples,
         "critic/advantages/mean": adv_mean,
         "critic/advantages/std": max(g[14] / trained - adv_mean**2, 0.0) ** 0.5,
-        "critic/advantages/max": all_reduce_max(float(adv[tr].max()) if tr.any() else -float("inf"), device),
-        "critic/advantages/min": -all_reduce_max(-float(adv[tr].min()) if tr.any() else -float("inf"), device),
+        "critic/advantages/max": all_reduce_max(float(adv_tr.max()) if adv_tr.numel() else -float("inf"), device),
+        "critic/advantages/min": -all_reduce_max(-float(adv_tr.min()) if adv_tr.numel() else -float("inf"), device),
         "response_length/mean": g[2] / samples,
         "response_length/max": all_reduce_max(float(lengths.max()), device),
         "response_length/clip_ratio": g[3] / samples,

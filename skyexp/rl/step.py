@@ -17,7 +17,7 @@ from skyexp.config.names import bind
 from skyexp.config.stages import StagePlan
 from skyexp.data.difficulty import merge, tally
 from skyexp.records import Rollout, UpdateStats
-from skyexp.rl.collect import StepBatch, collect_batch, group_advantages, kl_coefs, kl_penalty
+from skyexp.rl.collect import StepBatch, collect_batch, kl_coefs, kl_penalty, step_advantages
 from skyexp.rl.forward import forward_stats, sampling_view
 from skyexp.rl.metrics import mismatch_metrics, sample_table, step_metrics
 from skyexp.rl.objective import make_loss_spec
@@ -51,16 +51,20 @@ def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer) 
     truncated-IS weights, advantages (with the KL reward penalty when algo.kl_mode=reward)."""
     a, dev, ro = run.cfg.algo, run.d.device, batch.rollout
     weights = batch.row_weights(stage.mask_truncated)  # [G*n]
+    # every row of a training group enters its group's baseline (masked truncated rows too), so
+    # each needs old and reference log-probs, not only the rows with weight > 0 (issue 17)
+    in_groups = batch.row_weights(False)  # [G*n]
     with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
-        old_logp, ent = sampling_view(run.policy, ro, weights, a.old_logprobs == "recompute", run.cfg.trainer.micro_batch_size,
-                                      dev, run.cfg.trainer.share_prompts)
+        old_logp, ent = sampling_view(run.policy, ro, in_groups, a.old_logprobs == "recompute",
+                                      run.cfg.trainer.micro_batch_size, dev, run.cfg.trainer.share_prompts)
     with t("ref"):
-        ref_logp = reference_logprobs(run, ro, weights)  # None unless a KL term is on
+        ref_logp = reference_logprobs(run, ro, in_groups)  # None unless a KL term is on
     is_w = (ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
             if a.rollout_is != "none" else None)
     kl_reward_coef = kl_coefs(a)[1]
-    seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n]
-    adv = group_advantages(a, batch.rewards - kl_reward_coef * seq_kl, batch.train, dev)  # [G*n]
+    seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n], for critic/kl
+    # [G*n], or [G*n, R] for REINFORCE++ with the KL in the reward (-beta * KL_t on each token)
+    adv = step_advantages(a, batch.rewards, batch.train, old_logp, ref_logp, ro.response_mask, dev)
     info: dict[str, float] = {}
     if ref_logp is not None:
         info["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
@@ -77,12 +81,13 @@ def _trained_entropy(run: RunState, upd: UpdateBatch) -> float:
     return global_token_mean(upd.entropy, mask, run.d.device)
 
 
-def reference_logprobs(run: RunState, ro: Rollout, weights: torch.Tensor) -> torch.Tensor | None:
-    """The reference policy's log-probs [G*n, R] on the rows that train; None without a reference."""
+def reference_logprobs(run: RunState, ro: Rollout, rows: torch.Tensor) -> torch.Tensor | None:
+    """The reference policy's log-probs [G*n, R] on the rows with rows > 0 (every row of a group
+    that trains); None without a reference."""
     if run.ref is None:
         return None
     t = run.cfg.trainer
-    return forward_stats(run.ref, ro, (weights > 0).nonzero().squeeze(1), t.micro_batch_size, run.d.device, False,
+    return forward_stats(run.ref, ro, (rows > 0).nonzero().squeeze(1), t.micro_batch_size, run.d.device, False,
                          t.share_prompts)[0]
 
 
