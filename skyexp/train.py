@@ -140,7 +140,8 @@ def eval_before_phase(s: Setup) -> EvalResult | None:
     return before
 
 
-def rl_phase(s: Setup, before: EvalResult | lifecycle.SavedEval | None) -> tuple[str | None, Any]:
+def rl_phase(s: Setup, before: EvalResult | lifecycle.SavedEval | None
+             ) -> tuple[str | None, EvalResult | lifecycle.SavedEval | None]:
     """The RL stages (restored from the checkpoint first when resuming). Returns (why it stopped
     early or None, the evaluation before RL: this run's, or the one the checkpoint remembers)."""
     run = s.run

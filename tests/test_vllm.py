@@ -15,6 +15,7 @@ import pytest
 from conftest import ROOT, run_skyexp
 
 from skyexp.rollout import MissingExtraError, build_engine
+from skyexp.rollout.vllm import VLLMSettings
 
 HAVE_VLLM = importlib.util.find_spec("vllm") is not None
 VLLM_VENV_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
@@ -52,9 +53,9 @@ def test_missing_vllm_names_the_extra(monkeypatch, tiny_dir):
 
 def test_engine_settings_fail_before_vllm_loads(tiny_dir):
     with pytest.raises(ValueError, match="needs a GPU"):
-        build_engine("vllm", model=str(tiny_dir), eos_id=0, pad_id=0, device="cpu", sleep=True)
+        build_engine("vllm", model=str(tiny_dir), eos_id=0, pad_id=0, device="cpu", settings=VLLMSettings(sleep=True))
     with pytest.raises(ValueError, match="needs torchrun with a multiple of 2 ranks"):
-        build_engine("vllm", model=str(tiny_dir), eos_id=0, pad_id=0, tensor_parallel_size=2)
+        build_engine("vllm", model=str(tiny_dir), eos_id=0, pad_id=0, settings=VLLMSettings(tensor_parallel_size=2))
     with pytest.raises(KeyError, match="valid options: hf, vllm"):
         build_engine("sglang")
 

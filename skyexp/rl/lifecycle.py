@@ -32,6 +32,7 @@ from skyexp.data.difficulty import Counts, fully_solved, merge, without
 from skyexp.distributed import all_gather_objects, all_reduce_max
 from skyexp.records import Problem
 from skyexp.rl.state import RunState, StepResult
+from skyexp.rollout import Engine
 
 log = logging.getLogger("skyexp")
 
@@ -172,7 +173,7 @@ class SigtermFlag:
 # -- saving and restoring -------------------------------------------------------------------
 
 
-def rng_state(engine: Any) -> dict[str, Any]:
+def rng_state(engine: Engine) -> dict[str, Any]:
     np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
     out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
                            "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached]}
@@ -184,7 +185,7 @@ def rng_state(engine: Any) -> dict[str, Any]:
     return out
 
 
-def set_rng_state(engine: Any, s: dict[str, Any]) -> None:
+def set_rng_state(engine: Engine, s: dict[str, Any]) -> None:
     torch.set_rng_state(s["torch"])
     random.setstate(s["python"])
     name, keys, pos, gauss, cached = s["numpy"]

@@ -28,8 +28,8 @@ class Engine(Protocol):
 
 def build_engine(name: str, **kwargs: Any) -> Engine:
     """hf: HFEngine(model=<loaded HF model>, eos_id, pad_id, seed, max_batch, device).
-    vllm: VLLMEngine(model=<path, or a loaded HF model standing for its path>, the same, and the
-    vLLM settings of RolloutConfig as keywords)."""
+    vllm: VLLMEngine(model=<path, or a loaded HF model standing for its path>, the same, and
+    settings=VLLMSettings(...) (RolloutConfig's vLLM keys, the model's dtype))."""
     if name == "hf":
         from skyexp.rollout.hf import HFEngine
 
@@ -51,8 +51,11 @@ def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device |
     common = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=seed,
                   max_batch=cfg.rollout.max_batch, device=device)
     if cfg.rollout.name == "vllm":
-        return build_engine("vllm", model=model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                            **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS}, **common)
+        from skyexp.rollout.vllm import VLLMSettings
+
+        settings = VLLMSettings(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
+                                **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
+        return build_engine("vllm", model=model_path, settings=settings, **common)
     from skyexp.models import load_model
 
     return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, **common)

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -54,71 +55,44 @@ def import_vllm():
     return vllm
 
 
+@dataclass(frozen=True)
+class VLLMSettings:
+    """vLLM's engine settings (RolloutConfig's, plus the model's dtype and remote-code flag)."""
+
+    dtype: str = "float32"
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    kv_cache_gb: float = 0.0  # 0: automatic (CPU_KV_CACHE_GB on CPU)
+    max_model_len: int = 0  # 0: the model's
+    enforce_eager: bool = False
+    sleep: bool = False  # offload weights and drop the KV cache between generations (GPU only)
+    trust_remote_code: bool = False
+
+
 class VLLMEngine:
-    def __init__(
-        self,
-        model: str | torch.nn.Module,
-        eos_id: int,
-        pad_id: int,
-        seed: int = 0,
-        max_batch: int = 256,
-        device: torch.device | str = "cpu",
-        *,
-        dtype: str = "float32",
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.5,
-        kv_cache_gb: float = 0.0,
-        max_model_len: int = 0,
-        enforce_eager: bool = False,
-        sleep: bool = False,
-        trust_remote_code: bool = False,
-    ):
+    def __init__(self, model: str | torch.nn.Module, eos_id: int, pad_id: int, seed: int = 0, max_batch: int = 256,
+                 device: torch.device | str = "cpu", settings: VLLMSettings | None = None):
         """model: a Hugging Face directory or hub id (a loaded HF model stands for the path it was
         loaded from). seed: this rank's; ranks of a tensor-parallel group use their first rank's."""
+        v = settings or VLLMSettings()
         path = model if isinstance(model, str) else getattr(model, "name_or_path", "")
         if not path:
-            raise ValueError(
-                "VLLMEngine needs a model path (or a model loaded with from_pretrained)"
-            )
+            raise ValueError("VLLMEngine needs a model path (or a model loaded with from_pretrained)")
         self.device = torch.device(device)
-        if sleep and self.device.type != "cuda":
-            raise ValueError(
-                "rollout.sleep=true needs a GPU: vLLM's sleep mode is not supported on CPU"
-            )
-        hf_config = _hf_config(path, trust_remote_code)
+        if v.sleep and self.device.type != "cuda":
+            raise ValueError("rollout.sleep=true needs a GPU: vLLM's sleep mode is not supported on CPU")
+        hf_config = _hf_config(path, v.trust_remote_code)
         if self.device.type == "cpu":
             _check_cpu_head_size(path, hf_config)
-        self.eos_id, self.pad_id, self.sleep = eos_id, pad_id, sleep
-        self.tp_group, tp_rank, backend = _tensor_parallel_group(tensor_parallel_size)
+        self.eos_id, self.pad_id, self.sleep = eos_id, pad_id, v.sleep
+        self.tp_group, tp_rank, backend = _tensor_parallel_group(v.tensor_parallel_size)
         # streaming weights by reference needs the engine core in this process
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm = import_vllm()
         _quiet_expected_reload_warnings(bool(getattr(hf_config, "tie_word_embeddings", False)))
-        if self.device.type == "cpu" and not kv_cache_gb:
-            kv_cache_gb = CPU_KV_CACHE_GB
-        kwargs: dict[str, Any] = dict(
-            model=path,
-            dtype=dtype,
-            seed=seed - tp_rank,
-            tensor_parallel_size=tensor_parallel_size,
-            gpu_memory_utilization=gpu_memory_utilization,
-            max_num_seqs=max_batch,
-            enforce_eager=enforce_eager,
-            enable_prefix_caching=True,
-            enable_sleep_mode=sleep,
-            trust_remote_code=trust_remote_code,
-            logprobs_mode="processed_logprobs",  # of softmax(logits / T), not of the raw logits
-            generation_config="vllm",  # ignore sampling defaults in the model's generation_config.json
-        )
-        if kv_cache_gb:
-            kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
-        if max_model_len:
-            kwargs["max_model_len"] = max_model_len
-        if backend:
-            kwargs["distributed_executor_backend"] = backend
         with _keep_host_state():
-            self.llm = vllm.LLM(**kwargs)
+            self.llm = vllm.LLM(**_llm_kwargs(path, v, seed - tp_rank, max_batch, self.device, backend))
         self._sampling_params = vllm.SamplingParams
         self._asleep: set[str] = set()
         self._sleep_after_generate()
@@ -287,6 +261,33 @@ def _to_rollout(
         n=n,
         temperature=temperature,
     )
+
+
+def _llm_kwargs(path: str, v: VLLMSettings, seed: int, max_batch: int, device: torch.device,
+                backend: str | None) -> dict[str, Any]:
+    """vllm.LLM's keyword arguments."""
+    kwargs: dict[str, Any] = dict(
+        model=path,
+        dtype=v.dtype,
+        seed=seed,
+        tensor_parallel_size=v.tensor_parallel_size,
+        gpu_memory_utilization=v.gpu_memory_utilization,
+        max_num_seqs=max_batch,
+        enforce_eager=v.enforce_eager,
+        enable_prefix_caching=True,
+        enable_sleep_mode=v.sleep,
+        trust_remote_code=v.trust_remote_code,
+        logprobs_mode="processed_logprobs",  # of softmax(logits / T), not of the raw logits
+        generation_config="vllm",  # ignore sampling defaults in the model's generation_config.json
+    )
+    kv_cache_gb = v.kv_cache_gb or (CPU_KV_CACHE_GB if device.type == "cpu" else 0.0)
+    if kv_cache_gb:
+        kwargs["kv_cache_memory_bytes"] = int(kv_cache_gb * 2**30)
+    if v.max_model_len:
+        kwargs["max_model_len"] = v.max_model_len
+    if backend:
+        kwargs["distributed_executor_backend"] = backend
+    return kwargs
 
 
 def _hf_config(path: str, trust_remote_code: bool) -> Any:
