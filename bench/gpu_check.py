@@ -57,6 +57,9 @@ BUDGET_S = 420  # the whole run; the device tool's call gets a timeout_s above t
 # transformers is not carried: the image's 5.17 runs the GPU paths (tests/test_gpu.py and the tiny
 # loop were rehearsed here against 5.17.0 with tokenizers 0.23.2 and huggingface_hub 1.33.0).
 ROOTS = ["hydra-core", "omegaconf", "wandb", "math-verify", "datasets"]
+# Carried though the image has it: pydantic (wandb's) needs typing-extensions >= 4.16, likely newer
+# than the image's (the `imports` part lists every such conflict it finds there).
+ALSO = ["typing-extensions"]
 TARGET_PY = "3.12"
 TARGET_PLATFORMS = ["manylinux_2_28_x86_64", "manylinux_2_27_x86_64", "manylinux_2_17_x86_64",
                     "manylinux2014_x86_64", "manylinux1_x86_64"]
@@ -309,10 +312,10 @@ class Check:
         return bool(ok or skipped)
 
 
-def child_json(check: Check, code: str, timeout: float) -> tuple[dict | None, str]:
-    """Run a Python snippet that prints one line `RESULT <json>`: (that object or None, stderr's tail)."""
+def child_json(check: Check, args: list[str], timeout: float) -> tuple[dict | None, str]:
+    """Run `python <args>`, which prints one line `RESULT <json>`: (that object or None, stderr's tail)."""
     try:
-        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=check.env, timeout=timeout)
+        r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=check.env, timeout=timeout)
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout} s"
     check.log.write(r.stdout + r.stderr)
@@ -327,7 +330,7 @@ def probe(check: Check) -> dict:
             "'gpu': torch.cuda.get_device_name(0) if c else None, "
             "'bf16': torch.cuda.is_bf16_supported() if c else None, "
             "'nccl': torch.distributed.is_nccl_available()}))")
-    info, err = child_json(check, code, 120)
+    info, err = child_json(check, ["-c", code], 120)
     return info or {"cuda": False, "error": err}
 
 
@@ -347,16 +350,13 @@ def install(check: Check, wheels: Path, site: Path, cross: bool) -> dict:
     return r
 
 
-def import_check(check: Check) -> dict:
-    """Import what the wheels brought, and skyexp's training module, from the target directory."""
-    code = ("import importlib, json\nout = {}\n"
-            "for m in ['hydra', 'omegaconf', 'wandb', 'math_verify', 'datasets', 'skyexp.train']:\n"
-            "    try:\n        out[m] = getattr(importlib.import_module(m), '__version__', 'ok')\n"
-            "    except Exception as e:\n        out[m] = 'FAILED: ' + repr(e)[:300]\n"
-            "print('RESULT ' + json.dumps(out))")
-    mods, err = child_json(check, code, 180)
+def import_check(check: Check, site: Path) -> dict:
+    """The carried modules and skyexp's training module import (imports_child); conflicts between
+    the carried wheels' requirements and the image's versions are listed, not failed on."""
+    res, err = child_json(check, [str(Path(__file__).resolve()), "_imports", str(site)], 180)
+    mods = (res or {}).get("modules", {})
     ok = bool(mods) and not any(str(v).startswith("FAILED") for v in mods.values())
-    return {"rc": 0 if ok else 1, "modules": mods, "tail": err}
+    return {"rc": 0 if ok else 1, **(res or {}), "tail": err}
 
 
 def pytest_part(check: Check, collect_only: bool, on_cpu: bool) -> dict:
@@ -389,8 +389,9 @@ def junit(xml: Path) -> dict:
     return {"counts": counts, "tests": outcomes}
 
 
-def loop_part(check: Check, name: str, work: Path, dry: bool, rehearse: bool) -> dict:
+def loop_part(check: Check, name: str, work: Path, dry: bool, rehearse: bool, extra: list[str]) -> dict:
     overrides, steps = loop_overrides(name, rehearse)
+    overrides = merge(overrides, extra)
     if dry:
         r = check.cmd([sys.executable, "-m", "skyexp", "--cfg", "job", *overrides], 60)
         v = check.cmd([sys.executable, str(Path(__file__).resolve()), "_validate", json.dumps(overrides)], 60)
@@ -476,18 +477,22 @@ def run(args: argparse.Namespace) -> int:
         ok &= check.part("install", install(check, Path(args.wheels).resolve(), site, cross=not carry_site))
     if "imports" in parts:
         if carry_site or mode == "gpu":
-            ok &= check.part("imports", import_check(check))
+            ok &= check.part("imports", import_check(check, site))
         else:
             check.part("imports", {"skipped": f"the wheels are for Python {TARGET_PY}, this is "
                                               f"{sys.version_info.major}.{sys.version_info.minor}"})
     if "pytest" in parts:
         ok &= check.part("pytest", pytest_part(check, collect_only=dry, on_cpu=mode == "rehearse"))
+    # a wandb that does not import there costs the W&B backend, not the loop's figures
+    wandb = str(check.summary["parts"].get("imports", {}).get("modules", {}).get("wandb", ""))
+    fallback = ["logger=local"] if wandb.startswith("FAILED") else []
     for name in LOOPS:
         if name in parts:
             # the dry run parses the GPU commands themselves; the rehearsal runs the tiny loop in the
             # smoke test's shape on CPU and parses the 0.52B one (many minutes on CPU)
             rehearse = mode == "rehearse" and name == "tiny"
-            ok &= check.part(name, loop_part(check, name, work, dry or (mode == "rehearse" and not rehearse), rehearse))
+            compose_only = dry or (mode == "rehearse" and not rehearse)
+            ok &= check.part(name, loop_part(check, name, work, compose_only, rehearse, fallback))
     if "memory" in parts:
         ok &= check.part("memory", memory_part(check, dry or mode == "rehearse"))
     check.summary["ok"] = ok
@@ -527,6 +532,38 @@ def loop_child(stats: str, overrides: list[str]) -> None:
     sys.exit(code)
 
 
+IMPORTS = ["hydra", "omegaconf", "math_verify", "wandb", "datasets", "skyexp.train"]
+
+
+def imports_child(site: str) -> None:
+    """Import IMPORTS; check each wheel installed in `site` against the versions this interpreter
+    finds (a carried package may need a newer one than the image has: `prepare --also NAME`)."""
+    from importlib import import_module, metadata
+
+    from packaging.requirements import Requirement
+
+    modules = {}
+    for m in IMPORTS:
+        try:
+            modules[m] = getattr(import_module(m), "__version__", "ok")
+        except Exception as e:  # noqa: BLE001 - every failure is reported, none stops the check
+            modules[m] = f"FAILED: {e!r}"[:400]
+    conflicts = []
+    for dist in metadata.distributions(path=[site]):
+        for line in dist.requires or []:
+            r = Requirement(line)
+            if r.marker and not r.marker.evaluate({"extra": ""}):
+                continue
+            try:
+                found = metadata.version(r.name)
+            except metadata.PackageNotFoundError:
+                conflicts.append(f"{dist.metadata['Name']} needs {r}: not installed")
+                continue
+            if not r.specifier.contains(found, prereleases=True):
+                conflicts.append(f"{dist.metadata['Name']} needs {r}: found {found}")
+    print("RESULT " + json.dumps({"modules": modules, "conflicts": conflicts}))
+
+
 def validate_child(overrides: list[str]) -> None:
     """Compose conf/train.yaml with the overrides and validate it against the typed schema, as
     `python -m skyexp` does before anything loads (`--cfg job` alone skips the typed checks)."""
@@ -544,6 +581,9 @@ def validate_child(overrides: list[str]) -> None:
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "_loop":
         loop_child(sys.argv[2], sys.argv[3:])
+    if len(sys.argv) == 3 and sys.argv[1] == "_imports":
+        imports_child(sys.argv[2])
+        return 0
     if len(sys.argv) == 3 and sys.argv[1] == "_validate":
         validate_child(json.loads(sys.argv[2]))
         return 0
@@ -551,7 +591,7 @@ def main() -> int:
     sub = ap.add_subparsers(dest="command", required=True)
     p = sub.add_parser("prepare", help="download the wheels the GPU image lacks (here, with network)")
     p.add_argument("--wheels", default=str(DEFAULT_WHEELS))
-    p.add_argument("--also", nargs="*", default=[], help="carry these too though the image has them (e.g. one too old there)")
+    p.add_argument("--also", nargs="*", default=ALSO, help=f"carry these though the image has them (default: {' '.join(ALSO)})")
     r = sub.add_parser("run", help="the check (on the GPU machine); a dry run without CUDA")
     r.add_argument("--wheels", default=str(DEFAULT_WHEELS))
     r.add_argument("--out", default=os.environ.get("OUT", ""), help="summary, log, junit xml, metrics (default: $OUT or a temp dir)")
