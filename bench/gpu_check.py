@@ -296,8 +296,9 @@ class Check:
             tail = f.read()[-3000:]
         return {"cmd": " ".join(args), "rc": rc, "wall_s": round(time.monotonic() - t0, 1), "tail": tail}
 
-    def part(self, name: str, result: dict, ok: bool | None = None) -> bool:
-        ok = (result.get("rc") == 0) if ok is None else ok
+    def part(self, name: str, result: dict) -> bool:
+        """Record a part's result (ok: rc 0); True unless it failed."""
+        ok = result.get("rc") == 0
         skipped = result.get("skipped")
         result = {"ok": ok if not skipped else None, **result}
         if ok or skipped:
@@ -365,7 +366,7 @@ def pytest_part(check: Check, collect_only: bool, on_cpu: bool) -> dict:
     args = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-q", "-rA", *files]
     args += ["--collect-only"] if collect_only else [f"--junitxml={xml}"]
     env = {**check.env, "SKYEXP_GPU_TESTS_ON_CPU": "1"} if on_cpu else None
-    r = check.cmd(args, 60 if collect_only else 240, env)
+    r = check.cmd(args, 60 if collect_only else 200, env)
     r["files"] = files
     if collect_only:
         m = re.search(r"(\d+) tests? collected", r.get("tail", ""))
@@ -399,7 +400,7 @@ def loop_part(check: Check, name: str, work: Path, dry: bool, rehearse: bool, ex
                 "tail": r.get("tail", "") + v.get("tail", "")}
     outputs, stats = work / f"out_{name}", work / f"stats_{name}.json"
     env = {**check.env, "SKYEXP_OUTPUTS": str(outputs)}
-    r = check.cmd([sys.executable, str(Path(__file__).resolve()), "_loop", str(stats), *overrides], 240, env)
+    r = check.cmd([sys.executable, str(Path(__file__).resolve()), "_loop", str(stats), *overrides], 200, env)
     r["overrides"] = overrides
     runs = [p.parent for p in outputs.rglob(".hydra")] if outputs.is_dir() else []
     if stats.exists():
