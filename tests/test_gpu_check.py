@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -80,7 +81,9 @@ def test_dry_run_installs_a_stub_wheel_and_parses_every_command(tmp_path):
     assert s["mode"] == "dry-run" and s["ok"] is True
     p = s["parts"]
     assert p["install"]["installed"] == p["install"]["wheels"] == 1
-    assert (Path(s["work"]) / "site" / "gpu_check_stub" / "__init__.py").exists()
+    installed = (Path(s["work"]) / "site" / "gpu_check_stub" / "__init__.py").exists()
+    shutil.rmtree(s["work"], ignore_errors=True)  # kept by --keep-work for the line above
+    assert installed
     assert p["pytest"]["collected"] >= 5 and "tests/test_gpu.py" in p["pytest"]["files"]
     for loop in ("tiny", "qwen2_0p5b"):
         assert p[loop]["ok"] and p[loop]["validate_rc"] == 0, loop
