@@ -5,9 +5,10 @@ already trusts. They skip without CUDA. `bench/gpu_check.py run` runs them on a 
 rehearsal that keeps them in step with the code while no GPU is lent (`bench/gpu_check.py run
 --rehearse`, and tests/test_gpu_check.py in CI).
 
-They go through the public entry points (skyexp.models, skyexp.distributed, skyexp.rollout, and the
-update functions of skyexp.rl.update behind two adapters below), and compare with the model's own
-Hugging Face forward pass, so that a refactor of the update's internals touches one place here.
+They go through the public entry points (skyexp.models, skyexp.distributed, skyexp.rollout, the
+update through conftest's `update` helper and skyexp.rl's forward_stats / sft_step behind the
+adapters below), and compare with the model's own Hugging Face forward pass, so that a refactor of
+the update's internals touches one place here.
 """
 
 from __future__ import annotations
@@ -101,16 +102,25 @@ def _forward_token_stats(model, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor
 def _rl_update(policy, ro: Rollout, adv: torch.Tensor, entropy_coef: float, device: torch.device):
     """One RL update (clipped PG, token-mean, entropy bonus, shared prompts) with a no-op optimizer
     (lr 0: the stats are what is compared). Returns its UpdateStats."""
-    from skyexp.rl.update import rl_update
+    from conftest import update
 
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-    return rl_update(policy, opt, ro, adv, torch.ones(len(adv)), AlgoConfig(), entropy_coef, 8, 1.0, 1, device,
-                     share_prompts=True)
+    return update(policy, opt, ro, adv, torch.ones(len(adv)), AlgoConfig(), entropy_coef, 8, 1.0, 1, device,
+                  share_prompts=True)
+
+
+def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float]:
+    """One SFT step (token-mean NLL on the response tokens of skyexp.rl.forward.pack's batch), no
+    clipping, no-op optimizer: (loss, grad norm)."""
+    from skyexp.rl.update import UpdateSettings, sft_step
+
+    opt = torch.optim.SGD(policy.parameters(), lr=0.0)
+    return sft_step(policy, opt, packed, UpdateSettings(8, 0.0, 1, device))
 
 
 def _logprob_pass(model, ro: Rollout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """The update's no-grad log-prob pass (old/reference/entropy): log-probs and entropies [N, R]."""
-    from skyexp.rl.update import forward_stats
+    from skyexp.rl.forward import forward_stats
 
     logp, ent = forward_stats(model, ro, torch.arange(ro.sequences.shape[0]), 4, device, True, True)
     return logp.cpu(), ent.cpu()
@@ -125,7 +135,8 @@ import torch.distributed as dist
 from skyexp import distributed
 from skyexp.config import Config, ModelConfig
 from skyexp.models import load_model, load_policy, load_tokenizer
-from skyexp.rl.update import pack, sft_step
+from skyexp.rl.forward import pack
+from skyexp.rl.update import UpdateSettings, sft_step
 from skyexp.rollout import build_engine
 
 path, device, out = sys.argv[1:4]
@@ -137,9 +148,9 @@ before = {n: p.full_tensor().clone() for n, p in params.items()}
 tok = load_tokenizer(path, cfg.model)
 prompts = tok(["Compute 1+2.\n", "Compute 3*4.\n", "Compute 9-5.\n"], add_special_tokens=False)["input_ids"]
 responses = tok(["1+2=3. \\boxed{3}", "3*4=12. \\boxed{12}", "9-5=4. \\boxed{4}"], add_special_tokens=False)["input_ids"]
-seq, attn, rmask, plen = pack(prompts, responses, tok.pad_token_id)
 opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-loss, grad_norm = sft_step(policy, opt, seq, attn, rmask, plen, 2, 1.0, d.world_size, d.device)  # 2 micro-batches
+settings = UpdateSettings(2, 1.0, d.world_size, d.device)  # 2 micro-batches: gradient sync on the last only
+loss, grad_norm = sft_step(policy, opt, pack(prompts, responses, tok.pad_token_id), settings)
 engine = build_engine("hf", model=load_model(path, cfg.model, d.device), eos_id=tok.eos_token_id,
                       pad_id=tok.pad_token_id, seed=0, device=d.device)
 engine.sync_weights(policy)  # gathers every shard
@@ -191,7 +202,7 @@ def test_bf16_update_matches_fp32(device, dist_group, tiny_dir):
     """One rollout (sampled by the fp32 model), the same weights in fp32 and in bf16: the RL update's
     policy-gradient loss and gradient norm, and the SFT step's NLL and gradient norm, agree within
     the bounds at the top of this file."""
-    from skyexp.rl.update import pack, sft_step
+    from skyexp.rl.forward import pack
 
     path = str(tiny_dir)
     eng, tok = _engine(path, "float32", device, seed=3)
@@ -200,13 +211,12 @@ def test_bf16_update_matches_fp32(device, dist_group, tiny_dir):
     adv = torch.randn(ro.sequences.shape[0])
     answers = tok(["1+2=3. \\boxed{3}", "6*9=54. \\boxed{58}", "7-3=4. \\boxed{8}", "8+1=9. \\boxed{9}"],
                   add_special_tokens=False)["input_ids"]
-    seq, attn, rmask, plen = pack(_prompts(tok), answers, tok.pad_token_id)
+    packed = pack(_prompts(tok), answers, tok.pad_token_id)
     out = {}
     for dtype in ("float32", "bfloat16"):
         policy = load_model(path, ModelConfig(dtype=dtype), device)
         st = _rl_update(policy, ro, adv, 0.01, device)
-        nll, sft_gn = sft_step(policy, torch.optim.SGD(policy.parameters(), lr=0.0), seq, attn, rmask, plen, 8, 1e9, 1,
-                               device)
+        nll, sft_gn = _sft_step(policy, packed, device)
         out[dtype] = (st.pg_loss, st.grad_norm, nll, sft_gn)
     (pg32, gn32, nll32, sgn32), (pg16, gn16, nll16, sgn16) = out["float32"], out["bfloat16"]
     print(f"bf16 vs fp32: pg_loss {pg16:.5f} / {pg32:.5f}, grad_norm {gn16:.5f} / {gn32:.5f}, "
