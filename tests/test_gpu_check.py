@@ -1,6 +1,7 @@
 """bench/gpu_check.py without a GPU: the dry run (install into a fresh directory, collect the gpu
 tests, compose and validate every `python -m skyexp` it would run), the wheel closure of
-`prepare` (on fake wheels: no network in the suite), and the gpu tests rehearsed on CPU."""
+`prepare` (bench/gpu_wheels.py, on fake wheels: no network in the suite), and the gpu tests
+rehearsed on CPU."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "bench" / "gpu_check.py")
+def _bench(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -43,14 +44,14 @@ def _wheel(folder: Path, name: str, requires: list[str] = (), version: str = "0.
 def test_smoke_overrides_are_the_smoke_tests():
     from test_train_smoke import TINY
 
-    assert _gpu_check().SMOKE == TINY
+    assert _bench("gpu_check").SMOKE == TINY
 
 
 def test_missing_closure_stops_at_the_image(tmp_path):
     """Requirements are followed on the target (Python 3.12, Linux x86_64) only: markers for other
     Pythons or platforms drop theirs, extras are followed only where asked for, and a package the
     image has ends the walk (its own requirements are not fetched)."""
-    gc = _gpu_check()
+    gc = _bench("gpu_wheels")
     graph = {
         "root-a": ["in-image", "pkg-c>=1", 'old-only; python_version < "3.12"', 'win-only; sys_platform == "win32"',
                    'extra-f; extra == "x"'],
