@@ -98,10 +98,11 @@ class HFEngine:
                 live = keep if live is None else live[keep]
                 tok = tok[keep]
             logits = steps.step(tok)
-        truncated = ~done
         s = steps_taken
-        return (seq[:, : plen + s].clone(), attn[:, : plen + s].clone(), attn[:, plen : plen + s].float(), logprobs[:, :s].clone(),
-                truncated, entropy[:, :s].clone())
+        # the rollout lives on the CPU whatever the engine's device, as vLLM's does: the step's
+        # weights and advantages are CPU tensors and the update moves each micro-batch to the device
+        out = (seq[:, : plen + s], attn[:, : plen + s], attn[:, plen : plen + s].float(), logprobs[:, :s], ~done, entropy[:, :s])
+        return tuple(x.to("cpu", copy=True) for x in out)
 
 
 def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
