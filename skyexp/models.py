@@ -132,6 +132,15 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tok
 
 
+def context_length(path: str, cfg: ModelConfig) -> int | None:
+    """The model's context window in tokens (max_position_embeddings), read from its config only."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    n = getattr(getattr(c, "text_config", c), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
 def load_model(path: str, cfg: ModelConfig, device: torch.device | str = "cpu"):
     """Causal LM from a hub id or a local directory, in the configured dtype, in train mode off."""
     from transformers import AutoModelForCausalLM

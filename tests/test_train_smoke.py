@@ -79,13 +79,13 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
             "logger.progress=false"]
     r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "skipped 1 of 60 rows" in r.stdout + r.stderr and "row 5" in r.stdout + r.stderr
+    assert "skipped 1 of 60 rows" in r.stdout + r.stderr and "row 6:" in r.stdout + r.stderr  # 1-based
     data = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())["data"]
     assert data["problems"] == 59 and data["bad"] == 1
     # mostly bad data stops before training with the rows shown
     f.write_text("".join(json.dumps({"problem": "x"}) + "\n" for _ in range(10)))
     r = run_skyexp(args, tmp_path / "bad")
-    assert r.returncode == 2 and "10 of 10 rows are unusable" in r.stderr and "row 0" in r.stderr
+    assert r.returncode == 2 and "10 of 10 rows are unusable" in r.stderr and "row 1:" in r.stderr and "row 0" not in r.stderr
 
 
 @pytest.mark.slow

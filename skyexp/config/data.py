@@ -58,6 +58,9 @@ class DataConfig:
     system_prompt: str = ""
     response_prefix: str = ""
     max_bad_fraction: float = 0.05  # stop before training if more rows than this are unusable
+    # Drop (and count) prompts longer than this many tokens after the template, before training;
+    # 0: only those that leave no room for a response in the model's context (skyexp.data.lengths)
+    max_prompt_len: int = 0
     shuffle: bool = True
     # Built-in arithmetic task (task_seed also draws the rows of mixes with weight < 1 or counts).
     levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
@@ -139,6 +142,7 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
         "levels must be in 1..6",
     )
     check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+    check(d.max_prompt_len >= 0, "data.max_prompt_len", "must be >= 0 (0: the model's context only)")
     check(0 <= d.slip_rate < 1, "data.slip_rate", "must be in [0, 1)")
     check(
         d.source in NEEDS_PATH and bool(d.path) or d.source not in NEEDS_PATH,
