@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -124,18 +125,40 @@ def test_world_size_divisibility():
 
 def test_cli_rejects_unknown_algo_fast(tmp_path):
     r = run_skyexp(["algo=nonexistent"], tmp_path, timeout=60)
-    assert r.returncode != 0
+    assert r.returncode == 2  # Hydra's own config errors exit like skyexp's (Hydra alone: 1)
     assert "algo/nonexistent" in r.stderr and "rloo" in r.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("metrics.jsonl"))
 
 
 def test_cli_rejects_bad_type_fast(tmp_path):
     r = run_skyexp(["trainer.lr=abc"], tmp_path, timeout=60)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "trainer.lr" in r.stderr
+    r = run_skyexp(["trainer.lr=abc"], tmp_path, timeout=60, env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode == 2 and "Traceback" in r.stderr and "trainer.lr" in r.stderr
+    r = run_skyexp(["trainer.lr=="], tmp_path, timeout=60)  # an override Hydra cannot parse
+    assert r.returncode == 2
 
 
 def test_cli_rejects_cross_field_error_before_loading(tmp_path):
     r = run_skyexp(["algo.n=1"], tmp_path, timeout=60)
     assert r.returncode == 2
     assert "algo.n" in r.stderr and "rloo" in r.stderr
+
+
+def test_only_errors_before_the_job_become_exit_2():
+    """A crash inside the job keeps its own exit code; Hydra's errors before it exit 2."""
+    from skyexp.cli import _Flag, config_errors_exit_2
+
+    def hydra_error():
+        sys.exit(1)  # what hydra.main does after printing a composition error
+
+    def job_crash(flag):
+        flag.set()
+        sys.exit(1)
+
+    for fn, started, code in ((hydra_error, _Flag(), 2), (None, _Flag(), 1)):
+        main = fn or (lambda f=started: job_crash(f))
+        with pytest.raises(SystemExit) as e:
+            config_errors_exit_2(main, started)()
+        assert e.value.code == code
