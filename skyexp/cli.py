@@ -57,6 +57,16 @@ def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("swee
     return ",".join(sorted(swept_overrides(overrides, skip))) or None
 
 
+def run_identity(overrides: list[str], run_name: str | None, group: str | None, recipe: str) -> tuple[str, str]:
+    """(name, group) of a run in W&B. Name: logger.run_name, else what the command line changed
+    (`algo.n=4,entropy=adaptive`, as a sweep names its runs), else the experiment (`dapo`), else
+    `default`. Group: logger.group (a sweep sets its own name), else the experiment, else `recipe`
+    (model-data-algo, e.g. `tiny-arith-rloo`), so single runs of one recipe sit together."""
+    experiment = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment" and "=" in o), None)
+    name = run_name or run_name_from_overrides(overrides) or experiment or "default"
+    return name, group or experiment or recipe
+
+
 def hydra_command(
     job: Callable[..., Any],
     config_name: str = "train",
@@ -88,8 +98,10 @@ def hydra_command(
         from skyexp.data import DataError
         from skyexp.rollout import MissingExtraError
 
-        if cfg.logger.run_name is None:  # a sweep's runs are named by what the sweep changed
-            cfg.logger.run_name = run_name_from_overrides(list(HydraConfig.get().overrides.task))
+        # W&B name and group: what the command line changed (a sweep's runs: what the sweep changed)
+        cfg.logger.run_name, cfg.logger.group = run_identity(
+            list(HydraConfig.get().overrides.task), cfg.logger.run_name, cfg.logger.group,
+            f"{cfg.model.name}-{cfg.data.name}-{cfg.algo.name}")
         try:
             typed = to_typed(cfg, schema or Config)
             extra = prepare(typed) if prepare else ()
