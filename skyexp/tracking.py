@@ -1,4 +1,5 @@
-"""Metric sinks behind one protocol: W&B, a local metrics.jsonl, and the console.
+"""Metric sinks behind one protocol: W&B, a local metrics.jsonl, and the console; how runs are
+named in W&B; and the one-line step summaries printed when the console is not a terminal.
 
 Only rank 0 logs; other ranks get a MultiLogger with no sinks (no `if rank == 0` in the loop).
 A W&B failure (no network, bad key, invalid settings, unwritable dir) is reported once and the
@@ -18,6 +19,7 @@ import logging
 import math
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -33,7 +35,41 @@ RL_STEP_KEY = "train/rl_step"  # the x axis of every RL and eval metric
 STEP_OF_PREFIX = {"sft": STEP_KEY}  # metric namespaces not plotted against the RL step
 HIST_BINS = 64  # histogram bins, in W&B and in tables/<key>.jsonl
 RUN_FILE = "wandb_run.json"  # in the run directory: which W&B run holds this run's metrics
+# step_line's fields, in order, after the step (val/<benchmark>/pass@1 follow when the row has them)
+LINE_KEYS = ("train/stage", "critic/score/mean", "batch/pass@1", "actor/entropy", "timing_s/step", "perf/throughput")
 
+
+def use_bars(progress: bool, streams: tuple[Any, ...] = (sys.stdout, sys.stderr)) -> bool:
+    """Progress bars only on a terminal: redirected to a file (SLURM, nohup, CI) a bar is a stream
+    of carriage-return redraws that tail -f and grep cannot read. Both streams count: tqdm draws
+    on stderr, the log lines go to stdout, and a job log usually holds both."""
+    return progress and all(getattr(s, "isatty", lambda: False)() for s in streams)
+
+
+def line_due(every: int, rl_step: int, bars: bool) -> bool:
+    """Whether RL step `rl_step` prints a step_line: when no bar is drawn, every `every` steps
+    (logger.line_every; 0: never), starting with the first."""
+    return not bars and every > 0 and rl_step % every == 0
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def step_line(metrics: dict[str, Any], total: int = 0) -> str:
+    """One RL step as one greppable line of `name:value` pairs under the metric names of
+    metrics.jsonl (verl's console format): `step:12 - progress:13/150 - train/stage:0 -
+    critic/score/mean:0.5312 - batch/pass@1:0.52 - actor/entropy:0.112 - timing_s/step:1.42 -
+    perf/throughput:9812`, plus `val/<benchmark>/pass@1` when the row carries an evaluation.
+    `total`: the run's RL steps (0: no progress field). Missing or non-scalar values are left out."""
+    step = int(metrics.get(RL_STEP_KEY, 0))
+    parts = [f"step:{step}"] + ([f"progress:{step + 1}/{total}"] if total else [])
+    keys = [*LINE_KEYS, *sorted(k for k in metrics if k.startswith("val/") and k.endswith("/pass@1"))]
+    scalars = _scalars({k: metrics[k] for k in keys if k in metrics})
+    parts += [f"{k}:{_short(scalars[k])}" for k in keys if scalars.get(k) is not None]
+    return " - ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -99,7 +135,8 @@ class JsonlLogger:
 
 
 class ConsoleLogger:
-    """Eval results and stage summaries to the console (per-step numbers go to the progress bar)."""
+    """Eval results and stage summaries to the console (per-step numbers go to the progress bar on a
+    terminal, to `step_line`s otherwise)."""
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         shown = {k: v for k, v in _scalars(metrics).items() if k.startswith("val/") and v is not None}

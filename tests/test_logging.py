@@ -1,9 +1,10 @@
 """W&B and local logging: what a dashboard gets (the calls W&B receives, and the run it reports
-back in wandb_run.json), the local record, and that a W&B failure never
+back in wandb_run.json), the local record, step lines off a terminal, and that a W&B failure never
 stops a run."""
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import subprocess
@@ -22,7 +23,10 @@ from skyexp.tracking import (
     Table,
     WandbLogger,
     git_commit,
+    line_due,
     make_logger,
+    step_line,
+    use_bars,
 )
 
 
@@ -139,6 +143,38 @@ def test_histograms_are_kept_locally_as_bins(tmp_path):
     (row,) = [json.loads(x) for x in (tmp_path / "tables" / "actor.entropy_hist.jsonl").read_text().splitlines()]
     assert row["step"] == 7 and len(row["edges"]) == 65 and sum(row["counts"]) == 7  # the infinite value is left out
     assert row["edges"][0] == 0.0 and row["edges"][-1] == 1.0 and row["counts"][32] == 4
+
+
+def test_step_line_reads_in_a_file():
+    m = {"train/rl_step": 12, "train/stage": 1, "critic/score/mean": 0.53125, "batch/pass@1": 0.52, "actor/entropy": 0.11234,
+         "timing_s/step": 1.4234, "perf/throughput": 9812.4, "actor/pg_loss": 0.3, "actor/entropy_hist": torch.rand(5),
+         "samples/completions": Table(["a"], [["b"]])}
+    assert step_line(m, 150) == ("step:12 - progress:13/150 - train/stage:1 - critic/score/mean:0.5312 - batch/pass@1:0.52 - "
+                                 "actor/entropy:0.1123 - timing_s/step:1.423 - perf/throughput:9812")
+    evaluated = step_line({**m, "val/arith/pass@1": 0.61, "val/arith/pass@4": 0.8, "actor/entropy": float("nan")})
+    assert evaluated.startswith("step:12 - train/stage:1") and evaluated.endswith("perf/throughput:9812 - val/arith/pass@1:0.61")
+    assert "actor/entropy" not in evaluated and "\r" not in evaluated and "\n" not in evaluated
+    assert step_line({"train/rl_step": 0}) == "step:0"
+
+
+class _Stream(io.StringIO):
+    def __init__(self, tty: bool):
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_bars_only_on_a_terminal_and_lines_otherwise():
+    tty, file = _Stream(True), _Stream(False)
+    assert use_bars(True, (tty, tty))
+    assert not use_bars(True, (file, file))  # SLURM, nohup, CI
+    assert not use_bars(True, (tty, file)) and not use_bars(True, (file, tty))  # half redirected: lines in the file
+    assert not use_bars(False, (tty, tty))
+    assert [s for s in range(25) if line_due(1, s, bars=False)] == list(range(25))
+    assert [s for s in range(25) if line_due(10, s, bars=False)] == [0, 10, 20]
+    assert not any(line_due(1, s, bars=True) for s in range(5)) and not any(line_due(0, s, bars=False) for s in range(5))
 
 
 @pytest.mark.parametrize("bad", ["settings", "dir"])

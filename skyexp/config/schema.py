@@ -192,6 +192,7 @@ class LoggerConfig:
     samples_every: int = 50  # a W&B table of sample completions every this many RL steps; 0: never
     samples_rows: int = 8  # rows per table
     progress: bool = True
+    line_every: int = 1  # no progress bar (not a terminal, or progress=false): a step line every N RL steps; 0: none
 
 
 @dataclass
