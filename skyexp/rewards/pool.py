@@ -130,6 +130,7 @@ class ScoringPool:
         """[(pred, gold)] -> [(score, status)], status in ok | timeout | error. Each item has
         timeout_s (plus a second for the round trip) from when a worker takes it."""
         results: list[tuple[float, str] | None] = [None] * len(items)
+        killed = 0  # items past the hard deadline (their worker killed); other timeouts are math-verify's own
         todo = list(range(len(items)))[::-1]
         startup = time.monotonic() + self.STARTUP_S
         while any(r is None for r in results):
@@ -157,13 +158,15 @@ class ScoringPool:
                     else:
                         results[w.item], w.item = msg, None
                 elif w.item is not None and time.monotonic() > w.deadline:  # hung, maybe in C: kill it
-                    results[w.item] = (0.0, "timeout")
+                    results[w.item], killed = (0.0, "timeout"), killed + 1
                     self._replace(i)
             if time.monotonic() > startup and not any(w.ready for w in self._workers):
                 raise RuntimeError(f"scoring workers did not start in {self.STARTUP_S:.0f}s (is math-verify installed?)")
         timeouts = sum(r[1] == "timeout" for r in results)  # type: ignore[index]
         if timeouts:
-            log.warning("scoring: %d of %d items hit the %.1fs limit", timeouts, len(items), self.timeout_s)
+            log.warning("scoring: %d of %d items timed out: %d at math-verify's %ds parse/compare limit, %d killed at "
+                        "the %.1fs hard limit (reward.timeout_s)", timeouts, len(items), timeouts - killed,
+                        self.soft_timeout, killed, self.timeout_s)
         return results  # type: ignore[return-value]
 
     def close(self) -> None:
