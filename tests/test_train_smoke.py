@@ -16,7 +16,11 @@ TINY = [
 ]
 REQUIRED = ["actor/entropy", "actor/entropy_coeff", "actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm",
             "critic/score/mean", "critic/advantages/mean", "response_length/mean", "response_length/clip_ratio",
-            "batch/solve_none", "batch/solve_all", "batch/pass@1", "timing_s/gen", "timing_s/reward", "timing_s/update", "perf/throughput"]
+            "batch/solve_none", "batch/solve_all", "batch/pass@1", "timing_s/gen", "timing_s/reward", "timing_s/update", "perf/throughput",
+            # verl's names (docs/design.md)
+            "critic/score/max", "critic/score/min", "critic/rewards/mean", "critic/rewards/max", "critic/rewards/min",
+            "prompt_length/mean", "prompt_length/max", "prompt_length/min", "response_length/min", "perf/total_num_tokens",
+            "timing_per_token_ms/gen", "timing_per_token_ms/update"]
 
 
 def _check_run(run_dir, world_size: int):
