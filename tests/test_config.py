@@ -162,3 +162,39 @@ def test_only_errors_before_the_job_become_exit_2():
         with pytest.raises(SystemExit) as e:
             config_errors_exit_2(main, started)()
         assert e.value.code == code
+
+
+# Every learning rate, length and count of every group: -1 (or the value shown) fails in the one
+# validation pass, naming its key, before anything loads. Seeds are the only integers left out.
+NEGATIVE = [
+    "model.hidden_size", "model.num_layers", "model.num_heads", "model.intermediate_size", "model.max_positions",
+    "data.train_size", "data.eval_size", "data.max_prompt_len",
+    "sft.steps", "sft.lr", "sft.lr_min", "sft.warmup_steps", "sft.weight_decay", "sft.batch_size", "sft.max_len",
+    "algo.n", "algo.batch_size", "algo.max_gen_batches", "algo.gen_batch_size", "algo.ppo_epochs", "algo.mini_batches",
+    "temperature.steps", "context.stages.0.steps", "context.stages.0.max_response_len",
+    "rollout.max_batch", "rollout.tensor_parallel_size", "rollout.max_model_len", "rollout.kv_cache_gb",
+    "reward.workers", "reward.timeout_s", "reward.max_answer_chars", "reward.memory_mb",
+    "eval.n", "eval.max_response_len", "eval.size", "eval.every", "eval.vote_max_pairs", "eval.log_samples",
+    "logger.samples_every", "logger.samples_rows", "logger.line_every",
+    "trainer.threads", "trainer.lr", "trainer.weight_decay", "trainer.warmup_steps", "trainer.grad_clip",
+    "trainer.micro_batch_size", "trainer.save_every", "trainer.keep_last", "trainer.max_bad_steps", "trainer.nproc_per_node",
+    "filter.n", "filter.ngram", "filter.chunk", "filter.max_response_len", "filter.size",
+    "distill.k", "distill.keep", "distill.chunk", "distill.max_response_len", "distill.size",
+]
+OTHER_BAD = ["+context.stages.0.batch_size=-1", "+context.stages.0.n=-1", "sft.lr_min=1.0", "model.num_heads=7",
+             "algo.ratio_max=0.5", "algo.adv_eps=0", "trainer.betas=[0.9,1.5]"]
+
+
+@pytest.mark.parametrize("key", NEGATIVE)
+def test_negative_rates_lengths_and_counts_fail_naming_the_key(key):
+    with pytest.raises(ConfigError) as e:
+        to_typed(compose_cfg([f"{key}=-1"]))
+    assert f"config key '{key.replace('.0.', '[0].')}'" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("override", OTHER_BAD)
+def test_out_of_range_values_fail_naming_the_key(override):
+    key = override.lstrip("+").split("=")[0].replace(".0.", "[0].")
+    with pytest.raises(ConfigError) as e:
+        to_typed(compose_cfg([override]))
+    assert f"config key '{key}'" in str(e.value), str(e.value)

@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.eval import validate_eval
 from skyexp.config.names import registry_names
+from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import Config, ConfigError
 from skyexp.config.stages import validate_schedule
 
@@ -101,7 +102,7 @@ def validate(c: Config) -> None:
         _check(b in ("wandb", "jsonl", "console"), "logger.backends", f"unknown backend '{b}'; valid: wandb, jsonl, console")
     _check(c.logger.mode in ("offline", "online", "disabled"), "logger.mode", f"'{c.logger.mode}' is not offline, online or disabled")
     validate_schedule(c, _check)
-    _check(c.logger.samples_every >= 0 and c.logger.samples_rows >= 1, "logger.samples_every", "needs >= 0 and samples_rows >= 1")
+    validate_ranges(c, _check)  # learning rates, lengths and counts (skyexp.config.ranges), logger.samples_* included
     _check(c.trainer.nproc_per_node >= 0, "trainer.nproc_per_node", "must be >= 0 (0: run in this process)")
 
 

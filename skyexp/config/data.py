@@ -143,6 +143,8 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
     )
     check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
     check(d.max_prompt_len >= 0, "data.max_prompt_len", "must be >= 0 (0: the model's context only)")
+    check(d.train_size >= 1, "data.train_size", "must be >= 1")
+    check(d.eval_size >= 0, "data.eval_size", "must be >= 0")
     check(0 <= d.slip_rate < 1, "data.slip_rate", "must be in [0, 1)")
     check(
         d.source in NEEDS_PATH and bool(d.path) or d.source not in NEEDS_PATH,
@@ -185,6 +187,12 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
 
 def validate_sft(s: SFTConfig, check: Check) -> None:
     check(s.steps >= 0, "sft.steps", "must be >= 0")
+    check(s.lr > 0, "sft.lr", "must be > 0")
+    check(0 <= s.lr_min <= s.lr, "sft.lr_min", "must be in [0, sft.lr] (the cosine schedule's floor)")
+    check(s.warmup_steps >= 0, "sft.warmup_steps", "must be >= 0")
+    check(s.weight_decay >= 0, "sft.weight_decay", "must be >= 0")
+    check(s.batch_size >= 1, "sft.batch_size", "must be >= 1")
+    check(s.max_len >= 1, "sft.max_len", "must be >= 1")
     check(
         s.source in SFT_SOURCES,
         "sft.source",
@@ -207,8 +215,6 @@ def validate_jobs(f: FilterConfig, d: DistillConfig, check: Check) -> None:
     for key, job in (("filter", f), ("distill", d)):
         check(job.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 = greedy)")
         check(0 < job.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
-        check(
-            job.chunk >= 1 and job.max_response_len >= 1,
-            f"{key}.chunk",
-            "chunk and max_response_len must be >= 1",
-        )
+        check(job.chunk >= 1, f"{key}.chunk", "must be >= 1")
+        check(job.max_response_len >= 1, f"{key}.max_response_len", "must be >= 1")
+        check(job.size >= 0, f"{key}.size", "must be >= 0 (0: every problem)")
