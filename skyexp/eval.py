@@ -73,7 +73,8 @@ def evaluate_all(
     from skyexp.tracking import make_logger
 
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory,
+                          cfg.trainer.deterministic)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
     held_out = (

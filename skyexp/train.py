@@ -208,7 +208,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     """Run the whole experiment; return (and, on rank 0, write) the summary. With trainer.resume,
     continue from a checkpoint instead (SFT and the first evaluation are not repeated)."""
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic)
     check_world(cfg, d.world_size)
     own_dir, run_dir = run_dir, Path(distributed.broadcast_object(str(run_dir)))
     if own_dir != run_dir:  # another rank's Hydra picked a later timestamp: use rank 0's directory only

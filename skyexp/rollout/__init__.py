@@ -52,7 +52,8 @@ def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device |
                   max_batch=cfg.rollout.max_batch, device=device)
     if cfg.rollout.name == "vllm":
         return build_engine("vllm", model=model_path, dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                            **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS}, **common)
+                            deterministic=cfg.trainer.deterministic, **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS},
+                            **common)
     from skyexp.models import load_model
 
     return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, **common)
