@@ -1,7 +1,7 @@
 """The trainer: set up once, run the stages (SFT warm-up, then the RL stages of the context
 schedule), evaluate before, during (eval.every) and after RL, and write plots and summary.json.
 
-The RL step reads top to bottom as the data flow in DESIGN.md; algorithm variants are looked up
+The RL step reads top to bottom as the data flow in docs/design.md; algorithm variants are looked up
 by name in the registries of skyexp.algos, never branched on here.
 """
 

@@ -56,3 +56,17 @@ def test_rewards_default_to_the_score_without_a_kl_penalty(dist1):
     assert [m[f"critic/rewards/{s}"] for s in ("mean", "max", "min")] == [m[f"critic/score/{s}"] for s in ("mean", "max", "min")]
     # nothing trains: no advantage extremes (non-finite, written as null) and no per-token timings without timings
     assert m["critic/advantages/max"] == float("-inf") and not any(k.startswith("timing_per_token_ms/") for k in m)
+
+
+def test_every_metric_name_is_documented(dist1):
+    """docs/design.md lists every namespace and name step_metrics emits."""
+    from conftest import ROOT
+
+    doc = (ROOT / "docs" / "design.md").read_text()
+    timings = {f"timing_s/{k}": 1.0 for k in ("step", "gen", "reward", "old_logp", "ref", "update", "sync")}
+    m = step_metrics(_batch(), torch.tensor([0.5, -0.5, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0]), STATS, timings,
+                     0, 0, dist1.device)
+    for key in m:
+        namespace, name = key.split("/", 1)
+        first = "<term>" if namespace == "reward" and name.endswith("/mean") and name != "mean" else name.split("/")[0]
+        assert f"`{namespace}/`" in doc and first in doc, key
