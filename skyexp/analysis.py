@@ -2,9 +2,11 @@
 
 Sources, all giving the same `RunData` (metrics rows keyed like metrics.jsonl: "step" is the
 global step, "train/rl_step" the RL step):
-- run directories: `metrics.jsonl`, `summary.json`, `.hydra/{config,overrides}.yaml`; a sweep's
-  directory holds one run directory per job;
-- W&B offline run directories (`wandb/offline-run-*/run-*.wandb`), read without syncing;
+- run directories: `metrics.jsonl`, `summary.json`, `.hydra/{config,overrides}.yaml`,
+  `wandb_run.json` (which W&B run it is) and `tables/<key>.jsonl` (sample tables, per-step
+  histograms as bin edges and counts: `load_table`); a sweep's directory holds one run directory
+  per job. Offline W&B runs need nothing else: everything W&B got is in these files, and W&B's
+  own `.wandb` record files are a private format (`wandb sync` them to read them in W&B);
 - the W&B API, for online runs: `load_wandb_api("entity/project", group="entropy_collapse")`.
 """
 
@@ -12,7 +14,6 @@ from __future__ import annotations
 
 import json
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,7 @@ class RunData:
     config: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     path: Path | None = None
+    wandb: dict[str, Any] = field(default_factory=dict)  # wandb_run.json: id, name, group, project, mode, dir, url
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -61,8 +63,21 @@ def load_run(path: str | Path) -> RunData:
     hydra = path / ".hydra"
     config = OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml")) if (hydra / "config.yaml").exists() else {}
     overrides = list(OmegaConf.load(hydra / "overrides.yaml")) if (hydra / "overrides.yaml").exists() else []
-    name = (config.get("logger") or {}).get("run_name") or run_name_from_overrides(overrides) or path.name
-    return RunData(name=name, metrics=pd.DataFrame(rows), summary=summary, config=config, overrides=overrides, path=path)
+    wandb = json.loads((path / "wandb_run.json").read_text()) if (path / "wandb_run.json").exists() else {}
+    name = (wandb.get("name") or (config.get("logger") or {}).get("run_name") or run_name_from_overrides(overrides)
+            or path.name)
+    return RunData(name=name, metrics=pd.DataFrame(rows), summary=summary, config=config, overrides=overrides, path=path,
+                   wandb=wandb)
+
+
+def load_table(run: RunData | str | Path, key: str) -> pd.DataFrame:
+    """A table or histogram a run logged (`samples/completions`, `actor/entropy_hist`), from
+    tables/<key with / as .>.jsonl: one row per table row (histograms: per step, with `edges` and
+    `counts`), each with the global `step`. Empty when the run logged none."""
+    path = Path(run.path if isinstance(run, RunData) else run) / "tables" / f"{key.replace('/', '.')}.jsonl"
+    if not path.exists():
+        return pd.DataFrame(columns=["step"])
+    return pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
 
 
 def load_runs(root: str | Path) -> list[RunData]:
@@ -104,75 +119,7 @@ def summary_frame(runs: list[RunData]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# --- W&B -------------------------------------------------------------------------------------------
-
-def _wandb_records(path: Path):
-    """Records of a .wandb file: a 7-byte header (":W&B", magic, version), then 32 KiB blocks of
-    chunks, each with a 7-byte header (crc32, length, type: 1 full, 2 first, 3 middle, 4 last)."""
-    from wandb.proto import wandb_internal_pb2 as pb
-
-    data, block, pos, buf = path.read_bytes(), 32768, 7, b""
-    if data[:4] != b":W&B":
-        raise ValueError(f"{path} is not a W&B run file")
-    while pos + 7 <= len(data):
-        if block - pos % block < 7:  # the rest of a block too short for a header is padding
-            pos += block - pos % block
-            continue
-        _, length, kind = struct.unpack("<IHB", data[pos : pos + 7])
-        buf += data[pos + 7 : pos + 7 + length]
-        pos += 7 + length
-        if kind in (1, 4):
-            rec = pb.Record()
-            rec.ParseFromString(buf)
-            buf = b""
-            yield rec
-        elif kind == 0:
-            buf = b""
-
-
-@dataclass
-class WandbOfflineRun:
-    info: dict[str, Any]  # group, name, job_type, tags, notes, project, git_commit
-    config: dict[str, Any]
-    history: pd.DataFrame  # scalar history rows
-    metrics_defined: dict[str, str]  # glob or name -> its step metric
-    media: list[str]  # non-scalar history keys: histograms, tables, charts
-    complete: bool  # the file ends with the run's exit record (W&B's service writes it after finish() returns)
-
-
-def load_wandb_offline(run_dir: str | Path) -> list[WandbOfflineRun]:
-    """Every W&B offline run under run_dir (a run directory or its wandb/ folder)."""
-    out = []
-    for f in sorted(Path(run_dir).rglob("offline-run-*/run-*.wandb")):
-        info: dict[str, Any] = {}
-        config: dict[str, Any] = {}
-        rows, defined, media, complete = [], {}, set(), False
-        for rec in _wandb_records(f):
-            kind = rec.WhichOneof("record_type")
-            if kind == "run":
-                r = rec.run
-                info = {"group": r.run_group, "name": r.display_name, "job_type": r.job_type, "tags": list(r.tags),
-                        "notes": r.notes, "project": r.project, "git_commit": r.git.commit}
-                config.update({i.key: json.loads(i.value_json) for i in r.config.update})
-            elif kind == "config":
-                config.update({i.key: json.loads(i.value_json) for i in rec.config.update})
-            elif kind == "exit":
-                complete = True
-            elif kind == "metric":
-                defined[rec.metric.glob_name or rec.metric.name] = rec.metric.step_metric
-            elif kind == "history":
-                row = {}
-                for item in rec.history.item:
-                    key = item.key or "/".join(item.nested_key)
-                    value = json.loads(item.value_json)
-                    if isinstance(value, (int, float)) and not isinstance(value, bool) and len(item.nested_key) <= 1:
-                        row[key] = value
-                    elif key.endswith("/_type"):
-                        media.add(f"{key[: -len('/_type')]}:{value}")
-                rows.append(row)
-        out.append(WandbOfflineRun(info, config, pd.DataFrame(rows), defined, sorted(media), complete))
-    return out
-
+# --- W&B (online runs) -----------------------------------------------------------------------------
 
 def load_wandb_api(path: str, group: str | None = None, api: Any = None) -> list[RunData]:
     """Runs of an online W&B project ("entity/project"), optionally one group, as RunData
@@ -185,5 +132,7 @@ def load_wandb_api(path: str, group: str | None = None, api: Any = None) -> list
     out = []
     for run in runs:
         history = pd.DataFrame(list(run.scan_history())).rename(columns={"_step": "step"})
-        out.append(RunData(name=run.name, metrics=history, summary=dict(run.summary), config=dict(run.config)))
+        info = {k: getattr(run, k, None) for k in ("id", "name", "group", "project", "url")}
+        out.append(RunData(name=run.name, metrics=history, summary=dict(run.summary), config=dict(run.config),
+                           wandb={**info, "mode": "online"}))
     return out

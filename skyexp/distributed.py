@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,6 +16,8 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+
+log = logging.getLogger("skyexp")
 
 
 @dataclass(frozen=True)
@@ -30,9 +33,10 @@ class Dist:
         return self.rank == 0
 
 
-def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False) -> Dist:
+def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False, deterministic: bool = False) -> Dist:
     """Start (or join) the process group and pin this rank's device and thread count; on CPU with
-    `keep_memory` (trainer.keep_freed_memory), keep freed memory in the process (keep_freed_memory)."""
+    `keep_memory` (trainer.keep_freed_memory), keep freed memory in the process (keep_freed_memory).
+    `deterministic` (trainer.deterministic): see `make_deterministic`; on CPU it also means one thread."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA device is visible")
@@ -41,13 +45,18 @@ def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False) -> 
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     local_world = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
     backend = "nccl" if use_cuda else "gloo"
+    if deterministic:
+        make_deterministic(use_cuda)  # before the first cuBLAS call and the NCCL communicator
     if use_cuda:
         torch.cuda.set_device(local_rank)
         dev = torch.device("cuda", local_rank)
     else:
         dev = torch.device("cpu")
         n = threads or max(1, (os.cpu_count() or 1) // local_world)
-        torch.set_num_threads(n)
+        if deterministic and n != 1:
+            log.info("trainer.deterministic: 1 CPU thread per rank instead of %d (a reduction split over threads "
+                     "can add in another order from run to run)", n)
+        torch.set_num_threads(1 if deterministic else n)
         if keep_memory:
             keep_freed_memory()
     if not dist.is_initialized():
@@ -56,6 +65,25 @@ def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False) -> 
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
     return Dist(rank, world, local_rank, local_world, dev)
+
+
+# NCCL settings for run-to-run identical collectives: one fixed algorithm and protocol, and no
+# in-network (switch) or NVLink-SHARP reductions, whose order is not fixed. User settings win.
+NCCL_DETERMINISTIC = {"NCCL_ALGO": "Ring", "NCCL_PROTO": "Simple", "NCCL_NVLS_ENABLE": "0", "NCCL_COLLNET_ENABLE": "0"}
+
+
+def make_deterministic(use_cuda: bool) -> None:
+    """torch.use_deterministic_algorithms (an op without a deterministic kernel warns, naming
+    itself, instead of stopping a long run); on GPUs also cuBLAS's fixed workspace
+    (CUBLAS_WORKSPACE_CONFIG, which use_deterministic_algorithms requires), cuDNN without autotuning
+    and NCCL_DETERMINISTIC. What this does and does not make reproducible: README, Reproducibility."""
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    if use_cuda:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        for key, value in NCCL_DETERMINISTIC.items():
+            os.environ.setdefault(key, value)
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
 
 
 M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters (malloc.h)
@@ -126,6 +154,14 @@ def all_reduce_max(value: float, device: torch.device) -> float:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return float(t.item())
+
+
+def all_reduce_max_list(values: list[float], device: torch.device) -> list[float]:
+    """Elementwise max over ranks of a list of floats, in one collective."""
+    t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=device)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.cpu().tolist()
 
 
 def all_gather_objects(obj: Any) -> list[Any]:

@@ -71,7 +71,8 @@ def evaluate_all(
     from skyexp.tracking import make_logger
 
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory,
+                          cfg.trainer.deterministic)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
     held_out = load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None

@@ -9,8 +9,9 @@ Cluster jobs come from `hydra/launcher=slurm` (submitit), which starts one task 
 
 and waits. Every rank composes the same config, writes to the job's directory, and rank 0
 writes summary.json, which the job returns to Hydra. On M > 1 nodes each node's torchrun joins one
-c10d rendezvous on the first host of the allocation ($SLURM_JOB_NODELIST), keyed by the job id.
-Under torchrun (LOCAL_RANK set) nothing is relaunched.
+c10d rendezvous on the first host of the allocation, keyed by the job id. Nodes, hosts and the job
+id come from submitit's Slurm job environment (its parser of Slurm's node lists), also in a job
+submitted without submitit. Under torchrun (LOCAL_RANK set) nothing is relaunched.
 """
 
 from __future__ import annotations
@@ -44,29 +45,26 @@ def wants_torchrun(configured: int, env: Mapping[str, str] = os.environ) -> bool
     return resolve_nproc(configured, env) > 0 and not under_torchrun(env)
 
 
-def first_host(nodelist: str) -> str:
-    """First host of a Slurm node list: 'gpu[03-05,9],cpu1' -> 'gpu03', 'r[1-2]n[3-4]-ib' -> 'r1n3-ib'."""
-    depth, end = 0, len(nodelist)
-    for i, ch in enumerate(nodelist):
-        depth += {"[": 1, "]": -1}.get(ch, 0)
-        if ch == "," and depth == 0:
-            end = i
-            break
-    first = nodelist[:end].strip()
-    if not first:
-        raise ValueError(f"cannot read a host from Slurm node list '{nodelist}'")
-    return re.sub(r"\[([^\]]+)\]", lambda m: re.split(r"[,-]", m[1])[0], first)
+def slurm_job(env: Mapping[str, str] = os.environ) -> Any | None:
+    """submitit's environment of the Slurm job this process runs in (num_nodes, hostnames,
+    job_id, ...: read from the SLURM_* variables), or None outside Slurm."""
+    if "SLURM_JOB_ID" not in env:
+        return None
+    from submitit.slurm.slurm import SlurmJobEnvironment
+
+    return SlurmJobEnvironment()
 
 
-def torchrun_command(nproc: int, overrides: list[str], run_dir: Path, env: Mapping[str, str] = os.environ) -> list[str]:
-    """The torchrun command line for this node (Slurm variables read from env when present)."""
-    nnodes = int(env.get("SLURM_JOB_NUM_NODES") or env.get("SLURM_NNODES") or 1)
+def torchrun_command(nproc: int, overrides: list[str], run_dir: Path, job: Any | None = None,
+                     env: Mapping[str, str] = os.environ) -> list[str]:
+    """The torchrun command line for this node. `job`: a submitit job environment (default: this
+    process's Slurm job, if any); several nodes join a c10d rendezvous on its first host."""
+    job = job if job is not None else slurm_job(env)
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
-    if nnodes > 1:
-        head = first_host(env["SLURM_JOB_NODELIST"])
+    if job is not None and job.num_nodes > 1:
         port = env.get("MASTER_PORT") or DEFAULT_PORT
-        cmd += [f"--nnodes={nnodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={head}:{port}",
-                f"--rdzv_id={env.get('SLURM_JOB_ID', 'skyexp')}"]
+        cmd += [f"--nnodes={job.num_nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={job.hostnames[0]}:{port}",
+                f"--rdzv_id={job.job_id}"]
     else:
         cmd += ["--standalone"]
     # the job's own overrides, unchanged, so every rank composes the same config and run name

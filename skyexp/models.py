@@ -132,6 +132,25 @@ def load_tokenizer(path: str, cfg: ModelConfig):
     return tok
 
 
+def context_length(path: str, cfg: ModelConfig) -> int | None:
+    """The model's context window in tokens (max_position_embeddings), read from its config only."""
+    from transformers import AutoConfig
+
+    c = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    n = getattr(getattr(c, "text_config", c), "max_position_embeddings", None)
+    return n if isinstance(n, int) and n > 0 else None
+
+
+def cache_kwarg(model: torch.nn.Module) -> str:
+    """The name under which this model's forward takes its KV cache: `cache` from transformers
+    5.2x on (where `past_key_values` is deprecated, with a FutureWarning, and due to go in 5.40),
+    `past_key_values` before (the vLLM CPU venv pins transformers < 5.20)."""
+    import inspect
+
+    fwd = getattr(type(model), "forward", None) or model.forward
+    return "cache" if "cache" in inspect.signature(fwd).parameters else "past_key_values"
+
+
 def load_model(path: str, cfg: ModelConfig, device: torch.device | str = "cpu"):
     """Causal LM from a hub id or a local directory, in the configured dtype, in train mode off."""
     from transformers import AutoModelForCausalLM

@@ -8,50 +8,85 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+
+
+def _moving_average(values: list[float], window: int) -> list[float]:
+    """Trailing mean over the last `window` values (fewer at the start)."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
 
 
 def plot_entropy(steps: list[int], entropy: list[float], reward: list[float], path: Path) -> None:
-    """Token entropy (left axis) and batch mean reward (right axis) against the RL step."""
+    """Token entropy (left axis) and batch mean reward (right axis) against the RL step. The
+    per-step reward of one batch is noisy: it is drawn faint, with its trailing mean over about a
+    tenth of the run (at least 1, at most 25 steps) on top; one legend names all three lines."""
+    window = max(1, min(25, len(reward) // 10))
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(steps, entropy, color="tab:blue", label="actor/entropy")
+    lines = ax.plot(steps, entropy, color="tab:blue", label="actor/entropy")
     ax.set_xlabel("RL step")
     ax.set_ylabel("mean token entropy (nats)", color="tab:blue")
     ax2 = ax.twinx()
-    ax2.plot(steps, reward, color="tab:orange", alpha=0.6, label="critic/score/mean")
+    lines += ax2.plot(steps, reward, color="tab:orange", alpha=0.3, linewidth=0.8, label="critic/score/mean (per step)")
+    if window > 1:
+        lines += ax2.plot(steps, _moving_average(reward, window), color="tab:orange", linewidth=2,
+                          label=f"critic/score/mean (mean of {window} steps)")
     ax2.set_ylabel("batch mean reward", color="tab:orange")
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize="small")
     ax.set_title("Entropy dynamics during RL")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def plot_passk(curves: dict[str, dict[int, float]], path: Path, title: str = "pass@k") -> None:
-    """One line per label (e.g. before / after RL), k on a log2 axis."""
+def _counts(n: int | None, problems: int | None) -> str:
+    """`n=16 samples, 200 problems` (what a pass@k estimate rests on), or "" when unknown."""
+    parts = ([f"n={n} samples"] if n else []) + ([f"{problems} problems"] if problems else [])
+    return ", ".join(parts)
+
+
+def plot_passk(curves: dict[str, dict[int, float]], path: Path, title: str = "pass@k", n: int | None = None,
+               problems: int | None = None) -> None:
+    """One line per label (e.g. before / after RL), k on a log2 axis labelled 1, 2, 4, ...; `n`
+    (samples per problem) and `problems` join the title."""
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, curve in curves.items():
         ks = sorted(curve)
         ax.plot(ks, [curve[k] for k in ks], marker="o", label=label)
-    _finish_passk(fig, ax, path, title)
+    counts = _counts(n, problems)
+    _finish_passk(fig, ax, path, f"{title}\n{counts}" if counts else title, [k for c in curves.values() for k in c])
 
 
-def plot_passk_benchmarks(curves: dict[str, dict[str, dict[int, float]]], path: Path, title: str = "pass@k") -> None:
+def plot_passk_benchmarks(curves: dict[str, dict[str, dict[int, float]]], path: Path, title: str = "pass@k",
+                          counts: dict[str, tuple[int, int]] | None = None) -> None:
     """curves[benchmark][checkpoint] = {k: pass@k}: one colour per benchmark, one line style per
-    checkpoint (e.g. before / after RL), k on a log2 axis."""
+    checkpoint (e.g. before / after RL), k on a log2 axis labelled 1, 2, 4, ...; counts[benchmark]
+    = (samples per problem, problems) joins that benchmark's legend entry."""
     styles = ["-", "--", ":", "-."]
     labels = list(dict.fromkeys(lbl for per in curves.values() for lbl in per))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (bench, per) in enumerate(curves.items()):
+        shown = f"{bench} ({_counts(*counts[bench])})" if counts and bench in counts else bench
         for lbl, curve in per.items():
             ks = sorted(curve)
-            name = bench if len(labels) == 1 else f"{bench} · {lbl}"
+            name = shown if len(labels) == 1 else f"{shown} · {lbl}"
             ax.plot(ks, [curve[k] for k in ks], marker="o", color=f"C{i % 10}", linestyle=styles[labels.index(lbl) % len(styles)],
                     label=name)
-    _finish_passk(fig, ax, path, title, legend_size="small")
+    ks = [k for per in curves.values() for c in per.values() for k in c]
+    _finish_passk(fig, ax, path, title, ks, legend_size="small")
 
 
-def _finish_passk(fig, ax, path: Path, title: str, legend_size: str = "medium") -> None:
-    """Shared look of the pass@k figures: k on a log2 axis, pass@k in [0, 1]."""
+def _finish_passk(fig, ax, path: Path, title: str, ks: list[int], legend_size: str = "medium") -> None:
+    """Shared look of the pass@k figures: k on a log2 axis with a tick at each k drawn, written
+    1, 2, 4, ... (not 2^0, 2^1, ...); pass@k in [0, 1]."""
     ax.set_xscale("log", base=2)
+    ticks = sorted(set(ks))
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xticks(ticks, [f"{k:g}" for k in ticks])
     ax.set_xlabel("k (samples)")
     ax.set_ylabel("pass@k")
     ax.set_ylim(0, 1.02)

@@ -1,12 +1,14 @@
-"""Metric sinks behind one protocol: W&B, a local metrics.jsonl, and the console.
+"""Metric sinks behind one protocol: W&B, a local metrics.jsonl, and the console; how runs are
+named in W&B; and the one-line step summaries printed when the console is not a terminal.
 
 Only rank 0 logs; other ranks get a MultiLogger with no sinks (no `if rank == 0` in the loop).
 A W&B failure (no network, bad key, invalid settings, unwritable dir) is reported once and the
 run continues with the local metrics.jsonl, which is written and flushed every step.
 
 Besides scalars, a metrics dict may carry a tensor of many values (a W&B histogram, e.g. the
-step's token entropies), a `Table` (W&B table; also appended to tables/<key>.jsonl) or a
-`LinePlot` (W&B line chart, e.g. pass@k against k at each eval).
+step's token entropies; also appended to tables/<key>.jsonl as bin edges and counts), a `Table`
+(W&B table; also appended to tables/<key>.jsonl) or a `LinePlot` (W&B line chart, e.g. pass@k
+against k at each eval).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import logging
 import math
 import os
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +33,43 @@ log = logging.getLogger("skyexp")
 STEP_KEY = "train/global_step"  # every logged row (SFT steps, RL steps, evals)
 RL_STEP_KEY = "train/rl_step"  # the x axis of every RL and eval metric
 STEP_OF_PREFIX = {"sft": STEP_KEY}  # metric namespaces not plotted against the RL step
+HIST_BINS = 64  # histogram bins, in W&B and in tables/<key>.jsonl
+RUN_FILE = "wandb_run.json"  # in the run directory: which W&B run holds this run's metrics
+# step_line's fields, in order, after the step (val/<benchmark>/pass@1 follow when the row has them)
+LINE_KEYS = ("train/stage", "critic/score/mean", "batch/pass@1", "actor/entropy", "timing_s/step", "perf/throughput")
+
+
+def use_bars(progress: bool, streams: tuple[Any, ...] = (sys.stdout, sys.stderr)) -> bool:
+    """Progress bars only on a terminal: redirected to a file (SLURM, nohup, CI) a bar is a stream
+    of carriage-return redraws that tail -f and grep cannot read. Both streams count: tqdm draws
+    on stderr, the log lines go to stdout, and a job log usually holds both."""
+    return progress and all(getattr(s, "isatty", lambda: False)() for s in streams)
+
+
+def line_due(every: int, rl_step: int, bars: bool) -> bool:
+    """Whether RL step `rl_step` prints a step_line: when no bar is drawn, every `every` steps
+    (logger.line_every; 0: never), starting with the first."""
+    return not bars and every > 0 and rl_step % every == 0
+
+
+def _short(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.0f}" if abs(v) >= 1000 else f"{v:.4g}"
+    return str(v)
+
+
+def step_line(metrics: dict[str, Any], total: int = 0) -> str:
+    """One RL step as one greppable line of `name:value` pairs under the metric names of
+    metrics.jsonl (verl's console format): `step:12 - progress:13/150 - train/stage:0 -
+    critic/score/mean:0.5312 - batch/pass@1:0.52 - actor/entropy:0.112 - timing_s/step:1.42 -
+    perf/throughput:9812`, plus `val/<benchmark>/pass@1` when the row carries an evaluation.
+    `total`: the run's RL steps (0: no progress field). Missing or non-scalar values are left out."""
+    step = int(metrics.get(RL_STEP_KEY, 0))
+    parts = [f"step:{step}"] + ([f"progress:{step + 1}/{total}"] if total else [])
+    keys = [*LINE_KEYS, *sorted(k for k in metrics if k.startswith("val/") and k.endswith("/pass@1"))]
+    scalars = _scalars({k: metrics[k] for k in keys if k in metrics})
+    parts += [f"{k}:{_short(scalars[k])}" for k in keys if scalars.get(k) is not None]
+    return " - ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -66,7 +106,9 @@ def _scalars(metrics: dict[str, Any]) -> dict[str, float]:
 
 class JsonlLogger:
     """One JSON object per step: {"step": s, "<metric>": value, ...}. Non-finite values become null.
-    Tables go to tables/<key with / as .>.jsonl beside it, one object per row with the step."""
+    Tables go to tables/<key with / as .>.jsonl beside it, one object per row with the step;
+    histograms (tensors of many values) too, one object per step: {"step", "edges" (HIST_BINS + 1
+    bin edges), "counts" (HIST_BINS)}, the bins W&B gets. A resumed run rewinds all of them."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -75,18 +117,26 @@ class JsonlLogger:
     def log(self, metrics: dict[str, Any], step: int) -> None:
         self._f.write(json.dumps({"step": step, **_scalars(metrics)}) + "\n")
         self._f.flush()
-        for key, table in ((k, v) for k, v in metrics.items() if isinstance(v, Table)):
-            out = self.path.parent / "tables" / f"{key.replace('/', '.')}.jsonl"
-            out.parent.mkdir(exist_ok=True)
-            with open(out, "a", encoding="utf-8") as f:
-                f.writelines(json.dumps({"step": step, **dict(zip(table.columns, row))}) + "\n" for row in table.rows)
+        for key, value in metrics.items():
+            if isinstance(value, Table):
+                self._append(key, [{"step": step, **dict(zip(value.columns, row))} for row in value.rows])
+            elif isinstance(value, torch.Tensor) and value.numel() > 1:
+                counts, edges = histogram(value)
+                self._append(key, [{"step": step, "edges": edges, "counts": counts}])
+
+    def _append(self, key: str, rows: list[dict[str, Any]]) -> None:
+        out = self.path.parent / "tables" / f"{key.replace('/', '.')}.jsonl"
+        out.parent.mkdir(exist_ok=True)
+        with open(out, "a", encoding="utf-8") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
 
     def close(self) -> None:
         self._f.close()
 
 
 class ConsoleLogger:
-    """Eval results and stage summaries to the console (per-step numbers go to the progress bar)."""
+    """Eval results and stage summaries to the console (per-step numbers go to the progress bar on a
+    terminal, to `step_line`s otherwise)."""
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         shown = {k: v for k, v in _scalars(metrics).items() if k.startswith("val/") and v is not None}
@@ -120,6 +170,7 @@ class WandbLogger:
             )
             self.run.define_metric(STEP_KEY)
             self.run.define_metric(RL_STEP_KEY)
+            _write_run_file(self.run, run_dir, mode)
         except Exception as e:  # never let W&B stop training
             log.warning("W&B disabled for this run (%s: %s); metrics.jsonl still records everything", type(e).__name__, e)
             self.run = None
@@ -136,7 +187,8 @@ class WandbLogger:
     def _convert(self, v: Any) -> Any:
         wandb = self.wandb
         if isinstance(v, torch.Tensor) and v.numel() > 1:
-            return wandb.Histogram(v.float().numpy(), num_bins=64)
+            counts, edges = histogram(v)
+            return wandb.Histogram(np_histogram=(counts, edges))
         if isinstance(v, Table):
             return wandb.Table(columns=list(v.columns), data=[list(r) for r in v.rows])
         if isinstance(v, LinePlot):
@@ -163,6 +215,24 @@ class WandbLogger:
                 self.run.finish()
             except Exception as e:
                 log.warning("W&B finish failed: %s", e)
+
+
+def _write_run_file(run: Any, run_dir: Path, mode: str) -> None:
+    """wandb_run.json: the W&B run's id, name, group, project, job type, tags, mode and local
+    directory (what `wandb sync` takes), read back from the run W&B created."""
+    info = {"id": run.id, "name": run.name, "group": run.group, "project": run.project, "entity": run.entity or None,
+            "job_type": run.job_type, "tags": list(run.tags), "mode": mode, "dir": str(Path(run.dir).parent.resolve()),
+            "url": run.url}
+    (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
+
+
+def histogram(values: torch.Tensor, bins: int = HIST_BINS) -> tuple[list[int], list[float]]:
+    """(counts [bins], edges [bins + 1]) over the finite values' range, as numpy.histogram."""
+    import numpy as np
+
+    v = values.detach().float().flatten().cpu().numpy()
+    counts, edges = np.histogram(v[np.isfinite(v)], bins=bins)
+    return counts.tolist(), edges.tolist()
 
 
 def _drop_non_finite(d: dict[str, Any]) -> dict[str, Any]:

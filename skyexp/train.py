@@ -23,7 +23,7 @@ from skyexp import checkpoint, distributed, models, plots
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, ConfigError, check_world
 from skyexp.config.stages import plan_run
-from skyexp.data import load_task
+from skyexp.data import fit_task, load_task
 from skyexp.evaluation.benchmarks import load_problems
 from skyexp.evaluation.estimators import EvalResult
 from skyexp.records import Problem
@@ -32,7 +32,7 @@ from skyexp.rl import lifecycle, sft
 from skyexp.rl.loop import evaluate, run_rl
 from skyexp.rl.state import RunState
 from skyexp.rollout import engine_for
-from skyexp.tracking import git_commit, make_logger
+from skyexp.tracking import git_commit, make_logger, use_bars
 
 log = logging.getLogger("skyexp")
 
@@ -73,17 +73,19 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     """Ranks, run directory, seeds, data, tokenizer, reward pool, policy, engine, logger,
     optimizer and sampler: everything the phases share, in one RunState."""
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic)
     check_world(cfg, d.world_size)
     run_dir = _shared_run_dir(run_dir)
     resume = _resume_point(cfg, run_dir, d)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
     task = load_task(cfg.data)
-    eval_problems = load_eval_problems(cfg, task) if (cfg.eval.before or cfg.eval.after or cfg.eval.every) else []
     base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
     tokenizer = models.load_tokenizer(base, cfg.model)
+    # prompts longer than data.max_prompt_len or the model's context are dropped and counted, before training
+    task = fit_task(task, tokenizer, cfg.data, cfg.model.chat_template, models.context_length(base, cfg.model))
+    eval_problems = load_eval_problems(cfg, task) if (cfg.eval.before or cfg.eval.after or cfg.eval.every) else []
     reward = build_reward(cfg.reward)  # the scoring pool starts while the model loads
     sft_dir = sft.cache_dir(cfg, base)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
@@ -121,7 +123,7 @@ def sft_phase(s: Setup) -> None:
     with _phase(s.summary, "sft"):
         if cfg.sft.steps and s.start == s.base:
             s.summary.update(sft.run_sft(cfg, run.d, run.policy, run.tokenizer, run.problems, s.sft_dir, run.log,
-                                         run.d.is_main and cfg.logger.progress))
+                                         run.d.is_main and use_bars(cfg.logger.progress)))
             run.engine.sync_weights(run.policy)
         s.summary["sft_cached"] = bool(cfg.sft.steps) and s.start != s.base
         s.summary["sft_dir"] = str(s.sft_dir) if cfg.sft.steps else None
@@ -231,6 +233,8 @@ def _write_outputs(run: RunState, summary: dict[str, Any], before: EvalResult | 
                            run.run_dir / "entropy.png")
     curves = {f"{lbl} RL": r.pass_at for lbl, r in (("before", before), ("after", after)) if r is not None}
     if curves:
-        plots.plot_passk(curves, run.run_dir / "passk.png", title=f"pass@k on {run.cfg.eval.name} (held out)")
+        res = after or before
+        plots.plot_passk(curves, run.run_dir / "passk.png", title=f"pass@k on {run.cfg.eval.name} (held out)",
+                         n=getattr(res, "n", None), problems=len(res.correct) if hasattr(res, "correct") else None)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("summary: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))

@@ -1,4 +1,5 @@
-"""skyexp.analysis on hand-made run directories and a stand-in for the W&B API."""
+"""skyexp.analysis on hand-made run directories (the files a run writes, W&B's private run files
+never) and a stand-in for the W&B API."""
 
 from __future__ import annotations
 
@@ -55,6 +56,21 @@ def test_frames(sweep):
     assert summ["entropy_end"].tolist() == [0.5, 0.9, 1.0]
 
 
+def test_wandb_identity_and_tables_come_from_the_run_directory(sweep):
+    run0 = sweep / "0"
+    (run0 / "wandb_run.json").write_text(json.dumps({"id": "x1", "name": "entropy=none,temperature=t1_0", "group": "tiny_x",
+                                                     "mode": "offline", "dir": str(run0 / "wandb" / "offline-run-1-x1")}))
+    (run0 / "tables").mkdir()
+    (run0 / "tables" / "actor.entropy_hist.jsonl").write_text(
+        "".join(json.dumps({"step": 2 + i, "edges": [0.0, 0.5, 1.0], "counts": [i, 3 - i]}) + "\n" for i in range(3)))
+    runs = analysis.load_runs(sweep)
+    assert runs[0].wandb["group"] == "tiny_x" and runs[0].wandb["id"] == "x1" and runs[1].wandb == {}
+    hist = analysis.load_table(runs[0], "actor/entropy_hist")
+    assert hist["step"].tolist() == [2, 3, 4] and hist["counts"].tolist() == [[0, 3], [1, 2], [2, 1]]
+    assert analysis.load_table(runs[1], "samples/completions").empty
+    assert not hasattr(analysis, "load_wandb_offline")  # W&B's .wandb record files are private: not parsed
+
+
 def test_latest_sweep_and_errors(sweep, tmp_path):
     older = tmp_path / "multirun" / "2025-12-31" / "09-00-00"
     _run(older / "0", ["algo.n=2"], [1.0], {1: 0.1})
@@ -89,6 +105,7 @@ def test_wandb_api_runs_become_the_same_frames():
     api = _FakeApi()
     runs = analysis.load_wandb_api("me/skyexp", group="entropy_collapse", api=api)
     assert api.calls == [("me/skyexp", {"group": "entropy_collapse"})]
+    assert runs[0].wandb["name"] == "entropy=none" and runs[0].wandb["mode"] == "online"
     rl = analysis.rl_frame(runs)
     assert rl["actor/entropy"].tolist() == [1.0, 0.7] and rl["step"].tolist() == [1, 2]
     ev = analysis.eval_frame(runs)

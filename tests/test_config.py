@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -127,15 +128,19 @@ def test_world_size_divisibility():
 
 def test_cli_rejects_unknown_algo_fast(tmp_path):
     r = run_skyexp(["algo=nonexistent"], tmp_path, timeout=60)
-    assert r.returncode != 0
+    assert r.returncode == 2  # Hydra's own config errors exit like skyexp's (Hydra alone: 1)
     assert "algo/nonexistent" in r.stderr and "rloo" in r.stderr
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").rglob("metrics.jsonl"))
 
 
 def test_cli_rejects_bad_type_fast(tmp_path):
     r = run_skyexp(["trainer.lr=abc"], tmp_path, timeout=60)
-    assert r.returncode != 0
+    assert r.returncode == 2
     assert "trainer.lr" in r.stderr
+    r = run_skyexp(["trainer.lr=abc"], tmp_path, timeout=60, env={"HYDRA_FULL_ERROR": "1"})
+    assert r.returncode == 2 and "Traceback" in r.stderr and "trainer.lr" in r.stderr
+    r = run_skyexp(["trainer.lr=="], tmp_path, timeout=60)  # an override Hydra cannot parse
+    assert r.returncode == 2
 
 
 def test_cli_rejects_cross_field_error_before_loading(tmp_path):
@@ -163,3 +168,57 @@ def test_a_misspelt_parameter_of_a_registered_function_is_named(monkeypatch):
     monkeypatch.setitem(tr.TOKEN_RULES, "typo", tr.TokenRule(typo_select, tr.plain_loss))
     with pytest.raises(ConfigError, match=r"entropy\.top_ratoi or algo\.top_ratoi"):
         to_typed(compose_cfg(["entropy.token_rule=typo"]))
+
+
+def test_only_errors_before_the_job_become_exit_2():
+    """A crash inside the job keeps its own exit code; Hydra's errors before it exit 2."""
+    from skyexp.cli import _Flag, config_errors_exit_2
+
+    def hydra_error():
+        sys.exit(1)  # what hydra.main does after printing a composition error
+
+    def job_crash(flag):
+        flag.set()
+        sys.exit(1)
+
+    for fn, started, code in ((hydra_error, _Flag(), 2), (None, _Flag(), 1)):
+        main = fn or (lambda f=started: job_crash(f))
+        with pytest.raises(SystemExit) as e:
+            config_errors_exit_2(main, started)()
+        assert e.value.code == code
+
+
+# Every learning rate, length and count of every group: -1 (or the value shown) fails in the one
+# validation pass, naming its key, before anything loads. Seeds are the only integers left out.
+NEGATIVE = [
+    "model.hidden_size", "model.num_layers", "model.num_heads", "model.intermediate_size", "model.max_positions",
+    "data.train_size", "data.eval_size", "data.max_prompt_len",
+    "sft.steps", "sft.lr", "sft.lr_min", "sft.warmup_steps", "sft.weight_decay", "sft.batch_size", "sft.max_len",
+    "algo.n", "algo.batch_size", "algo.max_gen_batches", "algo.gen_batch_size", "algo.ppo_epochs", "algo.mini_batches",
+    "temperature.steps", "context.stages.0.steps", "context.stages.0.max_response_len",
+    "rollout.max_batch", "rollout.tensor_parallel_size", "rollout.max_model_len", "rollout.kv_cache_gb",
+    "reward.workers", "reward.timeout_s", "reward.max_answer_chars", "reward.memory_mb",
+    "eval.n", "eval.max_response_len", "eval.size", "eval.every", "eval.vote_max_pairs", "eval.log_samples",
+    "logger.samples_every", "logger.samples_rows", "logger.line_every",
+    "trainer.threads", "trainer.lr", "trainer.weight_decay", "trainer.warmup_steps", "trainer.grad_clip",
+    "trainer.micro_batch_size", "trainer.save_every", "trainer.keep_last", "trainer.max_bad_steps", "trainer.nproc_per_node",
+    "filter.n", "filter.ngram", "filter.chunk", "filter.max_response_len", "filter.size",
+    "distill.k", "distill.keep", "distill.chunk", "distill.max_response_len", "distill.size",
+]
+OTHER_BAD = ["+context.stages.0.batch_size=-1", "+context.stages.0.n=-1", "sft.lr_min=1.0", "model.num_heads=7",
+             "algo.ratio_max=0.5", "algo.adv_eps=0", "trainer.betas=[0.9,1.5]"]
+
+
+@pytest.mark.parametrize("key", NEGATIVE)
+def test_negative_rates_lengths_and_counts_fail_naming_the_key(key):
+    with pytest.raises(ConfigError) as e:
+        to_typed(compose_cfg([f"{key}=-1"]))
+    assert f"config key '{key.replace('.0.', '[0].')}'" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("override", OTHER_BAD)
+def test_out_of_range_values_fail_naming_the_key(override):
+    key = override.lstrip("+").split("=")[0].replace(".0.", "[0].")
+    with pytest.raises(ConfigError) as e:
+        to_typed(compose_cfg([override]))
+    assert f"config key '{key}'" in str(e.value), str(e.value)

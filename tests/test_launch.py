@@ -4,6 +4,7 @@ torchrun relaunch itself, and a tiny sweep through submitit_local."""
 from __future__ import annotations
 
 import json
+import os
 import sys
 
 import pytest
@@ -16,15 +17,6 @@ from skyexp import launch
 from skyexp.__main__ import register_schema
 
 
-def test_first_host_of_slurm_node_lists():
-    assert launch.first_host("gpu[03-05,9],cpu1") == "gpu03"
-    assert launch.first_host("node7") == "node7"
-    assert launch.first_host("a-b[1,4]") == "a-b1"
-    assert launch.first_host("r[1-2]n[3-4]-ib,z") == "r1n3-ib"
-    with pytest.raises(ValueError):
-        launch.first_host("")
-
-
 def test_relaunch_only_outside_torchrun_and_only_when_asked():
     assert not launch.wants_torchrun(0, {})
     assert launch.wants_torchrun(2, {})
@@ -33,15 +25,35 @@ def test_relaunch_only_outside_torchrun_and_only_when_asked():
     assert not launch.wants_torchrun(2, {"LOCAL_RANK": "0"})  # already a rank: never recurse
 
 
-def test_torchrun_command_single_node_and_multi_node(tmp_path):
+SLURM = {"SLURM_JOB_ID": "777", "SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[10-13]", "SLURM_NODEID": "2",
+         "SLURM_NTASKS": "4", "SLURM_PROCID": "2"}
+
+
+def _clear_slurm(monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("SLURM_") or k == "SUBMITIT_EXECUTOR":
+            monkeypatch.delenv(k)
+
+
+def test_torchrun_command_single_node_and_multi_node(tmp_path, monkeypatch):
+    _clear_slurm(monkeypatch)
     over = ["+sweep=kl", "algo.kl_coef=0.01"]
-    one = launch.torchrun_command(8, over, tmp_path / "run dir", {})
+    assert launch.slurm_job() is None
+    one = launch.torchrun_command(8, over, tmp_path / "run dir")
     assert one[:4] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=8"] and "--standalone" in one
     assert one[-4:] == ["skyexp", "+sweep=kl", "algo.kl_coef=0.01", f"hydra.run.dir='{tmp_path / 'run dir'}'"]
-    env = {"SLURM_JOB_NUM_NODES": "4", "SLURM_JOB_NODELIST": "gpu[10-13]", "SLURM_JOB_ID": "777", "SLURM_NODEID": "2"}
-    multi = launch.torchrun_command(8, over, tmp_path, env)
+    for k, v in SLURM.items():
+        monkeypatch.setenv(k, v)
+    job = launch.slurm_job()  # submitit's own reading of the Slurm variables
+    assert (job.num_nodes, job.hostnames[0], job.job_id, job.node) == (4, "gpu10", "777", 2)
+    multi = launch.torchrun_command(8, over, tmp_path)
     assert "--standalone" not in multi
     assert {"--nnodes=4", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu10:29500", "--rdzv_id=777"} <= set(multi)
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "r[1-2]n[3-4]-ib,z")  # a node list the old hand-made parser needed care for
+    monkeypatch.setenv("MASTER_PORT", "29611")
+    assert "--rdzv_endpoint=r1n3-ib:29611" in launch.torchrun_command(8, over, tmp_path, env=os.environ)
+    monkeypatch.setenv("SLURM_JOB_NUM_NODES", "1")
+    assert "--standalone" in launch.torchrun_command(8, over, tmp_path)
 
 
 def test_slurm_preset_makes_one_task_per_node_that_runs_torchrun(tmp_path, monkeypatch):

@@ -88,7 +88,7 @@ def test_mix_from_files_removes_and_counts_duplicates(tmp_path, caplog):
         "deepscaler: 32 rows, 0 bad, 0 filtered, 0 repeated, 2 duplicates of other sources (2 in still3)"
         in caplog.text
     )
-    assert task.skipped == [(3, "still3: missing or empty 'answer'")]
+    assert task.skipped == [(4, "still3: missing or empty 'answer'")]  # 1-based
     counted = load_task(mix_config(tmp_path, count=10))
     assert counted.stats["sources"] == {"still3": 39, "deepscaler": 10}
 

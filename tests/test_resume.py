@@ -108,7 +108,8 @@ def wait_for_step(proc: subprocess.Popen, run_dir: Path, k: int, timeout: float 
 
 def comparable(run_dir: Path) -> list[dict]:
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [{k: v for k, v in r.items() if not k.startswith("timing_s/") and k != "perf/throughput"} for r in rows]
+    return [{k: v for k, v in r.items() if not k.startswith(("timing_s/", "timing_per_token_ms/")) and k != "perf/throughput"}
+            for r in rows]
 
 
 def assert_same_run(resumed: Path, reference: Path) -> None:
@@ -221,3 +222,58 @@ def test_torchrun_sigkill_or_sigterm_then_resume_is_exact(tmp_path):
     assert saved and checkpoint.read_state(saved[-1])["reason"] == "sigterm"
     run(args + RESUME, run_dir, torchrun=2)
     assert_same_run(run_dir, reference)
+
+
+# trainer.deterministic=true without trainer.threads=1: the setting alone must make runs repeatable
+# (with 2 threads per rank, two runs of ARGS differ from the first step in grad_norm and pg_loss).
+DET_ARGS = [a for a in ARGS if a != "trainer.threads=1"] + ["trainer.deterministic=true"]
+
+
+@pytest.fixture(scope="module")
+def det_reference(tmp_path_factory) -> Path:
+    run_dir = tmp_path_factory.mktemp("det_reference") / "run"
+    run(DET_ARGS, run_dir)
+    return run_dir
+
+
+@pytest.mark.slow
+def test_deterministic_runs_are_identical(det_reference, tmp_path):
+    run(DET_ARGS, tmp_path / "run")
+    assert_same_run(tmp_path / "run", det_reference)
+
+
+@pytest.mark.slow
+def test_deterministic_resume_equals_uninterrupted(det_reference, tmp_path):
+    run_dir, k = tmp_path / "run", _kill_point()
+    proc = launch(DET_ARGS, run_dir)
+    wait_for_step(proc, run_dir, k)
+    kill_tree(proc)
+    finish(proc)
+    assert checkpoint.complete_checkpoints(run_dir) and not (run_dir / "final").exists()
+    run(DET_ARGS + RESUME, run_dir)
+    assert_same_run(run_dir, det_reference)
+
+
+def test_deterministic_setup_pins_threads_kernels_and_gpu_settings():
+    """In a fresh process (the settings are process-wide): one CPU thread and deterministic torch
+    kernels; the cuBLAS and NCCL settings a GPU run gets (set without touching a GPU), a user's own
+    NCCL setting kept; vLLM's batch-invariant mode on GPUs only."""
+    code = ("import os, torch\n"
+            "from skyexp import distributed\n"
+            "from skyexp.rollout.vllm import determinism_env\n"
+            "d = distributed.setup('cpu', 2, False, True)\n"
+            "assert torch.get_num_threads() == 1 and torch.are_deterministic_algorithms_enabled()\n"
+            "distributed.make_deterministic(use_cuda=True)\n"
+            "assert os.environ['CUBLAS_WORKSPACE_CONFIG'] == ':4096:8' and os.environ['NCCL_ALGO'] == 'Tree'\n"
+            "assert os.environ['NCCL_PROTO'] == 'Simple' and torch.backends.cudnn.deterministic\n"
+            "assert determinism_env('cuda', True) == {'VLLM_BATCH_INVARIANT': '1'}\n"
+            "assert determinism_env('cpu', True) == {} and determinism_env('cuda', False) == {}\n"
+            "print('ok')\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("NCCL_", "CUBLAS_"))}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env={**env, "NCCL_ALGO": "Tree"}, capture_output=True,
+                         text=True, timeout=120)
+    assert out.stdout.strip() == "ok", out.stderr[-2000:]
+    plain = subprocess.run([sys.executable, "-c", "import torch\nfrom skyexp import distributed\n"
+                            "distributed.setup('cpu', 2)\nprint(torch.get_num_threads(), torch.are_deterministic_algorithms_enabled())"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert plain.stdout.split() == ["2", "False"], plain.stderr[-2000:]

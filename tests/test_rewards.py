@@ -68,6 +68,28 @@ def _hang(pred, gold, soft):
     return 1.0, "ok"
 
 
+def _soft_or_hang(pred, gold, soft):
+    if pred == "hang":
+        time.sleep(3600)
+    return (0.0, "timeout") if pred == "slow" else (1.0, "ok")  # "slow": math-verify's own limit fired
+
+
+def test_timeout_warning_names_the_limit_that_fired(caplog):
+    """math-verify's soft limit (timeout_s // 3 per parse/compare) and the pool's hard kill at
+    timeout_s are different limits: the warning says which fired how often."""
+    pool = ScoringPool(workers=2, timeout_s=3.0, target=_soft_or_hang)
+    try:
+        with caplog.at_level("WARNING", logger="skyexp.rewards.pool"):
+            out = pool.verify([("slow", "1"), ("a", "1")])
+            assert out == [(0.0, "timeout"), (1.0, "ok")]
+            assert "1 of 2 items timed out: 1 at math-verify's 1s parse/compare limit, 0 killed at the 3.0s hard limit" in caplog.text
+            caplog.clear()
+            pool.verify([("slow", "1"), ("hang", "1"), ("b", "1")])
+            assert "2 of 3 items timed out: 1 at math-verify's 1s parse/compare limit, 1 killed at the 3.0s hard limit" in caplog.text
+    finally:
+        pool.close()
+
+
 def _crash(pred, gold, soft):
     if pred == "crash":
         os._exit(1)

@@ -9,7 +9,7 @@ from skyexp.algos.entropy import token_entropy
 from skyexp.algos.losses import token_logprobs
 from skyexp.config import ModelConfig
 from skyexp.models import load_model, load_tokenizer
-from skyexp.rl.update import response_logits
+from skyexp.rl.forward import response_logits
 from skyexp.rollout.hf import HFEngine, sample_token
 
 
@@ -173,3 +173,28 @@ def test_draw_samples_the_distribution():
     tail[:, 0] = 0.5
     hits = torch.cat([draw(tail, torch.Generator().manual_seed(s)) for s in range(100)])
     assert abs(float((hits > 0).float().mean()) - 0.5) < 0.06
+
+
+def test_kv_cache_goes_by_the_supported_argument(tiny_dir, dist1):
+    """transformers 5.2x renamed the forward's `past_key_values` to `cache` (a FutureWarning now,
+    gone in 5.40): the plain decoding path and the update's shared-prompt forward pass it under the
+    name the installed version takes, so neither warns (nor breaks when the old name goes)."""
+    import inspect
+    import warnings
+
+    from skyexp.distributed import shard
+    from skyexp.models import cache_kwarg
+
+    model = load_model(str(tiny_dir), ModelConfig())
+    takes_cache = "cache" in inspect.signature(type(model).forward).parameters
+    assert cache_kwarg(model) == ("cache" if takes_cache else "past_key_values")
+    tok, eng = _engine(tiny_dir, seed=3, lean=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        ro = eng.generate([tok("Compute 1+1.")["input_ids"]] * 2, 3, 8, 1.0)
+        policy = shard(load_model(str(tiny_dir), ModelConfig()), dist1)  # FSDP2 keeps the forward's signature
+        assert cache_kwarg(policy) == cache_kwarg(model)
+        groups = torch.arange(6) // 3
+        shared = response_logits(policy, ro.sequences, ro.attention_mask, ro.prompt_len, groups)
+    plain = response_logits(policy, ro.sequences, ro.attention_mask, ro.prompt_len)
+    torch.testing.assert_close(shared, plain, atol=1e-4, rtol=1e-4)

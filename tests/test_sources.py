@@ -84,7 +84,7 @@ def test_still3_schema(tmp_path, fmt):
     }
     path = (write_jsonl if fmt == "jsonl" else write_parquet)(tmp_path / f"still3.{fmt}", rows)
     task = load_task(DataConfig(source="still3", path=path, max_bad_fraction=0.2))
-    assert len(task.train) == 18 and [i for i, _ in task.skipped] == [4, 9]
+    assert len(task.train) == 18 and [i for i, _ in task.skipped] == [5, 10]  # 1-based
     assert (
         "missing or empty 'answer'" in task.skipped[0][1]
         and "non-string 'question'" in task.skipped[1][1]
@@ -130,18 +130,18 @@ def test_verl_rows_with_malformed_prompts_are_counted(tmp_path):
         load_task(DataConfig(source="eurus_numina", path=path))
     assert (
         "4 of 12 rows are unusable" in str(e.value)
-        and "row 1" in str(e.value)
-        and "row 7" in str(e.value)
+        and "row 2:" in str(e.value)
+        and "row 8:" in str(e.value)
     )
     task = load_task(DataConfig(source="eurus_numina", path=path, max_bad_fraction=0.5))
     assert len(task.train) == 8
     reasons = dict(task.skipped)
     assert (
-        sorted(reasons) == [1, 3, 5, 7]
-        and "malformed prompt list" in reasons[1]
-        and "no non-empty user message" in reasons[3]
+        sorted(reasons) == [2, 4, 6, 8]  # 1-based row numbers
+        and "malformed prompt list" in reasons[2]
+        and "no non-empty user message" in reasons[4]
     )
-    assert "reward_model.ground_truth" in reasons[5] and "malformed prompt list" in reasons[7]
+    assert "reward_model.ground_truth" in reasons[6] and "malformed prompt list" in reasons[8]
 
 
 def test_deepscaler_schema_keeps_solution(tmp_path):

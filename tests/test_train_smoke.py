@@ -16,7 +16,11 @@ TINY = [
 ]
 REQUIRED = ["actor/entropy", "actor/entropy_coeff", "actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm",
             "critic/score/mean", "critic/advantages/mean", "response_length/mean", "response_length/clip_ratio",
-            "batch/solve_none", "batch/solve_all", "batch/pass@1", "timing_s/gen", "timing_s/reward", "timing_s/update", "perf/throughput"]
+            "batch/solve_none", "batch/solve_all", "batch/pass@1", "timing_s/gen", "timing_s/reward", "timing_s/update", "perf/throughput",
+            # verl's names (docs/design.md)
+            "critic/score/max", "critic/score/min", "critic/rewards/mean", "critic/rewards/max", "critic/rewards/min",
+            "prompt_length/mean", "prompt_length/max", "prompt_length/min", "response_length/min", "perf/total_num_tokens",
+            "timing_per_token_ms/gen", "timing_per_token_ms/update"]
 
 
 def _check_run(run_dir, world_size: int):
@@ -79,13 +83,13 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
             "logger.progress=false"]
     r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "skipped 1 of 60 rows" in r.stdout + r.stderr and "row 5" in r.stdout + r.stderr
+    assert "skipped 1 of 60 rows" in r.stdout + r.stderr and "row 6:" in r.stdout + r.stderr  # 1-based
     data = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())["data"]
     assert data["problems"] == 59 and data["bad"] == 1
     # mostly bad data stops before training with the rows shown
     f.write_text("".join(json.dumps({"problem": "x"}) + "\n" for _ in range(10)))
     r = run_skyexp(args, tmp_path / "bad")
-    assert r.returncode == 2 and "10 of 10 rows are unusable" in r.stderr and "row 0" in r.stderr
+    assert r.returncode == 2 and "10 of 10 rows are unusable" in r.stderr and "row 1:" in r.stderr and "row 0" not in r.stderr
 
 
 @pytest.mark.slow

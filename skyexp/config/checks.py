@@ -12,6 +12,7 @@ from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
 from skyexp.config.names import bind, registry, registry_names
+from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import AlgoConfig, Config, ConfigError, RewardConfig
 from skyexp.config.stages import check_world_plan, validate_schedule
 
@@ -56,6 +57,7 @@ def validate(c: Config) -> None:
     validate_sft(c.sft, _check)
     validate_jobs(c.filter, c.distill, _check)
     validate_logger(c)
+    validate_ranges(c, _check)
     validate_schedule(c, _check)
 
 
@@ -122,7 +124,6 @@ def validate_logger(c: Config) -> None:
     for b in lg.backends:
         _check(b in ("wandb", "jsonl", "console"), "logger.backends", f"unknown backend '{b}'; valid: wandb, jsonl, console")
     _check(lg.mode in ("offline", "online", "disabled"), "logger.mode", f"'{lg.mode}' is not offline, online or disabled")
-    _check(lg.samples_every >= 0 and lg.samples_rows >= 1, "logger.samples_every", "needs >= 0 and samples_rows >= 1")
 
 
 def check_world(c: Config, world_size: int) -> None:

@@ -58,6 +58,9 @@ class DataConfig:
     system_prompt: str = ""
     response_prefix: str = ""
     max_bad_fraction: float = 0.05  # stop before training if more rows than this are unusable
+    # Drop (and count) prompts longer than this many tokens after the template, before training;
+    # 0: only those that leave no room for a response in the model's context (skyexp.data.lengths)
+    max_prompt_len: int = 0
     shuffle: bool = True
     # Built-in arithmetic task (task_seed also draws the rows of mixes with weight < 1 or counts).
     levels: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
@@ -139,6 +142,9 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
         "levels must be in 1..6",
     )
     check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
+    check(d.max_prompt_len >= 0, "data.max_prompt_len", "must be >= 0 (0: the model's context only)")
+    check(d.train_size >= 1, "data.train_size", "must be >= 1")
+    check(d.eval_size >= 0, "data.eval_size", "must be >= 0")
     check(0 <= d.slip_rate < 1, "data.slip_rate", "must be in [0, 1)")
     check(
         d.source in NEEDS_PATH and bool(d.path) or d.source not in NEEDS_PATH,
@@ -181,6 +187,12 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
 
 def validate_sft(s: SFTConfig, check: Check) -> None:
     check(s.steps >= 0, "sft.steps", "must be >= 0")
+    check(s.lr > 0, "sft.lr", "must be > 0")
+    check(0 <= s.lr_min <= s.lr, "sft.lr_min", "must be in [0, sft.lr] (the cosine schedule's floor)")
+    check(s.warmup_steps >= 0, "sft.warmup_steps", "must be >= 0")
+    check(s.weight_decay >= 0, "sft.weight_decay", "must be >= 0")
+    check(s.batch_size >= 1, "sft.batch_size", "must be >= 1")
+    check(s.max_len >= 1, "sft.max_len", "must be >= 1")
     check(
         s.source in SFT_SOURCES,
         "sft.source",
@@ -203,8 +215,6 @@ def validate_jobs(f: FilterConfig, d: DistillConfig, check: Check) -> None:
     for key, job in (("filter", f), ("distill", d)):
         check(job.temperature >= 0, f"{key}.temperature", "must be >= 0 (0 = greedy)")
         check(0 < job.top_p <= 1, f"{key}.top_p", "must be in (0, 1]")
-        check(
-            job.chunk >= 1 and job.max_response_len >= 1,
-            f"{key}.chunk",
-            "chunk and max_response_len must be >= 1",
-        )
+        check(job.chunk >= 1, f"{key}.chunk", "must be >= 1")
+        check(job.max_response_len >= 1, f"{key}.max_response_len", "must be >= 1")
+        check(job.size >= 0, f"{key}.size", "must be >= 0 (0: every problem)")

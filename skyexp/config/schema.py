@@ -195,6 +195,7 @@ class LoggerConfig:
     samples_every: int = 50  # a W&B table of sample completions every this many RL steps; 0: never
     samples_rows: int = 8  # rows per table
     progress: bool = True
+    line_every: int = 1  # no progress bar (not a terminal, or progress=false): a step line every N RL steps; 0: none
 
 
 @dataclass
@@ -203,6 +204,9 @@ class TrainerConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch threads per rank; 0: cores / local ranks
+    # Run-to-run identical results at a fixed config and world size (README, Reproducibility): one
+    # thread per rank on CPU, deterministic torch kernels, cuBLAS/NCCL settings, vLLM batch invariance
+    deterministic: bool = False
     # CPU: freed memory stays in the process for the next step instead of going back to the kernel
     # and faulting in again (skyexp.distributed.keep_freed_memory); resident size stays at the peak
     keep_freed_memory: bool = True

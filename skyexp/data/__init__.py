@@ -18,14 +18,15 @@ from typing import Any
 from skyexp.config import DataConfig, MixEntry
 from skyexp.data import arith
 from skyexp.data.decontam import find_contaminated
+from skyexp.data.lengths import fit_prompts, prompt_limit
 from skyexp.data.mix import build_mix, labels_for
 from skyexp.data.rows import DataError, clean_rows, get_path, read_jsonl, read_rows
 from skyexp.data.sources import SOURCES, Request, load_source
 from skyexp.data.templates import Template, apply_template, template_of
 from skyexp.records import Problem, PromptBatch
 
-__all__ = ["DataError", "TaskData", "PromptSampler", "Template", "apply_template", "clean_rows", "decontaminate", "load_task",
-           "make_batch", "read_jsonl", "template_of", "SOURCE_NAMES"]
+__all__ = ["DataError", "TaskData", "PromptSampler", "Template", "apply_template", "clean_rows", "decontaminate", "fit_task",
+           "load_task", "make_batch", "read_jsonl", "render_prompt", "template_of", "SOURCE_NAMES"]
 
 log = logging.getLogger(__name__)
 
@@ -70,14 +71,16 @@ def decontaminate(problems: list[Problem], bench_paths: list[str], key: str = "p
     report: list[dict[str, Any]] = []
     dropped: set[int] = set()
     for path in bench_paths:
-        bench_rows = [r for r in read_rows(path) if isinstance(get_path(r, key), str)]
+        rows = read_rows(path)
+        at = [i for i, r in enumerate(rows) if isinstance(get_path(r, key), str)]  # file positions
+        bench_rows = [rows[i] for i in at]
         bench = [get_path(r, key) for r in bench_rows]
         for h in find_contaminated([p.problem for p in problems], bench, n, threshold):
             if h.train_index in dropped:
                 continue
             dropped.add(h.train_index)
             p, b = problems[h.train_index], bench_rows[h.bench_index]
-            report.append({"id": p.id, "problem": p.problem, "benchmark": path, "benchmark_id": str(b.get("id", h.bench_index)),
+            report.append({"id": p.id, "problem": p.problem, "benchmark": path, "benchmark_id": str(b.get("id", f"row {at[h.bench_index] + 1}")),
                            "benchmark_problem": bench[h.bench_index], "match": h.match, "overlap": round(h.overlap, 4)})
     return [p for i, p in enumerate(problems) if i not in dropped], report
 
@@ -148,8 +151,21 @@ class PromptSampler:
         self.pos = state["pos"]
 
 
+def render_prompt(p: Problem, tokenizer: Any, template: str | Template, chat: bool) -> str:
+    """One problem's prompt text (a row's own system prompt applies when the template has none)."""
+    return apply_template(p.problem, template, tokenizer, chat, p.meta.get("system", ""))
+
+
+def fit_task(task: TaskData, tokenizer: Any, cfg: DataConfig, chat: bool, context: int | None) -> TaskData:
+    """The task without prompts longer than data.max_prompt_len tokens or the model's context
+    (skyexp.data.lengths), as the rollout will see them; dropped prompts are counted in task.stats."""
+    template = template_of(cfg)
+    return fit_prompts(task, tokenizer, lambda p: render_prompt(p, tokenizer, template, chat),
+                       prompt_limit(cfg.max_prompt_len, context))
+
+
 def make_batch(problems: list[Problem], tokenizer: Any, template: str | Template, chat: bool) -> PromptBatch:
     """This rank's prompts, rendered (a row's own system prompt applies when the template has none)."""
-    prompts = [apply_template(p.problem, template, tokenizer, chat, p.meta.get("system", "")) for p in problems]
+    prompts = [render_prompt(p, tokenizer, template, chat) for p in problems]
     ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
     return PromptBatch(ids=[p.id for p in problems], prompts=prompts, prompt_ids=ids, answers=[p.answer for p in problems])

@@ -31,30 +31,44 @@ class DataError(ValueError):
 
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
-    """One object per line; an unparsable line becomes a marked row, counted as bad later."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f):
+    """One object per line; a line that is not UTF-8, not JSON, or not a JSON object becomes a
+    marked row (its reason names the 1-based line), counted as bad later. Blank lines are skipped."""
+    rows: list[dict[str, Any]] = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                rows.append({"__error__": f"line {number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"})
+                continue
             if not line.strip():
                 continue
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except json.JSONDecodeError as e:
-                rows.append({"__error__": f"invalid JSON ({e.msg})", "__line__": i})
+                rows.append({"__error__": f"line {number}: invalid JSON ({e.msg})"})
+                continue
+            rows.append(row if isinstance(row, dict) else {"__error__": f"line {number}: {_not_object(row)}"})
     return rows
+
+
+def _not_object(value: Any) -> str:
+    return f"not a JSON object ({type(value).__name__})"
 
 
 def read_json(path: str) -> list[dict[str, Any]]:
     """A JSON array of objects (agentica's deepscaler/data/train/*.json), else JSON lines."""
-    with open(path, encoding="utf-8") as f:
+    with open(path, "rb") as f:
         head = f.read(1024).lstrip()
-    if head.startswith("["):
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return [
-            r if isinstance(r, dict) else {"__error__": f"not an object ({type(r).__name__})"}
-            for r in data
-        ]
+    if head.startswith(b"["):
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except UnicodeDecodeError as e:
+            raise DataError(f"{path}: invalid UTF-8 at byte {e.start + 1}") from None
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}: invalid JSON array (line {e.lineno}: {e.msg})") from None
+        return [r if isinstance(r, dict) else {"__error__": _not_object(r)} for r in data]
     return read_jsonl(path)
 
 
@@ -227,17 +241,21 @@ def collect(
     max_bad_fraction: float,
     numbers: list[int] | None = None,
 ) -> tuple[list[Any], list[tuple[int, str]]]:
-    """Parse every row (`parse(row, row_number)` returns the parsed row, or a string: the reason it
-    is unusable). Unusable rows are skipped and counted with their row numbers (`numbers`: their
-    numbers in the file, when some rows were filtered out before); when more than
-    `max_bad_fraction` of them are bad the run stops (before any training) with a sample."""
+    """Parse every row (`parse(row, index)` returns the parsed row, or a string: the reason it is
+    unusable; index is 0-based, as in row ids). Unusable rows are skipped and counted with their
+    1-based row numbers (`numbers`: their 0-based indices in the file, when some rows were
+    filtered out before); when more than `max_bad_fraction` of them are bad the run stops
+    (before any training) with a sample."""
     good: list[Any] = []
     bad: list[tuple[int, str]] = []
     for j, row in enumerate(rows):
         i = numbers[j] if numbers is not None else j
-        got = row["__error__"] if "__error__" in row else parse(row, i)
+        if not isinstance(row, dict):
+            got: Any = _not_object(row)
+        else:
+            got = row["__error__"] if "__error__" in row else parse(row, i)
         if isinstance(got, str):
-            bad.append((i, got))
+            bad.append((i + 1, got))
         else:
             good.append(got)
     if bad:

@@ -100,7 +100,7 @@ def keep_row(
     difficulty_range: tuple[float, ...],
 ) -> bool:
     """Whether a row passes the source filters. Unparsable rows pass, to be counted as bad."""
-    if "__error__" in row:
+    if not isinstance(row, dict) or "__error__" in row:
         return True
     if data_sources and row.get("data_source") not in data_sources:
         return False

@@ -145,7 +145,7 @@ class EvalResult:
         return {k: sum(best_at_k(s, k) for s in scores) / len(scores) for k in ks_for(self.n)}
 
     def metrics(self, prefix: str = "val") -> dict[str, float]:
-        """pass@k, maj@k and mean@n under DESIGN.md's names. best@k stays in the summary: with 0/1
+        """pass@k, maj@k and mean@n under the names of docs/design.md. best@k stays in the summary: with 0/1
         rewards it repeats pass@k and would only double the charts."""
         out = {f"{prefix}/{self.name}/pass@{k}": v for k, v in self.pass_at.items()}
         out.update({f"{prefix}/{self.name}/maj@{k}": v for k, v in self.maj_at.items()})

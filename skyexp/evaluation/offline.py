@@ -45,7 +45,8 @@ class Sampler:
 
 
 def open_sampler(cfg: Config) -> Sampler:
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory,
+                          cfg.trainer.deterministic)
     base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
     path = sft.start_path(cfg, base)

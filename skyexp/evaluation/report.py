@@ -92,7 +92,8 @@ def curves(results: Results) -> dict[str, dict[str, dict[int, float]]]:
 def write(out_dir: Path, summary: dict[str, Any], results: Results) -> None:
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    plots.plot_passk_benchmarks(curves(results), out_dir / "passk.png")
+    counts = {e.name: (res.n, len(res.correct)) for _, e, res in results}
+    plots.plot_passk_benchmarks(curves(results), out_dir / "passk.png", counts=counts)
 
 
 def _wandb(logger) -> tuple[Any, Any]:

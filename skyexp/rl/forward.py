@@ -57,18 +57,21 @@ def response_logits(model: torch.nn.Module, seq: torch.Tensor, attn: torch.Tenso
         return out.logits[:, :-1]
     from transformers import DynamicCache
 
+    from skyexp.models import cache_kwarg
+
     groups = groups.to(seq.device)
     first = torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1  # one row per group
     first = torch.cat([first.new_zeros(1), first[:-1] + 1])
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=model.config)
+    kv = {cache_kwarg(model): cache}  # `cache` where transformers deprecates `past_key_values`
     head = model(input_ids=seq[first, :prompt_len], attention_mask=attn[first, :prompt_len],
-                 position_ids=positions[first, :prompt_len], past_key_values=cache, use_cache=True, logits_to_keep=1)
+                 position_ids=positions[first, :prompt_len], use_cache=True, logits_to_keep=1, **kv)
     logits = head.logits[groups]  # [N, 1, V] predicts the first response token
     if seq.shape[1] - prompt_len > 1:
         cache.batch_select_indices(groups)
         out = model(input_ids=seq[:, prompt_len:-1], attention_mask=attn[:, :-1], position_ids=positions[:, prompt_len:-1],
-                    past_key_values=cache, use_cache=True)
+                    use_cache=True, **kv)
         logits = torch.cat([logits, out.logits], dim=1)
     return logits
 

@@ -15,7 +15,7 @@ from skyexp.evaluation.runner import eval_due, eval_template, run_eval, write_re
 from skyexp.rl import lifecycle
 from skyexp.rl.state import RunState, StepResult
 from skyexp.rl.step import rl_step
-from skyexp.tracking import LinePlot
+from skyexp.tracking import LinePlot, line_due, step_line, use_bars
 
 log = logging.getLogger("skyexp")
 
@@ -36,14 +36,16 @@ def _run_stage(run: RunState, stage: StagePlan, sigterm: lifecycle.SigtermFlag) 
     cfg = run.cfg
     if run.step_in_stage == 0:
         lifecycle.enter_stage(run, stage)
-    bar = tqdm(range(run.step_in_stage, stage.steps), desc=f"rl stage {stage.index}",
-               disable=not (run.d.is_main and cfg.logger.progress), dynamic_ncols=True)
+    bars = run.d.is_main and use_bars(cfg.logger.progress)  # off a terminal: one line per step instead
+    bar = tqdm(range(run.step_in_stage, stage.steps), desc=f"rl stage {stage.index}", disable=not bars, dynamic_ncols=True)
     for _ in bar:
         result = rl_step(run, stage)
         lifecycle.count_faults(run, result)
         result.metrics["actor/lr"] = run.sched.get_last_lr()[0]
         run.sched.step()
         run.log(result.metrics)
+        if run.d.is_main and line_due(cfg.logger.line_every, run.rl_step, bars):
+            log.info(step_line(result.metrics, run.plan.total_steps))
         run.history.append(result.record)
         run.rl_step += 1
         if eval_due(cfg.eval.every, run.rl_step, run.plan.total_steps, cfg.eval.after):  # before a checkpoint: it uses the RNG

@@ -1,77 +1,129 @@
-"""Per-step metrics under stable, verl-compatible names (see DESIGN.md), summed over ranks.
+"""Per-step metrics under stable, verl-compatible names (docs/design.md lists them and how they
+map to verl's), summed over ranks.
 
-Generation metrics (score, lengths, solve shares, reward terms) cover every sample the step
-generated; advantage metrics cover the rows that train; actor/* come from the update.
+Generation metrics (score, rewards, lengths, solve shares, reward terms) cover every sample the
+step generated; advantage metrics cover the rows that train; actor/* come from the update.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from skyexp.algos.rollout_is import is_weight_stats
 from skyexp.config import AlgoConfig
-from skyexp.distributed import all_reduce_max, all_reduce_sum
+from skyexp.distributed import all_reduce_max, all_reduce_max_list, all_reduce_sum
 from skyexp.records import UpdateStats
 from skyexp.rl.collect import StepBatch
 from skyexp.rl.update import global_token_mean
 from skyexp.tracking import Table
 
+RESPONSE_TOKEN_SECTIONS = ("gen", "reward")  # timing_per_token_ms over response tokens; the rest over all tokens
+PER_TOKEN_SECTIONS = (*RESPONSE_TOKEN_SECTIONS, "old_logp", "ref", "update")
 
-def step_metrics(
-    batch: StepBatch,
-    adv: torch.Tensor,  # [G*n] advantages (0 on rows that do not train), or [G*n, R] per token
-    weights: torch.Tensor,  # [G*n] 1 on rows that train
-    stats: UpdateStats,
-    timings: dict[str, float],
-    stage: int,
-    rl_step: int,
-    device: torch.device,
-    extra: dict[str, float] | None = None,
-) -> dict[str, Any]:
+
+def _extremes(named: dict[str, torch.Tensor], device: torch.device) -> dict[str, float]:
+    """{name/max, name/min} of each local tensor over all ranks, in one collective (an empty tensor
+    contributes nothing; with nothing anywhere the max is -inf, the min +inf)."""
+    inf = float("inf")
+    local = [v for x in named.values() for v in ((float(x.max()), -float(x.min())) if x.numel() else (-inf, -inf))]
+    g = all_reduce_max_list(local, device)
+    out = {}
+    for i, name in enumerate(named):
+        out[f"{name}/max"], out[f"{name}/min"] = g[2 * i], -g[2 * i + 1]
+    return out
+
+
+def _per_token_ms(timings: dict[str, float], response_tokens: float, all_tokens: float) -> dict[str, float]:
+    """verl's timing_per_token_ms/<section>: generation and scoring per response token, the passes
+    over whole sequences (old log-probs, reference, update) per prompt + response token."""
+    out = {}
+    for name in PER_TOKEN_SECTIONS:
+        tokens = response_tokens if name in RESPONSE_TOKEN_SECTIONS else all_tokens
+        if f"timing_s/{name}" in timings and tokens > 0:
+            out[f"timing_per_token_ms/{name}"] = timings[f"timing_s/{name}"] * 1000 / tokens
+    return out
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What the update trained on, as the metrics summarise it."""
+
+    advantages: torch.Tensor  # [G*n] (0 on rows that do not train), or [G*n, R] per token
+    weights: torch.Tensor  # [G*n] 1 on rows that train
+    rewards: torch.Tensor | None = None  # [G, n] the rewards the advantages used (after a KL penalty); None: the batch's
+
+
+def _local_sums(batch: StepBatch, t: Trained) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
+    """This rank's sums and counts under their names, and the tensors whose extremes are logged."""
     ro = batch.rollout
     lengths = ro.response_lengths.float()  # [G*n]
-    solved = batch.correct.sum(-1)  # [G]
-    n = batch.correct.shape[1]
-    tr = weights > 0
-    # issue 17: per-token advantages [G*n, R] are summarised over the trained rows' response tokens
-    adv_tr = adv[tr] if adv.dim() == 1 else adv[tr][ro.response_mask[tr] > 0]
-    terms = sorted(batch.terms)
-    local = [
-        batch.rewards.sum().item(), batch.rewards.numel(), lengths.sum().item(), ro.truncated.float().sum().item(),
-        (solved == 0).sum().item(), (solved == n).sum().item(), batch.correct.shape[0], batch.kept.sum().item(),
-        batch.train.sum().item(), batch.statuses.count("timeout"), batch.statuses.count("error"),
-        sum(x is None for x in batch.extracted), batch.correct.sum().item(),
-        adv_tr.sum().item(), adv_tr.pow(2).sum().item(), adv_tr.numel(),
-        *[batch.terms[k].sum().item() for k in terms],
-    ]
-    g = all_reduce_sum(local, device).tolist()
-    samples, groups, trained = g[1], g[6], max(g[15], 1.0)
-    adv_mean = g[13] / trained
+    prompt_lengths = ro.attention_mask[:, : ro.prompt_len].sum(-1).float()  # [G*n]
+    rewards = batch.rewards if t.rewards is None else t.rewards
+    solved, n, tr = batch.correct.sum(-1), batch.correct.shape[1], t.weights > 0  # [G], n, [G*n]
+    # per-token advantages [G*n, R] are summarised over the trained rows' response tokens
+    adv = t.advantages[tr] if t.advantages.dim() == 1 else t.advantages[tr][ro.response_mask[tr] > 0]
+    sums = {
+        "score": batch.rewards.sum().item(), "samples": batch.rewards.numel(), "rewards": rewards.sum().item(),
+        "response_tokens": lengths.sum().item(), "prompt_tokens": prompt_lengths.sum().item(),
+        "truncated": ro.truncated.float().sum().item(), "solve_none": (solved == 0).sum().item(),
+        "solve_all": (solved == n).sum().item(), "groups": batch.correct.shape[0], "kept": batch.kept.sum().item(),
+        "train_groups": batch.train.sum().item(), "timeouts": batch.statuses.count("timeout"),
+        "errors": batch.statuses.count("error"), "no_answer": sum(x is None for x in batch.extracted),
+        "correct": batch.correct.sum().item(), "adv": adv.sum().item(), "adv_sq": adv.pow(2).sum().item(),
+        "adv_n": adv.numel(), **{f"term/{k}": batch.terms[k].sum().item() for k in sorted(batch.terms)},
+    }
+    extremes = {"critic/score": batch.rewards.flatten(), "critic/rewards": rewards.flatten(), "critic/advantages": adv,
+                "response_length": lengths, "prompt_length": prompt_lengths}
+    return sums, extremes
+
+
+def step_metrics(batch: StepBatch, trained: Trained, stats: UpdateStats, timings: dict[str, float],
+                 position: tuple[int, int], device: torch.device, extra: dict[str, float] | None = None) -> dict[str, Any]:
+    """The step's metrics, all ranks: generation (every sample), advantages (rows that train),
+    actor/* (the update), timings. position = (stage, RL step)."""
+    local, extremes = _local_sums(batch, trained)
+    g = dict(zip(local, all_reduce_sum(list(local.values()), device).tolist()))
+    samples, groups, adv_n = g["samples"], g["groups"], max(g["adv_n"], 1.0)
+    adv_mean = g["adv"] / adv_n
     step_time = timings.get("timing_s/step", 0.0)
     out: dict[str, Any] = {
-        "train/rl_step": rl_step,
-        "train/stage": stage,
-        "rollout/temperature": ro.temperature,
-        "critic/score/mean": g[0] / samples,
+        "train/rl_step": position[1],
+        "train/stage": position[0],
+        "rollout/temperature": batch.rollout.temperature,
+        "critic/score/mean": g["score"] / samples,
+        "critic/rewards/mean": g["rewards"] / samples,
         "critic/advantages/mean": adv_mean,
-        "critic/advantages/std": max(g[14] / trained - adv_mean**2, 0.0) ** 0.5,
-        "critic/advantages/max": all_reduce_max(float(adv_tr.max()) if adv_tr.numel() else -float("inf"), device),
-        "critic/advantages/min": -all_reduce_max(-float(adv_tr.min()) if adv_tr.numel() else -float("inf"), device),
-        "response_length/mean": g[2] / samples,
-        "response_length/max": all_reduce_max(float(lengths.max()), device),
-        "response_length/clip_ratio": g[3] / samples,
-        "batch/solve_none": g[4] / groups,
-        "batch/solve_all": g[5] / groups,
-        "batch/kept_groups": g[7] / groups,
-        "batch/train_groups": g[8],
+        "critic/advantages/std": max(g["adv_sq"] / adv_n - adv_mean**2, 0.0) ** 0.5,
+        **_extremes(extremes, device),
+        "response_length/mean": g["response_tokens"] / samples,
+        "response_length/clip_ratio": g["truncated"] / samples,
+        "prompt_length/mean": g["prompt_tokens"] / samples,
+        **{f"batch/{k}": g[k] / groups for k in ("solve_none", "solve_all")},
+        "batch/kept_groups": g["kept"] / groups,
+        "batch/train_groups": g["train_groups"],
         "batch/gen_batches": batch.gen_batches,
-        "batch/pass@1": g[12] / samples,  # share of correct samples (the accuracy term alone)
-        "reward/timeouts": g[9],
-        "reward/errors": g[10],
-        "reward/no_answer": g[11] / samples,
-        **{f"reward/{k}/mean": g[16 + i] / samples for i, k in enumerate(terms)},
+        "batch/pass@1": g["correct"] / samples,  # share of correct samples (the accuracy term alone)
+        "reward/timeouts": g["timeouts"],
+        "reward/errors": g["errors"],
+        "reward/no_answer": g["no_answer"] / samples,
+        **{f"reward/{k[5:]}/mean": v / samples for k, v in g.items() if k.startswith("term/")},
+        **_actor_metrics(stats),
+        "perf/throughput": (g["response_tokens"] / step_time) if step_time else 0.0,  # response tokens / s, all ranks
+        "perf/total_num_tokens": g["response_tokens"] + g["prompt_tokens"],  # prompt + response tokens, all ranks (verl's)
+        **_per_token_ms(timings, g["response_tokens"], g["response_tokens"] + g["prompt_tokens"]),
+        **timings,
+        **(extra or {}),
+    }
+    if stats.entropy_hist is not None:
+        out["actor/entropy_hist"] = stats.entropy_hist
+    return out
+
+
+def _actor_metrics(stats: UpdateStats) -> dict[str, float]:
+    out = {
         "actor/entropy": stats.entropy,
         "actor/entropy_coeff": stats.entropy_coef,
         "actor/pg_loss": stats.pg_loss,
@@ -83,14 +135,9 @@ def step_metrics(
         "actor/ppo_kl": stats.ppo_kl,
         "actor/grad_norm": stats.grad_norm,
         "actor/optimizer_steps": stats.optimizer_steps,
-        "perf/throughput": (g[2] / step_time) if step_time else 0.0,  # response tokens / s, all ranks
-        **timings,
-        **(extra or {}),
     }
     if stats.kl_ref is not None:
         out["actor/kl_loss"] = stats.kl_ref
-    if stats.entropy_hist is not None:
-        out["actor/entropy_hist"] = stats.entropy_hist
     return out
 
 

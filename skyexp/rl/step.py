@@ -19,7 +19,7 @@ from skyexp.data.difficulty import merge, tally
 from skyexp.records import Rollout, UpdateStats
 from skyexp.rl.collect import StepBatch, collect_batch, kl_coefs, kl_penalty, step_advantages
 from skyexp.rl.forward import forward_stats, sampling_view
-from skyexp.rl.metrics import mismatch_metrics, sample_table, step_metrics
+from skyexp.rl.metrics import Trained, mismatch_metrics, sample_table, step_metrics
 from skyexp.rl.objective import make_loss_spec
 from skyexp.rl.state import RunState, StepRecord, StepResult, Timer
 from skyexp.rl.update import UpdateBatch, UpdateSettings, global_token_mean, rl_update
@@ -32,7 +32,7 @@ def rl_step(run: RunState, stage: StagePlan) -> StepResult:
     with t("step"):
         batch = collect_batch(run, stage, temperature, t)  # generate, score, filter groups (dynamic sampling: repeat)
         run.solved = merge(run.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
-        upd, kl_info = _update_inputs(run, stage, batch, t)
+        upd, kl_info, rewards = _update_inputs(run, stage, batch, t)
         h = _trained_entropy(run, upd)
         controller = bind(CONTROLLERS[run.cfg.entropy.controller], {"entropy": run.cfg.entropy}, "entropy.controller")
         run.entropy_coef, coef = controller(run.entropy_coef, h)  # the bonus from this step's entropy
@@ -41,14 +41,16 @@ def rl_step(run: RunState, stage: StagePlan) -> StepResult:
             stats = rl_update(run.policy, run.opt, upd, spec, UpdateSettings.of(run.cfg, run.d.world_size, run.d.device))
         with t("sync"):
             run.engine.sync_weights(run.policy)
-    metrics = _metrics(run, batch, upd, stats, t.s, {**kl_info, "actor/entropy_trained": h})
+    metrics = _metrics(run, batch, upd, stats, t.s, {**kl_info, "actor/entropy_trained": h}, rewards)
     record = StepRecord(run.rl_step, stats.entropy, metrics["critic/score/mean"])
     return StepResult(record, metrics["batch/pass@1"], t.s["timing_s/step"], stats.skipped_updates, metrics)
 
 
-def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer) -> tuple[UpdateBatch, dict[str, float]]:
+def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer
+                   ) -> tuple[UpdateBatch, dict[str, float], torch.Tensor]:
     """The update's per-row inputs: weights (truncation masking), old and reference log-probs,
-    truncated-IS weights, advantages (with the KL reward penalty when algo.kl_mode=reward)."""
+    truncated-IS weights, advantages (with the KL reward penalty when algo.kl_mode=reward); the
+    metrics' extra entries; the rewards the advantages used, r - beta * sum_t KL_t [G, n]."""
     a, dev, ro = run.cfg.algo, run.d.device, batch.rollout
     weights = batch.row_weights(stage.mask_truncated)  # [G*n]
     # every row of a training group enters its group's baseline (masked truncated rows too), so
@@ -69,7 +71,8 @@ def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer) 
     if ref_logp is not None:
         info["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
         info["critic/kl_coeff"] = kl_reward_coef  # the reward penalty's weight (0 with the KL loss)
-    return UpdateBatch(ro, adv, weights, old_logp, ent, ref_logp, is_w, stage.max_response_len), info
+    upd = UpdateBatch(ro, adv, weights, old_logp, ent, ref_logp, is_w, stage.max_response_len)
+    return upd, info, batch.rewards - kl_reward_coef * seq_kl
 
 
 def _trained_entropy(run: RunState, upd: UpdateBatch) -> float:
@@ -92,14 +95,14 @@ def reference_logprobs(run: RunState, ro: Rollout, rows: torch.Tensor) -> torch.
 
 
 def _metrics(run: RunState, batch: StepBatch, upd: UpdateBatch, stats: UpdateStats, timings: dict[str, float],
-             extra: dict[str, float]) -> dict[str, Any]:
+             extra: dict[str, float], rewards: torch.Tensor) -> dict[str, Any]:
     cfg, dev, ro = run.cfg, run.d.device, batch.rollout
     masked = (upd.weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated  # [G*n] trains but for truncation
     trained_tokens = ro.response_mask * upd.weights[:, None]
     extra = {**extra, "actor/skipped_updates": stats.skipped_updates, "train/max_response_len": upd.max_response_len,
              "batch/truncated_masked": global_token_mean(masked.float()[:, None], torch.ones(len(masked), 1), dev)}
     extra.update(mismatch_metrics(cfg.algo, upd.old_logprobs, ro.logprobs, trained_tokens, upd.is_weights, stats, dev))
-    out = step_metrics(batch, upd.advantages, upd.weights, stats, timings, run.stage, run.rl_step, dev, extra)
+    out = step_metrics(batch, Trained(upd.advantages, upd.weights, rewards), stats, timings, (run.stage, run.rl_step), dev, extra)
     if cfg.logger.samples_every and run.rl_step % cfg.logger.samples_every == 0:
         out["samples/completions"] = sample_table(batch, run.rl_step, cfg.logger.samples_rows)
     return out

@@ -54,7 +54,7 @@ def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device |
         from skyexp.rollout.vllm import VLLMSettings
 
         settings = VLLMSettings(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                                **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
+                                deterministic=cfg.trainer.deterministic, **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
         return build_engine("vllm", model=model_path, settings=settings, **common)
     from skyexp.models import load_model
 

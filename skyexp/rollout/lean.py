@@ -218,7 +218,9 @@ class ModelSteps:
     """The model's forward with a DynamicCache (any causal LM)."""
 
     def __init__(self, model: torch.nn.Module):
-        self.model = model
+        from skyexp.models import cache_kwarg
+
+        self.model, self.cache_arg = model, cache_kwarg(model)
 
     @torch.inference_mode()
     def start(self, ids: torch.Tensor, attn: torch.Tensor, n: int) -> torch.Tensor:
@@ -228,9 +230,9 @@ class ModelSteps:
             input_ids=ids,
             attention_mask=attn,
             position_ids=pos,
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            **{self.cache_arg: self.cache},
         )
         self.cache.batch_repeat_interleave(n)
         self.attn = attn.repeat_interleave(n, 0)
@@ -244,8 +246,8 @@ class ModelSteps:
             input_ids=tok[:, None],
             attention_mask=self.attn,
             position_ids=self.pos,
-            past_key_values=self.cache,
             use_cache=True,
+            **{self.cache_arg: self.cache},
         )
         self.pos = self.pos + 1
         return out.logits[:, -1]

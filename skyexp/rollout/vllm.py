@@ -46,6 +46,15 @@ CPU_KV_CACHE_GB = (
 )
 
 
+def determinism_env(device_type: str, deterministic: bool) -> dict[str, str]:
+    """vLLM settings for trainer.deterministic: on GPUs its batch-invariant mode (VLLM_BATCH_INVARIANT,
+    vLLM >= 0.11; 0.32 has it): a sequence's tokens do not depend on which other sequences share
+    its batch, so a seeded run samples the same tokens again. It installs batch-invariant kernels
+    for the whole process (the trainer's matmuls on Ampere included) and its own NCCL settings.
+    On CPUs the mode's kernels are GPU kernels: nothing is set (see README, Reproducibility)."""
+    return {"VLLM_BATCH_INVARIANT": "1"} if deterministic and device_type == "cuda" else {}
+
+
 def import_vllm():
     """vllm, or an ImportError that names the extra to install."""
     try:
@@ -67,6 +76,7 @@ class VLLMSettings:
     enforce_eager: bool = False
     sleep: bool = False  # offload weights and drop the KV cache between generations (GPU only)
     trust_remote_code: bool = False
+    deterministic: bool = False  # trainer.deterministic: vLLM's batch-invariant mode on GPUs
 
 
 class VLLMEngine:
@@ -88,6 +98,7 @@ class VLLMEngine:
         self.tp_group, tp_rank, backend = _tensor_parallel_group(v.tensor_parallel_size)
         # streaming weights by reference needs the engine core in this process
         os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0"
+        os.environ.update(determinism_env(self.device.type, v.deterministic))
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         vllm = import_vllm()
         _quiet_expected_reload_warnings(bool(getattr(hf_config, "tie_word_embeddings", False)))
