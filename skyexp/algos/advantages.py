@@ -75,3 +75,7 @@ ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
     "dr_grpo": dr_grpo,
     "reinforce_pp": reinforce_pp,
 }
+
+from skyexp.algos.passk import passk_best, passk_chen, pkpo  # noqa: E402  (pass@k training, issue 19)
+
+ADVANTAGES.update({"passk_chen": passk_chen, "pkpo": pkpo, "passk_best": passk_best})

@@ -14,6 +14,8 @@ the cap the step trains on the groups it has (verl raises an error); `batch/gen_
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -23,7 +25,7 @@ from skyexp.algos.advantages import ADVANTAGES
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.config import AlgoConfig
-from skyexp.config.names import bind
+from skyexp.config.names import bind, config_params
 from skyexp.config.stages import StagePlan
 from skyexp.data import make_batch, template_of
 from skyexp.distributed import all_gather_objects, all_reduce_sum
@@ -187,10 +189,20 @@ def group_advantages(a: AlgoConfig, rewards: torch.Tensor, train: torch.Tensor, 
     adv = torch.zeros_like(rewards)
     if sum(x.shape[0] for x in everyone) == 0:
         return adv.flatten()
-    adv_all = ADVANTAGES[a.advantage](torch.cat(everyone), norm_by_std=a.norm_by_std, eps=a.adv_eps)
+    adv_all = advantage_fn(a)(torch.cat(everyone))
     start = sum(x.shape[0] for x in everyone[: _rank(len(everyone))])
     adv[train] = adv_all[start : start + mine.shape[0]]
     return adv.flatten()
+
+
+def advantage_fn(a: AlgoConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ADVANTAGES[a.advantage] with its config parameters bound by name (algo.passk_k for the pass@k
+    estimators). The estimators without keyword-only parameters (rloo, grpo, dr_grpo, reinforce_pp)
+    still take norm_by_std and eps as keywords, as they always did."""
+    fn = ADVANTAGES[a.advantage]
+    if config_params(fn):
+        return bind(fn, {"algo": a}, f"algo.advantage '{a.advantage}'")
+    return functools.partial(fn, norm_by_std=a.norm_by_std, eps=a.adv_eps)
 
 
 def _rank(world: int) -> int:

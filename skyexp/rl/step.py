@@ -13,6 +13,7 @@ import torch
 
 from skyexp.algos.entropy import CONTROLLERS
 from skyexp.algos.rollout_is import ROLLOUT_IS
+from skyexp.algos.shaping import entropy_shaped
 from skyexp.config.names import bind
 from skyexp.config.stages import StagePlan
 from skyexp.data.difficulty import merge, tally
@@ -61,6 +62,9 @@ def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer) 
     kl_reward_coef = kl_coefs(a)[1]
     seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n]
     adv = group_advantages(a, batch.rewards - kl_reward_coef * seq_kl, batch.train, dev)  # [G*n]
+    e = run.cfg.entropy
+    if e.adv_alpha > 0:  # Cheng et al.'s entropy-shaped advantage, per token [G*n, R]
+        adv = entropy_shaped(adv, ent, ro.response_mask, adv_alpha=e.adv_alpha, adv_kappa=e.adv_kappa)
     info: dict[str, float] = {}
     if ref_logp is not None:
         info["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
@@ -94,7 +98,10 @@ def _metrics(run: RunState, batch: StepBatch, upd: UpdateBatch, stats: UpdateSta
     extra = {**extra, "actor/skipped_updates": stats.skipped_updates, "train/max_response_len": upd.max_response_len,
              "batch/truncated_masked": global_token_mean(masked.float()[:, None], torch.ones(len(masked), 1), dev)}
     extra.update(mismatch_metrics(cfg.algo, upd.old_logprobs, ro.logprobs, trained_tokens, upd.is_weights, stats, dev))
-    out = step_metrics(batch, upd.advantages, upd.weights, stats, timings, run.stage, run.rl_step, dev, extra)
+    adv = upd.advantages
+    if adv.dim() == 2:  # per-token advantages: each row's mean over its response tokens
+        adv = (adv * ro.response_mask).sum(-1) / ro.response_mask.sum(-1).clamp(min=1)
+    out = step_metrics(batch, adv, upd.weights, stats, timings, run.stage, run.rl_step, dev, extra)
     if cfg.logger.samples_every and run.rl_step % cfg.logger.samples_every == 0:
         out["samples/completions"] = sample_table(batch, run.rl_step, cfg.logger.samples_rows)
     return out
