@@ -119,7 +119,7 @@ class EntropyConfig:
     top_ratio: float = 0.2  # high_entropy_tokens: share of highest-entropy tokens that get a gradient
     # Entropy-shaped advantages (Cheng et al., arXiv 2506.14758), composable with any controller,
     # token rule and estimator: A'_t = A + min(adv_alpha * H_t, |A| / adv_kappa), H_t the sampler's
-    # token entropy (detached). adv_alpha = 0: off. The paper's values: alpha 0.4, kappa 2.
+    # token entropy (detached). adv_alpha = 0: off. We read alpha 0.4, kappa 2 in the paper (not re-checked).
     adv_alpha: float = 0.0
     adv_kappa: float = 2.0
 
