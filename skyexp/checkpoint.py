@@ -92,9 +92,10 @@ def read_state(path: Path) -> dict[str, Any]:
 
 
 def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-         rank_state: dict[str, Any], d: Dist, keep_last: int) -> Path:
+         rank_state: dict[str, Any], d: Dist, keep_last: int, ref: torch.nn.Module | None = None) -> Path:
     """Write a checkpoint to `path` (…/checkpoints/step_<n>) atomically. All ranks call this.
-    `state` (JSON) is written by rank 0; `rank_state` (tensors and plain values) by every rank."""
+    `state` (JSON) is written by rank 0; `rank_state` (tensors and plain values) by every rank;
+    `ref`, a reference model that is no longer the run's starting point (ProRL resets), under ref/."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
@@ -116,6 +117,8 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
         dcp.save({"model": msd, "optim": osd}, checkpoint_id=str(tmp / "model"))
     else:
         dcp.save({"model": get_model_state_dict(model)}, checkpoint_id=str(tmp / "model"))
+    if ref is not None:
+        dcp.save({"model": get_model_state_dict(ref)}, checkpoint_id=str(tmp / "ref"))
     torch.save(rank_state, tmp / f"rank_{d.rank}.pt")
     barrier()
     if d.is_main:
@@ -176,6 +179,16 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d
         optimizer.state.clear()
     mine = path / f"rank_{d.rank}.pt"
     return torch.load(mine, weights_only=True) if mine.exists() else {}
+
+
+def load_ref(path: Path, ref: torch.nn.Module) -> None:
+    """Load the reference model a checkpoint saved (save's `ref`) into `ref`, resharded. All ranks."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+    msd = {"model": get_model_state_dict(ref)}
+    dcp.load(msd, checkpoint_id=str(path / "ref"))
+    set_model_state_dict(ref, msd["model"])
 
 
 def size_bytes(path: Path) -> int:

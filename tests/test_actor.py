@@ -101,6 +101,7 @@ def test_skipping_zero_signal_rows_changes_nothing(setup):
 from skyexp.algos.entropy import token_entropy  # noqa: E402
 from skyexp.algos.kl import KL_ESTIMATORS  # noqa: E402
 from skyexp.algos.losses import AGGREGATIONS, Normalisers, token_logprobs  # noqa: E402
+from skyexp.algos.seq_losses import POLICY_LOSSES  # noqa: E402
 from skyexp.algos.token_rules import TOKEN_RULES  # noqa: E402
 from skyexp.config.names import config_params  # noqa: E402
 from skyexp.rl.forward import response_logits, sampling_view  # noqa: E402
@@ -130,7 +131,11 @@ def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=Non
             logp = token_logprobs(logits, ro.responses[rows], ro.temperature)
             norm = Normalisers(float(lm.sum()), float(weights[rows].sum()), max_len or lm.shape[1])
             clip = dict(clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c, ratio_max=algo.ratio_max)
-            pg, _ = tr.loss(logp, old[rows], adv_tok, sel, **_own(tr.loss, {**clip, **params}))
+            if POLICY_LOSSES[algo.policy_loss] is None:
+                pg, _ = tr.loss(logp, old[rows], adv_tok, sel, **_own(tr.loss, {**clip, **params}))
+            else:  # GSPO / CISPO: the whole row's mask, untrimmed
+                seq = POLICY_LOSSES[algo.policy_loss]
+                pg, _ = seq(logp, old[rows], adv_tok, lm, **_own(seq, clip))
             pg = pg if isw is None else pg * isw[rows]
             loss = agg(pg, lm, norm) - coef * agg(token_entropy(logits, ro.temperature), lm, norm)
             if kl_coef:
@@ -164,7 +169,8 @@ def batch(setup):
 
 @pytest.mark.parametrize("share", [False, True], ids=["per_row", "shared_prompts"])
 @pytest.mark.parametrize("case", ["plain", "entropy_bonus", "kl_loss", "seq-mean-token-sum-norm", "epochs_minibatches",
-                                  "kl_cov", "clip_cov", "high_entropy_tokens", "rollout_is"])
+                                  "kl_cov", "clip_cov", "high_entropy_tokens", "rollout_is", "gspo", "gspo_token",
+                                  "cispo"])
 def test_update_equals_reference(batch, case, share):
     """Micro-batches of 3 rows, zero-gradient rows skipped, global normalisers: the same parameters as
     the plain full-batch computation, for each term and token rule. kl_cov with noisy old log-probs
@@ -192,6 +198,10 @@ def test_update_equals_reference(batch, case, share):
         from skyexp.algos.rollout_is import token_is_weights
 
         kw = dict(old=noisy_old, isw=token_is_weights(noisy_old, ro.logprobs, ro.response_mask, 1.2))
+    elif case in ("gspo", "gspo_token", "cispo"):  # sequence / clipped-weight ratios off-policy: 2 epochs x 2 mini-batches
+        algo = AlgoConfig(policy_loss=case, ppo_epochs=2, mini_batches=2, clip_low=0.1, clip_high=0.1,
+                          loss_agg="token-mean" if case == "cispo" else "seq-mean-token-mean")
+        kw = dict(old=noisy_old)
     expected = reference_update(policy, ro, adv, weights, algo, **kw)
     p = copy.deepcopy(policy)
     opt = torch.optim.SGD(p.parameters(), lr=1.0)
@@ -204,7 +214,7 @@ def test_update_equals_reference(batch, case, share):
     assert any(not torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
     # groups are dealt to mini-batches in turn: with 2 of them, group 1 (all-zero advantages) sits
     # alone in one and gives no gradient, so that mini-batch takes no optimizer step
-    steps_per_epoch = 1 if algo.mini_batches == 2 and case == "epochs_minibatches" else algo.mini_batches
+    steps_per_epoch = 1 if algo.mini_batches == 2 else algo.mini_batches
     assert st.optimizer_steps == algo.ppo_epochs * steps_per_epoch
     if case == "kl_loss":
         assert st.kl_ref is not None and st.kl_ref > 0

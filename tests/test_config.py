@@ -105,6 +105,14 @@ def test_unknown_group_option_lists_valid_ones():
         (["algo.old_logprobs=recompute", "algo.rollout_is=token", "algo.rollout_is_cap=0.5"], "algo.rollout_is_cap"),
         (["rollout=vllm", "rollout.gpu_memory_utilization=0"], "rollout.gpu_memory_utilization"),
         (["rollout=vllm", "rollout.tensor_parallel_size=0"], "rollout.tensor_parallel_size"),
+        (["algo=passk", "algo.passk_k=17"], "algo.passk_k"),  # k > n
+        (["algo=passk", "algo.passk_k=16"], "algo.passk_k"),  # passk_chen with k = n: one subset, no signal
+        (["algo=passk", "context.stages.0.n=1"], "context.stages[0].n"),
+        (["algo.policy_loss=gpso"], "algo.policy_loss"),
+        (["algo=gspo", "entropy=clip_cov"], "entropy.token_rule"),  # the rule replaces PPO's loss, which gspo does not use
+        (["algo=cispo", "algo.clip_c=3"], "algo.clip_c"),
+        (["algo.ref_reset_every=10"], "algo.ref_reset_every"),  # no KL term, no reference to reset
+        (["entropy.adv_alpha=0.4", "entropy.adv_kappa=1"], "entropy.adv_kappa"),
     ],
 )
 def test_cross_field_checks_name_the_key(overrides, key):

@@ -118,7 +118,8 @@ def test_equal_reward_groups_are_zero_over_a_sweep(name):
         r = torch.cat([values[:, None].expand(-1, n), informative])
         adv = estimator(name)(r)
         assert torch.equal(adv[:-1], torch.zeros_like(adv[:-1])), n
-        assert (adv[-1] != 0).all()
+        # best-of-group (and pass@k forms with k > 1) give wrong samples exactly 0 by design
+        assert (adv[-1] != 0).any() if name in ("passk_best", "passk_chen", "pkpo") else (adv[-1] != 0).all()
     # reinforce_pp with n = 1 (the original form, batch baseline): a batch of equal rewards is 0
     assert torch.equal(reinforce_pp(torch.full((8, 1), 1.2), adv_eps=1e-6), torch.zeros(8, 1))
 

@@ -27,6 +27,11 @@ CASES = {
     # prompts shared within a micro-batch (two forwards per micro-batch under FSDP): ranks hold 4 and
     # 7 trained rows after the zero-advantage group is skipped, so one rank pads a micro-batch
     "shared_prompts": {"algo": {}, "coef": 0.0, "micro_batch_size": 3, "single_mbs": 9, "share": True},
+    # sequence-level ratio (GSPO: a mean over each row's tokens) and clipped weights (CISPO), off-policy
+    "gspo": {"algo": {"policy_loss": "gspo", "loss_agg": "seq-mean-token-mean", "mini_batches": 2, "ppo_epochs": 2,
+                      "clip_low": 0.05, "clip_high": 0.05}, "micro_batch_size": 3, "single_mbs": 16},
+    "cispo": {"algo": {"policy_loss": "cispo", "mini_batches": 2, "ppo_epochs": 2, "clip_low": 1.0, "clip_high": 0.05},
+              "micro_batch_size": 2, "single_mbs": 5},
 }
 
 

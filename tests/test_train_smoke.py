@@ -129,3 +129,18 @@ def test_adaptive_controller_composes_with_a_token_rule(tmp_path):
     assert len(rl) == 3
     assert [r["actor/entropy_coeff"] for r in rl] == pytest.approx([0.0, 0.01, 0.02])  # the controller's bonus grows
     assert all(0 < r["actor/token_rule_frac"] < 1 for r in rl)  # Clip-Cov cut some tokens every step
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("extra", [["algo=gspo"], ["algo=cispo", "entropy.adv_alpha=0.4"], ["algo=passk", "algo.passk_k=2"],
+                                   ["algo=passk", "algo.advantage=pkpo", "algo.passk_k=3", "algo.policy_loss=gspo_token"]],
+                         ids=["gspo", "cispo_entropy_shaped", "passk", "pkpo_gspo_token"])
+def test_issue19_presets_run(tmp_path, extra):
+    """GSPO, CISPO (with entropy-shaped advantages), pass@k training: a few RL steps of the real loop."""
+    r = run_skyexp(TINY + extra, tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    run_dir = only_run_dir(tmp_path)
+    _check_run(run_dir, 1)
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(abs(r["actor/pg_loss"]) < 100 for r in rows if "actor/pg_loss" in r)
+    assert any(r["actor/grad_norm"] > 0 for r in rows if "actor/pg_loss" in r)  # it trained

@@ -154,3 +154,7 @@ ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
 TOKEN_RETURNS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
     "reinforce_pp": reinforce_pp_returns,
 }
+
+from skyexp.algos.passk import passk_best, passk_chen, pkpo  # noqa: E402  (pass@k training, issue 19)
+
+ADVANTAGES.update({"passk_chen": passk_chen, "pkpo": pkpo, "passk_best": passk_best})

@@ -88,6 +88,20 @@ def validate_algo(a: AlgoConfig) -> None:
     _check(a.rollout_is == "none" or a.old_logprobs == "recompute", "algo.rollout_is",
            "the correction weighs the trainer's old log-probs against the sampler's: set algo.old_logprobs=recompute")
     _check(a.rollout_is_cap >= 1, "algo.rollout_is_cap", "must be >= 1 (weights above it are truncated to it)")
+    validate_loss_and_resets(a)
+
+
+def validate_loss_and_resets(a: AlgoConfig) -> None:
+    """The estimator's bound parameters, the policy loss, ProRL resets. (k against each stage's n:
+    skyexp.config.stages.)"""
+    bind(registry("algo")[a.advantage], {"algo": a}, f"algo.advantage '{a.advantage}'")
+    _check(a.passk_k >= 1, "algo.passk_k", "must be >= 1")
+    _check_name(a.policy_loss, "algo.policy_loss", "policy_loss")
+    _check(a.policy_loss == "ppo" or a.clip_c == 0, "algo.clip_c",
+           f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none (set algo.clip_c=0)")
+    _check(a.ref_reset_every >= 0, "algo.ref_reset_every", "must be >= 0 (0: never)")
+    _check(a.ref_reset_every == 0 or a.kl_coef > 0, "algo.ref_reset_every",
+           "resets the KL reference, which exists only with a KL term (set algo.kl_coef > 0)")
 
 
 def validate_reward(r: RewardConfig) -> None:
@@ -153,6 +167,11 @@ def validate_entropy(c: Config) -> None:
     _check(0 < e.kl_cov_ratio <= 1, "entropy.kl_cov_ratio", "must be in (0, 1]")
     _check(e.cov_low < e.cov_high, "entropy.cov_low", "must be < entropy.cov_high")
     _check(e.coef_min <= e.coef_max, "entropy.coef_min", "must be <= entropy.coef_max")
+    _check(e.adv_alpha >= 0, "entropy.adv_alpha", "must be >= 0 (0: no entropy-shaped advantage)")
+    _check(e.adv_kappa > 1, "entropy.adv_kappa", "must be > 1 (the shaping term stays below |A| and keeps its sign)")
+    _check(c.algo.policy_loss == "ppo" or e.token_rule == "none", "entropy.token_rule",
+           f"'{e.token_rule}' replaces PPO's per-token loss, which algo.policy_loss={c.algo.policy_loss} does not use: "
+           "set entropy.token_rule=none or algo.policy_loss=ppo")
     bind(registry("entropy_controller")[e.controller], {"entropy": e}, f"entropy.controller '{e.controller}'")
     rule = registry("token_rule")[e.token_rule]
     for fn in (rule.select, rule.loss):

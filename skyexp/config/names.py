@@ -26,6 +26,7 @@ REGISTRIES = {
     "loss_agg": ("skyexp.algos.losses", "AGGREGATIONS"),
     "entropy_controller": ("skyexp.algos.entropy", "CONTROLLERS"),
     "token_rule": ("skyexp.algos.token_rules", "TOKEN_RULES"),
+    "policy_loss": ("skyexp.algos.seq_losses", "POLICY_LOSSES"),
     "filter": ("skyexp.algos.filters", "FILTERS"),
     "kl": ("skyexp.algos.kl", "KL_ESTIMATORS"),
     "rollout_is": ("skyexp.algos.rollout_is", "ROLLOUT_IS"),

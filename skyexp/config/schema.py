@@ -87,6 +87,19 @@ class AlgoConfig:
     # token's loss weighted by min(pi_trainer_old / pi_sampler, rollout_is_cap). none | token | sequence
     rollout_is: str = "none"
     rollout_is_cap: float = 2.0
+    # The policy loss (skyexp.algos.seq_losses): ppo (PPO's clipped surrogate, or what
+    # entropy.token_rule puts in its place) | gspo | gspo_token (GSPO, arXiv 2507.18071: one
+    # importance ratio per sequence, the geometric mean of its tokens') | cispo (CISPO, arXiv
+    # 2506.13585: the clipped ratio as a detached weight, every token keeps its gradient). All use
+    # clip_low / clip_high as their clip range (GSPO's presets: 3e-4 / 4e-4).
+    policy_loss: str = "ppo"
+    # Pass@k training (advantage passk_chen | pkpo | passk_best, skyexp.algos.passk): the k of the
+    # pass@k objective each group is trained for (1 <= passk_k <= n; passk_best is pass@n).
+    passk_k: int = 1
+    # ProRL (arXiv 2505.24864): with a KL term on, every ref_reset_every RL steps the reference
+    # becomes the current policy (0: never), and with ref_reset_optimizer AdamW's moments restart.
+    ref_reset_every: int = 0
+    ref_reset_optimizer: bool = True
 
 
 @dataclass
@@ -106,6 +119,11 @@ class EntropyConfig:
     kl_cov_ratio: float = 2e-3  # kl_cov: share of tokens (largest covariance) that get the KL penalty
     kl_cov_coef: float = 1.0  # kl_cov: penalty weight beta
     top_ratio: float = 0.2  # high_entropy_tokens: share of highest-entropy tokens that get a gradient
+    # Entropy-shaped advantages (Cheng et al., arXiv 2506.14758), composable with any controller,
+    # token rule and estimator: A'_t = A + min(adv_alpha * H_t, |A| / adv_kappa), H_t the sampler's
+    # token entropy (detached). adv_alpha = 0: off. We read alpha 0.4, kappa 2 in the paper (not re-checked).
+    adv_alpha: float = 0.0
+    adv_kappa: float = 2.0
 
 
 @dataclass

@@ -134,6 +134,7 @@ def validate_schedule(c: Config, check: Check) -> None:
         check(s.n >= 1, s.key("n"), "must be >= 1")
         if c.algo.advantage == "rloo":
             check(s.n >= 2, s.key("n"), "rloo needs at least 2 samples per prompt (leave-one-out baseline)")
+        _check_passk(c, s.n, s.key("n"), check)
         check(s.batch_size >= 1, s.key("batch_size"), "must be >= 1")
         check(s.batch_size % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({s.batch_size})")
         if s.own_temperature is not None:
@@ -168,3 +169,21 @@ def check_world_plan(c: Config, world_size: int, check: Check) -> None:
               f"prompt batch {s.batch_size} is not divisible by {world_size} ranks")
         check((s.batch_size // world_size) % c.algo.mini_batches == 0, "algo.mini_batches",
               f"must divide the per-rank prompt batch ({s.batch_size // world_size})")
+
+
+PASSK = ("passk_chen", "pkpo", "passk_best")
+
+
+def _check_passk(c: Config, n: int, n_key: str, check: Callable[[bool, str, str], None]) -> None:
+    """Pass@k estimators need k <= n samples (n >= 2); passk_chen with k = n has a single k-subset and
+    so no signal (its advantages are all 0)."""
+    a = c.algo
+    if a.advantage not in PASSK:
+        return
+    check(n >= 2, n_key, f"{a.advantage} needs at least 2 samples per prompt")
+    if a.advantage != "passk_best":
+        check(a.passk_k <= n, "algo.passk_k", f"k = {a.passk_k} is more than the {n} samples per prompt ({n_key})")
+    if a.advantage == "passk_chen":
+        check(a.passk_k < n, "algo.passk_k", f"k = n = {n} ({n_key}) leaves one k-subset per group: every advantage is 0 "
+              "(use k < n, or algo.advantage=passk_best for pass@n)")
+

@@ -14,6 +14,7 @@ the cap the step trains on the groups it has (verl raises an error); `batch/gen_
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -223,11 +224,16 @@ def group_advantages(a: AlgoConfig, rewards: torch.Tensor, train: torch.Tensor, 
     adv = torch.zeros_like(rewards)
     if sum(x.shape[0] for x in everyone) == 0:
         return adv.flatten()
-    estimator = bind(ADVANTAGES[a.advantage], {"algo": a}, f"algo.advantage '{a.advantage}'")
-    adv_all = estimator(torch.cat(everyone))
+    adv_all = advantage_fn(a)(torch.cat(everyone))
     start = sum(x.shape[0] for x in everyone[: _rank(len(everyone))])
     adv[train] = adv_all[start : start + mine.shape[0]]
     return adv.flatten()
+
+
+def advantage_fn(a: AlgoConfig) -> Callable[[torch.Tensor], torch.Tensor]:
+    """ADVANTAGES[a.advantage] with its config parameters (algo.norm_by_std, algo.adv_eps,
+    algo.passk_k, ...) bound by name."""
+    return bind(ADVANTAGES[a.advantage], {"algo": a}, f"algo.advantage '{a.advantage}'")
 
 
 def _rank(world: int) -> int:

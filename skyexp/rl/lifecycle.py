@@ -124,6 +124,26 @@ def enter_stage(run: RunState, stage: StagePlan) -> None:
     run.solved = {}
 
 
+def reset_reference(run: RunState) -> bool:
+    """ProRL (Liu et al., arXiv 2505.24864, sec. 2.3): every algo.ref_reset_every RL steps (counted
+    from the start of RL, run.rl_step being the steps done) the KL reference becomes a copy of the
+    current policy and, with algo.ref_reset_optimizer, AdamW's moments restart. ProRL resets when
+    validation stalls or the KL term dominates, at hand-picked points; a fixed period is our
+    departure, so that a run is reproducible from its config. Returns whether it reset."""
+    a = run.cfg.algo
+    if not a.ref_reset_every or run.ref is None or run.rl_step % a.ref_reset_every:
+        return False
+    with torch.no_grad():
+        for mine, theirs in zip(run.ref.state_dict().values(), run.policy.state_dict().values(), strict=True):
+            mine.copy_(theirs)
+    if a.ref_reset_optimizer:
+        run.opt.state.clear()
+    run.ref_reset_step = run.rl_step
+    log.info("RL step %d: ProRL reset, the KL reference is now the current policy%s", run.rl_step,
+             " and AdamW's moments restart" if a.ref_reset_optimizer else "")
+    return True
+
+
 def count_faults(run: RunState, result: StepResult) -> None:
     """Non-finite updates: counted (train/skipped_steps); too many in a row stops the run."""
     bad = result.skipped_updates > 0
@@ -207,7 +227,8 @@ def save(run: RunState, reason: str) -> Path:
         "wandb_id": run.logger.run_id, "config": asdict(cfg),
     }
     t = time.perf_counter()
-    checkpoint.save(path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last)
+    ref = run.ref if run.ref_reset_step > 0 else None  # a reset reference is not rebuilt from the start
+    checkpoint.save(path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last, ref)
     log.info("checkpoint %s (%s): %.1f MB in %.2fs", path.name, reason, checkpoint.size_bytes(path) / 2**20,
              time.perf_counter() - t)
     return path
@@ -225,6 +246,8 @@ def restore(run: RunState, path: Path) -> dict[str, Any]:
     private = checkpoint.load(path, run.policy, run.opt, d)
     run.sched.load_state_dict(state["scheduler"])
     run.load_counters(state)
+    if run.ref_reset_step > 0:  # the reference of a ProRL reset: the policy at that step, saved with the run
+        checkpoint.load_ref(path, run.ref)
     run.solved = {k: tuple(v) for k, v in state["solved"].items()} if d.is_main else {}  # merged at the boundary
     # the sampler in use: over the prompts not dropped so far, with its own seed; its state's
     # fingerprint of the problem list makes a wrong reconstruction fail loudly

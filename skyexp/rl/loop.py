@@ -48,6 +48,7 @@ def _run_stage(run: RunState, stage: StagePlan, sigterm: lifecycle.SigtermFlag) 
             log.info(step_line(result.metrics, run.plan.total_steps))
         run.history.append(result.record)
         run.rl_step += 1
+        lifecycle.reset_reference(run)  # ProRL: before the checkpoint of this step, which then holds it
         if eval_due(cfg.eval.every, run.rl_step, run.plan.total_steps, cfg.eval.after):  # before a checkpoint: it uses the RNG
             evaluate(run, f"step{run.rl_step}")
         stop = _advance(run, stage, sigterm)

@@ -2,8 +2,9 @@
 
     loss = agg(w_IS * L_rule) - entropy_coef * agg(H) + kl_coef * agg(KL(pi || ref))
 
-L_rule is the token rule's policy loss (the PPO clipped surrogate of skyexp.algos.losses unless
-`entropy.token_rule` replaces it), w_IS the truncated importance weights of `algo.rollout_is`
+L_rule is the policy loss: with `algo.policy_loss=ppo` the token rule's (the PPO clipped surrogate
+of skyexp.algos.losses unless `entropy.token_rule` replaces it), otherwise GSPO's sequence-ratio
+loss or CISPO's clipped-weight loss (skyexp.algos.seq_losses, which also see the mask), w_IS the truncated importance weights of `algo.rollout_is`
 (1 without), H the current policy's token entropy (only when the bonus is on), KL the estimator
 `algo.kl_estimator` against the frozen reference (only with `algo.kl_mode=loss`). Every term is
 aggregated alike (`algo.loss_agg`) with the mini-batch's global normalisers, so the loss summed
@@ -17,6 +18,7 @@ lm-head for a large one) is the driver's business: the objective only sees token
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -24,11 +26,12 @@ import torch
 
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.algos.losses import AGGREGATIONS, Normalisers
+from skyexp.algos.seq_losses import POLICY_LOSSES
 from skyexp.algos.token_rules import TOKEN_RULES
 from skyexp.config import AlgoConfig, EntropyConfig
 from skyexp.config.names import bind
 
-PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None],
+PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor],
                       tuple[torch.Tensor, dict[str, torch.Tensor]]]
 Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -40,7 +43,7 @@ STAT_NAMES = ("pg", "clipped_low", "clipped_high", "dual_clipped", "rule_selecte
 class LossSpec:
     """The objective's pieces, looked up and bound once per step."""
 
-    policy_loss: PolicyLoss  # (logp, old_logp, adv, selected) -> (per-token loss, per-token stats)
+    policy_loss: PolicyLoss  # (logp, old_logp, adv, selected, mask) -> (per-token loss, per-token stats)
     select: Select | None  # the token rule's selection (adv, old_logp, entropy, mask) -> bool [N, T]
     grads_zero_advantage: bool  # selected tokens get a gradient even where A = 0
     aggregate: Callable[[torch.Tensor, torch.Tensor, Normalisers], torch.Tensor]
@@ -55,12 +58,18 @@ class LossSpec:
 
 
 def make_loss_spec(algo: AlgoConfig, entropy: EntropyConfig, entropy_coef: float, kl_coef: float) -> LossSpec:
-    """The spec of one step: the token rule's functions with their entropy.* / algo.* parameters
-    bound, the aggregation and KL estimator by name, this step's coefficients."""
+    """The spec of one step: the policy loss (algo.policy_loss, or the token rule's) and the token
+    rule's selection with their entropy.* / algo.* parameters bound, the aggregation and KL
+    estimator by name, this step's coefficients."""
     rule = TOKEN_RULES[entropy.token_rule]
     sections, what = {"entropy": entropy, "algo": algo}, f"entropy.token_rule '{entropy.token_rule}'"
+    seq = POLICY_LOSSES[algo.policy_loss]
+    if seq is None:
+        policy_loss = functools.partial(_rule_loss, bind(rule.loss, sections, what))
+    else:
+        policy_loss = functools.partial(_masked_loss, bind(seq, {"algo": algo}, f"algo.policy_loss '{algo.policy_loss}'"))
     return LossSpec(
-        policy_loss=bind(rule.loss, sections, what),
+        policy_loss=policy_loss,
         select=bind(rule.select, sections, what) if rule.select is not None else None,
         grads_zero_advantage=rule.grads_zero_advantage,
         aggregate=AGGREGATIONS[algo.loss_agg],
@@ -68,6 +77,16 @@ def make_loss_spec(algo: AlgoConfig, entropy: EntropyConfig, entropy_coef: float
         entropy_coef=entropy_coef,
         kl_coef=kl_coef,
     )
+
+
+def _rule_loss(loss, logp, old_logp, adv, selected, mask):
+    """A token rule's loss is per token: it takes the selection, not the mask."""
+    return loss(logp, old_logp, adv, selected)
+
+
+def _masked_loss(loss, logp, old_logp, adv, selected, mask):
+    """A loss of skyexp.algos.seq_losses takes the mask (GSPO's ratio is a per-row mean)."""
+    return loss(logp, old_logp, adv, mask)
 
 
 @dataclass(frozen=True)
@@ -89,7 +108,7 @@ def objective(x: TokenInputs, norm: Normalisers, spec: LossSpec) -> tuple[torch.
     over its tokens (STAT_NAMES: summed policy loss, clip counts, tokens the rule selected, k1
     KL(old || new) as verl's ppo_kl, KL to the reference, tokens). Dividing a sum by the
     mini-batch's token count gives verl's per-token metric."""
-    pg, st = spec.policy_loss(x.logp, x.old_logp, x.advantages, x.selected)
+    pg, st = spec.policy_loss(x.logp, x.old_logp, x.advantages, x.selected, x.mask)
     if x.is_weights is not None:
         pg = pg * x.is_weights
     loss = spec.aggregate(pg, x.mask, norm)

@@ -75,6 +75,7 @@ class RunState:
     stage: int = 0
     step_in_stage: int = 0
     entropy_coef: float = 0.0  # the entropy controller's state
+    ref_reset_step: int = 0  # RL step of the last ProRL reference reset (0: the reference is the start)
     skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
     bad_streak: int = 0  # ... in a row, up to now
     history: list[StepRecord] = field(default_factory=list)
@@ -89,7 +90,7 @@ class RunState:
         """The loop's counters as JSON-ready values, for a checkpoint's state.json."""
         return {"rl_step": self.rl_step, "global_step": self.global_step, "stage": self.stage,
                 "step_in_stage": self.step_in_stage, "skipped_steps": self.skipped_steps, "bad_streak": self.bad_streak,
-                "algo": {"entropy_coef": self.entropy_coef}, "history": [asdict(h) for h in self.history],
+                "algo": {"entropy_coef": self.entropy_coef, "ref_reset_step": self.ref_reset_step}, "history": [asdict(h) for h in self.history],
                 "pre_rl": self.pre_rl}
 
     def load_counters(self, state: dict[str, Any]) -> None:
@@ -97,6 +98,7 @@ class RunState:
         self.stage, self.step_in_stage = state["stage"], state["step_in_stage"]
         self.skipped_steps, self.bad_streak = state["skipped_steps"], state["bad_streak"]
         self.entropy_coef = float(state["algo"]["entropy_coef"])
+        self.ref_reset_step = int(state["algo"].get("ref_reset_step", 0))
         self.history = [StepRecord(**h) for h in state["history"]]
         self.pre_rl = state["pre_rl"]
 

@@ -13,6 +13,7 @@ import torch
 
 from skyexp.algos.entropy import CONTROLLERS
 from skyexp.algos.rollout_is import ROLLOUT_IS
+from skyexp.algos.shaping import entropy_shaped
 from skyexp.config.names import bind
 from skyexp.config.stages import StagePlan
 from skyexp.data.difficulty import merge, tally
@@ -67,6 +68,9 @@ def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer
     seq_kl = kl_penalty(a, old_logp, ref_logp, ro.response_mask).view_as(batch.rewards)  # [G, n], for critic/kl
     # [G*n], or [G*n, R] for REINFORCE++ with the KL in the reward (-beta * KL_t on each token)
     adv = step_advantages(a, batch.rewards, batch.train, old_logp, ref_logp, ro.response_mask, dev)
+    e = run.cfg.entropy
+    if e.adv_alpha > 0:  # Cheng et al.'s entropy-shaped advantage, per token [G*n, R]
+        adv = entropy_shaped(adv, ent, ro.response_mask, adv_alpha=e.adv_alpha, adv_kappa=e.adv_kappa)
     info: dict[str, float] = {}
     if ref_logp is not None:
         info["critic/kl"] = global_token_mean(seq_kl.flatten()[:, None], weights[:, None], dev)  # per sequence, summed over tokens
