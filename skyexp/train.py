@@ -337,5 +337,6 @@ def _write_outputs(run: Run, summary: dict[str, Any], before: EvalResult | None,
     curves = {f"{lbl} RL": r.pass_at for lbl, r in (("before", before), ("after", after)) if r is not None}
     if curves:
         plots.plot_passk(curves, run.run_dir / "passk.png", title=f"pass@k on {run.cfg.eval.name} (held out)")
+    plots.write_passk_over_training(run.run_dir, run.cfg.eval.name, run.log)  # pass@k vs RL step (eval.every)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("summary: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
