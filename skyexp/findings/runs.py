@@ -4,6 +4,7 @@ run directories, through skyexp.analysis's loaders."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ import pandas as pd
 
 from skyexp.analysis import RL_STEP, find_runs, load_run
 
+log = logging.getLogger("skyexp")
 _VAL = re.compile(r"^val/(?P<bench>[^/]+)/(?P<what>pass@\d+|entropy)$")
 
 
@@ -108,11 +110,15 @@ def load_record(path: Path) -> RunRecord:
 
 
 def load_records(sweeps: list[str | Path]) -> list[RunRecord]:
-    """Every run directory under the given sweep directories (or run directories)."""
+    """Every finished run directory (one with summary.json, written at the end of a run) under the
+    given sweep directories (or run directories); runs still going or killed are left out."""
     paths = [p for s in sweeps for p in find_runs(s)]
     if not paths:
         raise FileNotFoundError(f"no run directories (metrics.jsonl) under {[str(s) for s in sweeps]}")
-    return [load_record(p) for p in paths]
+    unfinished = [p for p in paths if not (p / "summary.json").exists()]
+    if unfinished:
+        log.warning("left out %d unfinished runs (no summary.json): %s", len(unfinished), ", ".join(map(str, unfinished)))
+    return [load_record(p) for p in paths if p not in unfinished]
 
 
 def by_arm(records: list[RunRecord]) -> dict[Arm, list[RunRecord]]:
