@@ -56,6 +56,7 @@ class RunRecord:
     coef: dict[int, float] = field(default_factory=dict)  # actor/entropy_coeff by RL step
     evals: dict[int, Eval] = field(default_factory=dict)  # by RL step (0: before RL, the SFT start)
     steps: int = 0  # RL steps run
+    coef_max: float = math.nan  # entropy.coef_max: the cap of an adaptive controller
 
     @property
     def before(self) -> Eval | None:
@@ -106,7 +107,8 @@ def load_record(path: Path) -> RunRecord:
                      bench=bench, eval_temperature=float(cfg.get("eval", {}).get("temperature", math.nan)),
                      entropy=_curve(m, "actor/entropy"), reward=_curve(m, "critic/score/mean"),
                      coef=_curve(m, "actor/entropy_coeff"), evals=_evals(m, bench),
-                     steps=int(run.summary.get("rl_steps", 0)) or len(_curve(m, "actor/entropy")))
+                     steps=int(run.summary.get("rl_steps", 0)) or len(_curve(m, "actor/entropy")),
+                     coef_max=float(cfg.get("entropy", {}).get("coef_max", math.nan)))
 
 
 def load_records(sweeps: list[str | Path]) -> list[RunRecord]:

@@ -189,6 +189,15 @@ def second_half_entropy(r: RunRecord) -> float:
     return float(np.mean([r.entropy[s] for s in half])) if half else math.nan
 
 
+def at_cap(r: RunRecord) -> float:
+    """Share of the second half's steps whose entropy coefficient sits at entropy.coef_max (the
+    controller saturated: it can push no harder)."""
+    steps = sorted(r.coef)[len(r.coef) // 2:]
+    if not steps or not math.isfinite(r.coef_max):
+        return math.nan
+    return float(np.mean([r.coef[s] >= r.coef_max * (1 - 1e-6) for s in steps]))
+
+
 def f5(records: list[RunRecord], tolerance: float = 0.1) -> Finding:
     """Adaptive control holds entropy near its target: the adaptive arm's mean entropy over the
     second half of training lies within `tolerance` (relative) of the target, 95% CI included,
@@ -209,6 +218,7 @@ def f5(records: list[RunRecord], tolerance: float = 0.1) -> Finding:
         none_off = not (lo <= none_h.mean <= hi)
         verdicts.append(REPRODUCED if held and none_off else MIXED if (near or h.mean > none_h.mean) else NOT)
         rows.append([arm.label, str(h.n), f"{arm.target:g}", f"{h.fmt()} [{h.low:.3f}, {h.high:.3f}]", none_h.fmt(),
+                     aggregate([at_cap(r) for r in groups[arm]]).fmt(2),
                      aggregate([final_pass(r, 1) for r in groups[arm]]).fmt(),
                      aggregate([final_pass(r, 1) for r in groups[Arm()]]).fmt()])
     verdict = REPRODUCED if all(v == REPRODUCED for v in verdicts) else NOT if all(v == NOT for v in verdicts) else MIXED
@@ -216,7 +226,8 @@ def f5(records: list[RunRecord], tolerance: float = 0.1) -> Finding:
     why += (f"; without a bonus {none_h.fmt()}. 'Near' = the 95% CI inside ±{tolerance:.0%} of the target, and the "
             "no-bonus arm's mean outside it.")
     return Finding("F5", "adaptive entropy control holds entropy near its target", [a.label for a in [Arm(), *adaptive]],
-                   ["arm", "seeds", "target", "H 2nd half (95% CI)", "H 2nd half, no bonus", "final pass@1",
+                   ["arm", "seeds", "target", "H 2nd half (95% CI)", "H 2nd half, no bonus", "share of 2nd half at coef cap",
+                    "final pass@1",
                     "final pass@1, no bonus"], rows, verdict, why, figure="f5_adaptive.png", entropy_kind=kind)
 
 
@@ -239,8 +250,9 @@ def f6(records: list[RunRecord], early_step: int | None = None) -> Finding:
     rho16, p16 = spearman(drop, [p[3] for p in pts])
     rows = [["final pass@1", f"{rho1:+.2f}", f"{p1:.3f}"], ["final pass@16", f"{rho16:+.2f}", f"{p16:.3f}"]]
     verdict = REPRODUCED if rho1 < 0 and p1 < 0.05 else MIXED if rho1 < 0 or rho16 < 0 else NOT
-    why = (f"{len(pts)} runs; early drop = H(T=1) of the SFT start ({h0:.3f}) − H(T=1) at RL step {pts[0][4]}; "
-           f"Spearman ρ with a permutation p-value (10,000 pairings). Arms differ in more than entropy, so this is "
+    why = (f"Spearman ρ (early drop, final pass@1) = {rho1:+.2f} (p = {p1:.3f}), (early drop, final pass@16) = "
+           f"{rho16:+.2f} (p = {p16:.3f}); {len(pts)} runs; early drop = H(T=1) of the SFT start ({h0:.3f}) − H(T=1) at RL step {pts[0][4]}; "
+           f"p from 10,000 random pairings. Arms differ in more than entropy, so this is "
            "a correlation across interventions, not an effect of entropy alone.")
     return Finding("F6", "premature entropy collapse goes with a lower final test score", ["every run above"],
                    ["early entropy drop vs", "Spearman ρ", "p"], rows, verdict, why, figure="f6_premature.png",
