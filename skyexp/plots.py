@@ -96,3 +96,62 @@ def _finish_passk(fig, ax, path: Path, title: str, ks: list[int], legend_size: s
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- pass@k over training ------------------------------------------------------------------------
+
+def passk_by_step(metrics_path: Path, bench: str) -> dict[int, dict[int, float]]:
+    """Every held-out eval in a run's metrics.jsonl: {RL step: {k: val/<bench>/pass@k}} (before RL
+    is step 0, eval.every rows their step, after RL the last step)."""
+    import json
+    import re
+
+    pattern = re.compile(rf"^val/{re.escape(bench)}/pass@(\d+)$")
+    out: dict[int, dict[int, float]] = {}
+    if not Path(metrics_path).exists():
+        return out
+    for line in Path(metrics_path).read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        curve = {int(m[1]): v for key, v in row.items() if (m := pattern.match(key)) and v is not None}
+        if curve and row.get("train/rl_step") is not None:
+            out[int(row["train/rl_step"])] = curve
+    return out
+
+
+def plot_passk_over_training(evals: dict[int, dict[int, float]], path: Path, title: str = "pass@k over training") -> None:
+    """pass@k against the RL step, one line per k (darker = larger k): when does pass@k at large k
+    start to fall while pass@1 rises?"""
+    steps = sorted(evals)
+    ks = sorted({k for curve in evals.values() for k in curve})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    cmap = plt.get_cmap("viridis")
+    for i, k in enumerate(ks):
+        xs = [s for s in steps if k in evals[s]]
+        ax.plot(xs, [evals[s][k] for s in xs], marker="o", color=cmap(1 - (i + 0.5) / len(ks)), label=f"pass@{k}")
+    ax.set_xlabel("RL step")
+    ax.set_ylabel("held-out pass@k")
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", ncol=2)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_passk_over_training(run_dir: Path, bench: str, log=None) -> Path | None:
+    """At the end of a run: draw passk_over_training.png from the run's metrics.jsonl (needs two
+    or more evals: eval.before / eval.every / eval.after) and, given the run's `log`, log it to W&B
+    as val/<bench>/pass@k_over_training at the last RL step. Returns the figure's path, or None."""
+    evals = passk_by_step(Path(run_dir) / "metrics.jsonl", bench)
+    if len(evals) < 2:
+        return None
+    path = Path(run_dir) / "passk_over_training.png"
+    plot_passk_over_training(evals, path, f"pass@k on {bench} (held out) over RL")
+    if log is not None:
+        try:
+            import wandb
+        except ImportError:
+            return path
+        log({f"val/{bench}/pass@k_over_training": wandb.Image(str(path)), "train/rl_step": max(evals)})
+    return path

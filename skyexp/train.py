@@ -236,5 +236,6 @@ def _write_outputs(run: RunState, summary: dict[str, Any], before: EvalResult | 
         res = after or before
         plots.plot_passk(curves, run.run_dir / "passk.png", title=f"pass@k on {run.cfg.eval.name} (held out)",
                          n=getattr(res, "n", None), problems=len(res.correct) if hasattr(res, "correct") else None)
+    plots.write_passk_over_training(run.run_dir, run.cfg.eval.name, run.log)  # pass@k vs RL step (eval.every)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info("summary: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))

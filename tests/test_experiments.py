@@ -28,7 +28,8 @@ def typed(overrides: list[str]):
 def test_every_recipe_and_sweep_of_the_issue_exists():
     have = {p.stem for p in EXPERIMENTS.glob("*.yaml")}
     assert {*REAL, *(f"tiny_{n}" for n in REAL)} <= have
-    assert {p.stem for p in SWEEPS.glob("*.yaml")} == {*SWEEP_NAMES, *(f"tiny_{n}" for n in SWEEP_NAMES)}
+    sweeps = {p.stem for p in SWEEPS.glob("*.yaml") if not p.stem.startswith("findings_")}  # the study's own (issue 21)
+    assert sweeps == {*SWEEP_NAMES, *(f"tiny_{n}" for n in SWEEP_NAMES)}
 
 
 @pytest.mark.parametrize("name", REAL)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -49,14 +50,34 @@ def length_groups(lengths: list[int]) -> list[list[int]]:
     return groups
 
 
+@dataclass
+class SampledEvalResult(EvalResult):
+    """An EvalResult that also carries the sampled responses' mean token entropy (nats, of
+    softmax(logits / eval.temperature), token-weighted over every sample): the policy's entropy at
+    one common temperature, comparable across runs that trained at different rollout temperatures.
+    None when the engine reports no entropies (vLLM); then nothing extra is logged."""
+
+    entropy: float | None = None
+
+    def metrics(self, prefix: str = "val") -> dict[str, float]:
+        out = super().metrics(prefix)
+        if self.entropy is not None:
+            out[f"{prefix}/{self.name}/entropy"] = self.entropy
+        return out
+
+
 def generate_by_length(engine, tokenizer, ids: list[list[int]], n: int, max_len: int, temperature: float,
-                       top_p: float) -> tuple[list[str], list[int], list[bool]]:
+                       top_p: float, entropy: list[float] | None = None) -> tuple[list[str], list[int], list[bool]]:
     """n samples per prompt, one engine call per length group -> per sample, in prompt order
-    (prompt i's samples at i*n ... i*n + n-1): decoded text, response length, truncated?"""
+    (prompt i's samples at i*n ... i*n + n-1): decoded text, response length, truncated?
+    `entropy`, a [sum, tokens] accumulator, gains the response tokens' entropies when the engine has them."""
     texts: list[str] = [""] * (len(ids) * n)
     lengths, truncated = [0] * len(texts), [False] * len(texts)
     for group in length_groups([len(x) for x in ids]):
         ro = engine.generate([ids[i] for i in group], n, max_len, temperature, top_p)
+        if entropy is not None and getattr(ro, "entropy", None) is not None:
+            entropy[0] += float((ro.entropy * ro.response_mask).sum())
+            entropy[1] += float(ro.response_mask.sum())
         decoded = tokenizer.batch_decode(ro.responses, skip_special_tokens=True)
         for j, i in enumerate(group):
             for s in range(n):
@@ -78,10 +99,12 @@ def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig
     mine = list(range(rank, len(problems), world_size))
     local: list[tuple[int, int, list[int], list[float], dict]] = []
     timeouts = errors = 0
+    ent = [0.0, 0.0]  # [entropy sum, tokens] over this rank's samples
     if mine:
         prompts = [apply_template(problems[i].problem, template, tokenizer, chat) for i in mine]
         ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        texts, lengths, truncated = generate_by_length(engine, tokenizer, ids, cfg.n, max_len, cfg.temperature, cfg.top_p)
+        texts, lengths, truncated = generate_by_length(engine, tokenizer, ids, cfg.n, max_len, cfg.temperature, cfg.top_p,
+                                                     ent)
         golds = [problems[i].answer for i in mine for _ in range(cfg.n)]
         scored = reward.score(texts, golds)
         timeouts, errors = scored.timeouts, scored.errors
@@ -98,12 +121,13 @@ def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig
             local.append((i, c, [m for _, m in grp], [scored.scores[r] for r in rs],
                           {"id": problems[i].id, "problem": problems[i].problem, "answer": problems[i].answer,
                            "correct": c, "votes": votes, "samples": samples}))
-    gathered = all_gather_objects((local, timeouts, errors))
-    merged = sorted((item for part, _, _ in gathered for item in part), key=lambda x: x[0])
-    return EvalResult(name=cfg.name, n=cfg.n, correct=[m[1] for m in merged], records=[m[4] for m in merged],
-                      timeouts=sum(t for _, t, _ in gathered), errors=sum(e for _, _, e in gathered),
-                      wrong_groups=[m[2] for m in merged], scores=[m[3] for m in merged], max_response_len=max_len,
-                      seconds=time.perf_counter() - t0)
+    gathered = all_gather_objects((local, timeouts, errors, ent))
+    merged = sorted((item for part, *_ in gathered for item in part), key=lambda x: x[0])
+    ent_sum, ent_tokens = sum(g[3][0] for g in gathered), sum(g[3][1] for g in gathered)
+    return SampledEvalResult(name=cfg.name, n=cfg.n, correct=[m[1] for m in merged], records=[m[4] for m in merged],
+                             timeouts=sum(g[1] for g in gathered), errors=sum(g[2] for g in gathered),
+                             wrong_groups=[m[2] for m in merged], scores=[m[3] for m in merged], max_response_len=max_len,
+                             seconds=time.perf_counter() - t0, entropy=ent_sum / ent_tokens if ent_tokens else None)
 
 
 def eval_due(every: int, rl_step: int, total_steps: int, after: bool) -> bool:
