@@ -124,8 +124,8 @@ def _evaluate_checkpoint(cfg: EvalRunConfig, d, which: tuple[str, str, str], eva
     out = []
     for e in evals:
         log.info("eval %s on %s: %d problems x %d samples", e.name, label, len(problems[e.name][: e.size or None]), e.n)
-        res = run_eval(engine, reward, tokenizer, problems[e.name], e, eval_template(e), cfg.model.chat_template, d.rank,
-                       d.world_size)
+        res = run_eval(engine, reward, tokenizer, problems[e.name], e, eval_template(e), cfg.model.chat_template,
+                       (d.rank, d.world_size))
         logger.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors}, first_step + len(out))
         if d.is_main:
             write_records(res.records, run_dir / "eval" / f"{sub}{e.name}.jsonl")

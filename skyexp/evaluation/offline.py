@@ -100,8 +100,7 @@ def sample(s: Sampler, problems: list[Problem], job: SampleJob, n: int) -> list[
             ecfg,
             "{problem}",
             False,
-            s.d.rank,
-            s.d.world_size,
+            (s.d.rank, s.d.world_size),
         )
         records += res.records
         bar.update(len(chunk))

@@ -88,15 +88,16 @@ def generate_by_length(engine, tokenizer, ids: list[list[int]], n: int, max_len:
 
 
 def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig, template: str | Template, chat: bool,
-             rank: int = 0, world_size: int = 1) -> EvalResult:
-    """Sample cfg.n answers per problem (this rank's share), score them, group the wrong answers
-    for maj@k, gather every rank's results (in problem order). `template` renders each problem
-    (`eval_template(cfg)` for benchmarks; the identity "{problem}" for prompts rendered already)."""
+             shard: tuple[int, int] = (0, 1)) -> EvalResult:
+    """Sample cfg.n answers per problem (this rank's share: shard = (rank, world size)), score them,
+    group the wrong answers for maj@k, gather every rank's results (in problem order). `template`
+    renders each problem (`eval_template(cfg)` for benchmarks; the identity "{problem}" for prompts
+    rendered already)."""
     t0 = time.perf_counter()
     if cfg.size:
         problems = problems[: cfg.size]
     max_len = response_cap(engine, cfg.max_response_len)
-    mine = list(range(rank, len(problems), world_size))
+    mine = list(range(shard[0], len(problems), shard[1]))
     local: list[tuple[int, int, list[int], list[float], dict]] = []
     timeouts = errors = 0
     ent = [0.0, 0.0]  # [entropy sum, tokens] over this rank's samples

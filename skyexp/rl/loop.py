@@ -81,7 +81,7 @@ def evaluate(run: RunState, label: str) -> EvalResult:
     rank 0 the samples are written to eval/<benchmark>_<label>.jsonl."""
     cfg = run.cfg
     res = run_eval(run.engine, run.reward, run.tokenizer, run.eval_problems, cfg.eval, eval_template(cfg.eval),
-                   cfg.model.chat_template, run.d.rank, run.d.world_size)
+                   cfg.model.chat_template, (run.d.rank, run.d.world_size))
     curve = LinePlot(list(res.pass_at), list(res.pass_at.values()), "k", "pass@k",
                      f"pass@k on {cfg.eval.name} ({label}, RL step {run.rl_step})")
     run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.rl_step,
