@@ -86,6 +86,7 @@ class _ChunkedHead(torch.autograd.Function):
                 grad_w.addmm_(gz.t(), h.float())
             if need_b:
                 grad_b += gz.sum(0)
+            del gz  # before the next chunk's logits exist: one chunk at a time
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
                 grad_b.to(bias.dtype) if need_b else None, None, None, None, None)
 
@@ -96,11 +97,11 @@ def _grad_logits(z: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, g: torch
 
         dL/dz = g (onehot(y) - p) - e p (log p + H),   dL/dlogits = dL/dz / T."""
     z.sub_(lse[:, None])  # log p
-    p = torch.exp(z)
-    if e is not None:
-        z.add_(ent[:, None]).mul_(p).mul_(-e[:, None])  # -e p (log p + H)
+    if e is None:  # log-probs only: p in place, one [C, V] buffer
+        p, z = z.exp_(), None
     else:
-        z = None
+        p = torch.exp(z)
+        z.add_(ent[:, None]).mul_(p).mul_(-e[:, None])  # -e p (log p + H)
     out = p.mul_(-g[:, None])
     out.scatter_add_(1, ids[:, None], g[:, None])
     if z is not None:
