@@ -127,6 +127,26 @@ def shard(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     return model
 
 
+def _call(self: torch.nn.Module, fn: Any, *args: Any) -> Any:
+    return fn(*args)
+
+
+def run_in_forward(model: torch.nn.Module, fn: Any, *args: Any) -> Any:
+    """fn(*args) run as a forward method of `model`. Under FSDP2 the root's parameters (embeddings,
+    final norm, an untied lm head) are all-gathered around the call and its outputs get the
+    pre-backward hooks, exactly as for model(...); so fn may read model.lm_head.weight as a plain
+    tensor (outside a forward it is a sharded DTensor). Without FSDP: fn(*args)."""
+    from torch.distributed.fsdp import FSDPModule, register_fsdp_forward_method
+
+    if not isinstance(model, FSDPModule):
+        return fn(*args)
+    method = model.__dict__.get("_skyexp_forward")
+    if method is None or getattr(method, "__self__", None) is not model:  # first call (or a deep copy)
+        model._skyexp_forward = _call.__get__(model, type(model))
+        register_fsdp_forward_method(model, "_skyexp_forward")
+    return model._skyexp_forward(fn, *args)
+
+
 def _decoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
     inner = getattr(model, "model", None)
     layers = getattr(inner, "layers", None)

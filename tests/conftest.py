@@ -81,7 +81,7 @@ def tiny_sweep(tmp_path_factory) -> Path:
 
 def update(model, opt, ro, adv, weights, algo, coef, mb, grad_clip, world_size=1, device=None, *, old_logprobs=None,
            entropy=None, ref_logprobs=None, kl_coef=0.0, rule="none", rule_params=None, max_response_len=None,
-           is_weights=None, share_prompts=False):
+           is_weights=None, share_prompts=False, logprob_chunk=1024, max_tokens=0, padding_free=False):
     """skyexp.rl.update.rl_update from the test-friendly argument list the tests were written
     with: the LossSpec built as one RL step builds it (token rule parameters as entropy.* keys)."""
     import torch
@@ -93,7 +93,7 @@ def update(model, opt, ro, adv, weights, algo, coef, mb, grad_clip, world_size=1
     spec = make_loss_spec(algo, EntropyConfig(token_rule=rule, **(rule_params or {})), coef, kl_coef)
     batch = UpdateBatch(ro, adv, weights, old_logprobs, entropy, ref_logprobs, is_weights, max_response_len or 0)
     settings = UpdateSettings(mb, grad_clip, world_size, device or torch.device("cpu"), algo.ppo_epochs, algo.mini_batches,
-                              share_prompts)
+                              share_prompts, logprob_chunk, max_tokens, padding_free)
     return rl_update(model, opt, batch, spec, settings)
 
 

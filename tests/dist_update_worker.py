@@ -31,14 +31,15 @@ def main(model_dir: str, batch_path: str, out_path: str) -> None:
                     temperature=ro.temperature, entropy=ro.entropy[rows])
     out = {}
     for name, case in data["cases"].items():
-        policy = load_model(model_dir, ModelConfig())
+        policy = load_model(case.get("model_dir", model_dir), ModelConfig())
         distributed.shard(policy, d)
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
         ref = data["ref"][rows] if case.get("kl_coef") else None
         stats = update(policy, opt, local, data["adv"][rows], data["weights"][rows], AlgoConfig(**case["algo"]),
                           case.get("coef", 0.0), case["micro_batch_size"], 0.0, d.world_size, d.device, ref_logprobs=ref,
                           kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"),
-                          share_prompts=case.get("share", False))
+                          share_prompts=case.get("share", False), logprob_chunk=case.get("chunk", 1024),
+                          max_tokens=case.get("max_tokens", 0), padding_free=case.get("padding_free", False))
         state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         out[name] = {"params": state, "pg_loss": stats.pg_loss, "entropy": stats.entropy, "kl_ref": stats.kl_ref}
     if d.is_main:

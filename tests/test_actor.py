@@ -104,7 +104,8 @@ from skyexp.algos.losses import AGGREGATIONS, Normalisers, token_logprobs  # noq
 from skyexp.algos.seq_losses import POLICY_LOSSES  # noqa: E402
 from skyexp.algos.token_rules import TOKEN_RULES  # noqa: E402
 from skyexp.config.names import config_params  # noqa: E402
-from skyexp.rl.forward import response_logits, sampling_view  # noqa: E402
+from skyexp.rl.forward import ForwardSettings, response_logits  # noqa: E402
+from skyexp.rl.tokens import sampling_view  # noqa: E402
 
 
 def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=None, ref=None, kl_coef=0.0, rule="none",
@@ -260,12 +261,12 @@ def test_shared_prompt_logits_equal_the_plain_forward(batch):
 @pytest.mark.parametrize("share", [False, True])
 def test_recomputed_old_logprobs_match_the_engine(batch, share):
     policy, ro, adv, weights, d = batch
-    old, ent = sampling_view(policy, ro, weights, True, 5, d.device, share)
+    old, ent = sampling_view(policy, ro, weights, True, ForwardSettings(5, d.device, share))
     trained = ro.response_mask * weights[:, None]
     assert torch.allclose(old * trained, ro.logprobs * trained, atol=1e-4)
     assert (old * (1 - weights[:, None])).abs().sum() == 0  # filtered rows are not recomputed
     assert ent is ro.entropy
     import dataclasses
 
-    old2, ent2 = sampling_view(policy, dataclasses.replace(ro, entropy=None), weights, False, 5, d.device)
+    old2, ent2 = sampling_view(policy, dataclasses.replace(ro, entropy=None), weights, False, ForwardSettings(5, d.device))
     assert old2 is ro.logprobs and torch.allclose(ent2, ro.entropy, atol=1e-4)

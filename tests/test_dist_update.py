@@ -32,12 +32,23 @@ CASES = {
                       "clip_low": 0.05, "clip_high": 0.05}, "micro_batch_size": 3, "single_mbs": 16},
     "cispo": {"algo": {"policy_loss": "cispo", "mini_batches": 2, "ppo_epochs": 2, "clip_low": 1.0, "clip_high": 0.05},
               "micro_batch_size": 2, "single_mbs": 5},
+    # token-budget micro-batches, padding-free rows, an untied lm head (entropy bonus and KL loss on)
+    "budget_padding_free_untied": {"algo": {}, "coef": 0.05, "kl_coef": 0.3, "micro_batch_size": 64, "single_mbs": 5,
+                                   "max_tokens": 60, "padding_free": True, "untied": True},
 }
+# Every case runs the chunked lm head (trainer.logprob_chunk, in chunks of 7 tokens) inside FSDP2's
+# forward on the two ranks; the single process compares with full logits (logprob_chunk=0).
+CHUNK = 7
 
 
 @pytest.mark.slow
 @pytest.mark.dist
 def test_two_ranks_equal_one(tiny_dir, dist1, tmp_path):
+    untied = tmp_path / "untied"
+    untied_model(tiny_dir).save_pretrained(untied)
+    for case in CASES.values():
+        case["model_dir"] = str(untied if case.get("untied") else tiny_dir)
+        case["chunk"] = CHUNK
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
     eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3)
     prompts = tok(["Compute 1+1.\n", "Compute (2*3)-1.\n", "Compute 4*4.\n", "Compute 7-2.\n"], add_special_tokens=False)["input_ids"]
@@ -55,13 +66,13 @@ def test_two_ranks_equal_one(tiny_dir, dist1, tmp_path):
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     two = torch.load(tmp_path / "out.pt")
-    base = load_model(str(tiny_dir), ModelConfig())
     for name, case in CASES.items():
+        base = load_model(case["model_dir"], ModelConfig())
         p = copy.deepcopy(base)
         st = update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(**case["algo"]),
                        case.get("coef", 0.0), case["single_mbs"], 0.0, 1, dist1.device, ref_logprobs=ref if case.get("kl_coef") else None,
                        kl_coef=case.get("kl_coef", 0.0), max_response_len=case.get("max_len"),
-                       share_prompts=case.get("share", False))
+                       share_prompts=case.get("share", False), logprob_chunk=0)
         theirs = two[name]["params"]
         moved = False
         for k, v in p.state_dict().items():
@@ -72,3 +83,13 @@ def test_two_ranks_equal_one(tiny_dir, dist1, tmp_path):
         assert two[name]["entropy"] == pytest.approx(st.entropy, abs=1e-5)
         if case.get("kl_coef"):
             assert two[name]["kl_ref"] == pytest.approx(st.kl_ref, abs=1e-5)
+
+
+def untied_model(tiny_dir):
+    """The tiny architecture with a separate lm head (randomly initialised, seeded)."""
+    from transformers import AutoConfig, Qwen2ForCausalLM
+
+    cfg = AutoConfig.from_pretrained(tiny_dir)
+    cfg.tie_word_embeddings = False
+    torch.manual_seed(11)
+    return Qwen2ForCausalLM(cfg)

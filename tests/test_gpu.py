@@ -118,11 +118,14 @@ def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float
     return sft_step(policy, opt, packed, UpdateSettings(8, 0.0, 1, device))
 
 
-def _logprob_pass(model, ro: Rollout, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The update's no-grad log-prob pass (old/reference/entropy): log-probs and entropies [N, R]."""
-    from skyexp.rl.forward import forward_stats
+def _logprob_pass(model, ro: Rollout, device: torch.device, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The update's no-grad log-prob pass (old/reference/entropy): log-probs and entropies [N, R];
+    chunk = trainer.logprob_chunk (0: full logits)."""
+    from skyexp.rl.forward import ForwardSettings
+    from skyexp.rl.tokens import forward_stats
 
-    logp, ent = forward_stats(model, ro, torch.arange(ro.sequences.shape[0]), 4, device, True, True)
+    f = ForwardSettings(4, device, share_prompts=True, logprob_chunk=chunk)
+    logp, ent = forward_stats(model, ro, torch.arange(ro.sequences.shape[0]), f, True)
     return logp.cpu(), ent.cpu()
 
 
@@ -287,7 +290,7 @@ def test_logprob_pass_equals_the_plain_forward(device, dist_group, path):
     prompts = [13, 5] if len(resp) == 4 else [13]
     ro = _random_rollout(vocab, prompts, resp, n, temperature=0.9)
     model = _wide_vocab_model(device, vocab)
-    logp, ent = _logprob_pass(model, ro, device)
+    logp, ent = _logprob_pass(model, ro, device, chunk=256 if long else 0)  # several chunks per row when chunked
     ref_logp, ref_ent = _forward_token_stats(model, ro)
     assert logp.shape == ref_logp.shape
     assert torch.allclose(logp, ref_logp, atol=1e-4, rtol=1e-5), (logp - ref_logp).abs().max()

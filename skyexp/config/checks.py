@@ -121,6 +121,10 @@ def validate_model_trainer(c: Config) -> None:
     _check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"'{t.device}' is not auto, cpu or cuda")
     _check(t.lr > 0, "trainer.lr", "must be > 0")
     _check(t.micro_batch_size >= 1, "trainer.micro_batch_size", "must be >= 1")
+    _check(t.logprob_chunk >= 0, "trainer.logprob_chunk", "must be >= 0 (0: full logits)")
+    _check(t.max_tokens_per_micro_batch >= 0, "trainer.max_tokens_per_micro_batch", "must be >= 0 (0: rows only)")
+    _check(not t.padding_free or t.logprob_chunk > 0, "trainer.padding_free",
+           "needs trainer.logprob_chunk > 0 (the plain full-logits path is padded)")
     _check(len(t.betas) == 2, "trainer.betas", "needs two values")
     _check(t.nproc_per_node >= 0, "trainer.nproc_per_node", "must be >= 0 (0: run in this process)")
 

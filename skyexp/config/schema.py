@@ -235,8 +235,21 @@ class TrainerConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 64  # sequences per forward/backward in the update
     # Forward each prompt once for the samples of its group in a micro-batch (same gradient, the
-    # prompt tokens' cost paid once per group instead of n times; skyexp.rl.update.response_logits).
+    # prompt tokens' cost paid once per group instead of n times; skyexp.rl.tokens).
     share_prompts: bool = True
+    # Token log-probs/entropies from the final hidden states, this many tokens' logits at a time,
+    # recomputed in backward (skyexp.lm_head): no [tokens x vocabulary] tensor is held for a
+    # micro-batch. One chunk of a 152k vocabulary is chunk x 0.6 MB of float32 (x ~3 at the peak).
+    # 0: the plain path (full logits of the micro-batch).
+    logprob_chunk: int = 1024
+    # > 0: micro-batches also hold at most this many prompt + response tokens (verl's
+    # ppo_max_token_len_per_gpu): rows length-sorted and packed; one longer row trains alone. The
+    # update is the same as with row-count micro-batches (global normalisers). 0: rows only.
+    max_tokens_per_micro_batch: int = 0
+    # Concatenate a micro-batch's rows into one sequence with no padding, rows told apart by
+    # position ids (flash-attention varlen on GPU; a block-diagonal mask with sdpa/eager on CPU).
+    # Needs logprob_chunk > 0; takes precedence over share_prompts.
+    padding_free: bool = False
     fsdp: bool = True  # shard the policy with FSDP2 over the ranks (false: the plain model, one process only)
     cache_dir: str = ""  # SFT results and built models; empty: $SKYEXP_CACHE or ~/.cache/skyexp
     save_final: bool = True  # export the final policy in Hugging Face format

@@ -1,6 +1,7 @@
-"""Forward passes over a rollout's rows: the batch layout (pack, trim), the logits that predict
-each response token (with prompts shared within a group), micro-batching, and the no-grad passes
-that give old, reference and sampling-policy log-probs and entropies.
+"""Forward passes over a rollout's rows: the batch layout (pack, trim), the full logits that predict
+each response token (the plain path, with prompts shared within a group), and micro-batching (by
+rows or by a token budget). The token log-probs and entropies of a micro-batch (the chunked lm
+head, padding-free packing) and the no-grad passes are in skyexp.rl.tokens.
 
 Every rank runs the same number of forward passes (see micro_batches), so each can run under
 FSDP2, which all-gathers parameters inside them.
@@ -8,12 +9,24 @@ FSDP2, which all-gathers parameters inside them.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from skyexp.algos.entropy import token_entropy
-from skyexp.algos.losses import token_logprobs
 from skyexp.distributed import all_reduce_max
 from skyexp.records import Rollout
+
+
+@dataclass(frozen=True)
+class ForwardSettings:
+    """How a rollout's rows go through the model (trainer.* keys)."""
+
+    micro_batch_size: int  # rows per forward pass (at most)
+    device: torch.device
+    share_prompts: bool = False  # each prompt once per group in a micro-batch (see skyexp.rl.tokens)
+    logprob_chunk: int = 1024  # tokens per lm-head chunk; 0: full [rows, tokens, V] logits
+    max_tokens: int = 0  # > 0: also at most this many prompt + response tokens per micro-batch
+    padding_free: bool = False  # rows of a micro-batch packed into one sequence (see skyexp.rl.tokens)
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -49,8 +62,9 @@ def response_logits(model: torch.nn.Module, seq: torch.Tensor, attn: torch.Tenso
     of a group share one prompt), each prompt goes through the model once: its KV cache is indexed
     out to the group's rows and the responses run on top of it. The same function of the
     parameters (gradients included: the indexing sums them back over the group), at the cost of
-    the prompt tokens once per group instead of once per sample."""
-    if groups is None:
+    the prompt tokens once per group instead of once per sample (not under gradient checkpointing,
+    see can_share_prompts: then every row runs its own prompt)."""
+    if groups is None or not can_share_prompts(model):
         resp_len = seq.shape[1] - prompt_len
         positions = (attn.cumsum(-1) - 1).clamp(min=0)
         out = model(input_ids=seq, attention_mask=attn, position_ids=positions, use_cache=False, logits_to_keep=resp_len + 1)
@@ -76,58 +90,50 @@ def response_logits(model: torch.nn.Module, seq: torch.Tensor, attn: torch.Tenso
     return logits
 
 
+def can_share_prompts(model: torch.nn.Module) -> bool:
+    """Whether the prompt's KV cache survives this forward pass: transformers' gradient
+    checkpointing drops the cache of a layer that trains (modeling_layers: "Caching is incompatible
+    with gradient checkpointing"), which would silently run the responses without their prompt."""
+    checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
+    return not (checkpointing and model.training and torch.is_grad_enabled())
+
+
 def groups_of(idx: torch.Tensor, n: int, share: bool) -> torch.Tensor | None:
     """Row -> group numbering of a micro-batch whose rows come group by group (see micro_batches)."""
     return torch.unique_consecutive(idx // n, return_inverse=True)[1] if share else None
 
 
-def micro_batches(rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device,
-            by_group: bool = False) -> list[tuple[torch.Tensor, float]]:
-    """Micro-batches of `rows`, length-sorted so little is spent on padding (the global normalisers
-    make the result independent of the grouping). `by_group` orders each micro-batch's rows group
-    by group, for prompts shared within a micro-batch (a group split over two micro-batches runs
-    its prompt in each). Every rank must run the same number of forward/backward passes (FSDP
+def token_budget_split(lengths: torch.Tensor, max_rows: int, max_tokens: int = 0) -> list[torch.Tensor]:
+    """Positions 0..N-1 of rows with token counts `lengths` [N] (already in the order to keep), cut
+    greedily into consecutive parts of at most `max_rows` rows and, with max_tokens > 0, at most
+    `max_tokens` tokens (sum of lengths; a row longer than the budget is a part of its own)."""
+    if max_tokens <= 0:
+        return [c for c in torch.arange(len(lengths)).split(max_rows) if c.numel()]
+    parts, start, tokens = [], 0, 0
+    for i, n in enumerate(lengths.tolist()):
+        if i > start and (i - start >= max_rows or tokens + n > max_tokens):
+            parts.append(torch.arange(start, i))
+            start, tokens = i, 0
+        tokens += n
+    if len(lengths) > start:
+        parts.append(torch.arange(start, len(lengths)))
+    return parts
+
+
+def micro_batches(rollout: Rollout, rows: torch.Tensor, f: ForwardSettings) -> list[tuple[torch.Tensor, float]]:
+    """Micro-batches of `rows`, length-sorted (prompt + response tokens) so little is spent on
+    padding, cut by rows (f.micro_batch_size) and, with f.max_tokens > 0, by a token budget (verl's
+    ppo_max_token_len_per_gpu): one long response trains alone, many short ones together. The
+    global normalisers make the result independent of the grouping. With f.share_prompts each
+    micro-batch's rows are ordered group by group (a group split over two micro-batches runs its
+    prompt in each). Every rank must run the same number of forward/backward passes (FSDP
     all-gathers inside them), so a rank with fewer rows pads with micro-batches of one row whose
     loss is multiplied by 0. Returns [(row indices, live)]."""
-    order = rows[torch.argsort(rollout.attention_mask[rows].sum(-1), stable=True)]
-    chunks = [(c, 1.0) for c in order.split(micro_batch_size) if c.numel()]
-    if by_group:
+    lengths = rollout.attention_mask[rows].sum(-1)
+    sort = torch.argsort(lengths, stable=True)
+    order = rows[sort]
+    chunks = [(order[c], 1.0) for c in token_budget_split(lengths[sort], f.micro_batch_size, f.max_tokens)]
+    if f.share_prompts:
         chunks = [(c[torch.argsort(c // rollout.n, stable=True)], live) for c, live in chunks]
-    most = int(all_reduce_max(len(chunks), device))
+    most = int(all_reduce_max(len(chunks), f.device))
     return chunks + [(torch.zeros(1, dtype=torch.long), 0.0)] * (most - len(chunks))
-
-
-@torch.no_grad()
-def forward_stats(model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, micro_batch_size: int, device: torch.device,
-                  with_entropy: bool, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """No-grad forward pass over `rows` of the rollout: token log-probs [N, R] (and entropies
-    [N, R]) at the rollout temperature; rows not in `rows` stay 0. Every rank runs the same number
-    of passes (see micro_batches), so it can run under FSDP."""
-    logp = torch.zeros_like(rollout.logprobs)
-    ent = torch.zeros_like(rollout.logprobs) if with_entropy else None
-    for idx, live in micro_batches(rollout, rows, micro_batch_size, device, share_prompts):
-        seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], rollout.response_mask[idx],
-                                   rollout.prompt_len)
-        logits = response_logits(model, seq.to(device), attn.to(device), plen, groups_of(idx, rollout.n, share_prompts))
-        if not live:
-            continue
-        rlen = rm.shape[1]
-        logp[idx, :rlen] = (token_logprobs(logits, seq[:, plen:].to(device), rollout.temperature) * rm.to(device)).cpu()
-        if ent is not None:
-            ent[idx, :rlen] = (token_entropy(logits, rollout.temperature) * rm.to(device)).cpu()
-    return logp, ent
-
-
-def sampling_view(model: torch.nn.Module, rollout: Rollout, weights: torch.Tensor, recompute: bool, micro_batch_size: int,
-                  device: torch.device, share_prompts: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Old-policy log-probs [N, R] and token entropies [N, R] of the policy that sampled the batch,
-    before any optimizer step. Taken from the rollout when it carries them; otherwise one no-grad
-    forward pass computes what is missing (log-probs of the rows with weights > 0, entropies of all).
-    The caller passes as `weights` every row that enters a group's baseline (issue 17): masked
-    truncated rows train no loss but their KL penalty moves their group's baseline."""
-    if not recompute and rollout.entropy is not None:
-        return rollout.logprobs, rollout.entropy
-    need_entropy = rollout.entropy is None
-    rows = torch.arange(len(weights)) if need_entropy else (weights > 0).nonzero().squeeze(1)
-    logp, ent = forward_stats(model, rollout, rows, micro_batch_size, device, need_entropy, share_prompts)
-    return (logp if recompute else rollout.logprobs), (ent if need_entropy else rollout.entropy)

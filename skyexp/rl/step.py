@@ -19,10 +19,11 @@ from skyexp.config.stages import StagePlan
 from skyexp.data.difficulty import merge, tally
 from skyexp.records import Rollout, UpdateStats
 from skyexp.rl.collect import StepBatch, collect_batch, kl_coefs, kl_penalty, step_advantages
-from skyexp.rl.forward import forward_stats, sampling_view
+from skyexp.rl.forward import ForwardSettings
 from skyexp.rl.metrics import Trained, mismatch_metrics, sample_table, step_metrics
 from skyexp.rl.objective import make_loss_spec
 from skyexp.rl.state import RunState, StepRecord, StepResult, Timer
+from skyexp.rl.tokens import forward_stats, sampling_view
 from skyexp.rl.update import UpdateBatch, UpdateSettings, global_token_mean, rl_update
 
 
@@ -58,8 +59,7 @@ def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer
     # each needs old and reference log-probs, not only the rows with weight > 0 (issue 17)
     in_groups = batch.row_weights(False)  # [G*n]
     with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
-        old_logp, ent = sampling_view(run.policy, ro, in_groups, a.old_logprobs == "recompute",
-                                      run.cfg.trainer.micro_batch_size, dev, run.cfg.trainer.share_prompts)
+        old_logp, ent = sampling_view(run.policy, ro, in_groups, a.old_logprobs == "recompute", _fwd(run))
     with t("ref"):
         ref_logp = reference_logprobs(run, ro, in_groups)  # None unless a KL term is on
     is_w = (ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
@@ -93,9 +93,11 @@ def reference_logprobs(run: RunState, ro: Rollout, rows: torch.Tensor) -> torch.
     that trains); None without a reference."""
     if run.ref is None:
         return None
-    t = run.cfg.trainer
-    return forward_stats(run.ref, ro, (rows > 0).nonzero().squeeze(1), t.micro_batch_size, run.d.device, False,
-                         t.share_prompts)[0]
+    return forward_stats(run.ref, ro, (rows > 0).nonzero().squeeze(1), _fwd(run), False)[0]
+
+
+def _fwd(run: RunState) -> ForwardSettings:
+    return UpdateSettings.of(run.cfg, run.d.world_size, run.d.device).fwd
 
 
 def _metrics(run: RunState, batch: StepBatch, upd: UpdateBatch, stats: UpdateStats, timings: dict[str, float],

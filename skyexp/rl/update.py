@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-from skyexp.algos.entropy import token_entropy
-from skyexp.algos.losses import Normalisers, token_logprobs
+from skyexp.algos.losses import Normalisers
 from skyexp.config import Config
 from skyexp.distributed import all_reduce_max, all_reduce_sum
 from skyexp.records import Rollout, UpdateStats
-from skyexp.rl.forward import groups_of, micro_batches, response_logits, sampling_view, trim
+from skyexp.rl.forward import ForwardSettings, micro_batches, token_budget_split, trim
 from skyexp.rl.objective import STAT_NAMES, LossSpec, TokenInputs, objective, reduce_named
+from skyexp.rl.tokens import MicroRows, sampling_view, token_stats
 
 MAX_HIST_VALUES = 65536  # token entropies kept per step for the histogram
 
@@ -48,13 +48,22 @@ class UpdateSettings:
     device: torch.device
     ppo_epochs: int = 1
     mini_batches: int = 1
-    share_prompts: bool = False  # run each prompt once per micro-batch for its group (see response_logits)
+    share_prompts: bool = False  # run each prompt once per micro-batch for its group (see skyexp.rl.tokens)
+    logprob_chunk: int = 1024  # tokens per lm-head chunk (skyexp.lm_head); 0: full logits
+    max_tokens: int = 0  # > 0: micro-batches also bounded by prompt + response tokens
+    padding_free: bool = False  # micro-batch rows packed into one sequence (skyexp.rl.tokens)
 
     @staticmethod
     def of(cfg: Config, world_size: int, device: torch.device) -> UpdateSettings:
         t = cfg.trainer
         return UpdateSettings(t.micro_batch_size, t.grad_clip, world_size, device, cfg.algo.ppo_epochs,
-                              cfg.algo.mini_batches, t.share_prompts)
+                              cfg.algo.mini_batches, t.share_prompts, t.logprob_chunk, t.max_tokens_per_micro_batch,
+                              t.padding_free)
+
+    @property
+    def fwd(self) -> ForwardSettings:
+        return ForwardSettings(self.micro_batch_size, self.device, self.share_prompts, self.logprob_chunk,
+                               self.max_tokens, self.padding_free)
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,7 @@ def _prepare(model: torch.nn.Module, batch: UpdateBatch, spec: LossSpec, s: Upda
     ro = batch.rollout
     ent = batch.entropy if batch.entropy is not None else ro.entropy
     if ent is None:
-        ent = sampling_view(model, ro, batch.weights, False, s.micro_batch_size, s.device, s.share_prompts)[1]
+        ent = sampling_view(model, ro, batch.weights, False, s.fwd)[1]
     if spec.kl_coef > 0 and batch.ref_logprobs is None:
         raise ValueError("rl_update: kl_coef > 0 needs ref_logprobs")
     loss_mask = ro.response_mask * batch.weights[:, None]
@@ -143,7 +152,7 @@ def _mini_batch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, p: _Pa
         p.chosen[sel] = p.spec.select(p.adv_tok[sel], p.old[sel], p.ent[sel], p.loss_mask[sel])
     if p.spec.grads_zero_advantage:
         needed = needed | p.chosen[sel].any(-1)
-    chunks = micro_batches(p.batch.rollout, sel[needed], s.micro_batch_size, dev, s.share_prompts)
+    chunks = micro_batches(p.batch.rollout, sel[needed], s.fwd)
     bad_loss = torch.zeros((), dtype=torch.bool, device=dev)
     for j, (idx, live) in enumerate(chunks):
         with _no_sync(model, last=j == len(chunks) - 1):
@@ -168,18 +177,16 @@ def _micro_batch(model: torch.nn.Module, p: _Pass, idx: torch.Tensor, live: floa
     """Forward the rows `idx`, evaluate the objective; returns (loss, token log-probs, loss mask,
     response width). `live` = 0 marks a padding micro-batch (see micro_batches)."""
     ro, dev = p.batch.rollout, p.s.device
-    seq, attn, rm, plen = trim(ro.sequences[idx], ro.attention_mask[idx], ro.response_mask[idx], ro.prompt_len)
-    rlen = rm.shape[1]
-    seq, attn = seq.to(dev), attn.to(dev)
-    logits = response_logits(model, seq, attn, plen, groups_of(idx, ro.n, p.s.share_prompts))
-    logp = token_logprobs(logits, seq[:, plen:], ro.temperature)
+    mb = MicroRows.of(ro, idx, p.s.fwd)
+    rlen = mb.resp_mask.shape[1]
+    logp, ent = token_stats(model, mb, ro.temperature, p.spec.needs_entropy, p.s.fwd)
 
     def cut(x: torch.Tensor | None) -> torch.Tensor | None:
         return x[idx, :rlen].to(dev) if x is not None else None
 
     lm = cut(p.loss_mask) * live
     x = TokenInputs(logp, cut(p.old), cut(p.adv_tok), lm,
-                    entropy=token_entropy(logits, ro.temperature) if p.spec.needs_entropy else None,
+                    entropy=ent,
                     ref_logp=cut(p.batch.ref_logprobs) if p.spec.kl_coef > 0 else None,
                     is_weights=cut(p.batch.is_weights), selected=cut(p.chosen) if p.spec.select is not None else None)
     loss, sums = objective(x, norm, p.spec)
@@ -263,19 +270,20 @@ def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int], s: UpdateSettings) -> tuple[float, float]:
     """One optimizer step of token-mean NLL on response tokens. `packed` is skyexp.rl.forward.pack's
     (sequences [N, P+R], attention mask [N, P+R], response mask [N, R] (the loss is on these
-    tokens only), P). Returns (loss, grad norm)."""
+    tokens only), P). Micro-batches are length-sorted and cut like the RL update's (rows, token
+    budget). Returns (loss, grad norm)."""
     seq, attn, resp_mask, prompt_len = packed
-    device = s.device
+    device, f = s.device, replace(s.fwd, share_prompts=False)
     num_tokens = float(all_reduce_sum([resp_mask.sum().item()], device)[0])
     total = 0.0
-    chunks = torch.argsort(attn.sum(-1), stable=True).split(s.micro_batch_size)
+    order = torch.argsort(attn.sum(-1), stable=True)
+    chunks = [order[c] for c in token_budget_split(attn.sum(-1)[order], s.micro_batch_size, s.max_tokens)]
     for j, idx in enumerate(chunks):
         mseq, mattn, mrm, plen = trim(seq[idx], attn[idx], resp_mask[idx], prompt_len)
         with _no_sync(model, last=j == len(chunks) - 1):
-            mseq, mattn, mrm = mseq.to(device), mattn.to(device), mrm.to(device)
-            logits = response_logits(model, mseq, mattn, plen)
-            nll = -token_logprobs(logits, mseq[:, plen:])
-            loss = (nll * mrm).sum() / max(num_tokens, 1.0)
+            mb = MicroRows(mseq.to(device), mattn.to(device), mrm.to(device), plen)
+            logp, _ = token_stats(model, mb, 1.0, False, f)
+            loss = -(logp * mb.resp_mask).sum() / max(num_tokens, 1.0)
             (loss * s.world_size).backward()
             total += loss.item()
     gn = _grad_norm_and_clip(model, s.grad_clip)

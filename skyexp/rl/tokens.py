@@ -1,0 +1,180 @@
+"""Token log-probs and entropies of a micro-batch's response tokens, and the no-grad passes that use
+them (old, reference and sampling-policy log-probs and entropies).
+
+The default path (trainer.logprob_chunk > 0) runs the policy's base model to its final hidden
+states, keeps the hidden states of the positions that predict a response token, and applies the
+lm head a chunk of tokens at a time (skyexp.lm_head): no [tokens x vocabulary] tensor is held for
+the micro-batch, forward or backward. The hidden states come from one of three layouts:
+
+- rows: the padded micro-batch [n, P+R] (positions from the attention mask);
+- shared prompts (trainer.share_prompts): each prompt once per group, its KV cache indexed out to
+  the group's rows, the responses run on top (the same function of the parameters);
+- padding-free (trainer.padding_free): the rows' tokens concatenated into one sequence with
+  position ids restarting at 0 for each row and no attention mask; transformers then attends
+  within each row only (flash-attention varlen on GPU, a block-diagonal mask with sdpa/eager).
+
+All of it runs inside one forward call of the model (skyexp.distributed.run_in_forward), so under
+FSDP2 the root's parameters (embeddings, final norm, lm head) are the unsharded ones.
+trainer.logprob_chunk = 0 keeps the plain path: full logits (skyexp.rl.forward.response_logits).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from skyexp.algos.entropy import token_entropy
+from skyexp.algos.losses import token_logprobs
+from skyexp.distributed import run_in_forward
+from skyexp.lm_head import chunked_token_stats
+from skyexp.records import Rollout
+from skyexp.rl.forward import (
+    ForwardSettings,
+    can_share_prompts,
+    groups_of,
+    micro_batches,
+    response_logits,
+    trim,
+)
+
+
+@dataclass(frozen=True)
+class MicroRows:
+    """One micro-batch's rows, trimmed, on the device."""
+
+    seq: torch.Tensor  # [n, P+R] left-padded prompt | response | right padding
+    attn: torch.Tensor  # [n, P+R]
+    resp_mask: torch.Tensor  # [n, R] float
+    prompt_len: int  # P
+    groups: torch.Tensor | None = None  # [n] row -> group (shared prompts), numbered in order
+
+    @staticmethod
+    def of(rollout: Rollout, idx: torch.Tensor, f: ForwardSettings) -> MicroRows:
+        seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], rollout.response_mask[idx],
+                                   rollout.prompt_len)
+        groups = groups_of(idx, rollout.n, f.share_prompts and not f.padding_free)
+        return MicroRows(seq.to(f.device), attn.to(f.device), rm.to(f.device), plen,
+                         groups.to(f.device) if groups is not None else None)
+
+
+def token_stats(model: torch.nn.Module, mb: MicroRows, temperature: float, with_entropy: bool,
+                f: ForwardSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """log pi(y_t | context) [n, R] and (with_entropy) token entropies [n, R] at `temperature`,
+    differentiable when grad is enabled. Padding positions hold 0 on the chunked path and junk on
+    the plain one: callers mask them."""
+    if f.logprob_chunk <= 0:
+        logits = response_logits(model, mb.seq, mb.attn, mb.prompt_len, mb.groups)
+        ids = mb.seq[:, mb.prompt_len :]
+        return token_logprobs(logits, ids, temperature), (token_entropy(logits, temperature) if with_entropy else None)
+    return run_in_forward(model, _chunked_stats, model, mb, temperature, with_entropy, f)
+
+
+def _chunked_stats(model: torch.nn.Module, mb: MicroRows, temperature: float, with_entropy: bool,
+                   f: ForwardSettings) -> tuple[torch.Tensor, torch.Tensor | None]:
+    sel = mb.resp_mask.bool()
+    hidden = response_hidden(model, mb, f.padding_free)  # [M, H], M = response tokens
+    head = model.get_output_embeddings()
+    logp, ent = chunked_token_stats(hidden, head.weight, head.bias, mb.seq[:, mb.prompt_len :][sel], temperature,
+                                    f.logprob_chunk, with_entropy)
+    return _unflatten(logp, sel), (_unflatten(ent, sel) if ent is not None else None)
+
+
+def _unflatten(values: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
+    """values [M] back to [n, R] at the True positions of sel [n, R] (0 elsewhere), differentiably."""
+    return torch.zeros(sel.shape, dtype=values.dtype, device=values.device).masked_scatter(sel, values)
+
+
+def response_hidden(model: torch.nn.Module, mb: MicroRows, padding_free: bool = False) -> torch.Tensor:
+    """Final hidden states [M, H] of the positions that predict each response token (the True
+    entries of mb.resp_mask, row by row): position P-1+j predicts response token j."""
+    base = model.base_model
+    if padding_free:
+        return _hidden_packed(base, mb)
+    if mb.groups is not None and can_share_prompts(model):
+        return _hidden_shared(base, model.config, mb)[mb.resp_mask.bool()]
+    positions = (mb.attn.cumsum(-1) - 1).clamp(min=0)
+    h = base(input_ids=mb.seq, attention_mask=mb.attn, position_ids=positions, use_cache=False).last_hidden_state
+    return h[:, mb.prompt_len - 1 : -1][mb.resp_mask.bool()]
+
+
+def _hidden_shared(base: torch.nn.Module, config, mb: MicroRows) -> torch.Tensor:
+    """[n, R, H] with each group's prompt run once (see skyexp.rl.forward.response_logits)."""
+    from transformers import DynamicCache
+
+    seq, attn, plen, groups = mb.seq, mb.attn, mb.prompt_len, mb.groups
+    first = torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1  # one row per group
+    first = torch.cat([first.new_zeros(1), first[:-1] + 1])
+    positions = (attn.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache(config=config)
+    head = base(input_ids=seq[first, :plen], attention_mask=attn[first, :plen], position_ids=positions[first, :plen],
+                cache=cache, use_cache=True).last_hidden_state[:, -1:]
+    hidden = head[groups]  # [n, 1, H] predicts the first response token
+    if seq.shape[1] - plen > 1:
+        cache.batch_select_indices(groups)
+        out = base(input_ids=seq[:, plen:-1], attention_mask=attn[:, :-1], position_ids=positions[:, plen:-1],
+                   cache=cache, use_cache=True).last_hidden_state
+        hidden = torch.cat([hidden, out], dim=1)
+    return hidden
+
+
+def pack_rows(seq: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padding-free layout: the attended tokens of each row of seq [n, W] (contiguous in attn [n, W])
+    concatenated into ids [1, L], L = sum of attn; position ids [1, L] restart at 0 for each row
+    (which is how transformers finds the row boundaries); starts [n] where each row begins."""
+    keep = attn.bool()
+    lengths = keep.sum(-1)
+    starts = torch.cumsum(lengths, 0) - lengths
+    positions = torch.arange(int(lengths.sum()), device=seq.device) - starts.repeat_interleave(lengths)
+    return seq[keep][None], positions[None], starts
+
+
+def packed_response_index(starts: torch.Tensor, prompt_lens: torch.Tensor, resp_lens: torch.Tensor) -> torch.Tensor:
+    """Positions in the packed sequence [M] whose outputs predict the response tokens, row by row:
+    row i's response token j (j < resp_lens[i]) is predicted at starts[i] + prompt_lens[i] - 1 + j."""
+    offset = (starts + prompt_lens - 1).repeat_interleave(resp_lens)
+    within = torch.arange(int(resp_lens.sum()), device=starts.device) - (torch.cumsum(resp_lens, 0) - resp_lens).repeat_interleave(resp_lens)
+    return offset + within
+
+
+def _hidden_packed(base: torch.nn.Module, mb: MicroRows) -> torch.Tensor:
+    ids, positions, starts = pack_rows(mb.seq, mb.attn)
+    h = base(input_ids=ids, position_ids=positions, attention_mask=None, use_cache=False).last_hidden_state[0]  # [L, H]
+    prompt_lens = mb.attn[:, : mb.prompt_len].sum(-1)
+    resp_lens = mb.resp_mask.sum(-1).long()
+    return h[packed_response_index(starts, prompt_lens, resp_lens)]
+
+
+@torch.no_grad()
+def forward_stats(model: torch.nn.Module, rollout: Rollout, rows: torch.Tensor, f: ForwardSettings,
+                  with_entropy: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """No-grad forward pass over `rows` of the rollout: token log-probs [N, R] (and entropies
+    [N, R]) at the rollout temperature; rows not in `rows` stay 0. Every rank runs the same number
+    of passes (see micro_batches), so it can run under FSDP."""
+    logp = torch.zeros_like(rollout.logprobs)
+    ent = torch.zeros_like(rollout.logprobs) if with_entropy else None
+    for idx, live in micro_batches(rollout, rows, f):
+        mb = MicroRows.of(rollout, idx, f)
+        lp, en = token_stats(model, mb, rollout.temperature, with_entropy, f)
+        if not live:
+            continue
+        rlen = mb.resp_mask.shape[1]
+        logp[idx, :rlen] = (lp * mb.resp_mask).cpu()
+        if ent is not None:
+            ent[idx, :rlen] = (en * mb.resp_mask).cpu()
+    return logp, ent
+
+
+def sampling_view(model: torch.nn.Module, rollout: Rollout, weights: torch.Tensor, recompute: bool,
+                  f: ForwardSettings) -> tuple[torch.Tensor, torch.Tensor]:
+    """Old-policy log-probs [N, R] and token entropies [N, R] of the policy that sampled the batch,
+    before any optimizer step. Taken from the rollout when it carries them; otherwise one no-grad
+    forward pass computes what is missing (log-probs of the rows with weights > 0, entropies of all).
+    The caller passes as `weights` every row that enters a group's baseline (issue 17): masked
+    truncated rows train no loss but their KL penalty moves their group's baseline."""
+    if not recompute and rollout.entropy is not None:
+        return rollout.logprobs, rollout.entropy
+    need_entropy = rollout.entropy is None
+    rows = torch.arange(len(weights)) if need_entropy else (weights > 0).nonzero().squeeze(1)
+    logp, ent = forward_stats(model, rollout, rows, f, need_entropy)
+    return (logp if recompute else rollout.logprobs), (ent if need_entropy else rollout.entropy)
