@@ -102,18 +102,23 @@ def _hidden_shared(base: torch.nn.Module, config, mb: MicroRows) -> torch.Tensor
     """[n, R, H] with each group's prompt run once (see skyexp.rl.forward.response_logits)."""
     from transformers import DynamicCache
 
+    from skyexp.models import cache_kwarg
+
     seq, attn, plen, groups = mb.seq, mb.attn, mb.prompt_len, mb.groups
     first = torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1  # one row per group
     first = torch.cat([first.new_zeros(1), first[:-1] + 1])
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=config)
+    # `cache` on transformers 5.2x, `past_key_values` before: an unknown name would be swallowed by
+    # **kwargs and the responses would run without their prompt (the vLLM venv has 5.19)
+    kv = {cache_kwarg(base): cache}
     head = base(input_ids=seq[first, :plen], attention_mask=attn[first, :plen], position_ids=positions[first, :plen],
-                cache=cache, use_cache=True).last_hidden_state[:, -1:]
+                use_cache=True, **kv).last_hidden_state[:, -1:]
     hidden = head[groups]  # [n, 1, H] predicts the first response token
     if seq.shape[1] - plen > 1:
         cache.batch_select_indices(groups)
         out = base(input_ids=seq[:, plen:-1], attention_mask=attn[:, :-1], position_ids=positions[:, plen:-1],
-                   cache=cache, use_cache=True).last_hidden_state
+                   use_cache=True, **kv).last_hidden_state
         hidden = torch.cat([hidden, out], dim=1)
     return hidden
 
