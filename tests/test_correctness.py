@@ -73,7 +73,10 @@ def test_rl_step_gives_masked_rows_old_and_reference_logprobs(tmp_path, monkeypa
     def collect(*args):
         b = real_collect(*args)
         truncated = torch.arange(b.rollout.truncated.numel()) % 2 == 0
-        return dataclasses.replace(b, rollout=dataclasses.replace(b.rollout, truncated=truncated))
+        # rewards with signal in every group (the untrained model scores 0 everywhere): the
+        # advantages must then be non-zero, whatever the sampled answers
+        rewards = (torch.arange(b.rewards.numel()) % 4 == 1).float().view_as(b.rewards)
+        return dataclasses.replace(b, rollout=dataclasses.replace(b.rollout, truncated=truncated), rewards=rewards)
 
     def spy(a, rewards, train, logp, ref_logp, mask, device):
         seen.update(train=train, logp=logp, ref=ref_logp, mask=mask)
