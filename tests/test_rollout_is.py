@@ -87,7 +87,7 @@ def test_update_measures_the_sampler_mismatch(batch):
     assert st.sampler_logprob_diff == pytest.approx(0.25 + 0.5 / tokens, abs=1e-4)
     assert st.sampler_logprob_diff_max == pytest.approx(0.75, abs=1e-4)
     m = mismatch_metrics(
-        AlgoConfig(), ro.logprobs, off, ro.response_mask, ro.response_mask, st, d.device
+        AlgoConfig(), False, ro.logprobs, off, ro.response_mask, ro.response_mask, st, d.device
     )
     assert (
         m["rollout/logprob_diff_max"] == st.sampler_logprob_diff_max
@@ -106,7 +106,7 @@ def test_mismatch_metrics_with_recomputed_old_logprobs(batch):
     st = UpdateStats(
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, sampler_logprob_diff=9.0, sampler_logprob_diff_max=9.0
     )
-    m = mismatch_metrics(a, ro.logprobs, sampler, ro.response_mask, w, st, d.device)
+    m = mismatch_metrics(a, True, ro.logprobs, sampler, ro.response_mask, w, st, d.device)
     assert m["rollout/logprob_diff"] == pytest.approx(0.2, abs=1e-6)
     assert m["rollout/logprob_diff_max"] == pytest.approx(0.2, abs=1e-6)
     assert (

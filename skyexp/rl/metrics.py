@@ -161,6 +161,7 @@ def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
 
 def mismatch_metrics(
     a: AlgoConfig,
+    recomputed: bool,  # the trainer recomputed old_logp (skyexp.config.schema.old_logprobs_recomputed)
     old_logp: torch.Tensor,  # [G*n, R] the old-policy log-probs the update used
     sampler_logp: torch.Tensor,  # [G*n, R] the engine's sampling log-probs
     trained: torch.Tensor,  # [G*n, R] 1 on tokens that train
@@ -171,7 +172,7 @@ def mismatch_metrics(
     """How far the trainer's log-probs are from the sampler's (vLLM vs FSDP numerics), all ranks:
     over every trained token when the trainer recomputed them, else over the first mini-batch the
     update forwarded (UpdateStats). Plus the truncated-IS weights when the correction is on."""
-    if a.old_logprobs == "recompute":
+    if recomputed:
         diff = (old_logp - sampler_logp).abs()
         gap = diff * trained
         out = {"rollout/logprob_diff": global_token_mean(diff, trained, device),

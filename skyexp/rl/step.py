@@ -15,6 +15,7 @@ from skyexp.algos.entropy import CONTROLLERS
 from skyexp.algos.rollout_is import ROLLOUT_IS
 from skyexp.algos.shaping import entropy_shaped
 from skyexp.config.names import bind
+from skyexp.config.schema import old_logprobs_recomputed
 from skyexp.config.stages import StagePlan
 from skyexp.data.difficulty import merge, tally
 from skyexp.records import Rollout, UpdateStats
@@ -59,7 +60,7 @@ def _update_inputs(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer
     # each needs old and reference log-probs, not only the rows with weight > 0 (issue 17)
     in_groups = batch.row_weights(False)  # [G*n]
     with t("old_logp"):  # the sampler's log-probs and entropies, before any optimizer step
-        old_logp, ent = sampling_view(run.policy, ro, in_groups, a.old_logprobs == "recompute", _fwd(run))
+        old_logp, ent = sampling_view(run.policy, ro, in_groups, old_logprobs_recomputed(run.cfg), _fwd(run))
     with t("ref"):
         ref_logp = reference_logprobs(run, ro, in_groups)  # None unless a KL term is on
     is_w = (ROLLOUT_IS[a.rollout_is](old_logp, ro.logprobs, ro.response_mask, a.rollout_is_cap)  # [G*n, R]
@@ -107,7 +108,7 @@ def _metrics(run: RunState, batch: StepBatch, upd: UpdateBatch, stats: UpdateSta
     trained_tokens = ro.response_mask * upd.weights[:, None]
     extra = {**extra, "actor/skipped_updates": stats.skipped_updates, "train/max_response_len": upd.max_response_len,
              "batch/truncated_masked": global_token_mean(masked.float()[:, None], torch.ones(len(masked), 1), dev)}
-    extra.update(mismatch_metrics(cfg.algo, upd.old_logprobs, ro.logprobs, trained_tokens, upd.is_weights, stats, dev))
+    extra.update(mismatch_metrics(cfg.algo, old_logprobs_recomputed(cfg), upd.old_logprobs, ro.logprobs, trained_tokens, upd.is_weights, stats, dev))
     out = step_metrics(batch, Trained(upd.advantages, upd.weights, rewards), stats, timings, (run.stage, run.rl_step), dev, extra)
     if cfg.logger.samples_every and run.rl_step % cfg.logger.samples_every == 0:
         out["samples/completions"] = sample_table(batch, run.rl_step, cfg.logger.samples_rows)
