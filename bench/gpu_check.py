@@ -25,7 +25,7 @@ pytest_gpu.xml and each loop's metrics.jsonl into --out (default: a new temporar
 exits 1 if any part failed. Without CUDA it says so and runs the dry run: the wheels install into a
 fresh directory, the gpu tests are collected, and every `python -m skyexp` command composes and
 validates (`--cfg job` and the typed schema); `--rehearse` runs the tests (on CPU, see
-tests/test_gpu.py) and the tiny loop (CPU, fp32) for real.
+tests/e2e/test_gpu.py) and the tiny loop (CPU, fp32) for real.
 
 Only the standard library is imported at the top: `run` starts before anything is installed.
 """
@@ -54,7 +54,7 @@ from gpu_wheels import ALSO, TARGET_PLATFORMS, TARGET_PY, prepare  # noqa: E402
 
 # --- run: what each part runs ----------------------------------------------------------------
 
-# tests/test_train_smoke.py's TINY (tests/test_gpu_check.py keeps the two in step)
+# tests/e2e/test_train_smoke.py's TINY (tests/e2e/test_gpu_check.py keeps the two in step)
 SMOKE = ["sft.steps=6", "sft.batch_size=16", "context.stages.0.steps=3", "algo.batch_size=4", "algo.n=4",
          "eval.size=8", "eval.n=4", "eval.max_response_len=24", "context.stages.0.max_response_len=24",
          "logger.progress=false", "entropy=fixed", "entropy.coef=0.01", "trainer.lr=1e-3"]
@@ -101,7 +101,7 @@ def loop_overrides(name: str, rehearse: bool = False) -> tuple[list[str], int]:
 
 
 def gpu_test_files() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if "mark.gpu" in p.read_text())
 
 

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 
 # What skyexp imports that the GPU image lacks (../shared/ENV.md, "A GPU, when one is lent").
-# transformers is not carried: the image's 5.17 runs the GPU paths (tests/test_gpu.py and the tiny
+# transformers is not carried: the image's 5.17 runs the GPU paths (tests/e2e/test_gpu.py and the tiny
 # loop were rehearsed here against 5.17.0 with tokenizers 0.23.2 and huggingface_hub 1.33.0).
 ROOTS = ["hydra-core", "omegaconf", "wandb", "math-verify", "datasets"]
 # Carried though the image has it: pydantic (wandb's) needs typing-extensions >= 4.16, likely newer

@@ -10,6 +10,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+TESTS = Path(__file__).resolve().parent
+
+# tests/ mirrors skyexp's wings (tests/rl, tests/algos, ...; end-to-end runs in tests/e2e). Test
+# modules share helpers by module name (`from test_config import compose_cfg`), so every wing is
+# on the path whichever file runs first; module basenames stay unique across the wings.
+sys.path[1:1] = [str(d) for d in sorted(TESTS.iterdir()) if d.is_dir() and any(d.glob("test_*.py"))]
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e/ (subprocesses, torchrun, whole runs) is marked slow."""
+    for item in items:
+        if "e2e" in item.path.resolve().relative_to(TESTS).parts[:1]:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)

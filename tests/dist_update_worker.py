@@ -1,4 +1,4 @@
-"""Worker for tests/test_dist_update.py: run rl_update on this rank's share of a saved batch with the
+"""Worker for tests/e2e/test_dist_update.py: run rl_update on this rank's share of a saved batch with the
 policy sharded by FSDP2, and write the gathered parameters (rank 0).
 
     torchrun --nproc_per_node=2 tests/dist_update_worker.py <model dir> <batch.pt> <out.pt>

@@ -3,7 +3,7 @@ already trusts. They skip without CUDA. `bench/gpu_check.py run` runs them on a 
 
 `SKYEXP_GPU_TESTS_ON_CPU=1` runs the same tests on CPU (gloo instead of NCCL, CPU bf16): a
 rehearsal that keeps them in step with the code while no GPU is lent (`bench/gpu_check.py run
---rehearse`, and tests/test_gpu_check.py in CI).
+--rehearse`, and tests/e2e/test_gpu_check.py in CI).
 
 They go through the public entry points (skyexp.models, skyexp.distributed, skyexp.rollout, the
 update through conftest's `update` helper and skyexp.rl's forward_stats / sft_step behind the
@@ -30,7 +30,7 @@ from skyexp.rollout import build_engine
 
 pytestmark = pytest.mark.gpu
 ON_CPU = os.environ.get("SKYEXP_GPU_TESTS_ON_CPU") == "1"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 # bf16 vs fp32 on one batch (tiny Qwen2, 192 hidden, same weights, same rollout). Measured in the
 # CPU rehearsal (CPU bf16 kernels, 2026-12-04): RL grad norm 1.992 vs 1.987 (0.26%), pg_loss gap
@@ -41,7 +41,7 @@ BF16_GRAD_NORM_RTOL = 0.05
 BF16_PG_LOSS_ATOL = 0.02
 BF16_NLL_RTOL = 0.01
 # The sampler's log-probs against the model's own forward on the same tokens: fp32 equal up to
-# float rounding (1e-4 is what tests/test_rollout.py asks on CPU); bf16 mean and worst token gaps
+# float rounding (1e-4 is what tests/rollout/test_rollout.py asks on CPU); bf16 mean and worst token gaps
 # (measured in the CPU rehearsal over 632 tokens: log-prob mean 1.5e-3, max 8.7e-3 nats; entropy
 # max 3.3e-4).
 LEAN_ATOL = {torch.float32: 1e-4}

@@ -3,7 +3,7 @@ equal an HF forward pass; after optimizer steps on the FSDP2-sharded policy and 
 outputs and log-probs equal the updated policy's (stale weights or a stale prefix cache would be
 far off); EOS and greedy decoding; and a few RL steps with rollout=vllm.
 
-Runs where vllm imports: .venv-vllm, where tests/test_vllm.py starts it from the main suite.
+Runs where vllm imports: .venv-vllm, where tests/e2e/test_vllm.py starts it from the main suite.
 One engine serves the module (start-up takes a minute on two cores).
 """
 
@@ -17,7 +17,7 @@ import torch
 from conftest import only_run_dir, run_skyexp
 
 pytest.importorskip(
-    "vllm", reason="vLLM is not installed here; tests/test_vllm.py runs this module in .venv-vllm"
+    "vllm", reason="vLLM is not installed here; tests/e2e/test_vllm.py runs this module in .venv-vllm"
 )
 pytestmark = pytest.mark.slow
 

@@ -1,5 +1,5 @@
 """rollout=vllm from the main suite: vLLM stays an optional extra (never imported unless chosen, a
-clear error naming the extra when missing), and the real engine tests (tests/test_vllm_engine.py)
+clear error naming the extra when missing), and the real engine tests (tests/e2e/test_vllm_engine.py)
 run in a venv that has vLLM: this one if it does, else .venv-vllm, which scripts/setup.sh builds
 on CPU-only machines."""
 
@@ -102,10 +102,10 @@ def _gpu_visible() -> bool:
 
 @pytest.mark.slow
 def test_vllm_engine_suite_in_a_vllm_venv():
-    """tests/test_vllm_engine.py in .venv-vllm: the engine for real, weight sync, RL steps."""
+    """tests/e2e/test_vllm_engine.py in .venv-vllm: the engine for real, weight sync, RL steps."""
     if HAVE_VLLM:
         pytest.skip(
-            "vllm is importable here: tests/test_vllm_engine.py runs in this session itself"
+            "vllm is importable here: tests/e2e/test_vllm_engine.py runs in this session itself"
         )
     if not VLLM_VENV_PYTHON.exists():
         if os.environ.get("SKYEXP_VLLM_VENV") == "0" or _gpu_visible():
@@ -122,7 +122,7 @@ def test_vllm_engine_suite_in_a_vllm_venv():
             "-q",
             "-p",
             "no:cacheprovider",
-            "tests/test_vllm_engine.py",
+            "tests/e2e/test_vllm_engine.py",
         ],
         cwd=ROOT,
         env=env,

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _bench(name: str):
@@ -85,7 +85,7 @@ def test_dry_run_installs_a_stub_wheel_and_parses_every_command(tmp_path):
     installed = (Path(s["work"]) / "site" / "gpu_check_stub" / "__init__.py").exists()
     shutil.rmtree(s["work"], ignore_errors=True)  # kept by --keep-work for the line above
     assert installed
-    assert p["pytest"]["collected"] >= 5 and "tests/test_gpu.py" in p["pytest"]["files"]
+    assert p["pytest"]["collected"] >= 5 and "tests/e2e/test_gpu.py" in p["pytest"]["files"]
     for loop in ("tiny", "qwen2_0p5b"):
         assert p[loop]["ok"] and p[loop]["validate_rc"] == 0, loop
         assert {"trainer.device=cuda", "model.dtype=bfloat16"} <= set(p[loop]["overrides"])
@@ -104,10 +104,10 @@ def test_dry_run_fails_without_wheels(tmp_path):
 
 @pytest.mark.slow
 def test_gpu_tests_rehearsed_on_cpu():
-    """tests/test_gpu.py on CPU (gloo, CPU bf16): keeps the GPU tests in step with the code they call
+    """tests/e2e/test_gpu.py on CPU (gloo, CPU bf16): keeps the GPU tests in step with the code they call
     while no GPU runs them (about a minute on 2 cores)."""
     env = {**os.environ, "SKYEXP_GPU_TESTS_ON_CPU": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/test_gpu.py"],
+    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/e2e/test_gpu.py"],
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout

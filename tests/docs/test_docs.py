@@ -16,7 +16,7 @@ def _tracked(*patterns: str) -> list:
 def test_no_reference_to_a_design_doc_outside_the_repository():
     """README, docstrings and docs once pointed at a DESIGN.md the repository did not have."""
     for path in _tracked("*.py", "*.md", "*.ipynb", "*.yaml"):
-        if path == ROOT / "tests" / "test_docs.py":  # this file names the missing document on purpose
+        if path == ROOT / "tests" / "docs" / "test_docs.py":  # this file names the missing document on purpose
             continue
         for name in re.findall(r"\b([\w/.-]*DESIGN\.md)\b", path.read_text(errors="replace")):
             assert (path.parent / name).exists() or (ROOT / name).exists(), f"{path.relative_to(ROOT)} refers to {name}"
