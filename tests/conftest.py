@@ -61,6 +61,28 @@ def dist1():
     return distributed.setup("cpu", 2)
 
 
+# The test overlay: the tiny run the end-to-end tests start from, instead of a list per file. RL
+# only (no SFT, no evaluation), the local logger without progress bars, 4 prompts x 4 samples,
+# 2 steps of at most 16 tokens. A test adds what it is about: tiny("algo=grpo", "algo.n=2").
+TINY_RUN = (
+    "sft=none", "eval.before=false", "eval.after=false", "logger=local", "logger.progress=false",
+    "algo.batch_size=4", "algo.n=4", "context.stages.0.steps=2", "context.stages.0.max_response_len=16",
+    "trainer.lr=1e-3",
+)
+
+
+def tiny(*overrides: str) -> list[str]:
+    """TINY_RUN with `overrides` on top: an override of a key TINY_RUN sets replaces its value in
+    place (`sft=arith_warmup` brings the SFT warm-up back, `logger=default` W&B), others follow."""
+
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+
+    given = {key(o): o for o in overrides}
+    base = [given.pop(key(o), o) for o in TINY_RUN]
+    return base + [o for o in overrides if key(o) in given]
+
+
 def run_skyexp(args: list[str], tmp_path: Path, timeout: int = 600, torchrun: int = 0, env: dict | None = None,
                module: str = "skyexp"):
     """Run `python -m skyexp` (or another entry point, e.g. skyexp.filter; or torchrun) as a user

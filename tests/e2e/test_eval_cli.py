@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, only_run_dir, run_skyexp
+from conftest import ROOT, only_run_dir, run_skyexp, tiny
 
 from skyexp.eval import checkpoint_labels
 
@@ -155,22 +155,8 @@ def test_eval_fails_fast_on_unusable_benchmark(tmp_path):
 
 @pytest.mark.slow
 def test_periodic_eval_during_training(tmp_path):
-    args = [
-        "sft=none",
-        "context.stages.0.steps=2",
-        "algo.batch_size=4",
-        "algo.n=2",
-        "context.stages.0.max_response_len=8",
-        "eval.every=1",
-        "eval.before=false",
-        "eval.after=false",
-        "eval.size=3",
-        "eval.n=2",
-        "eval.max_response_len=8",
-        "logger=local",
-        "logger.progress=false",
-        "trainer.save_final=false",
-    ]
+    args = tiny("algo.n=2", "context.stages.0.max_response_len=8", "eval.every=1", "eval.size=3", "eval.n=2",
+                "eval.max_response_len=8", "trainer.save_final=false")
     r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run_dir(tmp_path)

@@ -8,7 +8,7 @@ import os
 import sys
 
 import pytest
-from conftest import only_run_dir, run_skyexp
+from conftest import only_run_dir, run_skyexp, tiny
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from test_config import CONF
@@ -79,8 +79,7 @@ def test_slurm_preset_makes_one_task_per_node_that_runs_torchrun(tmp_path, monke
                                                                  "temperature": "t0_6,t1_0"}
 
 
-TINY = ["sft=none", "context.stages.0.steps=1", "algo.batch_size=4", "algo.n=2", "context.stages.0.max_response_len=8",
-        "eval.before=false", "eval.after=false", "logger=local", "logger.progress=false", "trainer.save_final=false"]
+TINY = tiny("context.stages.0.steps=1", "algo.n=2", "context.stages.0.max_response_len=8", "trainer.save_final=false")
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny
 from test_config import compose_cfg
 
 import skyexp.rl.step as rl_step_mod
@@ -23,8 +24,7 @@ from skyexp.rewards import Scored
 from skyexp.rl import lifecycle
 
 STEPS, LENS = (2, 3, 2), (16, 24, 32)
-BASE = ["sft=none", "eval.before=false", "eval.after=false", "logger=local", "logger.progress=false", "algo.batch_size=4",
-        "algo.n=4", "trainer.threads=1", "trainer.lr=1e-3", "trainer.warmup_steps=0", "trainer.micro_batch_size=16"]
+BASE = tiny("trainer.threads=1", "trainer.warmup_steps=0", "trainer.micro_batch_size=16")
 RUN = BASE + [
     "context=tiny_3stage", *[f"context.stages.{i}.steps={s}" for i, s in enumerate(STEPS)],
     *[f"context.stages.{i}.max_response_len={n}" for i, n in enumerate(LENS)],

@@ -6,24 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from conftest import only_run_dir, run_skyexp
+from conftest import only_run_dir, run_skyexp, tiny
 
 from skyexp.cli import run_name_from_overrides
 from skyexp.tracking import (
     RUN_FILE,
 )
 
-TINY = [
-    "sft=none",
-    "context.stages.0.steps=2",
-    "algo.batch_size=4",
-    "algo.n=2",
-    "context.stages.0.max_response_len=8",
-    "eval.before=false",
-    "eval.after=false",
-    "logger.progress=false",
-    "trainer.save_final=false",
-]
+# W&B (offline) is what these tests are about: logger=default, not the overlay's local logger
+TINY = tiny("logger=default", "algo.n=2", "context.stages.0.max_response_len=8", "trainer.save_final=false")
 
 
 @pytest.mark.slow

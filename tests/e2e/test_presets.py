@@ -7,13 +7,13 @@ import json
 import math
 
 import pytest
+from conftest import tiny
 from test_config import compose_cfg
 
 from skyexp.config import to_typed
 
-TINY = ["sft.steps=6", "sft.batch_size=16", "context.stages.0.steps=2", "algo.batch_size=4", "algo.n=4",
-        "context.stages.0.max_response_len=16", "eval.before=false", "eval.after=false", "logger=local",
-        "logger.progress=false", "trainer.lr=1e-3", "trainer.save_final=false", "trainer.micro_batch_size=8"]
+TINY = tiny("sft=arith_warmup", "sft.steps=6", "sft.batch_size=16", "trainer.save_final=false",
+            "trainer.micro_batch_size=8")
 
 RUNS = {
     "rloo": ["algo=rloo", "entropy=fixed", "entropy.coef=0.01"],

@@ -9,15 +9,14 @@ import shutil
 
 import pytest
 import torch
+from conftest import tiny
 from test_resume import comparable, run
 
-ARGS = ["sft=none", "eval.before=false", "eval.after=false", "logger.progress=false", "logger=local", "algo.batch_size=4",
-        "algo.n=4", "trainer.threads=1", "trainer.lr=1e-3", "trainer.micro_batch_size=16", "context.stages.0.steps=6",
-        "context.stages.0.max_response_len=16", "algo.kl_coef=0.5", "algo.ref_reset_every=3", "trainer.save_every=2",
-        "trainer.keep_last=0",
-        # the untrained tiny model scores 0 everywhere (zero advantages): an entropy bonus moves the
-        # policy anyway, so the KL to the reference grows between resets
-        "entropy=fixed", "entropy.coef=0.01"]
+ARGS = tiny("trainer.threads=1", "trainer.micro_batch_size=16", "context.stages.0.steps=6", "algo.kl_coef=0.5",
+            "algo.ref_reset_every=3", "trainer.save_every=2", "trainer.keep_last=0",
+            # the untrained tiny model scores 0 everywhere (zero advantages): an entropy bonus moves the
+            # policy anyway, so the KL to the reference grows between resets
+            "entropy=fixed", "entropy.coef=0.01")
 
 
 def test_reset_copies_the_policy_and_clears_adam(tiny_dir, dist1):

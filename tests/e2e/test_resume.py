@@ -16,17 +16,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
+from conftest import ROOT, tiny
 
 from skyexp import checkpoint
 
 STEPS = (2, 3, 2)  # 7 RL steps over three stages; checkpoints at 2 (stage end), 4, 5 (stage end), 6, 7
-ARGS = ["sft=none", "eval.before=false", "eval.after=false", "logger.progress=false", "algo.batch_size=4", "algo.n=4",
-        "trainer.threads=1", "trainer.lr=1e-3", "trainer.warmup_steps=2", "trainer.micro_batch_size=16",
+ARGS = tiny("logger=default", "trainer.threads=1", "trainer.warmup_steps=2", "trainer.micro_batch_size=16",
         "context=tiny_3stage", *[f"context.stages.{i}.steps={s}" for i, s in enumerate(STEPS)],
         *[f"context.stages.{i}.max_response_len={n}" for i, n in enumerate((16, 24, 32))],
         "reward=cosine", "entropy=adaptive", "entropy.target=9.0", "trainer.save_every=2", "trainer.keep_last=2",
-        "logger.samples_every=1", "logger.samples_rows=3"]
+        "logger.samples_every=1", "logger.samples_rows=3")
 RESUME = ["trainer.resume=auto"]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import only_run_dir, run_skyexp
+from conftest import only_run_dir, run_skyexp, tiny
 
 TINY = [
     "sft.steps=6", "sft.batch_size=16", "context.stages.0.steps=3", "algo.batch_size=4", "algo.n=4",
@@ -78,9 +78,7 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
     rows[5] = {"problem": "Compute 1+1."}
     f = tmp_path / "train.jsonl"
     f.write_text("".join(json.dumps(x) + "\n" for x in rows))
-    args = ["data=jsonl", f"data.path={f}", "sft=none", "eval.before=false", "eval.after=false", "logger=local",
-            "context.stages.0.steps=2", "algo.batch_size=4", "algo.n=2", "context.stages.0.max_response_len=8",
-            "logger.progress=false"]
+    args = tiny("data=jsonl", f"data.path={f}", "algo.n=2", "context.stages.0.max_response_len=8")
     r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "skipped 1 of 60 rows" in r.stdout + r.stderr and "row 6:" in r.stdout + r.stderr  # 1-based
@@ -97,9 +95,8 @@ def test_fast_paths_keep_a_seeded_runs_metrics(tmp_path):
     """The speed-ups (lean decoding, prompts shared in the update) change no result: a seeded run
     samples the same tokens and logs the same metrics as the plain paths (model forward per token,
     every row's prompt in the update), up to float rounding."""
-    args = ["sft=none", "algo=grpo", "entropy=fixed", "entropy.coef=0.01", "context.stages.0.steps=3", "algo.batch_size=4",
-            "algo.n=4", "context.stages.0.max_response_len=24", "eval.before=false", "eval.after=false", "logger=local",
-            "logger.progress=false", "trainer.save_final=false", "trainer.lr=1e-3", "trainer.micro_batch_size=6"]
+    args = tiny("algo=grpo", "entropy=fixed", "entropy.coef=0.01", "context.stages.0.steps=3",
+                "context.stages.0.max_response_len=24", "trainer.save_final=false", "trainer.micro_batch_size=6")
     runs = {}
     for name, extra in (("fast", []), ("plain", ["rollout.lean=false", "trainer.share_prompts=false"])):
         r = run_skyexp(args + extra, tmp_path / name)

