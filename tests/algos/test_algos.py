@@ -33,7 +33,9 @@ def test_rloo_hand_values():
 def test_rloo_equals_brute_force_leave_one_out():
     torch.manual_seed(0)
     r = torch.rand(5, 6)
-    brute = torch.stack([torch.stack([r[b, i] - (r[b].sum() - r[b, i]) / 5 for i in range(6)]) for b in range(5)])
+    brute = torch.stack(
+        [torch.stack([r[b, i] - (r[b].sum() - r[b, i]) / 5 for i in range(6)]) for b in range(5)]
+    )
     assert torch.allclose(rloo(r), brute, atol=1e-6)
 
 
@@ -52,7 +54,9 @@ def test_grpo_hand_values():
     # rewards [1, 0, 0, 0]: mean 0.25, unbiased std = sqrt((0.5625 + 3*0.0625)/3) = 0.5
     a = grpo(torch.tensor([[1.0, 0.0, 0.0, 0.0]]), norm_by_std=True, adv_eps=0.0)
     assert torch.allclose(a, torch.tensor([[1.5, -0.5, -0.5, -0.5]]))
-    assert torch.allclose(dr_grpo(torch.tensor([[1.0, 0.0, 0.0, 0.0]])), torch.tensor([[0.75, -0.25, -0.25, -0.25]]))
+    assert torch.allclose(
+        dr_grpo(torch.tensor([[1.0, 0.0, 0.0, 0.0]])), torch.tensor([[0.75, -0.25, -0.25, -0.25]])
+    )
 
 
 def test_reinforce_pp_hand_values():
@@ -85,9 +89,17 @@ def test_zero_variance_filter():
 
 
 def test_accuracy_filters():
-    correct = torch.tensor([[1.0, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]])
+    correct = torch.tensor(
+        [[1.0, 1, 1, 1, 1], [1, 0, 0, 0, 0], [1, 1, 1, 1, 0], [0, 0, 0, 0, 0], [1, 1, 0, 0, 0]]
+    )
     # accuracies 1.0, 0.2, 0.8, 0.0, 0.4: PRIME's band [0.2, 0.8] keeps both ends inclusive
-    assert accuracy_band(correct, correct, filter_low=0.2, filter_high=0.8).tolist() == [False, True, True, False, True]
+    assert accuracy_band(correct, correct, filter_low=0.2, filter_high=0.8).tolist() == [
+        False,
+        True,
+        True,
+        False,
+        True,
+    ]
     assert mixed_accuracy(correct, correct).tolist() == [False, True, True, False, True]
     # shaped rewards: an all-correct group of different lengths has variance (kept by
     # zero_variance) but accuracy 1 (dropped by mixed_accuracy, DAPO's `acc` metric)
@@ -100,7 +112,9 @@ def test_accuracy_filters():
 
 def test_entropy_uniform_is_log_v_and_one_hot_is_zero():
     v = 37
-    assert torch.allclose(token_entropy(torch.zeros(3, 4, v)), torch.full((3, 4), math.log(v)), atol=1e-5)
+    assert torch.allclose(
+        token_entropy(torch.zeros(3, 4, v)), torch.full((3, 4), math.log(v)), atol=1e-5
+    )
     one_hot = torch.full((2, v), -1e4)
     one_hot[:, 5] = 0
     assert torch.allclose(token_entropy(one_hot), torch.zeros(2), atol=1e-5)
@@ -109,7 +123,9 @@ def test_entropy_uniform_is_log_v_and_one_hot_is_zero():
 def test_entropy_chunked_equals_unchunked_and_temperature():
     torch.manual_seed(1)
     logits = torch.randn(5, 7, 50) * 3
-    assert torch.allclose(token_entropy(logits, chunk=3), token_entropy(logits, chunk=10_000), atol=1e-6)
+    assert torch.allclose(
+        token_entropy(logits, chunk=3), token_entropy(logits, chunk=10_000), atol=1e-6
+    )
     p = torch.softmax(logits / 0.5, -1)
     assert torch.allclose(token_entropy(logits, 0.5), -(p * p.log()).sum(-1), atol=1e-5)
 
@@ -122,7 +138,8 @@ def test_token_logprobs_match_log_softmax():
 
 
 def test_clipped_loss_hand_values():
-    # ratio e^0.5 = 1.6487 with A = +1 -> clipped at 1.2: loss -1.2 ; A = -1 -> max(1.6487, 1.2) = 1.6487
+    # ratio e^0.5 = 1.6487 with A = +1 -> clipped at 1.2: loss -1.2 ; A = -1 -> max(1.6487, 1.2) =
+    # 1.6487
     lp, old = torch.tensor([[0.5, 0.5]]), torch.zeros(1, 2)
     loss, st = clipped_policy_loss(lp, old, torch.tensor([[1.0, -1.0]]), 0.2, 0.2)
     assert torch.allclose(loss, torch.tensor([[-1.2, math.exp(0.5)]]), atol=1e-5)
@@ -146,14 +163,24 @@ def test_clip_higher_and_dual_clip_gradients():
         assert st["clipped_high"].item() == float(grad == 0.0)
     # A = -1, r = 4: PPO loss max(4, 0.8*... ) = 4; dual clip c = 3 holds it at 3 with zero gradient
     lp = torch.tensor([[math.log(4.0)]], requires_grad=True)
-    loss, st = clipped_policy_loss(lp, torch.zeros(1, 1), torch.tensor([[-1.0]]), 0.2, 0.2, clip_c=3.0)
+    loss, st = clipped_policy_loss(
+        lp, torch.zeros(1, 1), torch.tensor([[-1.0]]), 0.2, 0.2, clip_c=3.0
+    )
     loss.sum().backward()
-    assert loss.item() == pytest.approx(3.0) and lp.grad.item() == 0.0 and st["dual_clipped"].item() == 1.0
+    assert (
+        loss.item() == pytest.approx(3.0)
+        and lp.grad.item() == 0.0
+        and st["dual_clipped"].item() == 1.0
+    )
     # r = 0.5 with A = -1: the lower clip holds the loss at 0.8 (clipped_low), no gradient
     lp = torch.tensor([[math.log(0.5)]], requires_grad=True)
     loss, st = clipped_policy_loss(lp, torch.zeros(1, 1), torch.tensor([[-1.0]]), 0.2, 0.2)
     loss.sum().backward()
-    assert loss.item() == pytest.approx(0.8) and lp.grad.item() == 0.0 and st["clipped_low"].item() == 1.0
+    assert (
+        loss.item() == pytest.approx(0.8)
+        and lp.grad.item() == 0.0
+        and st["clipped_low"].item() == 1.0
+    )
     # approx_kl is the k1 estimate old - new
     assert st["approx_kl"].item() == pytest.approx(-math.log(0.5))
 
@@ -168,7 +195,12 @@ def test_aggregations_are_split_invariant(name):
     whole = agg(loss, mask, norm)
     parts = sum(agg(loss[i : i + 1], mask[i : i + 1], norm) for i in range(8))
     assert torch.allclose(whole, parts)
-    assert set(AGGREGATIONS) == {"token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"}
+    assert set(AGGREGATIONS) == {
+        "token-mean",
+        "seq-mean-token-mean",
+        "seq-mean-token-sum",
+        "seq-mean-token-sum-norm",
+    }
 
 
 def test_aggregation_hand_values():
@@ -202,7 +234,10 @@ def test_entropy_controllers():
     coef, in_force = adaptive_bonus(coef, 0.5, **kw)  # above target: no bonus, coefficient shrinks
     assert in_force == 0.0 and coef == pytest.approx(0.005)
     assert adaptive_bonus(0.0, 0.5, **kw)[0] == 0.0  # stays at c_min
-    assert adaptive_bonus(0.01, 0.2, **kw) == (pytest.approx(0.0), 0.0)  # at the target: decrease, no bonus
+    assert adaptive_bonus(0.01, 0.2, **kw) == (
+        pytest.approx(0.0),
+        0.0,
+    )  # at the target: decrease, no bonus
 
 
 def test_adaptive_controller_tracks_the_target_and_stays_in_bounds():
@@ -217,12 +252,15 @@ def test_adaptive_controller_tracks_the_target_and_stays_in_bounds():
         coefs.append(coef)
     assert min(coefs) >= 0.0 and max(coefs) <= 5e-3
     tail = hs[-500:]
-    assert abs(sum(tail) / len(tail) - 0.2) < 0.05  # without control it would be at 0.4 - 20 = -19.6
+    assert (
+        abs(sum(tail) / len(tail) - 0.2) < 0.05
+    )  # without control it would be at 0.4 - 20 = -19.6
     assert max(coefs) > 0  # the bonus switched on
 
 
 def test_controllers_and_token_rules_are_separate_registries():
-    """entropy.controller and entropy.token_rule compose: neither registry lists the other's names."""
+    """entropy.controller and entropy.token_rule compose: neither registry lists the other's
+    names."""
     from skyexp.algos.token_rules import TOKEN_RULES
 
     assert set(CONTROLLERS) == {"none", "fixed", "adaptive"}
@@ -249,26 +287,35 @@ def test_token_covariance_hand_values():
     adv = torch.tensor([[1.0, 1.0, -1.0, 5.0]])
     logp = torch.tensor([[-1.0, -3.0, -2.0, 7.0]])
     mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
-    assert torch.allclose(token_covariance(adv, logp, mask), torch.tensor([[2 / 3, -2 / 3, 0.0, 0.0]]))
+    assert torch.allclose(
+        token_covariance(adv, logp, mask), torch.tensor([[2 / 3, -2 / 3, 0.0, 0.0]])
+    )
 
 
 def test_kl_cov_selects_the_largest_covariance_tokens():
     adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
-    logp = torch.tensor([[-0.1, -3.0, -3.0, -0.2]])  # confident & rewarded, and confident & punished
+    logp = torch.tensor(
+        [[-0.1, -3.0, -3.0, -0.2]]
+    )  # confident & rewarded, and confident & punished
     mask = torch.ones(1, 4)
     # means: A 0, logp -1.575; c = [1.475, -1.425, 1.425, -1.375]: the top-1 (ratio 0.25) is token 0
     sel = kl_cov_select(adv, logp, None, mask, kl_cov_ratio=0.25)
     assert sel.tolist() == [[True, False, False, False]]
-    assert kl_cov_select(adv, logp, None, mask, kl_cov_ratio=0.5).tolist() == [[True, False, True, False]]
+    assert kl_cov_select(adv, logp, None, mask, kl_cov_ratio=0.5).tolist() == [
+        [True, False, True, False]
+    ]
     assert not kl_cov_select(adv, logp, None, torch.zeros(1, 4), kl_cov_ratio=0.25).any()
 
 
 def test_kl_cov_loss_penalises_only_selected_tokens_and_does_not_clip():
     # A = +1, logp - old = 0.5 on both tokens (ratio 1.6487, beyond any PPO clip), token 0 selected:
-    # L = -1.6487 + 1.0 * 0.5 on token 0, -1.6487 on token 1; gradient wrt logp: -1.6487 + 1, -1.6487
+    # L = -1.6487 + 1.0 * 0.5 on token 0, -1.6487 on token 1; gradient wrt logp: -1.6487 + 1,
+    # -1.6487
     lp = torch.tensor([[0.5, 0.5]], requires_grad=True)
     sel = torch.tensor([[True, False]])
-    loss, st = kl_cov_loss(lp, torch.zeros(1, 2), torch.ones(1, 2), sel, ratio_max=10.0, kl_cov_coef=1.0)
+    loss, st = kl_cov_loss(
+        lp, torch.zeros(1, 2), torch.ones(1, 2), sel, ratio_max=10.0, kl_cov_coef=1.0
+    )
     r = math.exp(0.5)
     assert torch.allclose(loss, torch.tensor([[-r + 0.5, -r]]), atol=1e-5)
     loss.sum().backward()
@@ -283,12 +330,28 @@ def test_clip_cov_cuts_random_tokens_inside_the_band():
     mask = torch.ones(1, 100)
     cov = token_covariance(adv, logp, mask)
     g = torch.Generator().manual_seed(1)
-    sel = clip_cov_select(adv, logp, None, mask, clip_cov_ratio=0.05, cov_low=1.0, cov_high=5.0, generator=g)
+    sel = clip_cov_select(
+        adv, logp, None, mask, clip_cov_ratio=0.05, cov_low=1.0, cov_high=5.0, generator=g
+    )
     assert int(sel.sum()) == 5  # int(0.05 * 100)
     assert ((cov[sel] > 1.0) & (cov[sel] < 5.0)).all()
     # at least one token is cut even for a tiny ratio; none when no token lies in the band
-    assert int(clip_cov_select(adv, logp, None, mask, clip_cov_ratio=1e-6, cov_low=1.0, cov_high=5.0).sum()) == 1
-    assert int(clip_cov_select(adv, logp, None, mask, clip_cov_ratio=0.05, cov_low=100.0, cov_high=200.0).sum()) == 0
+    assert (
+        int(
+            clip_cov_select(
+                adv, logp, None, mask, clip_cov_ratio=1e-6, cov_low=1.0, cov_high=5.0
+            ).sum()
+        )
+        == 1
+    )
+    assert (
+        int(
+            clip_cov_select(
+                adv, logp, None, mask, clip_cov_ratio=0.05, cov_low=100.0, cov_high=200.0
+            ).sum()
+        )
+        == 0
+    )
     # the selected tokens lose their gradient; the others keep it
     lp = logp.clone().requires_grad_(True)
     loss, _ = clip_cov_loss(lp, logp, adv, sel, clip_low=0.2, clip_high=0.2, clip_c=0.0)
@@ -303,7 +366,12 @@ def test_high_entropy_tokens_keep_the_top_share():
     sel = high_entropy_select(None, None, ent, mask, top_ratio=0.2)
     assert sel.tolist() == [[False, True, False, True, False], [False, False, False, False, False]]
     lp = torch.zeros(2, 5, requires_grad=True)
-    loss, _ = high_entropy_loss(lp, torch.zeros(2, 5), torch.ones(2, 5), sel, clip_low=0.2, clip_high=0.2, clip_c=0.0)
+    loss, _ = high_entropy_loss(
+        lp, torch.zeros(2, 5), torch.ones(2, 5), sel, clip_low=0.2, clip_high=0.2, clip_c=0.0
+    )
     loss.sum().backward()
     assert torch.equal(lp.grad != 0, sel)
-    assert TOKEN_RULES["kl_cov"].grads_zero_advantage and not TOKEN_RULES["clip_cov"].grads_zero_advantage
+    assert (
+        TOKEN_RULES["kl_cov"].grads_zero_advantage
+        and not TOKEN_RULES["clip_cov"].grads_zero_advantage
+    )

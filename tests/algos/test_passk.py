@@ -17,19 +17,23 @@ from skyexp.algos.shaping import entropy_shaped
 
 def brute_chen(r: list[float], k: int) -> list[float]:
     """Chen et al.'s definition written out: every k-subset's reward is its max, normalised by the
-    mean and population std over all k-subsets; a sample's advantage is the mean over its subsets."""
+    mean and population std over all k-subsets; a sample's advantage is the mean over its
+    subsets."""
     subsets = list(itertools.combinations(range(len(r)), k))
     vals = [max(r[i] for i in s) for s in subsets]
     mu = sum(vals) / len(vals)
     sd = math.sqrt(sum((v - mu) ** 2 for v in vals) / len(vals))
     if sd == 0:
         return [0.0] * len(r)
-    return [sum((v - mu) / sd for s, v in zip(subsets, vals) if i in s) / math.comb(len(r) - 1, k - 1)
-            for i in range(len(r))]
+    return [
+        sum((v - mu) / sd for s, v in zip(subsets, vals) if i in s) / math.comb(len(r) - 1, k - 1)
+        for i in range(len(r))
+    ]
 
 
 def brute_pkpo(r: list[float], k: int) -> list[float]:
-    """PKPO's s^(loo-1) times n: n / C(n, k) * sum over k-subsets S holding i of (max_S - max_{S minus i})."""
+    """PKPO's s^(loo-1) times n: n / C(n, k) * sum over k-subsets S holding i of (max_S - max_{S
+    minus i})."""
     n = len(r)
     out = []
     for i in range(n):
@@ -54,7 +58,9 @@ CASES = [(n, c, k) for n in (2, 4, 5, 8) for c in range(n + 1) for k in range(1,
 def test_chen_equals_subset_enumeration(n, c, k):
     r = binary(n, c, seed=n * 31 + c)
     got = passk_chen(torch.tensor([r]), passk_k=k)[0]
-    assert torch.allclose(got.double(), torch.tensor(brute_chen(r, k), dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(
+        got.double(), torch.tensor(brute_chen(r, k), dtype=torch.float64), atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("n,c,k", CASES)
@@ -69,10 +75,18 @@ def test_pkpo_equals_subset_enumeration(n, c, k):
 def test_real_valued_rewards_with_ties_equal_enumeration(k):
     r = [0.3, -1.0, 0.3, 2.5, 0.0, 1.25]
     rows = torch.tensor([r, r[::-1]])
-    assert torch.allclose(passk_chen(rows, passk_k=k)[0].double(), torch.tensor(brute_chen(r, k), dtype=torch.float64), atol=1e-5)
+    assert torch.allclose(
+        passk_chen(rows, passk_k=k)[0].double(),
+        torch.tensor(brute_chen(r, k), dtype=torch.float64),
+        atol=1e-5,
+    )
     assert torch.allclose(passk_chen(rows, passk_k=k)[1], passk_chen(rows, passk_k=k)[0].flip(0))
     if k > 1:
-        assert torch.allclose(pkpo(rows, passk_k=k)[0].double(), torch.tensor(brute_pkpo(r, k), dtype=torch.float64), atol=1e-5)
+        assert torch.allclose(
+            pkpo(rows, passk_k=k)[0].double(),
+            torch.tensor(brute_pkpo(r, k), dtype=torch.float64),
+            atol=1e-5,
+        )
 
 
 def test_chen_closed_forms_by_hand():
@@ -93,14 +107,23 @@ def test_k1_is_the_plain_estimator():
     torch.manual_seed(0)
     r = (torch.rand(6, 8) > 0.5).float()
     pop = (r - r.mean(-1, keepdim=True)) / r.std(-1, keepdim=True, unbiased=False)
-    assert torch.allclose(passk_chen(r, passk_k=1), torch.nan_to_num(pop, nan=0.0), atol=1e-6)  # GRPO, population std
-    assert torch.allclose(passk_chen(r, passk_k=1), grpo(r, norm_by_std=True, adv_eps=1e-6) * r.std(-1, keepdim=True) / r.std(-1, keepdim=True, unbiased=False)
-                          .clamp(min=1e-12), atol=1e-4)
+    assert torch.allclose(
+        passk_chen(r, passk_k=1), torch.nan_to_num(pop, nan=0.0), atol=1e-6
+    )  # GRPO, population std
+    assert torch.allclose(
+        passk_chen(r, passk_k=1),
+        grpo(r, norm_by_std=True, adv_eps=1e-6)
+        * r.std(-1, keepdim=True)
+        / r.std(-1, keepdim=True, unbiased=False).clamp(min=1e-12),
+        atol=1e-4,
+    )
     assert torch.equal(pkpo(r, passk_k=1), rloo(r))
 
 
 def test_equal_groups_and_saturated_groups_are_exactly_zero():
-    r = torch.tensor([[0.7] * 6, [1.0] * 6, [0.0] * 6, [1, 1, 1, 1, 0, 1.0]])  # last: c = 5 > n - k for k = 2
+    r = torch.tensor(
+        [[0.7] * 6, [1.0] * 6, [0.0] * 6, [1, 1, 1, 1, 0, 1.0]]
+    )  # last: c = 5 > n - k for k = 2
     for fn in (lambda x: passk_chen(x, passk_k=2), lambda x: pkpo(x, passk_k=3), passk_best):
         out = fn(r)
         assert torch.equal(out[:3], torch.zeros(3, 6))
@@ -109,7 +132,9 @@ def test_equal_groups_and_saturated_groups_are_exactly_zero():
 
 def test_best_of_group_by_hand_and_as_pkpo_at_k_equals_n():
     r = torch.tensor([[0.2, 0.9, 0.5, 0.1], [1.0, 0.0, 1.0, 0.0]])
-    assert torch.allclose(passk_best(r), torch.tensor([[0.0, 0.4, 0.0, 0.0], [0.0] * 4]))  # 0.9 - 0.5; a tie: 0
+    assert torch.allclose(
+        passk_best(r), torch.tensor([[0.0, 0.4, 0.0, 0.0], [0.0] * 4])
+    )  # 0.9 - 0.5; a tie: 0
     assert torch.allclose(pkpo(r, passk_k=4), 4 * passk_best(r))
 
 
@@ -118,9 +143,15 @@ def test_registered_with_k_bound_by_name():
     from skyexp.rl.collect import advantage_fn
 
     r = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
-    assert torch.allclose(advantage_fn(AlgoConfig(advantage="passk_chen", passk_k=2, n=4))(r), passk_chen(r, passk_k=2))
+    assert torch.allclose(
+        advantage_fn(AlgoConfig(advantage="passk_chen", passk_k=2, n=4))(r),
+        passk_chen(r, passk_k=2),
+    )
     assert set(ADVANTAGES) >= {"passk_chen", "pkpo", "passk_best"}
-    assert torch.allclose(advantage_fn(AlgoConfig(advantage="grpo", norm_by_std=False))(r), grpo(r, norm_by_std=False, adv_eps=1e-6))
+    assert torch.allclose(
+        advantage_fn(AlgoConfig(advantage="grpo", norm_by_std=False))(r),
+        grpo(r, norm_by_std=False, adv_eps=1e-6),
+    )
 
 
 # -- GSPO and CISPO ---------------------------------------------------------------------------
@@ -128,7 +159,8 @@ def test_registered_with_k_bound_by_name():
 
 def test_gspo_hand_values():
     """Row 0: log-ratios (0.1, 0.3) over two tokens, mean 0.2: s = e^0.2 = 1.2214 > 1 + 0.2, A = 1:
-    clipped, L = -1.2 on both tokens. Row 1: one token, log-ratio -0.1: s = 0.9048, A = -2 (inside the
+    clipped, L = -1.2 on both tokens. Row 1: one token, log-ratio -0.1: s = 0.9048, A = -2 (inside
+    the
     range): L = 2 * 0.9048 = 1.8097; its padding token does not enter the mean."""
     logp = torch.tensor([[0.1, 0.3], [-0.1, 5.0]])
     old = torch.zeros(2, 2)
@@ -143,25 +175,38 @@ def test_gspo_gradient_is_the_mean_token_gradient_times_s():
     """grad L_i = -A s_i mean_t grad log pi_t (inside the clip range): d/d logp_t = -A s / |y|."""
     logp = torch.tensor([[0.02, -0.04, 0.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    loss, _ = gspo_loss(logp, torch.zeros(1, 3), torch.full((1, 3), 0.5), mask, clip_low=0.2, clip_high=0.2, ratio_max=10.0)
+    loss, _ = gspo_loss(
+        logp,
+        torch.zeros(1, 3),
+        torch.full((1, 3), 0.5),
+        mask,
+        clip_low=0.2,
+        clip_high=0.2,
+        ratio_max=10.0,
+    )
     (loss[:, 0]).sum().backward()
     s = math.exp(-0.01)
     assert torch.allclose(logp.grad, torch.tensor([[-0.5 * s / 2, -0.5 * s / 2, 0.0]]), atol=1e-6)
 
 
 def test_gspo_token_equals_gspo_with_sequence_advantages():
-    """Same value; with the row's loss averaged over its tokens (seq-mean-token-mean) the same gradient."""
+    """Same value; with the row's loss averaged over its tokens (seq-mean-token-mean) the same
+    gradient."""
     torch.manual_seed(1)
     old = torch.randn(3, 5) * 0.1
     mask = torch.tensor([[1.0] * 5, [1.0, 1, 1, 0, 0], [1.0, 0, 0, 0, 0]])
     adv = torch.tensor([1.0, -0.5, 2.0])[:, None].expand(3, 5)
     grads = []
     for fn in (gspo_loss, gspo_token_loss):
-        logp = (old + 0.05 * torch.randn(3, 5, generator=torch.Generator().manual_seed(2))).requires_grad_(True)
+        logp = (
+            old + 0.05 * torch.randn(3, 5, generator=torch.Generator().manual_seed(2))
+        ).requires_grad_(True)
         loss, _ = fn(logp, old, adv, mask, clip_low=0.2, clip_high=0.2, ratio_max=10.0)
         ((loss * mask).sum(-1) / mask.sum(-1)).sum().backward()
         grads.append((loss.detach(), logp.grad))
-    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
+    assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(
+        grads[0][1], grads[1][1], atol=1e-6
+    )
 
 
 def test_cispo_hand_values_and_gradient():
@@ -170,7 +215,9 @@ def test_cispo_hand_values_and_gradient():
     -A w (the clipped first token keeps its gradient, unlike PPO's)."""
     logp = torch.tensor([[0.5, -0.5, 0.0]], requires_grad=True)
     adv = torch.tensor([[1.0, -1.0, 2.0]])
-    loss, st = cispo_loss(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), clip_low=1.0, clip_high=0.28)
+    loss, st = cispo_loss(
+        logp, torch.zeros(1, 3), adv, torch.ones(1, 3), clip_low=1.0, clip_high=0.28
+    )
     w = torch.tensor([[1.28, math.exp(-0.5), 1.0]])
     assert torch.allclose(loss, -adv * w, atol=1e-5)
     loss.sum().backward()
@@ -182,7 +229,8 @@ def test_cispo_hand_values_and_gradient():
 
 
 def test_entropy_shaped_hand_values():
-    """alpha 0.4, kappa 2. A = 1, H = (0.5, 3): min(0.2, 0.5) = 0.2, min(1.2, 0.5) = 0.5 -> 1.2, 1.5.
+    """alpha 0.4, kappa 2. A = 1, H = (0.5, 3): min(0.2, 0.5) = 0.2, min(1.2, 0.5) = 0.5 -> 1.2,
+    1.5.
     A = -1, H = (0.5, 3): -1 + 0.2 = -0.8, -1 + 0.5 = -0.5. A = 0 stays 0; padding is 0."""
     adv = torch.tensor([1.0, -1.0, 0.0])
     ent = torch.tensor([[0.5, 3.0], [0.5, 3.0], [2.0, 2.0]], requires_grad=True)

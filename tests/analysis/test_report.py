@@ -1,4 +1,5 @@
-"""Eval outputs: the console table, summary.json and PNG, and W&B failures that must not stop anything."""
+"""Eval outputs: the console table, summary.json and PNG, and W&B failures that must not stop
+anything."""
 
 from __future__ import annotations
 

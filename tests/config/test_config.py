@@ -15,7 +15,20 @@ from skyexp.__main__ import register_schema
 from skyexp.config import ConfigError, to_typed
 
 CONF = ROOT / "conf"
-GROUPS = ["model", "data", "sft", "algo", "entropy", "temperature", "context", "rollout", "reward", "eval", "logger", "trainer"]
+GROUPS = [
+    "model",
+    "data",
+    "sft",
+    "algo",
+    "entropy",
+    "temperature",
+    "context",
+    "rollout",
+    "reward",
+    "eval",
+    "logger",
+    "trainer",
+]
 
 
 def compose_cfg(overrides: list[str]):
@@ -48,8 +61,11 @@ def test_every_group_has_options():
         assert _options(g), f"conf/{g}/ has no options"
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "sweeps").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "sweeps").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
 def test_every_experiment_and_sweep_composes(path: Path):
     group = "experiment" if path.parent.name == "experiments" else "sweep"
     to_typed(compose_cfg([f"+{group}={path.stem}"]))
@@ -92,9 +108,18 @@ def test_unknown_group_option_lists_valid_ones():
         (["algo.loss_agg=sum"], "algo.loss_agg"),
         (["entropy.controller=magic"], "entropy.controller"),
         (["entropy.token_rule=magic"], "entropy.token_rule"),
-        (["entropy=adaptive", "entropy.controller=fixed"], "entropy.name"),  # the preset label contradicts the key
-        (["+entropy.targte=0.1"], "entropy.targte"),  # a misspelt parameter forced in past Hydra's own check
-        (["context=sky_t1_mini", "context.stages.1.max_response_len=100"], "context.stages[1].max_response_len"),
+        (
+            ["entropy=adaptive", "entropy.controller=fixed"],
+            "entropy.name",
+        ),  # the preset label contradicts the key
+        (
+            ["+entropy.targte=0.1"],
+            "entropy.targte",
+        ),  # a misspelt parameter forced in past Hydra's own check
+        (
+            ["context=sky_t1_mini", "context.stages.1.max_response_len=100"],
+            "context.stages[1].max_response_len",
+        ),
         (["algo.clip_c=0.5"], "algo.clip_c"),
         (["logger.backends=[tensorboard]"], "logger.backends"),
         (["data=jsonl", "data.path=/x", "data.max_bad_fraction=2"], "data.max_bad_fraction"),
@@ -102,14 +127,23 @@ def test_unknown_group_option_lists_valid_ones():
         (["algo.mini_batches=3"], "algo.mini_batches"),
         (["algo.rollout_is=token"], "algo.rollout_is"),  # needs the trainer's own old log-probs
         (["algo.old_logprobs=recompute", "algo.rollout_is=tis"], "algo.rollout_is"),
-        (["algo.old_logprobs=recompute", "algo.rollout_is=token", "algo.rollout_is_cap=0.5"], "algo.rollout_is_cap"),
+        (
+            ["algo.old_logprobs=recompute", "algo.rollout_is=token", "algo.rollout_is_cap=0.5"],
+            "algo.rollout_is_cap",
+        ),
         (["rollout=vllm", "rollout.gpu_memory_utilization=0"], "rollout.gpu_memory_utilization"),
         (["rollout=vllm", "rollout.tensor_parallel_size=0"], "rollout.tensor_parallel_size"),
         (["algo=passk", "algo.passk_k=17"], "algo.passk_k"),  # k > n
-        (["algo=passk", "algo.passk_k=16"], "algo.passk_k"),  # passk_chen with k = n: one subset, no signal
+        (
+            ["algo=passk", "algo.passk_k=16"],
+            "algo.passk_k",
+        ),  # passk_chen with k = n: one subset, no signal
         (["algo=passk", "context.stages.0.n=1"], "context.stages[0].n"),
         (["algo.policy_loss=gpso"], "algo.policy_loss"),
-        (["algo=gspo", "entropy=clip_cov"], "entropy.token_rule"),  # the rule replaces PPO's loss, which gspo does not use
+        (
+            ["algo=gspo", "entropy=clip_cov"],
+            "entropy.token_rule",
+        ),  # the rule replaces PPO's loss, which gspo does not use
         (["algo=cispo", "algo.clip_c=3"], "algo.clip_c"),
         (["algo.ref_reset_every=10"], "algo.ref_reset_every"),  # no KL term, no reference to reset
         (["entropy.adv_alpha=0.4", "entropy.adv_kappa=1"], "entropy.adv_kappa"),
@@ -136,7 +170,8 @@ def test_world_size_divisibility():
 
 def test_a_misspelt_parameter_of_a_registered_function_is_named(monkeypatch):
     """Registered functions take their config values as keyword-only parameters bound by name at
-    validation: a parameter no config key provides (a typo in the function) fails there, naming it."""
+    validation: a parameter no config key provides (a typo in the function) fails there, naming
+    it."""
     from skyexp.algos import entropy as ent
     from skyexp.algos import token_rules as tr
 
@@ -176,22 +211,77 @@ def test_only_errors_before_the_job_become_exit_2():
 # Every learning rate, length and count of every group: -1 (or the value shown) fails in the one
 # validation pass, naming its key, before anything loads. Seeds are the only integers left out.
 NEGATIVE = [
-    "model.hidden_size", "model.num_layers", "model.num_heads", "model.intermediate_size", "model.max_positions",
-    "data.train_size", "data.eval_size", "data.max_prompt_len",
-    "sft.steps", "sft.lr", "sft.lr_min", "sft.warmup_steps", "sft.weight_decay", "sft.batch_size", "sft.max_len",
-    "algo.n", "algo.batch_size", "algo.max_gen_batches", "algo.gen_batch_size", "algo.ppo_epochs", "algo.mini_batches",
-    "temperature.steps", "context.stages.0.steps", "context.stages.0.max_response_len",
-    "rollout.max_batch", "rollout.tensor_parallel_size", "rollout.max_model_len", "rollout.kv_cache_gb",
-    "reward.workers", "reward.timeout_s", "reward.max_answer_chars", "reward.memory_mb",
-    "eval.n", "eval.max_response_len", "eval.size", "eval.every", "eval.vote_max_pairs", "eval.log_samples",
-    "logger.samples_every", "logger.samples_rows", "logger.line_every",
-    "trainer.threads", "trainer.lr", "trainer.weight_decay", "trainer.warmup_steps", "trainer.grad_clip",
-    "trainer.micro_batch_size", "trainer.save_every", "trainer.keep_last", "trainer.max_bad_steps", "trainer.nproc_per_node",
-    "filter.n", "filter.ngram", "filter.chunk", "filter.max_response_len", "filter.size",
-    "distill.k", "distill.keep", "distill.chunk", "distill.max_response_len", "distill.size",
+    "model.hidden_size",
+    "model.num_layers",
+    "model.num_heads",
+    "model.intermediate_size",
+    "model.max_positions",
+    "data.train_size",
+    "data.eval_size",
+    "data.max_prompt_len",
+    "sft.steps",
+    "sft.lr",
+    "sft.lr_min",
+    "sft.warmup_steps",
+    "sft.weight_decay",
+    "sft.batch_size",
+    "sft.max_len",
+    "algo.n",
+    "algo.batch_size",
+    "algo.max_gen_batches",
+    "algo.gen_batch_size",
+    "algo.ppo_epochs",
+    "algo.mini_batches",
+    "temperature.steps",
+    "context.stages.0.steps",
+    "context.stages.0.max_response_len",
+    "rollout.max_batch",
+    "rollout.tensor_parallel_size",
+    "rollout.max_model_len",
+    "rollout.kv_cache_gb",
+    "reward.workers",
+    "reward.timeout_s",
+    "reward.max_answer_chars",
+    "reward.memory_mb",
+    "eval.n",
+    "eval.max_response_len",
+    "eval.size",
+    "eval.every",
+    "eval.vote_max_pairs",
+    "eval.log_samples",
+    "logger.samples_every",
+    "logger.samples_rows",
+    "logger.line_every",
+    "trainer.threads",
+    "trainer.lr",
+    "trainer.weight_decay",
+    "trainer.warmup_steps",
+    "trainer.grad_clip",
+    "trainer.micro_batch_size",
+    "trainer.save_every",
+    "trainer.keep_last",
+    "trainer.max_bad_steps",
+    "trainer.nproc_per_node",
+    "filter.n",
+    "filter.ngram",
+    "filter.chunk",
+    "filter.max_response_len",
+    "filter.size",
+    "distill.k",
+    "distill.keep",
+    "distill.chunk",
+    "distill.max_response_len",
+    "distill.size",
 ]
-OTHER_BAD = ["+context.stages.0.batch_size=-1", "+context.stages.0.n=-1", "sft.lr_min=1.0", "model.num_heads=7",
-             "algo.ratio_max=0.5", "algo.adv_eps=0", "trainer.betas=[0.9,1.5]"]
+OTHER_BAD = [
+    "+context.stages.0.batch_size=-1",
+    "+context.stages.0.n=-1",
+    "sft.lr_min=1.0",
+    "model.num_heads=7",
+    "algo.ratio_max=0.5",
+    "algo.adv_eps=0",
+    "trainer.betas=[0.9,1.5]",
+]
 
 
 @pytest.mark.parametrize("key", NEGATIVE)

@@ -1,4 +1,5 @@
-"""The debug overlay: any recipe becomes its tiny twin (+debug=tiny), structure kept, numbers scaled."""
+"""The debug overlay: any recipe becomes its tiny twin (+debug=tiny), structure kept, numbers
+scaled."""
 
 from __future__ import annotations
 
@@ -20,9 +21,23 @@ def test_a_tiny_twin_is_the_recipe_under_the_overlay(name):
     overlay = to_typed(compose_cfg([f"+experiment={name}", "+debug=tiny"]))
     assert dataclasses.asdict(twin) == dataclasses.asdict(overlay)
     real = to_typed(compose_cfg([f"+experiment={name}"]))
-    assert (twin.model.name, twin.data.source, twin.trainer.device, twin.rollout.name) == ("tiny", "arith", "cpu", "hf")
-    assert (twin.algo.advantage, twin.algo.filter_groups, twin.entropy.controller, twin.temperature.value) == \
-        (real.algo.advantage, real.algo.filter_groups, real.entropy.controller, real.temperature.value)
+    assert (twin.model.name, twin.data.source, twin.trainer.device, twin.rollout.name) == (
+        "tiny",
+        "arith",
+        "cpu",
+        "hf",
+    )
+    assert (
+        twin.algo.advantage,
+        twin.algo.filter_groups,
+        twin.entropy.controller,
+        twin.temperature.value,
+    ) == (
+        real.algo.advantage,
+        real.algo.filter_groups,
+        real.entropy.controller,
+        real.temperature.value,
+    )
     assert len(twin.context.stages) == len(real.context.stages)
     caps = [s.max_response_len for s in twin.context.stages]
     assert caps == sorted(caps) and caps[-1] == 64 and "tiny" in twin.logger.tags
@@ -37,12 +52,20 @@ def test_shrink_hand_values():
     c = Config(context=ContextConfig(stages=stages), debug=DebugConfig(enabled=True))
     c.algo.batch_size, c.algo.n, c.algo.mini_batches, c.eval.max_response_len = 256, 16, 3, 32768
     small = shrink(c)
-    assert [(s.steps, s.max_response_len, s.n) for s in small.context.stages] == [(17, 32, None), (8, 43, None), (5, 64, 8)]
+    assert [(s.steps, s.max_response_len, s.n) for s in small.context.stages] == [
+        (17, 32, None),
+        (8, 43, None),
+        (5, 64, 8),
+    ]
     assert (small.algo.batch_size, small.algo.n, small.eval.max_response_len) == (15, 8, 64)
-    assert shrink(dataclasses.replace(c, debug=DebugConfig(enabled=False))) is not small  # off: unchanged
+    assert (
+        shrink(dataclasses.replace(c, debug=DebugConfig(enabled=False))) is not small
+    )  # off: unchanged
     assert shrink(dataclasses.replace(c, debug=DebugConfig())).context.stages[0].steps == 1000
 
 
 def test_the_overlay_never_raises_a_smaller_setting():
-    c = to_typed(compose_cfg(["+sweep=tiny_entropy_collapse"]))  # 2 steps, cap 16, n 2: already small
+    c = to_typed(
+        compose_cfg(["+sweep=tiny_entropy_collapse"])
+    )  # 2 steps, cap 16, n 2: already small
     assert [(s.steps, s.max_response_len) for s in c.context.stages] == [(2, 16)] and c.algo.n == 2

@@ -26,7 +26,9 @@ def typed(overrides: list[str]):
 def test_every_recipe_and_sweep_of_the_issue_exists():
     have = {p.stem for p in EXPERIMENTS.glob("*.yaml")}
     assert {*REAL, *(f"tiny_{n}" for n in REAL)} <= have
-    sweeps = {p.stem for p in SWEEPS.glob("*.yaml") if not p.stem.startswith("findings_")}  # the study's own (issue 21)
+    sweeps = {
+        p.stem for p in SWEEPS.glob("*.yaml") if not p.stem.startswith("findings_")
+    }  # the study's own (issue 21)
     assert sweeps == {*SWEEP_NAMES, *(f"tiny_{n}" for n in SWEEP_NAMES)}
 
 
@@ -39,13 +41,22 @@ def test_real_recipe_header_cites_source_and_numbers(name):
     assert "Published" in header and re.search(r"\d+\.\d", header), "no published numbers"
 
 
-# (name, model, algo advantage, samples, prompts/step, RL steps per stage, response caps, entropy, filter)
+# (name, model, algo advantage, samples, prompts/step, RL steps per stage, response caps, entropy,
+# filter)
 PUBLISHED = {
     "sky_t1_7b_zero": ("qwen2_5_math_7b", "rloo", 4, 256, [104], [3072], "none", "none"),
     "sky_t1_7b_step4": ("qwen2_5_math_7b", "rloo", 8, 256, [59], [4096], "none", "none"),
     "sky_t1_mini": ("r1_distill_qwen_7b", "rloo", 8, 256, [119, 29], [8192, 16384], "none", "none"),
-    "skywork_or1_7b": ("r1_distill_qwen_7b", "grpo", 16, 256, [1000, 500, 300], [8192, 16384, 32768], "adaptive",
-                       "zero_variance"),
+    "skywork_or1_7b": (
+        "r1_distill_qwen_7b",
+        "grpo",
+        16,
+        256,
+        [1000, 500, 300],
+        [8192, 16384, 32768],
+        "adaptive",
+        "zero_variance",
+    ),
 }
 
 
@@ -54,14 +65,28 @@ def test_real_recipe_values(name):
     model, adv, n, bs, steps, caps, ent, filt = PUBLISHED[name]
     c = typed([f"+experiment={name}"])
     assert (c.model.name, c.algo.advantage, c.algo.n, c.algo.batch_size) == (model, adv, n, bs)
-    assert [s.steps for s in c.context.stages] == steps and [s.max_response_len for s in c.context.stages] == caps
-    assert (c.entropy.name, c.algo.filter_groups, c.algo.kl_coef, c.sft.steps) == (ent, filt, 0.0, 0)
+    assert [s.steps for s in c.context.stages] == steps and [
+        s.max_response_len for s in c.context.stages
+    ] == caps
+    assert (c.entropy.name, c.algo.filter_groups, c.algo.kl_coef, c.sft.steps) == (
+        ent,
+        filt,
+        0.0,
+        0,
+    )
     assert c.model.dtype == "bfloat16" and c.data.name != "arith"
     assert (c.eval.name, c.eval.n, c.eval.temperature, c.eval.top_p) == ("aime24", 8, 0.6, 0.95)
     assert c.eval.max_response_len == caps[-1]  # evaluated at the length the recipe trains to
     if name == "skywork_or1_7b":
-        assert (c.entropy.target, c.entropy.delta, c.entropy.coef_max, c.temperature.value) == (0.2, 1e-4, 5e-3, 1.0)
-        assert c.algo.mini_batches == 1 and c.algo.ppo_epochs == 1  # on-policy: one update per batch
+        assert (c.entropy.target, c.entropy.delta, c.entropy.coef_max, c.temperature.value) == (
+            0.2,
+            1e-4,
+            5e-3,
+            1.0,
+        )
+        assert (
+            c.algo.mini_batches == 1 and c.algo.ppo_epochs == 1
+        )  # on-policy: one update per batch
     assert c.logger.job_type == "recipe" and any(t in name for t in c.logger.tags)
 
 
@@ -69,10 +94,16 @@ def test_real_recipe_values(name):
 def test_tiny_twin_keeps_the_structure(name):
     real, tiny = typed([f"+experiment={name}"]), typed([f"+experiment=tiny_{name}"])
     assert tiny.model.name == "tiny" and tiny.data.source == "arith"
-    assert (tiny.algo.name, tiny.algo.advantage, tiny.algo.filter_groups) == (real.algo.name, real.algo.advantage,
-                                                                               real.algo.filter_groups)
-    assert (tiny.entropy.name, tiny.entropy.target, tiny.temperature.value) == (real.entropy.name, real.entropy.target,
-                                                                                real.temperature.value)
+    assert (tiny.algo.name, tiny.algo.advantage, tiny.algo.filter_groups) == (
+        real.algo.name,
+        real.algo.advantage,
+        real.algo.filter_groups,
+    )
+    assert (tiny.entropy.name, tiny.entropy.target, tiny.temperature.value) == (
+        real.entropy.name,
+        real.entropy.target,
+        real.temperature.value,
+    )
     assert len(tiny.context.stages) == len(real.context.stages)
     assert tiny.algo.kl_coef == real.algo.kl_coef and tiny.algo.n <= real.algo.n
     assert sum(s.steps for s in tiny.context.stages) <= 30 and tiny.sft.steps <= 300  # CPU minutes
@@ -110,4 +141,6 @@ def test_every_job_of_every_sweep_validates(name):
             for o in combo:  # the job really gets the swept value
                 k, v = o.split("=")
                 got = OmegaConf.select(OmegaConf.structured(c), k if "." in k else f"{k}.name")
-                assert (got == pytest.approx(float(v))) if isinstance(got, float) else str(got) == v, (o, got)
+                assert (
+                    (got == pytest.approx(float(v))) if isinstance(got, float) else str(got) == v
+                ), (o, got)

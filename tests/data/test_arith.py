@@ -61,10 +61,13 @@ def test_levels_spread_in_length():
 def test_slips_touch_only_training_solutions():
     clean, ev0 = load([1, 2, 3, 4], 4000, 100, seed=5)
     noisy, ev1 = load([1, 2, 3, 4], 4000, 100, seed=5, slip_rate=0.15)
-    assert [(p.problem, p.answer) for p in clean] == [(p.problem, p.answer) for p in noisy]  # same problems, exact answers
+    assert [(p.problem, p.answer) for p in clean] == [
+        (p.problem, p.answer) for p in noisy
+    ]  # same problems, exact answers
     assert [p.solution for p in ev0] == [p.solution for p in ev1]  # held-out split has no slips
     slipped = [p for p in noisy if p.meta["slipped"]]
-    # P(a level-L solution ends wrong) is about 1 - 0.85^L (a slip is rarely undone later): ~0.32 on average
+    # P(a level-L solution ends wrong) is about 1 - 0.85^L (a slip is rarely undone later): ~0.32 on
+    # average
     assert 0.25 < len(slipped) / len(noisy) < 0.38
     for p in slipped:
         assert last_boxed(p.solution) != p.answer

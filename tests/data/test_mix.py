@@ -85,7 +85,8 @@ def test_mix_from_files_removes_and_counts_duplicates(tmp_path, caplog):
     assert len(task.train) == 39 + 30 and task.stats["duplicates"] == 2 and task.stats["bad"] == 1
     assert task.stats["sources"] == {"still3": 39, "deepscaler": 30}
     assert (
-        "deepscaler: 32 rows, 0 bad, 0 filtered, 0 repeated, 2 duplicates of other sources (2 in still3)"
+        "deepscaler: 32 rows, 0 bad, 0 filtered, 0 repeated, 2 duplicates of other sources (2 in "
+        "still3)"
         in caplog.text
     )
     assert task.skipped == [(4, "still3: missing or empty 'answer'")]  # 1-based

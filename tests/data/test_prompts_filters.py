@@ -46,7 +46,8 @@ def test_chat_template_applied_when_the_model_has_one(chat_tokenizer):
     text = apply_template("x=?", t, chat_tokenizer, chat=True)
     assert (
         text
-        == "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nx=? Think.<|im_end|>\n<|im_start|>assistant\n<think>\n"
+        == "<|im_start|>system\nSYS<|im_end|>\n<|im_start|>user\nx=? Think.<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n"
     )
     # model.chat_template=false
     assert apply_template("x=?", t, chat_tokenizer, chat=False) == "SYS\n\nx=? Think.<think>\n"
@@ -115,12 +116,15 @@ def test_data_options_bring_their_recipe_template():
 
 def test_decontam_exact_ngram_and_short_problems():
     bench = [
-        "Find the number of integer values of $k$ in $[-500,500]$ for which $\\log(kx)=2\\log(x+2)$ has one real solution.",
+        "Find the number of integer values of $k$ in $[-500,500]$ for which "
+        "$\\log(kx)=2\\log(x+2)$ has one real solution.",
         "Compute $1+1$.",
     ]
     train = [
-        "find the number of integer values of $k$ in  $[-500, 500]$ for which $\\log(kx) = 2\\log(x+2)$ has one real solution.",
-        "Here is some context first. Find the number of integer values of $k$ in $[-500,500]$ for which $\\log(kx)=2\\log(x+2)$ "
+        "find the number of integer values of $k$ in  $[-500, 500]$ for which $\\log(kx) = "
+        "2\\log(x+2)$ has one real solution.",
+        "Here is some context first. Find the number of integer values of $k$ in $[-500,500]$ for "
+        "which $\\log(kx)=2\\log(x+2)$ "
         "has one real solution. Then answer quickly.",
         "Compute $1+2$.",
         "Compute $1 + 1$.",

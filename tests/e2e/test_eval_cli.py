@@ -149,14 +149,25 @@ def test_eval_fails_fast_on_unusable_benchmark(tmp_path):
     assert r.returncode == 2 and "eval.path" in r.stderr
     r = run_eval_cli(["eval.source=jsonl", *SMALL], tmp_path / "b", timeout=300)
     assert r.returncode == 2 and "eval.path" in r.stderr
-    r = run_eval_cli(["eval.n=0", *SMALL], tmp_path / "c", timeout=300)  # the same checks as training
-    assert r.returncode == 2 and "skyexp.eval: invalid config: config key 'eval.n'" in r.stderr, r.stderr[-2000:]
+    r = run_eval_cli(
+        ["eval.n=0", *SMALL], tmp_path / "c", timeout=300
+    )  # the same checks as training
+    assert r.returncode == 2 and "skyexp.eval: invalid config: config key 'eval.n'" in r.stderr, (
+        r.stderr[-2000:]
+    )
 
 
 @pytest.mark.slow
 def test_periodic_eval_during_training(tmp_path):
-    args = tiny("algo.n=2", "context.stages.0.max_response_len=8", "eval.every=1", "eval.size=3", "eval.n=2",
-                "eval.max_response_len=8", "trainer.save_final=false")
+    args = tiny(
+        "algo.n=2",
+        "context.stages.0.max_response_len=8",
+        "eval.every=1",
+        "eval.size=3",
+        "eval.n=2",
+        "eval.max_response_len=8",
+        "trainer.save_final=false",
+    )
     r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run = only_run_dir(tmp_path)

@@ -25,7 +25,8 @@ TINY_RUN = [
 @pytest.mark.slow
 @pytest.mark.parametrize("name", REAL)
 def test_tiny_experiment_runs(name, tmp_path):
-    """Each tiny_ recipe with every stage cut to one step: the stages run in order, with their caps."""
+    """Each tiny_ recipe with every stage cut to one step: the stages run in order, with their
+    caps."""
     from skyexp.train import train
 
     base = typed([f"+experiment=tiny_{name}"])

@@ -41,7 +41,8 @@ BF16_GRAD_NORM_RTOL = 0.05
 BF16_PG_LOSS_ATOL = 0.02
 BF16_NLL_RTOL = 0.01
 # The sampler's log-probs against the model's own forward on the same tokens: fp32 equal up to
-# float rounding (1e-4 is what tests/rollout/test_rollout.py asks on CPU); bf16 mean and worst token gaps
+# float rounding (1e-4 is what tests/rollout/test_rollout.py asks on CPU); bf16 mean and worst token
+# gaps
 # (measured in the CPU rehearsal over 632 tokens: log-prob mean 1.5e-3, max 8.7e-3 nats; entropy
 # max 3.3e-4).
 LEAN_ATOL = {torch.float32: 1e-4}
@@ -72,8 +73,15 @@ def dist_group(device):
 def _engine(path: str, dtype: str, device: torch.device, lean: bool = True, seed: int = 7):
     tok = load_tokenizer(path, ModelConfig())
     model = load_model(path, ModelConfig(dtype=dtype), device)
-    return build_engine("hf", model=model, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, seed=seed,
-                        device=device, lean=lean), tok
+    return build_engine(
+        "hf",
+        model=model,
+        eos_id=tok.eos_token_id,
+        pad_id=tok.pad_token_id,
+        seed=seed,
+        device=device,
+        lean=lean,
+    ), tok
 
 
 def _prompts(tok) -> list[list[int]]:
@@ -87,7 +95,9 @@ def _forward_token_stats(model, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor
     the model's own forward over the whole sequences (full logits, float32 softmax)."""
     seq, attn = ro.sequences.to(model.device), ro.attention_mask.to(model.device)
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=seq, attention_mask=attn, position_ids=positions, use_cache=False).logits
+    logits = model(
+        input_ids=seq, attention_mask=attn, position_ids=positions, use_cache=False
+    ).logits
     z = logits[:, ro.prompt_len - 1 : -1].float() / ro.temperature
     logp = torch.log_softmax(z, -1)
     mask = ro.response_mask.to(z.device)
@@ -105,8 +115,20 @@ def _rl_update(policy, ro: Rollout, adv: torch.Tensor, entropy_coef: float, devi
     from conftest import update
 
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-    return update(policy, opt, ro, adv, torch.ones(len(adv)), AlgoConfig(), entropy_coef, 8, 1.0, 1, device,
-                  share_prompts=True)
+    return update(
+        policy,
+        opt,
+        ro,
+        adv,
+        torch.ones(len(adv)),
+        AlgoConfig(),
+        entropy_coef,
+        8,
+        1.0,
+        1,
+        device,
+        share_prompts=True,
+    )
 
 
 def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float]:
@@ -118,7 +140,9 @@ def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float
     return sft_step(policy, opt, packed, UpdateSettings(8, 0.0, 1, device))
 
 
-def _logprob_pass(model, ro: Rollout, device: torch.device, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def _logprob_pass(
+    model, ro: Rollout, device: torch.device, chunk: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The update's no-grad log-prob pass (old/reference/entropy): log-probs and entropies [N, R];
     chunk = trainer.logprob_chunk (0: full logits)."""
     from skyexp.rl.forward import ForwardSettings
@@ -131,7 +155,7 @@ def _logprob_pass(model, ro: Rollout, device: torch.device, chunk: int = 0) -> t
 
 # --- FSDP2 with NCCL ---
 
-FSDP_WORKER = r'''
+FSDP_WORKER = r"""
 import json, sys
 import torch
 import torch.distributed as dist
@@ -149,10 +173,13 @@ policy = load_policy(path, cfg, d)  # FSDP2-sharded (trainer.fsdp defaults to tr
 params = dict(policy.named_parameters())
 before = {n: p.full_tensor().clone() for n, p in params.items()}
 tok = load_tokenizer(path, cfg.model)
-prompts = tok(["Compute 1+2.\n", "Compute 3*4.\n", "Compute 9-5.\n"], add_special_tokens=False)["input_ids"]
-responses = tok(["1+2=3. \\boxed{3}", "3*4=12. \\boxed{12}", "9-5=4. \\boxed{4}"], add_special_tokens=False)["input_ids"]
+prompts = tok(["Compute 1+2.\n", "Compute 3*4.\n", "Compute 9-5.\n"],
+              add_special_tokens=False)["input_ids"]
+responses = tok(["1+2=3. \\boxed{3}", "3*4=12. \\boxed{12}", "9-5=4. \\boxed{4}"],
+                add_special_tokens=False)["input_ids"]
 opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-settings = UpdateSettings(2, 1.0, d.world_size, d.device)  # 2 micro-batches: gradient sync on the last only
+# 2 micro-batches: gradient sync on the last only
+settings = UpdateSettings(2, 1.0, d.world_size, d.device)
 loss, grad_norm = sft_step(policy, opt, pack(prompts, responses, tok.pad_token_id), settings)
 engine = build_engine("hf", model=load_model(path, cfg.model, d.device), eos_id=tok.eos_token_id,
                       pad_id=tok.pad_token_id, seed=0, device=d.device)
@@ -176,7 +203,7 @@ result = {
 }
 distributed.teardown()
 json.dump(result, open(out, "w"))
-'''
+"""
 
 
 def test_fsdp2_policy_trains_and_syncs_over_nccl(device, tiny_dir, tmp_path):
@@ -185,10 +212,24 @@ def test_fsdp2_policy_trains_and_syncs_over_nccl(device, tiny_dir, tmp_path):
     DTensor shards), an optimizer step, and the engine's copy synced from the gathered shards."""
     script, out = tmp_path / "fsdp_worker.py", tmp_path / "result.json"
     script.write_text(FSDP_WORKER)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1", str(script),
-           str(tiny_dir), device.type, str(out)]
-    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=150)  # a hung collective fails, not stalls
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        str(script),
+        str(tiny_dir),
+        device.type,
+        str(out),
+    ]
+    r = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=150
+    )  # a hung collective fails, not stalls
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     res = json.loads(out.read_text())
     assert res["backend"] == ("nccl" if device.type == "cuda" else "gloo")
@@ -202,7 +243,8 @@ def test_fsdp2_policy_trains_and_syncs_over_nccl(device, tiny_dir, tmp_path):
 
 
 def test_bf16_update_matches_fp32(device, dist_group, tiny_dir):
-    """One rollout (sampled by the fp32 model), the same weights in fp32 and in bf16: the RL update's
+    """One rollout (sampled by the fp32 model), the same weights in fp32 and in bf16: the RL
+    update's
     policy-gradient loss and gradient norm, and the SFT step's NLL and gradient norm, agree within
     the bounds at the top of this file."""
     from skyexp.rl.forward import pack
@@ -212,8 +254,10 @@ def test_bf16_update_matches_fp32(device, dist_group, tiny_dir):
     ro = eng.generate(_prompts(tok), n=4, max_tokens=24, temperature=1.0)
     torch.manual_seed(0)
     adv = torch.randn(ro.sequences.shape[0])
-    answers = tok(["1+2=3. \\boxed{3}", "6*9=54. \\boxed{58}", "7-3=4. \\boxed{8}", "8+1=9. \\boxed{9}"],
-                  add_special_tokens=False)["input_ids"]
+    answers = tok(
+        ["1+2=3. \\boxed{3}", "6*9=54. \\boxed{58}", "7-3=4. \\boxed{8}", "8+1=9. \\boxed{9}"],
+        add_special_tokens=False,
+    )["input_ids"]
     packed = pack(_prompts(tok), answers, tok.pad_token_id)
     out = {}
     for dtype in ("float32", "bfloat16"):
@@ -246,7 +290,9 @@ def _wide_vocab_model(device: torch.device, vocab: int = 151_936):
     return Qwen2ForCausalLM(cfg).to(device).eval()
 
 
-def _random_rollout(vocab: int, prompt_lens: list[int], resp_lens: list[int], n: int, temperature: float) -> Rollout:
+def _random_rollout(
+    vocab: int, prompt_lens: list[int], resp_lens: list[int], n: int, temperature: float
+) -> Rollout:
     """Rows in groups of n sharing a prompt, [left-padded prompt | response | right padding]."""
     g = torch.Generator().manual_seed(1)
     P, R, N = max(prompt_lens), max(resp_lens), len(resp_lens)
@@ -255,13 +301,23 @@ def _random_rollout(vocab: int, prompt_lens: list[int], resp_lens: list[int], n:
     rmask = torch.zeros(N, R)
     for i, rl in enumerate(resp_lens):
         pl = prompt_lens[i // n]
-        prompt = torch.randint(0, vocab, (pl,), generator=torch.Generator().manual_seed(100 + i // n))
+        prompt = torch.randint(
+            0, vocab, (pl,), generator=torch.Generator().manual_seed(100 + i // n)
+        )
         seq[i, P - pl : P] = prompt
         seq[i, P : P + rl] = torch.randint(0, vocab, (rl,), generator=g)
         attn[i, P - pl : P + rl] = 1
         rmask[i, :rl] = 1
-    return Rollout(sequences=seq, attention_mask=attn, response_mask=rmask, logprobs=torch.zeros(N, R),
-                   truncated=torch.zeros(N, dtype=torch.bool), prompt_len=P, n=n, temperature=temperature)
+    return Rollout(
+        sequences=seq,
+        attention_mask=attn,
+        response_mask=rmask,
+        logprobs=torch.zeros(N, R),
+        truncated=torch.zeros(N, dtype=torch.bool),
+        prompt_len=P,
+        n=n,
+        temperature=temperature,
+    )
 
 
 def _chunked_path() -> str | None:
@@ -285,12 +341,18 @@ def test_logprob_pass_equals_the_plain_forward(device, dist_group, path):
                     f"{', '.join(CHUNKED_MODULES)} imports")
     vocab = 151_936
     long = path == "chunked"
-    resp = [1500, 900, 1200, 300] if long and device.type == "cuda" else ([700, 300] if long else [40, 17, 33, 8])
+    resp = (
+        [1500, 900, 1200, 300]
+        if long and device.type == "cuda"
+        else ([700, 300] if long else [40, 17, 33, 8])
+    )
     n = 2
     prompts = [13, 5] if len(resp) == 4 else [13]
     ro = _random_rollout(vocab, prompts, resp, n, temperature=0.9)
     model = _wide_vocab_model(device, vocab)
-    logp, ent = _logprob_pass(model, ro, device, chunk=256 if long else 0)  # several chunks per row when chunked
+    logp, ent = _logprob_pass(
+        model, ro, device, chunk=256 if long else 0
+    )  # several chunks per row when chunked
     ref_logp, ref_ent = _forward_token_stats(model, ro)
     assert logp.shape == ref_logp.shape
     assert torch.allclose(logp, ref_logp, atol=1e-4, rtol=1e-5), (logp - ref_logp).abs().max()
@@ -309,15 +371,22 @@ def test_lean_decoding_matches_the_model_forward(device, tiny_dir, dtype):
     eng, tok = _engine(path, dtype, device, lean=True)
     assert eng.fused is not None, "lean decoding declined the tiny Qwen2"
     ro = eng.generate(_prompts(tok), n=4, max_tokens=40, temperature=0.9)
-    assert ro.sequences.device.type == "cpu"  # on any device, as the update expects (see skyexp.rollout.hf)
+    assert (
+        ro.sequences.device.type == "cpu"
+    )  # on any device, as the update expects (see skyexp.rollout.hf)
     logp, ent = _forward_token_stats(load_model(path, ModelConfig(dtype=dtype), device), ro)
     mask = ro.response_mask.cpu().bool()
     gap_lp = (ro.logprobs.cpu() - logp).abs()[mask]
     gap_ent = (ro.entropy.cpu() - ent).abs()[mask]
-    print(f"lean vs forward ({dtype}, {int(mask.sum())} tokens): log-prob gap mean {gap_lp.mean():.2e} "
-          f"max {gap_lp.max():.2e}; entropy gap mean {gap_ent.mean():.2e} max {gap_ent.max():.2e}")
+    print(
+        f"lean vs forward ({dtype}, {int(mask.sum())} tokens): log-prob gap mean "
+        f"{gap_lp.mean():.2e} "
+        f"max {gap_lp.max():.2e}; entropy gap mean {gap_ent.mean():.2e} max {gap_ent.max():.2e}"
+    )
     if dtype == "float32":
-        assert gap_lp.max() <= LEAN_ATOL[torch.float32] and gap_ent.max() <= LEAN_ATOL[torch.float32]
+        assert (
+            gap_lp.max() <= LEAN_ATOL[torch.float32] and gap_ent.max() <= LEAN_ATOL[torch.float32]
+        )
         plain, _ = _engine(path, dtype, device, lean=False)
         ro2 = plain.generate(_prompts(tok), n=4, max_tokens=40, temperature=0.9)
         if ro2.sequences.shape == ro.sequences.shape:
@@ -325,7 +394,9 @@ def test_lean_decoding_matches_the_model_forward(device, tiny_dir, dtype):
         else:
             same_rows = 0.0
         # one rounding flip changes a row from there on; a broken path changes nearly all of them
-        assert same_rows >= 0.75, f"only {same_rows:.0%} of rows sampled alike by the lean and plain paths"
+        assert same_rows >= 0.75, (
+            f"only {same_rows:.0%} of rows sampled alike by the lean and plain paths"
+        )
     else:
         assert gap_lp.mean() <= LEAN_BF16_MEAN and gap_lp.max() <= LEAN_BF16_MAX
         assert gap_ent.mean() <= LEAN_BF16_MEAN and gap_ent.max() <= LEAN_BF16_MAX

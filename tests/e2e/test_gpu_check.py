@@ -29,9 +29,16 @@ def _bench(name: str):
 def _wheel(folder: Path, name: str, requires: list[str] = (), version: str = "0.1") -> Path:
     """A minimal pure-Python wheel: one module `name` and its metadata."""
     module, dist = name.replace("-", "_"), f"{name.replace('-', '_')}-{version}.dist-info"
-    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
-    files = {f"{module}/__init__.py": f"NAME = {name!r}\n", f"{dist}/METADATA": meta,
-             f"{dist}/WHEEL": "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    meta = f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n" + "".join(
+        f"Requires-Dist: {r}\n" for r in requires
+    )
+    files = {
+        f"{module}/__init__.py": f"NAME = {name!r}\n",
+        f"{dist}/METADATA": meta,
+        f"{dist}/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
     files[f"{dist}/RECORD"] = "".join(f"{p},,\n" for p in files) + f"{dist}/RECORD,,\n"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{module}-{version}-py3-none-any.whl"
@@ -53,10 +60,17 @@ def test_missing_closure_stops_at_the_image(tmp_path):
     image has ends the walk (its own requirements are not fetched)."""
     gc = _bench("gpu_wheels")
     graph = {
-        "root-a": ["in-image", "pkg-c>=1", 'old-only; python_version < "3.12"', 'win-only; sys_platform == "win32"',
-                   'extra-f; extra == "x"'],
+        "root-a": [
+            "in-image",
+            "pkg-c>=1",
+            'old-only; python_version < "3.12"',
+            'win-only; sys_platform == "win32"',
+            'extra-f; extra == "x"',
+        ],
         "pkg-c": ["pkg-d", "Root_A[x]"],  # asks for root-a's extra x: extra-f comes in
-        "pkg-d": [], "extra-f": [], "in-image": ["never-fetched"],
+        "pkg-d": [],
+        "extra-f": [],
+        "in-image": ["never-fetched"],
     }
     fetched = []
 
@@ -75,8 +89,23 @@ def test_dry_run_installs_a_stub_wheel_and_parses_every_command(tmp_path):
     _wheel(wheels, "gpu-check-stub")
     env = {k: v for k, v in os.environ.items() if k not in ("SKYEXP_GPU_TESTS_ON_CPU", "OUT")}
     env["PYTHONPATH"] = str(ROOT)
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "run", "--dry-run", "--keep-work",
-                        "--wheels", str(wheels), "--out", str(out)], env=env, capture_output=True, text=True, timeout=600)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu_check.py"),
+            "run",
+            "--dry-run",
+            "--keep-work",
+            "--wheels",
+            str(wheels),
+            "--out",
+            str(out),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     s = json.loads((out / "gpu_check.json").read_text())
     assert s["mode"] == "dry-run" and s["ok"] is True
@@ -96,18 +125,50 @@ def test_dry_run_installs_a_stub_wheel_and_parses_every_command(tmp_path):
 
 
 def test_dry_run_fails_without_wheels(tmp_path):
-    r = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "run", "--dry-run", "--parts", "install",
-                        "--wheels", str(tmp_path / "none"), "--out", str(tmp_path / "out")],
-                       env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "gpu_check.py"),
+            "run",
+            "--dry-run",
+            "--parts",
+            "install",
+            "--wheels",
+            str(tmp_path / "none"),
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 1 and "gpu_check.py prepare" in r.stdout
 
 
 @pytest.mark.slow
 def test_gpu_tests_rehearsed_on_cpu():
-    """tests/e2e/test_gpu.py on CPU (gloo, CPU bf16): keeps the GPU tests in step with the code they call
+    """tests/e2e/test_gpu.py on CPU (gloo, CPU bf16): keeps the GPU tests in step with the code they
+    call
     while no GPU runs them (about a minute on 2 cores)."""
     env = {**os.environ, "SKYEXP_GPU_TESTS_ON_CPU": "1", "PYTHONPATH": str(ROOT)}
-    r = subprocess.run([sys.executable, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider", "tests/e2e/test_gpu.py"],
-                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-m",
+            "gpu",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/e2e/test_gpu.py",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
     assert " passed" in r.stdout

@@ -1,4 +1,5 @@
-"""Logging through `python -m skyexp`: a W&B failure never stops a run; a single run is named and grouped."""
+"""Logging through `python -m skyexp`: a W&B failure never stops a run; a single run is named and
+grouped."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from skyexp.tracking import (
 )
 
 # W&B (offline) is what these tests are about: logger=default, not the overlay's local logger
-TINY = tiny("logger=default", "algo.n=2", "context.stages.0.max_response_len=8", "trainer.save_final=false")
+TINY = tiny(
+    "logger=default", "algo.n=2", "context.stages.0.max_response_len=8", "trainer.save_final=false"
+)
 
 
 @pytest.mark.slow

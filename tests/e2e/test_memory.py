@@ -25,7 +25,9 @@ print(*[step() for _ in range(10)])
 
 def steady_state_faults(mode: str) -> int:
     """Page faults of the last three of ten steps (the heap settles within about five)."""
-    out = subprocess.run([sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", PROBE, mode], capture_output=True, text=True, timeout=120
+    )
     assert out.returncode == 0, out.stderr
     return sum(int(x) for x in out.stdout.split()[-3:])
 

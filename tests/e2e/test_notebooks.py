@@ -27,7 +27,9 @@ def _execute(name: str, env: dict[str, str]):
 
 
 def _outputs(nb, kind: str) -> list:
-    return [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if kind in o.get("data", {})]
+    return [
+        o for c in nb.cells if c.cell_type == "code" for o in c.outputs if kind in o.get("data", {})
+    ]
 
 
 def test_notebooks_are_stored_without_outputs():
@@ -41,7 +43,8 @@ def test_notebooks_are_stored_without_outputs():
 @pytest.mark.slow
 @pytest.mark.parametrize("name,figures", [("entropy_dynamics", 2), ("passk_curves", 1)])
 def test_notebook_renders_figures_from_a_tiny_sweep(tiny_sweep, name, figures):
-    # PYTHONPATH: the kernel imports this checkout's skyexp, whatever the venv's editable install points at
+    # PYTHONPATH: the kernel imports this checkout's skyexp, whatever the venv's editable install
+    # points at
     nb = _execute(name, {"SKYEXP_SWEEP_DIR": str(tiny_sweep), "PYTHONPATH": str(ROOT)})
     assert len(_outputs(nb, "image/png")) == figures
     text = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)

@@ -298,7 +298,10 @@ def test_hub_style_sft_set_in_conversation_format(tmp_path, tiny_dir, monkeypatc
     tok = models.load_tokenizer(str(tiny_dir), cfg.model)
     examples = sft.sft_examples(cfg, [], tok)
     assert len(examples) == 29 and examples[0] == ("SYS\n\nQ0", "A0")
-    tok.chat_template = "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}[assistant]{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}"
+    )
     cfg.model.chat_template = True
     assert sft.sft_examples(cfg, [], tok)[0] == ("[system]SYS[user]Q0[assistant]", "A0")
     # the cache key follows the file's content

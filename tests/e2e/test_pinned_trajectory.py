@@ -1,4 +1,5 @@
-"""The pinned trajectory: the tiny default's SFT and RL metrics at trainer.deterministic=true and one
+"""The pinned trajectory: the tiny default's SFT and RL metrics at trainer.deterministic=true and
+one
 thread equal the committed tests/e2e/trajectory.json at 1e-6 relative, timings excluded.
 
 A deliberate change of the numbers is regenerated, and committed, with

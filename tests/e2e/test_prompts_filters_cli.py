@@ -15,7 +15,8 @@ def test_filter_cli_reports_the_aime_math500_overlap(shared_data, tmp_path):
             "data=deepscaler",
             f"data.path={shared_data / 'train/deepscaler_aime_1983_2023.jsonl'}",
             "filter.n=0",
-            f"filter.benchmarks=[{shared_data / 'eval/math500.jsonl'},{shared_data / 'eval/aime24.jsonl'}]",
+            f"filter.benchmarks=[{shared_data / 'eval/math500.jsonl'},"
+            f"{shared_data / 'eval/aime24.jsonl'}]",
             f"filter.out={out}",
         ],
         tmp_path,

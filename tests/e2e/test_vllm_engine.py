@@ -17,7 +17,8 @@ import torch
 from conftest import only_run_dir, run_skyexp
 
 pytest.importorskip(
-    "vllm", reason="vLLM is not installed here; tests/e2e/test_vllm.py runs this module in .venv-vllm"
+    "vllm",
+    reason="vLLM is not installed here; tests/e2e/test_vllm.py runs this module in .venv-vllm",
 )
 pytestmark = pytest.mark.slow
 
@@ -75,7 +76,8 @@ def test_sampling_logprobs_equal_an_hf_forward_pass(engine, tok, tiny_dir):
 
 
 def test_weights_sync_in_place_after_an_update(engine, tok, tiny_dir, dist1):
-    """Optimizer steps on the FSDP2-sharded policy (DTensor parameters, gathered one at a time by the
+    """Optimizer steps on the FSDP2-sharded policy (DTensor parameters, gathered one at a time by
+    the
     sync) teach it to answer briefly and stop; after the sync vLLM samples from the updated policy:
     its log-probs equal the policy's forward pass, and responses end in EOS."""
     policy = load_model(str(tiny_dir), ModelConfig())
@@ -148,7 +150,13 @@ def test_rl_steps_with_rollout_vllm(tmp_path, ranks):
         "entropy=fixed",
         "entropy.coef=0.01",
     ]
-    r = run_skyexp(args, tmp_path, timeout=1200, env={"OMP_NUM_THREADS": "1"}, torchrun=ranks if ranks > 1 else 0)
+    r = run_skyexp(
+        args,
+        tmp_path,
+        timeout=1200,
+        env={"OMP_NUM_THREADS": "1"},
+        torchrun=ranks if ranks > 1 else 0,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     run_dir = only_run_dir(tmp_path)
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

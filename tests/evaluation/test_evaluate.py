@@ -121,7 +121,9 @@ def test_maj_at_k_matches_brute_force():
             wrong.append(a)
             left -= a
         for k in range(1, n + 1):
-            assert maj_at_k(n, correct, wrong, k) == pytest.approx(brute_maj(n, correct, wrong, k), abs=1e-12), (n, correct, wrong, k)
+            assert maj_at_k(n, correct, wrong, k) == pytest.approx(
+                brute_maj(n, correct, wrong, k), abs=1e-12
+            ), (n, correct, wrong, k)
 
 
 def test_maj_at_k_large_n_is_finite_and_bounded():
@@ -133,11 +135,15 @@ def test_maj_at_k_large_n_is_finite_and_bounded():
 def test_best_at_k_and_mean():
     # scores 0, 0.5, 1; k=2 subsets {0,.5}->.5, {0,1}->1, {.5,1}->1: (0.5+1+1)/3 = 5/6
     assert best_at_k([0.0, 0.5, 1.0], 2) == pytest.approx(5 / 6)
-    assert best_at_k([0.0, 0.5, 1.0], 1) == pytest.approx(0.5) and best_at_k([0.0, 0.5, 1.0], 3) == 1.0
+    assert (
+        best_at_k([0.0, 0.5, 1.0], 1) == pytest.approx(0.5) and best_at_k([0.0, 0.5, 1.0], 3) == 1.0
+    )
     for n in range(1, 8):  # 0/1 scores: best@k is pass@k
         for c in range(n + 1):
             for k in range(1, n + 1):
-                assert best_at_k([1.0] * c + [0.0] * (n - c), k) == pytest.approx(pass_at_k(n, c, k), abs=1e-12)
+                assert best_at_k([1.0] * c + [0.0] * (n - c), k) == pytest.approx(
+                    pass_at_k(n, c, k), abs=1e-12
+                )
     assert mean_at_n([1.0, 0.0, 0.0, 1.0]) == 0.5
 
 
@@ -178,8 +184,11 @@ class _EchoEngine:
 
         self.calls.append([len(x) for x in ids])
         responses = [[p[0], s] for p in ids for s in range(n)]
-        return SimpleNamespace(responses=responses, response_lengths=torch.tensor([len(p) for p in ids for _ in range(n)]),
-                               truncated=torch.tensor([p[0] % 2 == 1 for p in ids for _ in range(n)]))
+        return SimpleNamespace(
+            responses=responses,
+            response_lengths=torch.tensor([len(p) for p in ids for _ in range(n)]),
+            truncated=torch.tensor([p[0] % 2 == 1 for p in ids for _ in range(n)]),
+        )
 
 
 class _ListTokenizer:
@@ -193,7 +202,16 @@ def test_generate_by_length_returns_samples_in_prompt_order():
     texts, lengths, truncated = generate_by_length(eng, _ListTokenizer(), ids, 2, 16, 1.0, 1.0)
     assert eng.calls == [[3, 5], [40], [90]]  # one call per length group, shortest first
     assert texts == ["7 0", "7 1", "1 0", "1 1", "2 0", "2 1", "3 0", "3 1"]
-    assert lengths == [40, 40, 3, 3, 90, 90, 5, 5] and truncated == [True, True, True, True, False, False, True, True]
+    assert lengths == [40, 40, 3, 3, 90, 90, 5, 5] and truncated == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        True,
+        True,
+    ]
 
 
 class _CharTokenizer:
@@ -219,8 +237,11 @@ class _ScriptedEngine:
 
         self.prompts += ["".join(map(chr, p)) for p in ids]
         responses = [[ord(c) for c in self.replies[s]] for _ in ids for s in range(n)]
-        return SimpleNamespace(responses=responses, response_lengths=torch.tensor([len(r) for r in responses]),
-                               truncated=torch.zeros(len(responses), dtype=torch.bool))
+        return SimpleNamespace(
+            responses=responses,
+            response_lengths=torch.tensor([len(r) for r in responses]),
+            truncated=torch.zeros(len(responses), dtype=torch.bool),
+        )
 
 
 class _ExactReward:
@@ -240,16 +261,38 @@ def test_run_eval_renders_the_eval_template_and_counts_votes():
     from skyexp.config import EvalConfig
     from skyexp.records import Problem
 
-    cfg = EvalConfig(name="t", n=4, prompt_template="Q: {problem}", system_prompt="SYS", response_prefix="<think>")
-    problems = [Problem(id="a", problem="1+1", answer="2"), Problem(id="b", problem="2+2", answer="4")]
+    cfg = EvalConfig(
+        name="t",
+        n=4,
+        prompt_template="Q: {problem}",
+        system_prompt="SYS",
+        response_prefix="<think>",
+    )
+    problems = [
+        Problem(id="a", problem="1+1", answer="2"),
+        Problem(id="b", problem="2+2", answer="4"),
+    ]
     engine = _ScriptedEngine(["\\boxed{2}", "\\boxed{5}", "\\boxed{5}", "no answer"])
-    res = run_eval(engine, _ExactReward(), _CharTokenizer(), problems, cfg, eval_template(cfg), chat=False)
+    res = run_eval(
+        engine, _ExactReward(), _CharTokenizer(), problems, cfg, eval_template(cfg), chat=False
+    )
     # plain-text rendering: system prompt, blank line, user text, then the response prefix
     assert engine.prompts == ["SYS\n\nQ: 1+1<think>", "SYS\n\nQ: 2+2<think>"]
     assert res.correct == [1, 0] and res.wrong_groups == [[2], [2, 1]]  # largest group first
-    assert [v["count"] for v in res.records[0]["votes"]] == [1, 2]  # the correct group, then "5" twice
-    assert res.records[1]["samples"][3] == {"text": "no answer", "extracted": None, "score": 0.0, "status": "ok",
-                                            "length": 9, "truncated": False}
+    assert [v["count"] for v in res.records[0]["votes"]] == [
+        1,
+        2,
+    ]  # the correct group, then "5" twice
+    assert res.records[1]["samples"][3] == {
+        "text": "no answer",
+        "extracted": None,
+        "score": 0.0,
+        "status": "ok",
+        "length": 9,
+        "truncated": False,
+    }
     # maj@4: on problem a "5" (twice) outvotes the correct answer (once); b has no correct sample
     assert res.maj_at[4] == 0.0 and res.maj_at[1] == pytest.approx(1 / 8)
-    assert res.pass_at[1] == pytest.approx(1 / 8) and res.metrics()["val/t/mean@4"] == pytest.approx(1 / 8)
+    assert res.pass_at[1] == pytest.approx(1 / 8) and res.metrics()[
+        "val/t/mean@4"
+    ] == pytest.approx(1 / 8)

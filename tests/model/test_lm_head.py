@@ -39,8 +39,13 @@ def test_chunked_head_equals_plain(bias, temperature, chunk):
     b = torch.randn(v) if bias else None
     ids, g, e = torch.randint(0, v, (m,)), torch.randn(m), torch.randn(m)
     out = []
-    for fn in (lambda *a: chunked_token_stats(*a, temperature, chunk, True), lambda *a: plain_token_stats(*a, temperature, True)):
-        leaves = [hid.clone().requires_grad_(), w.clone().requires_grad_()] + ([b.clone().requires_grad_()] if bias else [])
+    for fn in (
+        lambda *a: chunked_token_stats(*a, temperature, chunk, True),
+        lambda *a: plain_token_stats(*a, temperature, True),
+    ):
+        leaves = [hid.clone().requires_grad_(), w.clone().requires_grad_()] + (
+            [b.clone().requires_grad_()] if bias else []
+        )
         lp, ent = fn(leaves[0], leaves[1], leaves[2] if bias else None, ids)
         ((lp * g).sum() + (ent * e).sum()).backward()
         out.append([lp.detach(), ent.detach(), *(x.grad for x in leaves)])
@@ -79,18 +84,32 @@ def tiny_model(tiny_dir, tied: bool):
 
 
 def rollout(n_groups=3, n=4, seed=0, vocab=200) -> Rollout:
-    """Random prompts and responses of uneven lengths (left-padded prompts, right-padded responses)."""
+    """Random prompts and responses of uneven lengths (left-padded prompts, right-padded
+    responses)."""
     g = torch.Generator().manual_seed(seed)
     prompts, responses = [], []
     for k in range(n_groups):
         p = torch.randint(1, vocab, (3 + 2 * k,), generator=g).tolist()
         for _ in range(n):
             prompts.append(p)
-            responses.append(torch.randint(1, vocab, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g).tolist())
+            responses.append(
+                torch.randint(
+                    1, vocab, (int(torch.randint(2, 9, (1,), generator=g)),), generator=g
+                ).tolist()
+            )
     seq, attn, rm, plen = pack(prompts, responses, 0)
     lp = -torch.rand(rm.shape, generator=g) * rm
-    return Rollout(sequences=seq, attention_mask=attn, response_mask=rm, logprobs=lp, truncated=torch.zeros(len(seq), dtype=torch.bool),
-                   prompt_len=plen, n=n, temperature=0.8, entropy=torch.rand(rm.shape, generator=g) * rm)
+    return Rollout(
+        sequences=seq,
+        attention_mask=attn,
+        response_mask=rm,
+        logprobs=lp,
+        truncated=torch.zeros(len(seq), dtype=torch.bool),
+        prompt_len=plen,
+        n=n,
+        temperature=0.8,
+        entropy=torch.rand(rm.shape, generator=g) * rm,
+    )
 
 
 def stats_and_grads(model, ro, idx, f, with_entropy=True):
@@ -100,12 +119,17 @@ def stats_and_grads(model, ro, idx, f, with_entropy=True):
     torch.manual_seed(3)
     a, b = torch.randn(rm.shape), torch.randn(rm.shape)
     ((lp * a * rm).sum() + (ent * b * rm).sum()).backward()
-    grads = {n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone() for n, p in model.named_parameters()}
+    grads = {
+        n: (p.grad.full_tensor() if hasattr(p.grad, "full_tensor") else p.grad).clone()
+        for n, p in model.named_parameters()
+    }
     return (lp * rm).detach(), (ent * rm).detach(), grads
 
 
 @pytest.mark.parametrize("tied", [True, False], ids=["tied", "untied"])
-@pytest.mark.parametrize("layout", ["rows", "shared", "padding_free", "fsdp1_shared", "checkpointed_shared"])
+@pytest.mark.parametrize(
+    "layout", ["rows", "shared", "padding_free", "fsdp1_shared", "checkpointed_shared"]
+)
 def test_token_stats_equal_the_plain_path(tiny_dir, dist1, tied, layout):
     """Log-probs, entropies and every parameter gradient of the chunked path (chunks of 5 tokens)
     against full logits of the padded rows."""
@@ -119,15 +143,25 @@ def test_token_stats_equal_the_plain_path(tiny_dir, dist1, tied, layout):
     model = copy.deepcopy(base)
     if layout == "fsdp1_shared":
         distributed.shard(model, dist1)
-    if layout == "checkpointed_shared":  # the prompt's KV cache would be dropped: falls back to rows
+    if (
+        layout == "checkpointed_shared"
+    ):  # the prompt's KV cache would be dropped: falls back to rows
         model.gradient_checkpointing_enable()
         model.train()
-    f = ForwardSettings(8, dev, share_prompts="shared" in layout, logprob_chunk=5, padding_free=layout == "padding_free")
+    f = ForwardSettings(
+        8,
+        dev,
+        share_prompts="shared" in layout,
+        logprob_chunk=5,
+        padding_free=layout == "padding_free",
+    )
     chunked = stats_and_grads(model, ro, idx, f)
     assert rel(chunked[0], plain[0]) < RTOL and rel(chunked[1], plain[1]) < RTOL
     for name, g in plain[2].items():
         assert rel(chunked[2][name], g) < RTOL, name
-    assert (model.lm_head.weight is model.model.embed_tokens.weight) == tied or layout == "fsdp1_shared"
+    assert (
+        model.lm_head.weight is model.model.embed_tokens.weight
+    ) == tied or layout == "fsdp1_shared"
 
 
 def test_token_budget_split():
@@ -138,7 +172,9 @@ def test_token_budget_split():
     assert [p.tolist() for p in token_budget_split(lengths, 2)] == [[0, 1], [2, 3], [4]]
 
 
-@pytest.mark.parametrize("case", ["plain", "entropy_bonus", "kl_loss", "clip_cov", "epochs_minibatches"])
+@pytest.mark.parametrize(
+    "case", ["plain", "entropy_bonus", "kl_loss", "clip_cov", "epochs_minibatches"]
+)
 @pytest.mark.parametrize("layout", ["rows", "shared", "padding_free", "token_budget"])
 def test_update_equals_the_plain_path(tiny_dir, case, layout):
     """The gradient of every optimizer step of rl_update with the chunked head and each micro-batch
@@ -150,15 +186,31 @@ def test_update_equals_the_plain_path(tiny_dir, case, layout):
     weights = torch.ones(12)
     weights[7] = 0.0
     with torch.no_grad():  # old log-probs near the policy's, so ratios are neither 1 nor clamped
-        old = forward_stats(base, ro, torch.arange(12), ForwardSettings(12, torch.device("cpu"), logprob_chunk=0), False)[0]
+        old = forward_stats(
+            base,
+            ro,
+            torch.arange(12),
+            ForwardSettings(12, torch.device("cpu"), logprob_chunk=0),
+            False,
+        )[0]
     old = old + 0.1 * torch.randn(old.shape) * ro.response_mask
-    algo = AlgoConfig(ppo_epochs=2, mini_batches=2) if case == "epochs_minibatches" else AlgoConfig()
+    algo = (
+        AlgoConfig(ppo_epochs=2, mini_batches=2) if case == "epochs_minibatches" else AlgoConfig()
+    )
     coef = 0.05 if case == "entropy_bonus" else 0.0
-    kw = dict(kl_coef=0.3, ref_logprobs=ro.logprobs - 0.1 * ro.response_mask) if case == "kl_loss" else {}
+    kw = (
+        dict(kl_coef=0.3, ref_logprobs=ro.logprobs - 0.1 * ro.response_mask)
+        if case == "kl_loss"
+        else {}
+    )
     if case == "clip_cov":
         kw.update(rule="clip_cov", rule_params=dict(clip_cov_ratio=0.2, cov_low=-5.0, cov_high=5.0))
-    new = dict(logprob_chunk=6, share_prompts=layout == "shared", padding_free=layout == "padding_free",
-               max_tokens=40 if layout == "token_budget" else 0)
+    new = dict(
+        logprob_chunk=6,
+        share_prompts=layout == "shared",
+        padding_free=layout == "padding_free",
+        max_tokens=40 if layout == "token_budget" else 0,
+    )
     grads = []
     for extra in (dict(logprob_chunk=0), new):
         p, opt = copy.deepcopy(base), None
@@ -201,33 +253,50 @@ def test_update_equal_with_gradient_checkpointing(tiny_dir):
     ro = rollout(seed=5)
     adv = torch.randn(12, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
-        old = forward_stats(base, ro, torch.arange(12), ForwardSettings(12, torch.device("cpu"), logprob_chunk=0), False)[0]
+        old = forward_stats(
+            base,
+            ro,
+            torch.arange(12),
+            ForwardSettings(12, torch.device("cpu"), logprob_chunk=0),
+            False,
+        )[0]
     out = []
-    for ckpt, extra in ((False, dict(logprob_chunk=0)), (True, dict(logprob_chunk=4, share_prompts=True, max_tokens=40)),
-                        (True, dict(logprob_chunk=4, padding_free=True))):
+    for ckpt, extra in (
+        (False, dict(logprob_chunk=0)),
+        (True, dict(logprob_chunk=4, share_prompts=True, max_tokens=40)),
+        (True, dict(logprob_chunk=4, padding_free=True)),
+    ):
         p = copy.deepcopy(base)
         if ckpt:
             p.gradient_checkpointing_enable()
         p.train()
         opt = GradRecorder(p.parameters())
-        update(p, opt, ro, adv, torch.ones(12), AlgoConfig(), 0.02, 3, 0.0, old_logprobs=old, **extra)
+        update(
+            p, opt, ro, adv, torch.ones(12), AlgoConfig(), 0.02, 3, 0.0, old_logprobs=old, **extra
+        )
         out.append(opt.seen[0])
     for other in out[1:]:
         assert all(rel(c, g) < RTOL for c, g in zip(other, out[0]))
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device with flash-attention")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA device with flash-attention"
+)
 def test_padding_free_flash_attention_equals_padded(tiny_dir):
     """On GPU: flash-attention varlen through position ids gives the padded path's log-probs."""
     pytest.importorskip("flash_attn")
     from skyexp.models import load_model
 
     dev = torch.device("cuda")
-    model = load_model(str(tiny_dir), ModelConfig(attn_implementation="flash_attention_2", dtype="bfloat16"), dev)
+    model = load_model(
+        str(tiny_dir), ModelConfig(attn_implementation="flash_attention_2", dtype="bfloat16"), dev
+    )
     ro = rollout()
     idx = torch.arange(12)
-    padded = token_stats(model, MicroRows.of(ro, idx, ForwardSettings(12, dev)), 0.8, True, ForwardSettings(12, dev))
+    padded = token_stats(
+        model, MicroRows.of(ro, idx, ForwardSettings(12, dev)), 0.8, True, ForwardSettings(12, dev)
+    )
     f = ForwardSettings(12, dev, padding_free=True)
     packed = token_stats(model, MicroRows.of(ro, idx, f), 0.8, True, f)
     rm = ro.response_mask.to(dev)[:, : padded[0].shape[1]]

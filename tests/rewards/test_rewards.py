@@ -1,4 +1,5 @@
-"""Scoring: extraction, math-verify verdicts, and the pool's guarantees against hangs and crashes."""
+"""Scoring: extraction, math-verify verdicts, and the pool's guarantees against hangs and
+crashes."""
 
 from __future__ import annotations
 
@@ -38,7 +39,14 @@ def reward():
 
 
 def test_math_verify_verdicts(reward):
-    texts = ["... \\boxed{\\frac{1}{2}}", "\\boxed{50\\%}", "\\boxed{1/3}", "\\boxed{x^2+2x+1}", "nothing", "\\boxed{58}"]
+    texts = [
+        "... \\boxed{\\frac{1}{2}}",
+        "\\boxed{50\\%}",
+        "\\boxed{1/3}",
+        "\\boxed{x^2+2x+1}",
+        "nothing",
+        "\\boxed{58}",
+    ]
     golds = ["0.5", "0.5", "0.333", "(x+1)^2", "1", "58"]
     s = reward.score(texts, golds)
     assert s.scores == [1.0, 0.0, 0.0, 1.0, 0.0, 1.0]  # known verdicts, see ENV.md
@@ -46,16 +54,27 @@ def test_math_verify_verdicts(reward):
 
 
 def test_pathological_answers_score_zero_in_bounded_time(reward):
-    towers = ["\\boxed{" + "9^" * 40 + "9}", "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}", "\\boxed{10^{10^{10^{10}}}}"]
+    towers = [
+        "\\boxed{" + "9^" * 40 + "9}",
+        "\\boxed{2^{2^{2^{2^{2^{2^{2^{2}}}}}}}}",
+        "\\boxed{10^{10^{10^{10}}}}",
+    ]
     huge = ["\\boxed{" + "1+" * 20000 + "1}", "\\boxed{" + "x" * 100_000 + "}"]  # 40 kB, 100 kB
-    odd = ["\\boxed{" + "(" * 5000 + "}", "\\boxed{\x00\x07\x1b}", "\\boxed{" + "{" * 300 + "}"]  # unbalanced, control chars
+    odd = [
+        "\\boxed{" + "(" * 5000 + "}",
+        "\\boxed{\x00\x07\x1b}",
+        "\\boxed{" + "{" * 300 + "}",
+    ]  # unbalanced, control chars
     t = time.monotonic()
     s = reward.score(towers + huge + odd, ["1"] * 8)
     assert time.monotonic() - t < 60
     assert s.scores == [0.0] * 8
     # a value no machine can compute hits the time limit (or the memory cap) and is counted
     assert all(st in ("timeout", "error") for st in s.status[:3]), s.status
-    assert s.status[3:5] == ["error", "error"]  # longer than max_answer_chars: rejected before scoring
+    assert s.status[3:5] == [
+        "error",
+        "error",
+    ]  # longer than max_answer_chars: rejected before scoring
     assert s.timeouts + s.errors >= 5
 
 
@@ -68,7 +87,9 @@ def _hang(pred, gold, soft):
 def _soft_or_hang(pred, gold, soft):
     if pred == "hang":
         time.sleep(3600)
-    return (0.0, "timeout") if pred == "slow" else (1.0, "ok")  # "slow": math-verify's own limit fired
+    return (
+        (0.0, "timeout") if pred == "slow" else (1.0, "ok")
+    )  # "slow": math-verify's own limit fired
 
 
 def test_timeout_warning_names_the_limit_that_fired(caplog):
@@ -79,10 +100,18 @@ def test_timeout_warning_names_the_limit_that_fired(caplog):
         with caplog.at_level("WARNING", logger="skyexp.rewards.pool"):
             out = pool.verify([("slow", "1"), ("a", "1")])
             assert out == [(0.0, "timeout"), (1.0, "ok")]
-            assert "1 of 2 items timed out: 1 at math-verify's 1s parse/compare limit, 0 killed at the 3.0s hard limit" in caplog.text
+            assert (
+                "1 of 2 items timed out: 1 at math-verify's 1s parse/compare limit, 0 killed at "
+                "the 3.0s hard limit"
+                in caplog.text
+            )
             caplog.clear()
             pool.verify([("slow", "1"), ("hang", "1"), ("b", "1")])
-            assert "2 of 3 items timed out: 1 at math-verify's 1s parse/compare limit, 1 killed at the 3.0s hard limit" in caplog.text
+            assert (
+                "2 of 3 items timed out: 1 at math-verify's 1s parse/compare limit, 1 killed at "
+                "the 3.0s hard limit"
+                in caplog.text
+            )
     finally:
         pool.close()
 

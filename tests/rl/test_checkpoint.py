@@ -36,14 +36,28 @@ def _step(m, opt, seed: int) -> float:
 
 
 def _params(m) -> dict[str, torch.Tensor]:
-    return {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in m.state_dict().items()}
+    return {
+        k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone()
+        for k, v in m.state_dict().items()
+    }
 
 
 def test_round_trip_continues_bit_for_bit(tiny_dir, dist1, tmp_path):
     m, opt = _sharded(tiny_dir, dist1)
     _step(m, opt, 1), _step(m, opt, 2)
-    path = checkpoint.save(tmp_path / "checkpoints" / "step_00000002", m, opt, {"note": "x"}, {"a": torch.arange(3)}, dist1, 2)
-    assert checkpoint.is_complete(path) and checkpoint.read_state(path) == {"note": "x", "optimizer_saved": True}
+    path = checkpoint.save(
+        tmp_path / "checkpoints" / "step_00000002",
+        m,
+        opt,
+        {"note": "x"},
+        {"a": torch.arange(3)},
+        dist1,
+        2,
+    )
+    assert checkpoint.is_complete(path) and checkpoint.read_state(path) == {
+        "note": "x",
+        "optimizer_saved": True,
+    }
     assert not list(path.parent.glob(".tmp-*"))
     ref = [_step(m, opt, s) for s in (3, 4, 5)]
     m2, opt2 = _sharded(tiny_dir, dist1)
@@ -85,7 +99,10 @@ def test_only_complete_checkpoints_count(tmp_path):
     _fake(tmp_path, 10)
     _fake(tmp_path, 4, done=False)  # never finished
     _fake(tmp_path, 6, tmp=True)  # killed before the rename, though complete inside
-    assert checkpoint.complete_checkpoints(tmp_path) == [two, tmp_path / "checkpoints" / "step_00000010"]
+    assert checkpoint.complete_checkpoints(tmp_path) == [
+        two,
+        tmp_path / "checkpoints" / "step_00000010",
+    ]
     assert checkpoint.resolve_resume("auto", tmp_path).name == "step_00000010"
     assert checkpoint.resolve_resume("", tmp_path) is None
     assert checkpoint.resolve_resume(str(two), tmp_path) == two
@@ -100,19 +117,29 @@ def test_keep_last_and_stale_temporaries(tiny_dir, dist1, tmp_path):
     stale = _fake(tmp_path, 4, tmp=True)
     m, opt = _sharded(tiny_dir, dist1)
     checkpoint.save(tmp_path / "checkpoints" / "step_00000004", m, opt, {}, {}, dist1, keep_last=2)
-    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == ["step_00000003", "step_00000004"]
+    assert [p.name for p in checkpoint.complete_checkpoints(tmp_path)] == [
+        "step_00000003",
+        "step_00000004",
+    ]
     assert not stale.exists()
     assert checkpoint.prune(tmp_path / "checkpoints", 0) == []  # 0 keeps every checkpoint
 
 
 def test_rng_state_round_trip(tiny_dir):
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
-    eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3)
+    eng = HFEngine(
+        load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3
+    )
     torch.manual_seed(1), random.seed(2), np.random.seed(3)
     saved = lifecycle.rng_state(eng)
 
     def draw():
-        return (torch.rand(3).tolist(), random.random(), np.random.rand(), torch.rand(2, generator=eng.generator).tolist())
+        return (
+            torch.rand(3).tolist(),
+            random.random(),
+            np.random.rand(),
+            torch.rand(2, generator=eng.generator).tolist(),
+        )
 
     ref = draw()
     draw()
@@ -122,42 +149,79 @@ def test_rng_state_round_trip(tiny_dir):
 
 def test_rng_state_survives_weights_only_load(tiny_dir, tmp_path):
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
-    eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3)
+    eng = HFEngine(
+        load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3
+    )
     torch.save(lifecycle.rng_state(eng), tmp_path / "r.pt")
     ref = (random.random(), np.random.rand(), torch.rand(2, generator=eng.generator).tolist())
     lifecycle.set_rng_state(eng, torch.load(tmp_path / "r.pt", weights_only=True))
-    assert (random.random(), np.random.rand(), torch.rand(2, generator=eng.generator).tolist()) == ref
+    assert (
+        random.random(),
+        np.random.rand(),
+        torch.rand(2, generator=eng.generator).tolist(),
+    ) == ref
 
 
 def test_rewind_metrics_drops_rows_logged_after_the_checkpoint(tmp_path):
     f = tmp_path / "metrics.jsonl"
-    f.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(6)) + '{"step": 6, "x"')  # torn last line
+    f.write_text(
+        "".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(6)) + '{"step": 6, "x"'
+    )  # torn last line
     assert lifecycle.rewind_metrics(f, 4) == 3
     assert [json.loads(x)["step"] for x in f.read_text().splitlines()] == [0, 1, 2, 3]
     assert lifecycle.rewind_metrics(tmp_path / "none.jsonl", 1) == 0
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "samples.completions.jsonl").write_text("".join(
         json.dumps({"step": s, "prompt": "p"}) + "\n" for s in (1, 1, 5, 6)))
-    assert lifecycle.rewind_logs(tmp_path, 2) == 2 + 2  # metrics rows 2, 3; table rows of steps 5, 6
-    assert [json.loads(x)["step"] for x in (tmp_path / "tables" / "samples.completions.jsonl").read_text().splitlines()] == [1, 1]
+    assert (
+        lifecycle.rewind_logs(tmp_path, 2) == 2 + 2
+    )  # metrics rows 2, 3; table rows of steps 5, 6
+    assert [
+        json.loads(x)["step"]
+        for x in (tmp_path / "tables" / "samples.completions.jsonl").read_text().splitlines()
+    ] == [1, 1]
 
 
 def test_config_changes_are_named():
-    saved = {"trainer": {"lr": 1e-3, "resume": ""}, "logger": {"mode": "offline"}, "context": {"stages": [{"steps": 2}]}}
-    now = {"trainer": {"lr": 2e-3, "resume": "auto"}, "logger": {"mode": "online"}, "context": {"stages": [{"steps": 3}]}}
+    saved = {
+        "trainer": {"lr": 1e-3, "resume": ""},
+        "logger": {"mode": "offline"},
+        "context": {"stages": [{"steps": 2}]},
+    }
+    now = {
+        "trainer": {"lr": 2e-3, "resume": "auto"},
+        "logger": {"mode": "online"},
+        "context": {"stages": [{"steps": 3}]},
+    }
     assert lifecycle.warn_config_changes(saved, now) == ["context.stages", "trainer.lr"]
 
 
 def test_non_finite_update_is_skipped(tiny_dir, dist1):
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
     policy = load_model(str(tiny_dir), ModelConfig())
-    eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=0)
-    ro = eng.generate(tok(["Compute 1+1.\n", "Compute 2+2.\n"], add_special_tokens=False)["input_ids"], 4, 6, 1.0)
+    eng = HFEngine(
+        load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=0
+    )
+    ro = eng.generate(
+        tok(["Compute 1+1.\n", "Compute 2+2.\n"], add_special_tokens=False)["input_ids"], 4, 6, 1.0
+    )
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     adv = torch.randn(8)
     adv[3] = float("nan")
-    st = update(policy, opt, ro, adv, torch.ones(8), AlgoConfig(mini_batches=2, n=4), 0.0, 64, 1.0, 1, dist1.device)
+    st = update(
+        policy,
+        opt,
+        ro,
+        adv,
+        torch.ones(8),
+        AlgoConfig(mini_batches=2, n=4),
+        0.0,
+        64,
+        1.0,
+        1,
+        dist1.device,
+    )
     # group 0 (the NaN row) skips its optimizer step; group 1 steps
     assert st.skipped_updates == 1 and st.optimizer_steps == 1
     changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]

@@ -1,4 +1,5 @@
-"""Regression tests for issue 17, an audit of the RL maths against verl, TRL, OpenRLHF and the papers:
+"""Regression tests for issue 17, an audit of the RL maths against verl, TRL, OpenRLHF and the
+papers:
 1. KL in the reward + masked truncated rows: every row of a training group gets its log-probs;
 2. equal-reward groups get exactly 0 advantage in float32;
 3. REINFORCE++ with the KL in the reward is the paper's token-level estimator;
@@ -41,17 +42,23 @@ def _single_token_kl(kl: list[float]):
 
 
 def test_kl_in_reward_advantages_with_masked_rows_hand_values(dist1):
-    """The issue's case: rewards [0, 1, 0, 1], rows 0 and 2 truncated and masked (weight 0) but in the
+    """The issue's case: rewards [0, 1, 0, 1], rows 0 and 2 truncated and masked (weight 0) but in
+    the
     group's baseline, GRPO, beta = 0.05. With the true per-sequence KL [0.998, 0.15, 0.158, 0.37]:
       r' = r - 0.05 KL = [-0.0499, 0.9925, -0.0079, 0.9815], mean 0.47905,
       centred [-0.52895, 0.51345, -0.48695, 0.50245], std (n-1) = sqrt(1.032995 / 3) = 0.586798,
       A = [-0.90141, 0.87500, -0.82984, 0.85626]   (the trained rows 1 and 3: 0.875 / 0.856).
-    Reference log-probs left at 0 on the masked rows gave KL [4286.5, 0.15, 86.7, 0.37] and 0.52 / 0.52."""
+    Reference log-probs left at 0 on the masked rows gave KL [4286.5, 0.15, 86.7, 0.37] and 0.52 /
+    0.52."""
     a = AlgoConfig(advantage="grpo", kl_coef=0.05, kl_mode="reward", kl_estimator="k1")
     rewards, train = torch.tensor([[0.0, 1.0, 0.0, 1.0]]), torch.tensor([True])
-    adv = step_advantages(a, rewards, train, *_single_token_kl([0.998, 0.15, 0.158, 0.37]), dist1.device)
+    adv = step_advantages(
+        a, rewards, train, *_single_token_kl([0.998, 0.15, 0.158, 0.37]), dist1.device
+    )
     assert adv.tolist() == pytest.approx([-0.90141, 0.87500, -0.82984, 0.85626], abs=1e-4)
-    broken = step_advantages(a, rewards, train, *_single_token_kl([4286.5, 0.15, 86.7, 0.37]), dist1.device)
+    broken = step_advantages(
+        a, rewards, train, *_single_token_kl([4286.5, 0.15, 86.7, 0.37]), dist1.device
+    )
     assert broken[[1, 3]].tolist() == pytest.approx([0.5165, 0.5164], abs=1e-3)
 
 
@@ -60,7 +67,8 @@ def test_rl_step_gives_masked_rows_old_and_reference_logprobs(tmp_path, monkeypa
     """The real step with the KL in the reward, overlong filtering and recomputed old log-probs:
     rows 0, 2, ... of every group are marked truncated (so masked); the advantages still see old
     and reference log-probs on every response token of every row of the groups that train. The
-    run is REINFORCE++, so the update and the metrics also take its per-token advantages [G*n, R]."""
+    run is REINFORCE++, so the update and the metrics also take its per-token advantages [G*n,
+    R]."""
     from test_config import compose_cfg
 
     import skyexp.rl.step as step_mod
@@ -76,7 +84,9 @@ def test_rl_step_gives_masked_rows_old_and_reference_logprobs(tmp_path, monkeypa
         # rewards with signal in every group (the untrained model scores 0 everywhere): the
         # advantages must then be non-zero, whatever the sampled answers
         rewards = (torch.arange(b.rewards.numel()) % 4 == 1).float().view_as(b.rewards)
-        return dataclasses.replace(b, rollout=dataclasses.replace(b.rollout, truncated=truncated), rewards=rewards)
+        return dataclasses.replace(
+            b, rollout=dataclasses.replace(b.rollout, truncated=truncated), rewards=rewards
+        )
 
     def spy(a, rewards, train, logp, ref_logp, mask, device):
         seen.update(train=train, logp=logp, ref=ref_logp, mask=mask)
@@ -85,11 +95,29 @@ def test_rl_step_gives_masked_rows_old_and_reference_logprobs(tmp_path, monkeypa
 
     monkeypatch.setattr(step_mod, "collect_batch", collect)
     monkeypatch.setattr(step_mod, "step_advantages", spy)
-    cfg = to_typed(compose_cfg([
-        "algo=reinforce_pp", "algo.kl_coef=0.05", "algo.kl_mode=reward", "algo.kl_estimator=k1", "algo.mask_truncated=true",
-        "algo.old_logprobs=recompute", "sft.steps=0", "context.stages.0.steps=1", "algo.batch_size=2", "algo.n=4",
-        "context.stages.0.max_response_len=6", "eval.before=false", "eval.after=false", "logger=local",
-        "logger.progress=false", "trainer.save_final=false", "trainer.micro_batch_size=8"]))
+    cfg = to_typed(
+        compose_cfg(
+            [
+                "algo=reinforce_pp",
+                "algo.kl_coef=0.05",
+                "algo.kl_mode=reward",
+                "algo.kl_estimator=k1",
+                "algo.mask_truncated=true",
+                "algo.old_logprobs=recompute",
+                "sft.steps=0",
+                "context.stages.0.steps=1",
+                "algo.batch_size=2",
+                "algo.n=4",
+                "context.stages.0.max_response_len=6",
+                "eval.before=false",
+                "eval.after=false",
+                "logger=local",
+                "logger.progress=false",
+                "trainer.save_final=false",
+                "trainer.micro_batch_size=8",
+            ]
+        )
+    )
     summary = train_mod.train(cfg, tmp_path)
     assert summary["rl_steps"] == 1
     rows = seen["train"].repeat_interleave(4)
@@ -115,14 +143,22 @@ def test_equal_non_dyadic_rewards_give_exactly_zero(name, value):
 def test_equal_reward_groups_are_zero_over_a_sweep(name):
     """Values from -3 to 3 (and a few non-dyadic ones) x n = 2..16, each equal group beside one
     informative group (so batch statistics are not degenerate): every equal group exactly 0."""
-    values = torch.cat([torch.linspace(-3, 3, 241), torch.tensor([0.1, 0.3, 1 / 3, 2 / 3, 1e-3, 123.456, -7.77])])
+    values = torch.cat(
+        [torch.linspace(-3, 3, 241), torch.tensor([0.1, 0.3, 1 / 3, 2 / 3, 1e-3, 123.456, -7.77])]
+    )
     for n in range(2, 17):
-        informative = (torch.arange(n) == 0).float()[None]  # one of n correct: no sample at the mean
+        informative = (torch.arange(n) == 0).float()[
+            None
+        ]  # one of n correct: no sample at the mean
         r = torch.cat([values[:, None].expand(-1, n), informative])
         adv = estimator(name)(r)
         assert torch.equal(adv[:-1], torch.zeros_like(adv[:-1])), n
         # best-of-group (and pass@k forms with k > 1) give wrong samples exactly 0 by design
-        assert (adv[-1] != 0).any() if name in ("passk_best", "passk_chen", "pkpo") else (adv[-1] != 0).all()
+        assert (
+            (adv[-1] != 0).any()
+            if name in ("passk_best", "passk_chen", "pkpo")
+            else (adv[-1] != 0).all()
+        )
     # reinforce_pp with n = 1 (the original form, batch baseline): a batch of equal rewards is 0
     assert torch.equal(reinforce_pp(torch.full((8, 1), 1.2), adv_eps=1e-6), torch.zeros(8, 1))
 
@@ -138,7 +174,8 @@ def test_only_exactly_equal_groups_are_zeroed():
 
 # ---- 3. REINFORCE++ with the KL in the reward: the paper's token-level form ----
 
-# The issue's case: one group, rewards [1, 0, 0], response masks [1,1,1], [1,1,0], [1,1,1], per-token
+# The issue's case: one group, rewards [1, 0, 0], response masks [1,1,1], [1,1,0], [1,1,1],
+# per-token
 # k1 KL [0.1, 0.2, 3.0], [0.05, 0.05, -], [0, 0, 0], beta = 0.1.
 REWARDS = torch.tensor([[1.0, 0.0, 0.0]])
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
@@ -173,27 +210,47 @@ def test_sequence_form_is_the_former_estimator():
 
 def test_reinforce_pp_tokens_single_sample_form():
     # n = 1, beta = 0: rewards [1, 0] with 1 and 3 response tokens -> returns [1], [0, 0, 0];
-    # token mean 0.25, population std sqrt((0.5625 + 3 * 0.0625) / 4) = 0.43301 -> [1.7321], [-0.5774] * 3
+    # token mean 0.25, population std sqrt((0.5625 + 3 * 0.0625) / 4) = 0.43301 -> [1.7321],
+    # [-0.5774] * 3
     mask = torch.tensor([[1.0, 0.0, 0.0], [1.0, 1.0, 1.0]])
     adv = reinforce_pp_tokens(torch.tensor([[1.0], [0.0]]), torch.zeros(2, 3), mask, 0.0)
-    assert adv.tolist() == [pytest.approx([1.73205, 0.0, 0.0], abs=1e-4), pytest.approx([-0.57735] * 3, abs=1e-4)]
+    assert adv.tolist() == [
+        pytest.approx([1.73205, 0.0, 0.0], abs=1e-4),
+        pytest.approx([-0.57735] * 3, abs=1e-4),
+    ]
 
 
 def test_step_advantages_routes_reinforce_pp_by_kl_mode(dist1):
-    """kl_mode=reward: per-token [G*n, R] from the sampler / reference log-probs (k1), statistics over
+    """kl_mode=reward: per-token [G*n, R] from the sampler / reference log-probs (k1), statistics
+    over
     the training groups only; kl_mode=loss: the sequence form [G*n]."""
     ref = torch.zeros(6, 3)
     logp = torch.cat([KL, torch.full((3, 3), 9.0)])  # a second group that does not train: ignored
     mask = torch.cat([MASK, torch.ones(3, 3)])
-    rewards, train = torch.cat([REWARDS, torch.tensor([[5.0, -5.0, 0.0]])]), torch.tensor([True, False])
+    rewards, train = (
+        torch.cat([REWARDS, torch.tensor([[5.0, -5.0, 0.0]])]),
+        torch.tensor([True, False]),
+    )
     a = AlgoConfig(advantage="reinforce_pp", kl_coef=0.1, kl_mode="reward", kl_estimator="k1")
     adv = step_advantages(a, rewards, train, logp, ref, mask, dist1.device)
     assert adv.shape == (6, 3) and torch.equal(adv[3:], torch.zeros(3, 3))
     assert torch.allclose(adv[:3], reinforce_pp_tokens(REWARDS, KL, MASK, 0.1), atol=1e-6)
-    seq = step_advantages(dataclasses.replace(a, kl_mode="loss"), rewards, train, logp, ref, mask, dist1.device)
-    assert seq.shape == (6,) and seq[:3].tolist() == pytest.approx([2**0.5, -(2**0.5) / 2, -(2**0.5) / 2], abs=1e-5)
+    seq = step_advantages(
+        dataclasses.replace(a, kl_mode="loss"), rewards, train, logp, ref, mask, dist1.device
+    )
+    assert seq.shape == (6,) and seq[:3].tolist() == pytest.approx(
+        [2**0.5, -(2**0.5) / 2, -(2**0.5) / 2], abs=1e-5
+    )
     # the sequence-level form keeps the former estimator with the KL in the reward
-    old = step_advantages(dataclasses.replace(a, advantage="reinforce_pp_seq"), rewards, train, logp, ref, mask, dist1.device)
+    old = step_advantages(
+        dataclasses.replace(a, advantage="reinforce_pp_seq"),
+        rewards,
+        train,
+        logp,
+        ref,
+        mask,
+        dist1.device,
+    )
     assert old[:3].tolist() == pytest.approx([1.41411, -0.72276, -0.69134], abs=1e-4)
 
 
@@ -204,7 +261,9 @@ def rollout(tiny_dir):
 
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
     policy = load_model(str(tiny_dir), ModelConfig())
-    eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=0)
+    eng = HFEngine(
+        load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=0
+    )
     torch.manual_seed(3)
     prompts = tok(["Compute 1+1.\n", "Compute 4*4.\n"], add_special_tokens=False)["input_ids"]
     return policy, eng.generate(prompts, 3, 6, 1.0)
@@ -225,7 +284,19 @@ def test_update_takes_per_token_advantages(rollout, dist1):
 
     def step(adv):
         p = copy.deepcopy(policy)
-        rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, dist1.device)
+        rl_update(
+            p,
+            torch.optim.SGD(p.parameters(), lr=1.0),
+            ro,
+            adv,
+            weights,
+            AlgoConfig(),
+            0.0,
+            4,
+            0.0,
+            1,
+            dist1.device,
+        )
         return p
 
     def same(p, q, atol):
@@ -252,7 +323,9 @@ def test_update_takes_per_token_advantages(rollout, dist1):
 
 def _loss_and_grad(log_ratio: float, adv: float, clip_low=0.2, clip_high=0.2, clip_c=0.0):
     lp = torch.tensor([[log_ratio]], requires_grad=True)
-    loss, st = clipped_policy_loss(lp, torch.zeros(1, 1), torch.tensor([[adv]]), clip_low, clip_high, clip_c)
+    loss, st = clipped_policy_loss(
+        lp, torch.zeros(1, 1), torch.tensor([[adv]]), clip_low, clip_high, clip_c
+    )
     loss.sum().backward()
     return loss.item(), lp.grad.item(), st
 
@@ -268,9 +341,14 @@ def test_small_ratio_keeps_its_gradient_for_positive_advantage():
 
 
 def test_large_ratio_negative_advantage_is_bounded_only_by_the_dual_clip():
-    # A = -1, r = 20: PPO's L = max(20, 1.2) = 20 with gradient 20 (the former clamp at 10 gave 10, 0)
+    # A = -1, r = 20: PPO's L = max(20, 1.2) = 20 with gradient 20 (the former clamp at 10 gave 10,
+    # 0)
     loss, grad, st = _loss_and_grad(math.log(20.0), -1.0)
-    assert loss == pytest.approx(20.0) and grad == pytest.approx(20.0) and st["dual_clipped"].item() == 0
+    assert (
+        loss == pytest.approx(20.0)
+        and grad == pytest.approx(20.0)
+        and st["dual_clipped"].item() == 0
+    )
     # with the dual clip c = 10: held at -A c = 10, no gradient, counted as dual-clipped
     loss, grad, st = _loss_and_grad(math.log(20.0), -1.0, clip_c=10.0)
     assert loss == pytest.approx(10.0) and grad == 0.0 and st["dual_clipped"].item() == 1
@@ -282,14 +360,19 @@ def test_overflow_cap_keeps_everything_finite():
     assert loss == 0.0 and grad == 0.0
     loss, grad, _ = _loss_and_grad(1000.0, -1.0)
     assert loss == pytest.approx(math.exp(LOG_RATIO_CAP), rel=1e-5) and grad == 0.0
-    loss, grad, _ = _loss_and_grad(1000.0, 1.0)  # A > 0 far above 1 + clip_high: the PPO clip's flat value
+    loss, grad, _ = _loss_and_grad(
+        1000.0, 1.0
+    )  # A > 0 far above 1 + clip_high: the PPO clip's flat value
     assert loss == pytest.approx(-1.2) and grad == 0.0
     loss, grad, _ = _loss_and_grad(-1000.0, 1.0)  # r underflows to 0: L = -A r = 0, gradient 0
     assert loss == 0.0 and grad == 0.0
 
 
-@pytest.mark.parametrize("clip", [(0.2, 0.2, 0.0), (0.2, 0.28, 0.0), (1.0, 1.0, 0.0), (0.2, 0.2, 3.0)],
-                         ids=["ppo", "clip_higher", "clip_cov_range", "dual_clip"])
+@pytest.mark.parametrize(
+    "clip",
+    [(0.2, 0.2, 0.0), (0.2, 0.28, 0.0), (1.0, 1.0, 0.0), (0.2, 0.2, 3.0)],
+    ids=["ppo", "clip_higher", "clip_cov_range", "dual_clip"],
+)
 def test_gradient_equals_the_unclamped_ppo_objective(clip):
     """Over log-ratios -12..12 and advantages of both signs, value and gradient equal the PPO
     objective written without any clamp (in float64)."""
@@ -298,7 +381,9 @@ def test_gradient_equals_the_unclamped_ppo_objective(clip):
     for a in (-2.0, -0.5, 0.5, 2.0):
         adv = torch.full_like(x, a)
         lp = x.clone().float().requires_grad_(True)
-        loss, _ = clipped_policy_loss(lp[None], torch.zeros(1, x.numel()), adv.float()[None], clip_low, clip_high, clip_c)
+        loss, _ = clipped_policy_loss(
+            lp[None], torch.zeros(1, x.numel()), adv.float()[None], clip_low, clip_high, clip_c
+        )
         loss.sum().backward()
         ref_x = x.clone().requires_grad_(True)
         r = torch.exp(ref_x)

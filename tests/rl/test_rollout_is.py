@@ -1,4 +1,5 @@
-"""Truncated importance sampling for the sampler/trainer mismatch, and the mismatch the update measures."""
+"""Truncated importance sampling for the sampler/trainer mismatch, and the mismatch the update
+measures."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ L = math.log
 
 
 def test_token_weights_by_hand():
-    # ratios pi_trainer / pi_sampler: 0.5/0.25 = 2 (capped at 1.5), 0.25/0.5 = 0.5, 0.3/0.3 = 1; last is padding
+    # ratios pi_trainer / pi_sampler: 0.5/0.25 = 2 (capped at 1.5), 0.25/0.5 = 0.5, 0.3/0.3 = 1;
+    # last is padding
     trainer = torch.tensor([[L(0.5), L(0.25), L(0.3), 0.0]])
     sampler = torch.tensor([[L(0.25), L(0.5), L(0.3), -3.0]])
     mask = torch.tensor([[1.0, 1, 1, 0]])
@@ -37,7 +39,8 @@ def test_token_weights_by_hand():
 
 
 def test_sequence_weights_by_hand():
-    # row 0: log ratios L2 + L0.5 + 0 = 0 -> w = 1 on every token; row 1: L2 + L2 = L4 -> capped at 3;
+    # row 0: log ratios L2 + L0.5 + 0 = 0 -> w = 1 on every token; row 1: L2 + L2 = L4 -> capped at
+    # 3;
     # row 2: L0.5 on its one token (padding ignored) -> 0.5
     trainer = torch.tensor([[L(0.5), L(0.25), L(0.3)], [L(0.5), L(0.5), 0.0], [L(0.1), 9.0, 9.0]])
     sampler = torch.tensor([[L(0.25), L(0.5), L(0.3)], [L(0.25), L(0.25), 0.0], [L(0.2), 0.0, 0.0]])
@@ -74,7 +77,9 @@ def test_update_measures_the_sampler_mismatch(batch):
 
     def forward_only(rollout):  # lr 0: the forward passes only
         opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-        return update(policy, opt, rollout, adv, torch.ones(8), AlgoConfig(), 0.0, 3, 0.0, 1, d.device)
+        return update(
+            policy, opt, rollout, adv, torch.ones(8), AlgoConfig(), 0.0, 3, 0.0, 1, d.device
+        )
 
     st = forward_only(ro)
     assert st.sampler_logprob_diff_max < 1e-4
@@ -102,7 +107,8 @@ def test_mismatch_metrics_with_recomputed_old_logprobs(batch):
         ro.logprobs - 0.2 * ro.response_mask
     )  # trainer / sampler = e^0.2 = 1.22 -> capped at 1.1
     w = ROLLOUT_IS[a.rollout_is](ro.logprobs, sampler, ro.response_mask, a.rollout_is_cap)
-    # with recomputed old log-probs the diff covers every trained token, not the update's first mini-batch
+    # with recomputed old log-probs the diff covers every trained token, not the update's first
+    # mini-batch
     st = UpdateStats(
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, sampler_logprob_diff=9.0, sampler_logprob_diff_max=9.0
     )

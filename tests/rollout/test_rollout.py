@@ -15,12 +15,16 @@ from skyexp.rollout.hf import HFEngine, sample_token
 
 def _engine(tiny_dir, **kw):
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
-    return tok, HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, **kw)
+    return tok, HFEngine(
+        load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, **kw
+    )
 
 
 def test_logprobs_equal_a_forward_pass(tiny_dir):
     tok, eng = _engine(tiny_dir, seed=0)
-    prompts = tok(["Compute 1+2.\n", "Compute ((6*9)+4)*1.\n", "x"], add_special_tokens=False)["input_ids"]
+    prompts = tok(["Compute 1+2.\n", "Compute ((6*9)+4)*1.\n", "x"], add_special_tokens=False)[
+        "input_ids"
+    ]
     ro = eng.generate(prompts, n=3, max_tokens=12, temperature=0.8)
     assert ro.sequences.shape[0] == 9 and ro.response_mask.shape == ro.logprobs.shape
     model = load_model(str(tiny_dir), ModelConfig())
@@ -37,14 +41,18 @@ def test_eos_ends_the_response_mask(tiny_dir):
     # make EOS likely: bias the head so generation stops early for some rows
     with torch.no_grad():
         eng.model.lm_head.weight[tok.eos_token_id] += 0.5 * eng.model.lm_head.weight.abs().mean()
-    ro = eng.generate(tok(["a"], add_special_tokens=False)["input_ids"], n=32, max_tokens=20, temperature=1.0)
+    ro = eng.generate(
+        tok(["a"], add_special_tokens=False)["input_ids"], n=32, max_tokens=20, temperature=1.0
+    )
     lengths = ro.response_lengths.long()
     for i in range(32):
         resp = ro.responses[i]
         if not ro.truncated[i]:
             assert resp[lengths[i] - 1] == tok.eos_token_id
             assert (resp[: lengths[i] - 1] != tok.eos_token_id).all()
-        assert ro.response_mask[i, lengths[i]:].sum() == 0 and ro.response_mask[i, : lengths[i]].all()
+        assert (
+            ro.response_mask[i, lengths[i] :].sum() == 0 and ro.response_mask[i, : lengths[i]].all()
+        )
 
 
 def test_chunking_keeps_groups_and_shapes(tiny_dir):
@@ -70,7 +78,9 @@ def test_top_p_samples_only_the_nucleus():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]])).repeat(2000, 1)
     tok, lp, ent = sample_token(logits, 1.0, 0.7, torch.Generator().manual_seed(0))
     assert set(tok.tolist()) <= {0, 1}  # 0.5 + 0.3 reaches 0.7
-    assert torch.allclose(lp[tok == 0], torch.log(torch.tensor(0.5)))  # log-prob of the full distribution
+    assert torch.allclose(
+        lp[tok == 0], torch.log(torch.tensor(0.5))
+    )  # log-prob of the full distribution
     p = torch.tensor([0.5, 0.3, 0.15, 0.05])
     assert torch.allclose(ent, -(p * p.log()).sum(), atol=1e-5)
 
@@ -91,9 +101,20 @@ def _llama_gqa(tmp_path):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    m = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                                     num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                                     eos_token_id=1, pad_token_id=0, bos_token_id=0))
+    m = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=64,
+            hidden_size=64,
+            intermediate_size=96,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=256,
+            eos_token_id=1,
+            pad_token_id=0,
+            bos_token_id=0,
+        )
+    )
     m.save_pretrained(tmp_path / "llama")
     return str(tmp_path / "llama")
 
@@ -101,18 +122,27 @@ def _llama_gqa(tmp_path):
 @pytest.mark.parametrize("arch", ["qwen2", "llama_gqa"])
 def test_lean_decoding_equals_the_model_forward(tiny_dir, tmp_path, arch):
     """The lean path samples what the model's own forward samples (same seed: same tokens) with
-    the same log-probs and entropies, through cache growth (40 > CHUNK tokens) and row compaction."""
+    the same log-probs and entropies, through cache growth (40 > CHUNK tokens) and row
+    compaction."""
     from skyexp.rollout.lean import CHUNK, lean_supported
 
-    path, eos, pad = (str(tiny_dir), None, None) if arch == "qwen2" else (_llama_gqa(tmp_path), 1, 0)
+    path, eos, pad = (
+        (str(tiny_dir), None, None) if arch == "qwen2" else (_llama_gqa(tmp_path), 1, 0)
+    )
     if arch == "qwen2":
         tok = load_tokenizer(path, ModelConfig())
         eos, pad = tok.eos_token_id, tok.pad_token_id
-        prompts = tok(["Compute 1+2.\n", "Compute ((6*9)+4)*1.\n", "x"], add_special_tokens=False)["input_ids"]
+        prompts = tok(["Compute 1+2.\n", "Compute ((6*9)+4)*1.\n", "x"], add_special_tokens=False)[
+            "input_ids"
+        ]
     else:
         prompts = [[5, 6, 7], [9, 3, 4, 5, 6, 2, 8], [11]]
     # EOS := the token this random model samples most, so rows finish at different steps
-    probe = HFEngine(load_model(path, ModelConfig()), -1, pad, seed=7).generate(prompts, 4, 40, 0.9).responses
+    probe = (
+        HFEngine(load_model(path, ModelConfig()), -1, pad, seed=7)
+        .generate(prompts, 4, 40, 0.9)
+        .responses
+    )
     eos = int(probe.flatten().bincount().argmax())
     out = {}
     for lean in (True, False):
@@ -120,14 +150,20 @@ def test_lean_decoding_equals_the_model_forward(tiny_dir, tmp_path, arch):
         assert (eng.fused is not None) == lean and lean_supported(eng.model)
         out[lean] = eng.generate(prompts, n=4, max_tokens=40, temperature=0.9)
     a, b = out[True], out[False]
-    assert a.response_mask.shape[1] > CHUNK and int(a.truncated.sum()) <= 0.75 * a.truncated.numel()  # compacted
+    assert (
+        a.response_mask.shape[1] > CHUNK and int(a.truncated.sum()) <= 0.75 * a.truncated.numel()
+    )  # compacted
     assert torch.equal(a.sequences, b.sequences) and torch.equal(a.attention_mask, b.attention_mask)
     assert torch.equal(a.response_mask, b.response_mask)
-    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5) and torch.allclose(a.entropy, b.entropy, atol=1e-5)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5) and torch.allclose(
+        a.entropy, b.entropy, atol=1e-5
+    )
     model = load_model(path, ModelConfig())
     with torch.no_grad():
         logits = response_logits(model, a.sequences, a.attention_mask, a.prompt_len)
-    assert torch.allclose(token_logprobs(logits, a.responses, 0.9) * a.response_mask, a.logprobs, atol=1e-4)
+    assert torch.allclose(
+        token_logprobs(logits, a.responses, 0.9) * a.response_mask, a.logprobs, atol=1e-4
+    )
 
 
 def test_fused_weights_follow_sync(tiny_dir):
@@ -141,11 +177,20 @@ def test_fused_weights_follow_sync(tiny_dir):
     eng.sync_weights(policy)
     layer = eng.model.model.layers[0]
     assert layer.self_attn.k_proj.weight.data_ptr() > layer.self_attn.q_proj.weight.data_ptr()
-    assert torch.equal(eng.fused[0][0][: layer.self_attn.q_proj.out_features], layer.self_attn.q_proj.weight)
-    ro = eng.generate(tok(["Compute 3*3.\n"], add_special_tokens=False)["input_ids"], n=4, max_tokens=10, temperature=1.0)
+    assert torch.equal(
+        eng.fused[0][0][: layer.self_attn.q_proj.out_features], layer.self_attn.q_proj.weight
+    )
+    ro = eng.generate(
+        tok(["Compute 3*3.\n"], add_special_tokens=False)["input_ids"],
+        n=4,
+        max_tokens=10,
+        temperature=1.0,
+    )
     with torch.no_grad():
         logits = response_logits(policy, ro.sequences, ro.attention_mask, ro.prompt_len)
-    assert torch.allclose(token_logprobs(logits, ro.responses, 1.0) * ro.response_mask, ro.logprobs, atol=1e-4)
+    assert torch.allclose(
+        token_logprobs(logits, ro.responses, 1.0) * ro.response_mask, ro.logprobs, atol=1e-4
+    )
 
 
 def test_lean_path_declines_what_it_does_not_reproduce(tiny_dir):
@@ -161,7 +206,8 @@ def test_lean_path_declines_what_it_does_not_reproduce(tiny_dir):
 
 def test_draw_samples_the_distribution():
     """Inverse-CDF draws: frequencies match the probabilities (unnormalised rows too), zero-mass
-    tokens never come up, the same seed gives the same draws, and a long flat tail keeps its mass."""
+    tokens never come up, the same seed gives the same draws, and a long flat tail keeps its
+    mass."""
     from skyexp.rollout.hf import draw
 
     p = torch.tensor([0.5, 0.3, 0.0, 0.15, 0.05])
@@ -192,7 +238,9 @@ def test_kv_cache_goes_by_the_supported_argument(tiny_dir, dist1):
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)
         ro = eng.generate([tok("Compute 1+1.")["input_ids"]] * 2, 3, 8, 1.0)
-        policy = shard(load_model(str(tiny_dir), ModelConfig()), dist1)  # FSDP2 keeps the forward's signature
+        policy = shard(
+            load_model(str(tiny_dir), ModelConfig()), dist1
+        )  # FSDP2 keeps the forward's signature
         assert cache_kwarg(policy) == cache_kwarg(model)
         groups = torch.arange(6) // 3
         shared = response_logits(policy, ro.sequences, ro.attention_mask, ro.prompt_len, groups)
