@@ -110,7 +110,8 @@ def parity(text: str) -> float:
 
 
 class ParityReward:
-    """skyexp's reward protocol (score(texts, golds) -> Scored; close()) with the stand-in reward."""
+    """skyexp's reward protocol (score(texts, golds) -> Scored; close()) with the stand-in
+    reward."""
 
     def score(self, texts: list[str], golds: list[str]):
         from skyexp.rewards import Scored

@@ -59,15 +59,18 @@ def selfmatch(files: list[str], workers: int) -> None:
             secs = time.perf_counter() - t
             hits = sum(s == 1.0 for s, _ in via_pool)
             print(
-                f"[selfmatch] {name}: {len(rows)} gold answers; extraction returns the gold text for {extract_ok}; "
-                f"reward path 1.0 for {int(sum(via_reward.scores))}; math-verify alone 1.0 for {hits} "
+                f"[selfmatch] {name}: {len(rows)} gold answers; extraction returns the gold text "
+                f"for {extract_ok}; "
+                f"reward path 1.0 for {int(sum(via_reward.scores))}; math-verify alone 1.0 for "
+                f"{hits} "
                 f"({len(rows) / secs:.0f} answers/s, {workers} workers)"
             )
             for (s, st), r in zip(via_pool, rows):
                 if s != 1.0:
                     parsed = parse(f"\\boxed{{{r['answer']}}}", parsing_timeout=5)
                     print(
-                        f"    miss {r['id']}: answer {r['answer']!r} status {st}; math-verify parsed it as {parsed!r}"
+                        f"    miss {r['id']}: answer {r['answer']!r} status {st}; math-verify "
+                        f"parsed it as {parsed!r}"
                     )
     finally:
         reward.close()
@@ -91,7 +94,8 @@ def scoring(workers_list: list[int]) -> None:
         finally:
             reward.close()
         print(
-            f"[scoring] {len(texts)} MATH-500 answers vs their neighbour's gold, {w} worker(s): {len(texts) / secs:.0f} answers/s "
+            f"[scoring] {len(texts)} MATH-500 answers vs their neighbour's gold, {w} worker(s): "
+            f"{len(texts) / secs:.0f} answers/s "
             f"({secs:.2f}s; correct {int(sum(s.scores))}, timeouts {s.timeouts}, errors {s.errors})"
         )
 
@@ -141,9 +145,12 @@ def eval_throughput(threads: int, model_dir: str) -> None:
             samples = len(problems) * cfg.n
             tokens = sum(s["length"] for r in res.records for s in r["samples"])
             print(
-                f"[eval] {label}: {samples} samples in {res.seconds:.2f}s = {samples / res.seconds:.1f} samples/s "
-                f"({tokens / res.seconds:.0f} response tokens/s, {threads} threads, {models.num_params(engine.model) / 1e6:.2f}M params, "
-                f"{sum(s['truncated'] for r in res.records for s in r['samples'])} samples hit the cap, pass@1 {res.pass_at[1]:.3f})"
+                f"[eval] {label}: {samples} samples in {res.seconds:.2f}s = "
+                f"{samples / res.seconds:.1f} samples/s "
+                f"({tokens / res.seconds:.0f} response tokens/s, {threads} threads, "
+                f"{models.num_params(engine.model) / 1e6:.2f}M params, "
+                f"{sum(s['truncated'] for r in res.records for s in r['samples'])} samples hit "
+                f"the cap, pass@1 {res.pass_at[1]:.3f})"
             )
     finally:
         reward.close()

@@ -1,10 +1,14 @@
 #!/usr/bin/env python3
 """GPU check: prepared here, run in one command on a lent GPU (issue 22).
 
-    .venv/bin/python bench/gpu_check.py prepare            # here, with network: wheels the GPU image lacks -> .whl/
-    python3 bench/gpu_check.py run --out "$OUT"             # on the GPU machine (no network): the check
-    .venv/bin/python bench/gpu_check.py run --dry-run       # no CUDA: install + parse checks only (the default there)
-    .venv/bin/python bench/gpu_check.py run --rehearse      # no CUDA: run the gpu tests and the tiny loop on CPU
+    .venv/bin/python bench/gpu_check.py prepare            # here, with network: wheels the GPU
+image lacks -> .whl/
+    python3 bench/gpu_check.py run --out "$OUT"             # on the GPU machine (no network): the
+check
+    .venv/bin/python bench/gpu_check.py run --dry-run       # no CUDA: install + parse checks only
+(the default there)
+    .venv/bin/python bench/gpu_check.py run --rehearse      # no CUDA: run the gpu tests and the
+tiny loop on CPU
 
 `prepare` (bench/gpu_wheels.py) downloads, as wheels for the GPU image's Python (3.12, manylinux
 x86_64), the packages skyexp needs that the image lacks (hydra-core, omegaconf, their antlr runtime,
@@ -25,7 +29,7 @@ pytest_gpu.xml and each loop's metrics.jsonl into --out (default: a new temporar
 exits 1 if any part failed. Without CUDA it says so and runs the dry run: the wheels install into a
 fresh directory, the gpu tests are collected, and every `python -m skyexp` command composes and
 validates (`--cfg job` and the typed schema); `--rehearse` runs the tests (on CPU, see
-tests/test_gpu.py) and the tiny loop (CPU, fp32) for real.
+tests/e2e/test_gpu.py) and the tiny loop (CPU, fp32) for real.
 
 Only the standard library is imported at the top: `run` starts before anything is installed.
 """
@@ -49,15 +53,29 @@ ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WHEELS = ROOT / ".whl"
 BUDGET_S = 420  # the whole run; the device tool's call gets a timeout_s above this (README)
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling module, however this file is loaded
+sys.path.insert(
+    0, str(Path(__file__).resolve().parent)
+)  # the sibling module, however this file is loaded
 from gpu_wheels import ALSO, TARGET_PLATFORMS, TARGET_PY, prepare  # noqa: E402
 
 # --- run: what each part runs ----------------------------------------------------------------
 
-# tests/test_train_smoke.py's TINY (tests/test_gpu_check.py keeps the two in step)
-SMOKE = ["sft.steps=6", "sft.batch_size=16", "context.stages.0.steps=3", "algo.batch_size=4", "algo.n=4",
-         "eval.size=8", "eval.n=4", "eval.max_response_len=24", "context.stages.0.max_response_len=24",
-         "logger.progress=false", "entropy=fixed", "entropy.coef=0.01", "trainer.lr=1e-3"]
+# tests/e2e/test_train_smoke.py's TINY (tests/e2e/test_gpu_check.py keeps the two in step)
+SMOKE = [
+    "sft.steps=6",
+    "sft.batch_size=16",
+    "context.stages.0.steps=3",
+    "algo.batch_size=4",
+    "algo.n=4",
+    "eval.size=8",
+    "eval.n=4",
+    "eval.max_response_len=24",
+    "context.stages.0.max_response_len=24",
+    "logger.progress=false",
+    "entropy=fixed",
+    "entropy.coef=0.01",
+    "trainer.lr=1e-3",
+]
 GPU = ["trainer.device=cuda", "model.dtype=bfloat16"]
 # The rehearsal on CPU: fp32 (bf16 is slow on these CPUs), one thread (shared cores), and the smoke
 # test's own small step shape instead of the GPU shape.
@@ -82,13 +100,38 @@ def merge(*groups: list[str], drop: tuple[str, ...] = ()) -> list[str]:
 LOOPS = {
     # the tiny model with the default experiment's step shape (32 prompts x 8 samples, 64 tokens);
     # default logger (W&B offline: the carried wandb runs)
-    "tiny": (["context.stages.0.steps=6", "algo.batch_size=32", "algo.n=8", "context.stages.0.max_response_len=64"], 6),
+    "tiny": (
+        [
+            "context.stages.0.steps=6",
+            "algo.batch_size=32",
+            "algo.n=8",
+            "context.stages.0.max_response_len=64",
+        ],
+        6,
+    ),
     # a randomly initialised Qwen2 of 0.52B parameters (the tiny byte-level vocabulary, so the
-    # layers dominate): no SFT, no eval, entropy bonus on so every row trains though no answer is right
-    "qwen2_0p5b": (["model.hidden_size=1024", "model.num_layers=24", "model.num_heads=16", "model.intermediate_size=5632",
-                    "sft=none", "eval.before=false", "eval.after=false", "logger=local", "trainer.save_final=false",
-                    "context.stages.0.steps=5", "algo.batch_size=16", "algo.n=8", "context.stages.0.max_response_len=256",
-                    "trainer.micro_batch_size=32", "trainer.lr=1e-5"], 5),
+    # layers dominate): no SFT, no eval, entropy bonus on so every row trains though no answer is
+    # right
+    "qwen2_0p5b": (
+        [
+            "model.hidden_size=1024",
+            "model.num_layers=24",
+            "model.num_heads=16",
+            "model.intermediate_size=5632",
+            "sft=none",
+            "eval.before=false",
+            "eval.after=false",
+            "logger=local",
+            "trainer.save_final=false",
+            "context.stages.0.steps=5",
+            "algo.batch_size=16",
+            "algo.n=8",
+            "context.stages.0.max_response_len=256",
+            "trainer.micro_batch_size=32",
+            "trainer.lr=1e-5",
+        ],
+        5,
+    ),
 }
 
 
@@ -101,7 +144,7 @@ def loop_overrides(name: str, rehearse: bool = False) -> tuple[list[str], int]:
 
 
 def gpu_test_files() -> list[str]:
-    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").glob("test_*.py")
+    return sorted(str(p.relative_to(ROOT)) for p in (ROOT / "tests").rglob("test_*.py")
                   if "mark.gpu" in p.read_text())
 
 
@@ -117,7 +160,11 @@ class Check:
         self.t0 = time.monotonic()
         self.deadline = self.t0 + budget_s
         self.log = open(out / "gpu_check.log", "a", buffering=1)
-        self.summary: dict = {"started": time.strftime("%Y-%m-%d %H:%M:%S"), "budget_s": budget_s, "parts": {}}
+        self.summary: dict = {
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+            "budget_s": budget_s,
+            "parts": {},
+        }
 
     def say(self, line: str) -> None:
         print(line, flush=True)
@@ -125,10 +172,13 @@ class Check:
 
     def save(self) -> None:
         self.summary["wall_s"] = round(time.monotonic() - self.t0, 1)
-        (self.out / "gpu_check.json").write_text(json.dumps(self.summary, indent=1, default=str) + "\n")
+        (self.out / "gpu_check.json").write_text(
+            json.dumps(self.summary, indent=1, default=str) + "\n"
+        )
 
     def cmd(self, args: list[str], timeout: float, env: dict[str, str] | None = None) -> dict:
-        """Run args; its output goes to the log. Returns rc (124 on timeout), wall_s, the output's tail."""
+        """Run args; its output goes to the log. Returns rc (124 on timeout), wall_s, the output's
+        tail."""
         left = self.deadline - time.monotonic()
         if left < 15:
             return {"cmd": " ".join(args), "rc": None, "skipped": "out of time"}
@@ -137,8 +187,14 @@ class Check:
         self.log.flush()
         start = self.log.tell()
         t0 = time.monotonic()
-        p = subprocess.Popen(args, cwd=ROOT, env=env or self.env, stdout=self.log, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+        p = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=env or self.env,
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             rc = p.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -149,7 +205,12 @@ class Check:
         with open(self.out / "gpu_check.log") as f:
             f.seek(start)
             tail = f.read()[-3000:]
-        return {"cmd": " ".join(args), "rc": rc, "wall_s": round(time.monotonic() - t0, 1), "tail": tail}
+        return {
+            "cmd": " ".join(args),
+            "rc": rc,
+            "wall_s": round(time.monotonic() - t0, 1),
+            "tail": tail,
+        }
 
     def part(self, name: str, result: dict) -> bool:
         """Record a part's result (ok: rc 0); True unless it failed."""
@@ -169,9 +230,12 @@ class Check:
 
 
 def child_json(check: Check, args: list[str], timeout: float) -> tuple[dict | None, str]:
-    """Run `python <args>`, which prints one line `RESULT <json>`: (that object or None, stderr's tail)."""
+    """Run `python <args>`, which prints one line `RESULT <json>`: (that object or None, stderr's
+    tail)."""
     try:
-        r = subprocess.run([sys.executable, *args], capture_output=True, text=True, env=check.env, timeout=timeout)
+        r = subprocess.run(
+            [sys.executable, *args], capture_output=True, text=True, env=check.env, timeout=timeout
+        )
     except subprocess.TimeoutExpired:
         return None, f"timed out after {timeout} s"
     check.log.write(r.stdout + r.stderr)
@@ -180,12 +244,15 @@ def child_json(check: Check, args: list[str], timeout: float) -> tuple[dict | No
 
 
 def probe(check: Check) -> dict:
-    code = ("import json, platform, torch, transformers; c = torch.cuda.is_available(); "
-            "print('RESULT ' + json.dumps({'python': platform.python_version(), 'torch': torch.__version__, "
-            "'transformers': transformers.__version__, 'cuda': c, "
-            "'gpu': torch.cuda.get_device_name(0) if c else None, "
-            "'bf16': torch.cuda.is_bf16_supported() if c else None, "
-            "'nccl': torch.distributed.is_nccl_available()}))")
+    code = (
+        "import json, platform, torch, transformers; c = torch.cuda.is_available(); "
+        "print('RESULT ' + "
+        "json.dumps({'python': platform.python_version(), 'torch': torch.__version__, "
+        "'transformers': transformers.__version__, 'cuda': c, "
+        "'gpu': torch.cuda.get_device_name(0) if c else None, "
+        "'bf16': torch.cuda.is_bf16_supported() if c else None, "
+        "'nccl': torch.distributed.is_nccl_available()}))"
+    )
     info, err = child_json(check, ["-c", code], 120)
     return info or {"cuda": False, "error": err}
 
@@ -193,14 +260,40 @@ def probe(check: Check) -> dict:
 def install(check: Check, wheels: Path, site: Path, cross: bool) -> dict:
     files = sorted(wheels.glob("*.whl"))
     if not files:
-        return {"rc": 1, "tail": f"no wheels in {wheels}: run `.venv/bin/python bench/gpu_check.py prepare` first"}
+        return {
+            "rc": 1,
+            "tail": f"no wheels in {wheels}: "
+            "run `.venv/bin/python bench/gpu_check.py prepare` first",
+        }
     tags = ["--python-version", TARGET_PY, "--implementation", "cp", "--only-binary=:all:",
             *sum((["--platform", p] for p in TARGET_PLATFORMS), [])] if cross else []
-    r = check.cmd([sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--no-compile",
-                   "--no-cache-dir", "--upgrade", "--find-links", str(wheels), "--target", str(site), *tags,
-                   *map(str, files)], 300)
+    r = check.cmd(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-index",
+            "--no-deps",
+            "--no-compile",
+            "--no-cache-dir",
+            "--upgrade",
+            "--find-links",
+            str(wheels),
+            "--target",
+            str(site),
+            *tags,
+            *map(str, files),
+        ],
+        300,
+    )
     installed = len(list(site.glob("*.dist-info"))) if site.is_dir() else 0
-    r.update(wheels=len(files), installed=installed, mib=round(sum(f.stat().st_size for f in files) / 2**20, 1))
+    r.update(
+        wheels=len(files),
+        installed=installed,
+        mib=round(sum(f.stat().st_size for f in files) / 2**20, 1),
+    )
     if r["rc"] == 0 and installed != len(files):
         r["rc"] = 1
     return r
@@ -218,7 +311,18 @@ def import_check(check: Check, site: Path) -> dict:
 def pytest_part(check: Check, collect_only: bool, on_cpu: bool) -> dict:
     files = gpu_test_files()
     xml = check.out / "pytest_gpu.xml"
-    args = [sys.executable, "-m", "pytest", "-m", "gpu", "-p", "no:cacheprovider", "-q", "-rA", *files]
+    args = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "gpu",
+        "-p",
+        "no:cacheprovider",
+        "-q",
+        "-rA",
+        *files,
+    ]
     args += ["--collect-only"] if collect_only else [f"--junitxml={xml}"]
     env = {**check.env, "SKYEXP_GPU_TESTS_ON_CPU": "1"} if on_cpu else None
     r = check.cmd(args, 60 if collect_only else 200, env)
@@ -240,22 +344,33 @@ def junit(xml: Path) -> dict:
     for case in ET.parse(xml).getroot().iter("testcase"):
         name = case.get("name", "?")
         bad = next((c for c in case if c.tag in ("failure", "error", "skipped")), None)
-        outcomes[name] = "passed" if bad is None else f"{bad.tag}: {(bad.get('message') or '')[:300]}"
-    counts = {k: sum(v.split(":")[0] == k for v in outcomes.values()) for k in ("passed", "failure", "error", "skipped")}
+        outcomes[name] = (
+            "passed" if bad is None else f"{bad.tag}: {(bad.get('message') or '')[:300]}"
+        )
+    counts = {
+        k: sum(v.split(":")[0] == k for v in outcomes.values())
+        for k in ("passed", "failure", "error", "skipped")
+    }
     return {"counts": counts, "tests": outcomes}
 
 
-def loop_part(check: Check, name: str, work: Path, dry: bool, rehearse: bool, extra: list[str]) -> dict:
+def loop_part(
+    check: Check, name: str, work: Path, dry: bool, rehearse: bool, extra: list[str]
+) -> dict:
     overrides, steps = loop_overrides(name, rehearse)
     overrides = merge(overrides, extra)
     if dry:
         r = check.cmd([sys.executable, "-m", "skyexp", "--cfg", "job", *overrides], 60)
-        v = check.cmd([sys.executable, str(Path(__file__).resolve()), "_validate", json.dumps(overrides)], 60)
+        v = check.cmd(
+            [sys.executable, str(Path(__file__).resolve()), "_validate", json.dumps(overrides)], 60
+        )
         return {**r, "rc": r["rc"] or v["rc"], "overrides": overrides, "validate_rc": v["rc"],
                 "tail": r.get("tail", "") + v.get("tail", "")}
     outputs, stats = work / f"out_{name}", work / f"stats_{name}.json"
     env = {**check.env, "SKYEXP_OUTPUTS": str(outputs)}
-    r = check.cmd([sys.executable, str(Path(__file__).resolve()), "_loop", str(stats), *overrides], 200, env)
+    r = check.cmd(
+        [sys.executable, str(Path(__file__).resolve()), "_loop", str(stats), *overrides], 200, env
+    )
     r["overrides"] = overrides
     runs = [p.parent for p in outputs.rglob(".hydra")] if outputs.is_dir() else []
     if stats.exists():
@@ -283,16 +398,31 @@ def loop_metrics(run_dir: Path, steps: int) -> dict:
         vals = [r[k] for r in warm if isinstance(r.get(k), (int, float))]
         return round(statistics.median(vals), 4) if vals else None
 
-    finite = all(abs(r.get(k, 0.0)) < float("inf") for r in rl for k in ("actor/pg_loss", "actor/grad_norm", "actor/entropy"))
-    out = {"rl_steps": len(rl), "step_s": med("timing_s/step"), "gen_s": med("timing_s/gen"),
-           "update_s": med("timing_s/update"), "tokens_per_s": med("perf/throughput"),
-           "response_len": med("response_length/mean"), "grad_norm": med("actor/grad_norm"),
-           "entropy": med("actor/entropy"), "sampler_logprob_gap": med("rollout/logprob_diff"),
-           "finite_ok": finite and len(rl) == steps and any(r.get("actor/grad_norm", 0) > 0 for r in rl)}
+    finite = all(
+        abs(r.get(k, 0.0)) < float("inf")
+        for r in rl
+        for k in ("actor/pg_loss", "actor/grad_norm", "actor/entropy")
+    )
+    out = {
+        "rl_steps": len(rl),
+        "step_s": med("timing_s/step"),
+        "gen_s": med("timing_s/gen"),
+        "update_s": med("timing_s/update"),
+        "tokens_per_s": med("perf/throughput"),
+        "response_len": med("response_length/mean"),
+        "grad_norm": med("actor/grad_norm"),
+        "entropy": med("actor/entropy"),
+        "sampler_logprob_gap": med("rollout/logprob_diff"),
+        "finite_ok": finite
+        and len(rl) == steps
+        and any(r.get("actor/grad_norm", 0) > 0 for r in rl),
+    }
     summary = run_dir / "summary.json"
     if summary.exists():
         s = json.loads(summary.read_text())
-        out.update({k: s[k] for k in ("wall_s", "pass@1_before", "pass@1_after", "sft_cached") if k in s})
+        out.update(
+            {k: s[k] for k in ("wall_s", "pass@1_before", "pass@1_after", "sft_cached") if k in s}
+        )
     return out
 
 
@@ -309,12 +439,27 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gpu_check_work_"))
     site = work / "site"  # a fresh target directory every run
-    carry_site = sys.version_info[:2] == tuple(map(int, TARGET_PY.split(".")))  # the wheels are for 3.12
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false", "WANDB_MODE": "offline",
-           "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "SKYEXP_CACHE": str(work / "cache"),
-           "PYTHONPATH": os.pathsep.join([str(ROOT), *([str(site)] if carry_site else []),
-                                          *filter(None, [os.environ.get("PYTHONPATH")])])}
+    carry_site = sys.version_info[:2] == tuple(
+        map(int, TARGET_PY.split("."))
+    )  # the wheels are for 3.12
+    env = {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "SKYEXP_CACHE": str(work / "cache"),
+        "PYTHONPATH": os.pathsep.join(
+            [
+                str(ROOT),
+                *([str(site)] if carry_site else []),
+                *filter(None, [os.environ.get("PYTHONPATH")]),
+            ]
+        ),
+    }
     check = Check(out, args.budget, env)
     info = probe(check)
     cuda = bool(info.get("cuda"))
@@ -324,13 +469,21 @@ def run(args: argparse.Namespace) -> int:
     check.summary.update(mode=mode, probe=info, out=str(out), work=str(work))
     check.say(f"[gpu_check] {json.dumps(info)}")
     if not cuda:
-        check.say(f"[gpu_check] no CUDA device: {mode} (installs, then checks that every command parses"
-                  + ("; runs the gpu tests and the tiny loop on CPU)" if mode == "rehearse" else ")"))
-    parts = set(args.parts.split(",")) if args.parts else {"install", "imports", "pytest", "tiny", "qwen2_0p5b", "memory"}
+        check.say(
+            f"[gpu_check] no CUDA device: {mode} (installs, then checks that every command parses"
+            + ("; runs the gpu tests and the tiny loop on CPU)" if mode == "rehearse" else ")")
+        )
+    parts = (
+        set(args.parts.split(","))
+        if args.parts
+        else {"install", "imports", "pytest", "tiny", "qwen2_0p5b", "memory"}
+    )
     dry = mode == "dry-run"
     ok = True
     if "install" in parts:
-        ok &= check.part("install", install(check, Path(args.wheels).resolve(), site, cross=not carry_site))
+        ok &= check.part(
+            "install", install(check, Path(args.wheels).resolve(), site, cross=not carry_site)
+        )
     if "imports" in parts:
         if carry_site or mode == "gpu":
             ok &= check.part("imports", import_check(check, site))
@@ -344,7 +497,8 @@ def run(args: argparse.Namespace) -> int:
     fallback = ["logger=local"] if wandb.startswith("FAILED") else []
     for name in LOOPS:
         if name in parts:
-            # the dry run parses the GPU commands themselves; the rehearsal runs the tiny loop in the
+            # the dry run parses the GPU commands themselves; the rehearsal runs the tiny loop in
+            # the
             # smoke test's shape on CPU and parses the 0.52B one (many minutes on CPU)
             rehearse = mode == "rehearse" and name == "tiny"
             compose_only = dry or (mode == "rehearse" and not rehearse)
@@ -353,8 +507,11 @@ def run(args: argparse.Namespace) -> int:
         ok &= check.part("memory", memory_part(check, dry or mode == "rehearse"))
     check.summary["ok"] = ok
     check.save()
-    check.say(f"[gpu_check] {'all parts ok' if ok else 'SOME PARTS FAILED'} ({mode}, "
-              f"{check.summary['wall_s']} s); summary {out / 'gpu_check.json'}, log {out / 'gpu_check.log'}")
+    check.say(
+        f"[gpu_check] {'all parts ok' if ok else 'SOME PARTS FAILED'} ({mode}, "
+        f"{check.summary['wall_s']} s); summary {out / 'gpu_check.json'}, log "
+        f"{out / 'gpu_check.log'}"
+    )
     if not args.keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return 0 if ok else 1
@@ -380,11 +537,21 @@ def loop_child(stats: str, overrides: list[str]) -> None:
         code = e.code if isinstance(e.code, int) else 1
     finally:
         cuda = torch.cuda.is_available() and torch.cuda.is_initialized()
-        Path(stats).write_text(json.dumps({
-            "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3) if cuda else None,
-            "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3) if cuda else None,
-            "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3),
-        }))
+        Path(stats).write_text(
+            json.dumps(
+                {
+                    "peak_gpu_gib": round(torch.cuda.max_memory_allocated() / 2**30, 3)
+                    if cuda
+                    else None,
+                    "peak_gpu_reserved_gib": round(torch.cuda.max_memory_reserved() / 2**30, 3)
+                    if cuda
+                    else None,
+                    "peak_rss_gib": round(
+                        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3
+                    ),
+                }
+            )
+        )
     sys.exit(code)
 
 
@@ -445,17 +612,47 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("prepare", help="download the wheels the GPU image lacks (here, with network)")
+    p = sub.add_parser(
+        "prepare", help="download the wheels the GPU image lacks (here, with network)"
+    )
     p.add_argument("--wheels", default=str(DEFAULT_WHEELS))
-    p.add_argument("--also", nargs="*", default=ALSO, help=f"carry these though the image has them (default: {' '.join(ALSO)})")
+    p.add_argument(
+        "--also",
+        nargs="*",
+        default=ALSO,
+        help=f"carry these though the image has them (default: {' '.join(ALSO)})",
+    )
     r = sub.add_parser("run", help="the check (on the GPU machine); a dry run without CUDA")
     r.add_argument("--wheels", default=str(DEFAULT_WHEELS))
-    r.add_argument("--out", default=os.environ.get("OUT", ""), help="summary, log, junit xml, metrics (default: $OUT or a temp dir)")
-    r.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for the whole run (parts are cut to fit)")
-    r.add_argument("--parts", default="", help="comma list of install,imports,pytest,tiny,qwen2_0p5b,memory (default: all)")
-    r.add_argument("--dry-run", action="store_true", help="install + parse checks only, even with CUDA")
-    r.add_argument("--rehearse", action="store_true", help="without CUDA: run the gpu tests and the tiny loop on CPU")
-    r.add_argument("--keep-work", action="store_true", help="keep the work directory (site, cache, run outputs)")
+    r.add_argument(
+        "--out",
+        default=os.environ.get("OUT", ""),
+        help="summary, log, junit xml, metrics (default: $OUT or a temp dir)",
+    )
+    r.add_argument(
+        "--budget",
+        type=float,
+        default=BUDGET_S,
+        help="seconds for the whole run (parts are cut to fit)",
+    )
+    r.add_argument(
+        "--parts",
+        default="",
+        help="comma list of install,imports,pytest,tiny,qwen2_0p5b,memory (default: all)",
+    )
+    r.add_argument(
+        "--dry-run", action="store_true", help="install + parse checks only, even with CUDA"
+    )
+    r.add_argument(
+        "--rehearse",
+        action="store_true",
+        help="without CUDA: run the gpu tests and the tiny loop on CPU",
+    )
+    r.add_argument(
+        "--keep-work",
+        action="store_true",
+        help="keep the work directory (site, cache, run outputs)",
+    )
     args = ap.parse_args()
     return prepare(Path(args.wheels), args.also) if args.command == "prepare" else run(args)
 

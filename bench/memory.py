@@ -1,8 +1,10 @@
 """Peak memory and time of one RL update against response length: skyexp's chunked lm head (new),
 the full-logits path (old, trainer.logprob_chunk=0) and TRL's GRPOTrainer log-prob path.
 
-    python bench/memory.py                       # CPU: 1k..16k, table + PNG + JSON in bench/results/
-    python bench/memory.py --device cuda --hidden 896 --layers 24 --dtype bfloat16 --lengths 8192 16384 32768
+    python bench/memory.py                       # CPU: 1k..16k, table + PNG + JSON in
+bench/results/
+    python bench/memory.py --device cuda --hidden 896 --layers 24 --dtype bfloat16 --lengths 8192
+16384 32768
 
 Shape (CPU default): a narrow Qwen2 with Qwen2.5's 151,936-token vocabulary, hidden 128, 2 layers,
 tied embeddings, float32; one prompt of 64 tokens and one response of L tokens; AdamW. Each case
@@ -39,9 +41,17 @@ PROMPT = 64
 def build_model(a: argparse.Namespace, max_len: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
-    cfg = Qwen2Config(vocab_size=151936, hidden_size=a.hidden, intermediate_size=a.hidden * 2, num_hidden_layers=a.layers,
-                      num_attention_heads=max(1, a.hidden // 64), num_key_value_heads=max(1, a.hidden // 64),
-                      max_position_embeddings=max_len, tie_word_embeddings=True, attn_implementation="sdpa")
+    cfg = Qwen2Config(
+        vocab_size=151936,
+        hidden_size=a.hidden,
+        intermediate_size=a.hidden * 2,
+        num_hidden_layers=a.layers,
+        num_attention_heads=max(1, a.hidden // 64),
+        num_key_value_heads=max(1, a.hidden // 64),
+        max_position_embeddings=max_len,
+        tie_word_embeddings=True,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(0)
     model = Qwen2ForCausalLM(cfg).to(getattr(torch, a.dtype)).to(a.device)
     if a.checkpointing:
@@ -58,8 +68,17 @@ def make_rollout(length: int):
     response = torch.randint(0, 151936, (length,), generator=g).tolist()
     seq, attn, rm, plen = pack([prompt], [response], 0)
     lp = -torch.rand(rm.shape, generator=g) * 0.1  # near the policy's: ratios not clamped
-    return Rollout(sequences=seq, attention_mask=attn, response_mask=rm, logprobs=lp, truncated=torch.zeros(1, dtype=torch.bool),
-                   prompt_len=plen, n=1, temperature=1.0, entropy=torch.ones(rm.shape))
+    return Rollout(
+        sequences=seq,
+        attention_mask=attn,
+        response_mask=rm,
+        logprobs=lp,
+        truncated=torch.zeros(1, dtype=torch.bool),
+        prompt_len=plen,
+        n=1,
+        temperature=1.0,
+        entropy=torch.ones(rm.shape),
+    )
 
 
 def skyexp_update(model, ro, device, chunk: int) -> None:
@@ -86,8 +105,14 @@ def trl_update(model, ro, device) -> None:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
     ids, attn = ro.sequences.to(device), ro.attention_mask.to(device)
     keep = ro.response_mask.shape[1]
-    logps, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(Stub(), model, ids, attn, keep, compute_entropy=True)
-    mask, old, adv = ro.response_mask.to(device), ro.logprobs.to(device), torch.ones(1, 1, device=device)
+    logps, ent, _ = GRPOTrainer._get_per_token_logps_and_entropies(
+        Stub(), model, ids, attn, keep, compute_entropy=True
+    )
+    mask, old, adv = (
+        ro.response_mask.to(device),
+        ro.logprobs.to(device),
+        torch.ones(1, 1, device=device),
+    )
     coef = torch.exp(logps - old)
     per_token = -torch.min(coef * adv, torch.clamp(coef, 0.8, 1.2) * adv)
     ((per_token * mask).sum() / mask.sum()).backward()
@@ -114,30 +139,69 @@ def one(a: argparse.Namespace) -> dict:
     secs = time.perf_counter() - t0
     peak = (torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20)
-    return {"path": a.path, "length": a.length, "peak_gb": round(peak, 3), "before_gb": round(before, 3), "time_s": round(secs, 2)}
+    return {
+        "path": a.path,
+        "length": a.length,
+        "peak_gb": round(peak, 3),
+        "before_gb": round(before, 3),
+        "time_s": round(secs, 2),
+    }
 
 
 def run_case(a: argparse.Namespace, path: str, length: int) -> dict:
-    args = [sys.executable, __file__, "--one", path, str(length), "--device", a.device, "--hidden", str(a.hidden),
-            "--layers", str(a.layers), "--dtype", a.dtype, "--threads", str(a.threads), "--chunk", str(a.chunk)]
+    args = [
+        sys.executable,
+        __file__,
+        "--one",
+        path,
+        str(length),
+        "--device",
+        a.device,
+        "--hidden",
+        str(a.hidden),
+        "--layers",
+        str(a.layers),
+        "--dtype",
+        a.dtype,
+        "--threads",
+        str(a.threads),
+        "--chunk",
+        str(a.chunk),
+    ]
     args += ["--checkpointing"] if a.checkpointing else []
-    r = subprocess.run(args, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    r = subprocess.run(
+        args, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}
+    )
     if r.returncode != 0:
-        return {"path": path, "length": length, "error": r.stderr.strip().splitlines()[-1][:200] if r.stderr else f"rc {r.returncode}"}
+        return {
+            "path": path,
+            "length": length,
+            "error": r.stderr.strip().splitlines()[-1][:200] if r.stderr else f"rc {r.returncode}",
+        }
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def table(rows: list[dict], lengths: list[int], paths: list[str]) -> str:
     by = {(r["path"], r["length"]): r for r in rows}
-    head = "| response tokens | " + " | ".join(f"{p}: peak GB (s)" for p in paths) + " | old / new time |"
+    head = (
+        "| response tokens | "
+        + " | ".join(f"{p}: peak GB (s)" for p in paths)
+        + " | old / new time |"
+    )
     lines = [head, "|" + "---|" * (len(paths) + 2)]
     for n in lengths:
         cells = []
         for p in paths:
             r = by.get((p, n), {})
-            cells.append(f"{r['peak_gb']:.2f} ({r['time_s']:.1f})" if "peak_gb" in r else r.get("skipped", r.get("error", "-")))
+            cells.append(
+                f"{r['peak_gb']:.2f} ({r['time_s']:.1f})"
+                if "peak_gb" in r
+                else r.get("skipped", r.get("error", "-"))
+            )
         new, old = by.get(("new", n), {}), by.get(("old", n), {})
-        ratio = f"{old['time_s'] / new['time_s']:.2f}" if "time_s" in new and "time_s" in old else "-"
+        ratio = (
+            f"{old['time_s'] / new['time_s']:.2f}" if "time_s" in new and "time_s" in old else "-"
+        )
         lines.append(f"| {n:,} | " + " | ".join(cells) + f" | {ratio} |")
     return "\n".join(lines)
 
@@ -163,10 +227,14 @@ def plot(rows: list[dict], paths: list[str], out: Path, ylabel: str) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--lengths", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
     ap.add_argument("--paths", nargs="+", default=["new", "old", "trl"])
-    ap.add_argument("--old-max", type=int, default=4096, help="longest response the old path runs (memory)")
+    ap.add_argument(
+        "--old-max", type=int, default=4096, help="longest response the old path runs (memory)"
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=2)
@@ -185,7 +253,9 @@ def main() -> None:
     for n in a.lengths:  # interleaved: every path at one length before the next length
         for p in a.paths:
             if p == "old" and n > a.old_max:
-                rows.append({"path": p, "length": n, "skipped": f"not run (> {a.old_max}: ~3 MB/token)"})
+                rows.append(
+                    {"path": p, "length": n, "skipped": f"not run (> {a.old_max}: ~3 MB/token)"}
+                )
                 continue
             rows.append(run_case(a, p, n))
             print(json.dumps(rows[-1]), flush=True)
@@ -194,8 +264,15 @@ def main() -> None:
     out.mkdir(exist_ok=True)
     stem = f"memory-{a.device}{'-' + a.tag if a.tag else ''}"
     meta = {k: v for k, v in vars(a).items() if k not in ("one",)}
-    (out / f"{stem}.json").write_text(json.dumps({"settings": meta, "torch": torch.__version__, "rows": rows}, indent=1))
-    plot(rows, a.paths, out / f"{stem}.png", "peak RSS (GB)" if a.device == "cpu" else "peak allocated (GB)")
+    (out / f"{stem}.json").write_text(
+        json.dumps({"settings": meta, "torch": torch.__version__, "rows": rows}, indent=1)
+    )
+    plot(
+        rows,
+        a.paths,
+        out / f"{stem}.png",
+        "peak RSS (GB)" if a.device == "cpu" else "peak allocated (GB)",
+    )
     print(f"wrote {out / stem}.json and .png")
 
 

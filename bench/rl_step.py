@@ -175,7 +175,8 @@ def _ratio_line(r: dict[str, Any]) -> str:
 def table(main: dict[str, dict]) -> str:
     """The main runs as a Markdown table (medians over the measured steps)."""
     lines = [
-        "| work | framework | step s, median [min-max] | gen s | update s | gen tok/s | update tok/s "
+        "| work | framework | step s, median [min-max] | gen s | update s | gen tok/s | update "
+        "tok/s "
         "| MFU gen | MFU update | MFU step (distinct) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -184,16 +185,20 @@ def table(main: dict[str, dict]) -> str:
             m = {k: v["median"] for k, v in r[f].items() if k != "steps"}
             st = r[f]["step_s"]
             lines.append(
-                f"| {label} | {f} | {st['median']:.3f} [{st['min']:.3f}-{st['max']:.3f}] | {m['gen_s']:.3f} "
-                f"| {m['update_s']:.3f} | {m['gen_tok_s']:.0f} | {m['update_tok_s']:.0f} | {m['mfu_gen']:.1%} "
+                f"| {label} | {f} | {st['median']:.3f} [{st['min']:.3f}-{st['max']:.3f}] | "
+                f"{m['gen_s']:.3f} "
+                f"| {m['update_s']:.3f} | {m['gen_tok_s']:.0f} | {m['update_tok_s']:.0f} | "
+                f"{m['mfu_gen']:.1%} "
                 f"| {m['mfu_update']:.1%} | {m['mfu_step']:.1%} ({m['mfu_step_distinct']:.1%}) |"
             )
     lines.append("")
     for label, r in main.items():
         sp = r["speedup_pairs"]
         lines.append(
-            f"- {label}: TRL / skyexp median step {r['speedup']:.2f}x (per interleaved pair {sp['median']:.2f}x, "
-            f"{sp['min']:.2f}-{sp['max']:.2f}); load average {r['load_before']} -> {r['load_after']}"
+            f"- {label}: TRL / skyexp median step {r['speedup']:.2f}x (per interleaved pair "
+            f"{sp['median']:.2f}x, "
+            f"{sp['min']:.2f}-{sp['max']:.2f}); load average {r['load_before']} -> "
+            f"{r['load_after']}"
         )
     return "\n".join(lines)
 

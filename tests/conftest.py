@@ -10,6 +10,19 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+TESTS = Path(__file__).resolve().parent
+
+# tests/ mirrors skyexp's wings (tests/rl, tests/algos, ...; end-to-end runs in tests/e2e). Test
+# modules share helpers by module name (`from test_config import compose_cfg`), so every wing is
+# on the path whichever file runs first; module basenames stay unique across the wings.
+sys.path[1:1] = [str(d) for d in sorted(TESTS.iterdir()) if d.is_dir() and any(d.glob("test_*.py"))]
+
+
+def pytest_collection_modifyitems(items):
+    """Everything under tests/e2e/ (subprocesses, torchrun, whole runs) is marked slow."""
+    for item in items:
+        if TESTS / "e2e" in item.path.resolve().parents:
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -29,7 +42,10 @@ def _env(tmp_path_factory):
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
-        pytest.skip(f"../shared/data not found at {SHARED_DATA}: real benchmark files are read by path, never copied")
+        pytest.skip(
+            f"../shared/data not found at {SHARED_DATA}: real benchmark files are read by path, "
+            "never copied"
+        )
     return SHARED_DATA
 
 
@@ -48,18 +64,68 @@ def dist1():
     return distributed.setup("cpu", 2)
 
 
-def run_skyexp(args: list[str], tmp_path: Path, timeout: int = 600, torchrun: int = 0, env: dict | None = None,
-               module: str = "skyexp"):
+# The test overlay: the tiny run the end-to-end tests start from, instead of a list per file. RL
+# only (no SFT, no evaluation), the local logger without progress bars, 4 prompts x 4 samples,
+# 2 steps of at most 16 tokens. A test adds what it is about: tiny("algo=grpo", "algo.n=2").
+TINY_RUN = (
+    "sft=none",
+    "eval.before=false",
+    "eval.after=false",
+    "logger=local",
+    "logger.progress=false",
+    "algo.batch_size=4",
+    "algo.n=4",
+    "context.stages.0.steps=2",
+    "context.stages.0.max_response_len=16",
+    "trainer.lr=1e-3",
+)
+
+
+def tiny(*overrides: str) -> list[str]:
+    """TINY_RUN with `overrides` on top: an override of a key TINY_RUN sets replaces its value in
+    place (`sft=arith_warmup` brings the SFT warm-up back, `logger=default` W&B), others follow."""
+
+    def key(o: str) -> str:
+        return o.split("=", 1)[0].lstrip("+~")
+
+    given = {key(o): o for o in overrides}
+    base = [given.pop(key(o), o) for o in TINY_RUN]
+    return base + [o for o in overrides if key(o) in given]
+
+
+def run_skyexp(
+    args: list[str],
+    tmp_path: Path,
+    timeout: int = 600,
+    torchrun: int = 0,
+    env: dict | None = None,
+    module: str = "skyexp",
+):
     """Run `python -m skyexp` (or another entry point, e.g. skyexp.filter; or torchrun) as a user
     would; outputs land under tmp_path."""
     import subprocess
 
-    full_env = {**os.environ, "SKYEXP_OUTPUTS": str(tmp_path / "out"), "PYTHONUNBUFFERED": "1", **(env or {})}
+    full_env = {
+        **os.environ,
+        "SKYEXP_OUTPUTS": str(tmp_path / "out"),
+        "PYTHONUNBUFFERED": "1",
+        **(env or {}),
+    }
     if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={torchrun}", "-m", module]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            f"--nproc_per_node={torchrun}",
+            "-m",
+            module,
+        ]
     else:
         cmd = [sys.executable, "-m", module]
-    return subprocess.run(cmd + args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        cmd + args, cwd=ROOT, env=full_env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def only_run_dir(tmp_path: Path) -> Path:
@@ -79,9 +145,32 @@ def tiny_sweep(tmp_path_factory) -> Path:
     return sweep
 
 
-def update(model, opt, ro, adv, weights, algo, coef, mb, grad_clip, world_size=1, device=None, *, old_logprobs=None,
-           entropy=None, ref_logprobs=None, kl_coef=0.0, rule="none", rule_params=None, max_response_len=None,
-           is_weights=None, share_prompts=False, logprob_chunk=1024, max_tokens=0, padding_free=False):
+def update(
+    model,
+    opt,
+    ro,
+    adv,
+    weights,
+    algo,
+    coef,
+    mb,
+    grad_clip,
+    world_size=1,
+    device=None,
+    *,
+    old_logprobs=None,
+    entropy=None,
+    ref_logprobs=None,
+    kl_coef=0.0,
+    rule="none",
+    rule_params=None,
+    max_response_len=None,
+    is_weights=None,
+    share_prompts=False,
+    logprob_chunk=1024,
+    max_tokens=0,
+    padding_free=False,
+):
     """skyexp.rl.update.rl_update from the test-friendly argument list the tests were written
     with: the LossSpec built as one RL step builds it (token rule parameters as entropy.* keys)."""
     import torch
@@ -90,15 +179,30 @@ def update(model, opt, ro, adv, weights, algo, coef, mb, grad_clip, world_size=1
     from skyexp.rl.objective import make_loss_spec
     from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update
 
-    spec = make_loss_spec(algo, EntropyConfig(token_rule=rule, **(rule_params or {})), coef, kl_coef)
-    batch = UpdateBatch(ro, adv, weights, old_logprobs, entropy, ref_logprobs, is_weights, max_response_len or 0)
-    settings = UpdateSettings(mb, grad_clip, world_size, device or torch.device("cpu"), algo.ppo_epochs, algo.mini_batches,
-                              share_prompts, logprob_chunk, max_tokens, padding_free)
+    spec = make_loss_spec(
+        algo, EntropyConfig(token_rule=rule, **(rule_params or {})), coef, kl_coef
+    )
+    batch = UpdateBatch(
+        ro, adv, weights, old_logprobs, entropy, ref_logprobs, is_weights, max_response_len or 0
+    )
+    settings = UpdateSettings(
+        mb,
+        grad_clip,
+        world_size,
+        device or torch.device("cpu"),
+        algo.ppo_epochs,
+        algo.mini_batches,
+        share_prompts,
+        logprob_chunk,
+        max_tokens,
+        padding_free,
+    )
     return rl_update(model, opt, batch, spec, settings)
 
 
 def estimator(name, **algo):
-    """ADVANTAGES[name] with its algo.* parameters bound as a run binds them (defaults unless given)."""
+    """ADVANTAGES[name] with its algo.* parameters bound as a run binds them (defaults unless
+    given)."""
     from skyexp.algos.advantages import ADVANTAGES
     from skyexp.config import AlgoConfig
     from skyexp.config.names import bind

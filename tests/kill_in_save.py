@@ -12,7 +12,9 @@ from pathlib import Path
 
 
 def main() -> None:
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's skyexp, as `-m skyexp` gets
+    sys.path.insert(
+        0, str(Path(__file__).resolve().parents[1])
+    )  # this checkout's skyexp, as `-m skyexp` gets
     from skyexp import checkpoint
 
     step = int(sys.argv[1])

@@ -11,7 +11,7 @@ the max of a subset is its element of highest sorted position, so
   sum over (k-1)-subsets of the others of max = sum_{j < p} C(j, k-2) r_(j) + sum_{j > p} C(j-1, k-2) r_(j)
 
 (ties do not matter: tied values give the same max whichever of them counts as the highest).
-tests/test_passk.py checks each estimator against the enumeration of every subset.
+tests/algos/test_passk.py checks each estimator against the enumeration of every subset.
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def passk_chen(rewards: torch.Tensor, *, passk_k: int) -> torch.Tensor:
     cancels to <= 0 once 1 - mu (the share of k-subsets without a correct sample) falls below
     ~1e-16 (n = 56, k = 26, c = 30: exact A = +1.2e-8 / -1.4e-8), which gave 0 / -inf. Advantages
     here are accurate to a few ulps relative for every n, k the config accepts
-    (tests/test_passk_large.py: exact rational arithmetic up to n = 128, offsets up to 1e7). A group
+    (tests/algos/test_passk_large.py: exact rational arithmetic up to n = 128, offsets up to 1e7). A group
     whose variance underflows float64 (a share of non-max subsets below ~1e-308; its advantages
     would be ~1e-154, 0 in float32) gets exactly 0.
     """

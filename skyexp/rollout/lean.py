@@ -14,7 +14,7 @@ cache at every token), one matrix product for q, k and v and one for the MLP's g
 projections. To fuse those without a second copy of the weights, the q/k/v (gate/up) weights of
 the engine's model are re-pointed into one buffer (`fuse_weights`): the model computes what it
 computed before, and `sync_weights` writes through into the fused buffer. The results equal the
-model's forward up to float rounding (tests/test_rollout.py checks log-probs against a plain
+model's forward up to float rounding (tests/rollout/test_rollout.py checks log-probs against a plain
 forward pass).
 """
 

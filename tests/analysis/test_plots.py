@@ -1,0 +1,79 @@
+"""The run directory's figures: what a reader needs to read them (legend, smoothed reward, counts,
+ticks)."""
+
+from __future__ import annotations
+
+import pytest
+
+from skyexp import plots
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The figures the plot functions draw, kept open for inspection (they close them after
+    saving)."""
+    kept = []
+    monkeypatch.setattr(plots.plt, "close", kept.append)
+    yield kept
+    monkeypatch.undo()
+    plots.plt.close("all")
+
+
+def test_entropy_figure_has_a_legend_and_a_smoothed_reward(tmp_path, figures):
+    steps = list(range(100))
+    reward = [0.4 + 0.3 * (i % 2) for i in steps]  # alternating 0.4 / 0.7: pure noise around 0.55
+    plots.plot_entropy(steps, [0.2 - i / 1000 for i in steps], reward, tmp_path / "entropy.png")
+    assert (tmp_path / "entropy.png").stat().st_size > 1000
+    (fig,) = figures
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == [
+        "actor/entropy",
+        "critic/score/mean (per step)",
+        "critic/score/mean (mean of 10 steps)",
+    ]
+    smooth = fig.axes[1].get_lines()[1].get_ydata()
+    assert max(abs(v - 0.55) for v in smooth[10:]) < 1e-9  # the noise is averaged out
+
+
+def test_moving_average():
+    assert plots._moving_average([1.0, 3.0, 5.0, 7.0], 2) == [1.0, 2.0, 4.0, 6.0]
+    assert plots._moving_average([2.0], 5) == [2.0]
+
+
+def test_passk_title_counts_and_plain_ticks(tmp_path, figures):
+    curves = {
+        "before RL": {1: 0.4, 2: 0.55, 4: 0.7, 8: 0.8, 16: 0.85},
+        "after RL": {1: 0.6, 2: 0.7, 4: 0.78, 8: 0.83, 16: 0.86},
+    }
+    plots.plot_passk(curves, tmp_path / "passk.png", title="pass@k on arith", n=16, problems=200)
+    (fig,) = figures
+    ax = fig.axes[0]
+    assert ax.get_title() == "pass@k on arith\nn=16 samples, 200 problems"
+    fig.canvas.draw()
+    assert [t.get_text() for t in ax.get_xticklabels()] == [
+        "1",
+        "2",
+        "4",
+        "8",
+        "16",
+    ]  # not 2^0 ... 2^4
+    plots.plot_passk(curves, tmp_path / "plain.png", title="pass@k")
+    assert figures[1].axes[0].get_title() == "pass@k"
+
+
+def test_benchmark_passk_legend_counts(tmp_path, figures):
+    curves = {
+        "aime24": {"before": {1: 0.1, 2: 0.2, 4: 0.3, 8: 0.4}},
+        "math500": {"before": {1: 0.5}},
+    }
+    plots.plot_passk_benchmarks(
+        curves, tmp_path / "p.png", counts={"aime24": (8, 30), "math500": (1, 500)}
+    )
+    (fig,) = figures
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "aime24 (n=8 samples, 30 problems)",
+        "math500 (n=1 samples, 500 problems)",
+    ]
+    fig.canvas.draw()
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == ["1", "2", "4", "8"]
