@@ -100,11 +100,12 @@ def evaluate_all(
 def _checkpoints(cfg: EvalRunConfig, d) -> tuple[list[str], list[str]]:
     """The model directories to evaluate and their labels: eval's `checkpoints`, or model.path
     (the tiny model when empty)."""
-    from skyexp import distributed, models
+    from skyexp import distributed
+    from skyexp.model import loading
 
     if cfg.checkpoints:
         return list(cfg.checkpoints), checkpoint_labels(cfg.checkpoints)
-    base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
+    base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     # a trained run is labelled by its directory: "tiny" would say nothing about it
     label = checkpoint_labels([cfg.model.path])[0] if cfg.model.path else cfg.model.name
     return [distributed.broadcast_object(base)], [label]
@@ -114,12 +115,12 @@ def _evaluate_checkpoint(cfg: EvalRunConfig, d, which: tuple[str, str, str], eva
                          problems: dict[str, list], sinks: tuple, first_step: int) -> list[tuple]:
     """Every benchmark on one checkpoint (`which` = path, label, output subdirectory), one engine
     for all; `sinks` = (reward, logger, run directory). Returns [(label, eval config, result)]."""
-    from skyexp import models
     from skyexp.evaluation.runner import eval_template, run_eval, write_records
+    from skyexp.model import loading
     from skyexp.rollout import engine_for
 
     (path, label, sub), (reward, logger, run_dir) = which, sinks
-    tokenizer = models.load_tokenizer(path, cfg.model)
+    tokenizer = loading.load_tokenizer(path, cfg.model)
     engine = engine_for(cfg, path, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     out = []
     for e in evals:

@@ -25,9 +25,9 @@ from skyexp.data.rows import collect, read_rows
 from skyexp.data.sft_data import parse_conversation, parse_pair
 from skyexp.data.templates import render_messages
 from skyexp.distributed import Dist
-from skyexp.models import cache_root
+from skyexp.model.layout import pack
+from skyexp.model.loading import cache_root
 from skyexp.records import Problem
-from skyexp.rl.forward import pack
 from skyexp.rl.update import UpdateSettings, sft_step
 
 log = logging.getLogger("skyexp")

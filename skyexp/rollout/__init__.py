@@ -56,6 +56,6 @@ def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device |
         settings = VLLMSettings(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
                                 deterministic=cfg.trainer.deterministic, **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
         return build_engine("vllm", model=model_path, settings=settings, **common)
-    from skyexp.models import load_model
+    from skyexp.model.loading import load_model
 
     return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, **common)

@@ -256,7 +256,7 @@ def _to_rollout(
     n: int,
     temperature: float,
 ) -> Rollout:
-    from skyexp.rl.forward import pack
+    from skyexp.model.layout import pack
 
     seq, attn, rmask, plen = pack(prompts, responses, pad_id)
     lp = torch.zeros_like(rmask)
