@@ -21,8 +21,8 @@ PACKAGE = "skyexp"
 
 # The layers from the bottom; a wing may import its own layer's wings and those below.
 LAYERS: list[set[str]] = [
-    {"records", "distributed", "tracking", "plots", "checkpoint"},  # shared utilities
-    {"algos", "config"},  # pure maths; schemas and checks
+    {"config", "algos", "records", "distributed", "plots"},  # types and checks; pure maths; utilities
+    {"checkpoint", "tracking"},  # utilities that read the config
     {
         "model",
         "data",

@@ -183,7 +183,7 @@ def test_distill_rows_keep_only_correct_finished_distinct_samples():
     """Rejection sampling on hand-made records: wrong, truncated, failed and repeated samples are
     never kept; the prompt is the data template's (system, user) and the response carries the
     template's response prefix, where the sampled text began."""
-    from skyexp.distill import accepted, sft_rows
+    from skyexp.offline.distill import accepted, sft_rows
     from skyexp.records import Problem
 
     def smp(text, score, status="ok", truncated=False):

@@ -8,10 +8,7 @@ from typing import Any, Protocol
 import torch
 
 from skyexp.records import Rollout
-
-
-class MissingExtraError(ImportError):
-    """The chosen engine's optional dependency is not installed; the message names the extra."""
+from skyexp.rollout.errors import MissingExtraError  # noqa: F401 (raised by engines, caught by skyexp.cli)
 
 
 class Engine(Protocol):

@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from skyexp.records import Rollout
-from skyexp.rollout import MissingExtraError
+from skyexp.rollout.errors import MissingExtraError
 
 INSTALL_HINT = (
     "rollout=vllm needs vLLM, an optional extra: `pip install -e '.[vllm]'` on GPU machines, "

@@ -24,9 +24,9 @@ from skyexp.config import Config, EvalConfig, SampleJob
 from skyexp.data import apply_template, template_of
 from skyexp.evaluation.runner import run_eval
 from skyexp.model import loading
+from skyexp.model.start import start_path
 from skyexp.records import Problem
 from skyexp.rewards import build_reward
-from skyexp.rl import sft
 from skyexp.rollout import engine_for
 
 log = logging.getLogger("skyexp")
@@ -50,7 +50,7 @@ def open_sampler(cfg: Config) -> Sampler:
                           cfg.trainer.deterministic)
     base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
-    path = sft.start_path(cfg, base)
+    path = start_path(cfg, base)
     if cfg.sft.steps and path == base:
         log.warning("no cached SFT result for this config: sampling from the base model %s", base)
     log.info("sampling from %s", path)
