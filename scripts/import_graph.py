@@ -21,29 +21,14 @@ PACKAGE = "skyexp"
 
 # The layers from the bottom; a wing may import its own layer's wings and those below.
 LAYERS: list[set[str]] = [
-    {"config", "algos", "records", "distributed", "plots"},  # types and checks; pure maths; utilities
+    {"config", "algos", "records", "distributed", "plots"},  # types, checks, pure maths, utilities
     {"checkpoint", "tracking"},  # utilities that read the config
-    {
-        "model",
-        "data",
-        "rewards",
-        "models",
-        "lm_head",
-    },  # loading, batch layout and forward; sources; scoring
-    {"rollout", "evaluation"},  # engines; pass@k
-    {"rl", "offline", "analysis"},  # the trainer; filter + distill bodies; run loading, findings
-    {
-        "__main__",
-        "__init__",
-        "train",
-        "cli",
-        "launch",
-        "eval",
-        "score",
-        "filter",
-        "distill",
-        "findings",
-    },  # entry points
+    {"model", "data", "rewards"},  # loading, layout, the forward, head; sources; scoring
+    {"rollout", "evaluation"},  # engines; pass@k and the eval job
+    {"rl", "offline", "analysis"},  # the trainer; filter / distill / score bodies; finished runs
+    # entry points (python -m skyexp.<name>) and the Hydra entry they share
+    {"__main__", "__init__", "train", "cli", "launch", "eval", "score", "filter", "distill",
+     "findings"},
 ]
 
 
@@ -71,7 +56,8 @@ def imports_of(path: Path, name: str) -> set[str]:
 
 
 def graph(root: Path = ROOT) -> dict[str, set[str]]:
-    """Module -> the skyexp modules it imports (names that are not modules fold into their module)."""
+    """Module -> the skyexp modules it imports (a name that is not a module counts as its
+    module)."""
     files = {module_name(p, root): p for p in sorted((root / PACKAGE).rglob("*.py"))}
     edges: dict[str, set[str]] = {}
     for name, path in files.items():

@@ -4,8 +4,8 @@
    benchmark problem — normalised exact match, or n-gram containment >= filter.overlap
    (skyexp.data.decontam) — and report each drop with the benchmark problem it matched.
 2. Difficulty (filter.n > 0): sample n responses per prompt with the current model through the
-   RL rollout engine and reward (skyexp.offline.sampling), record each prompt's pass rate, and drop the
-   prompts solved never (pass rate 0) or always (1), as DeepScaleR and Skywork-OR1 prepare
+   RL rollout engine and reward (skyexp.offline.sampling), record each prompt's pass rate, and
+   drop the prompts solved never (pass rate 0) or always (1), as DeepScaleR and Skywork-OR1 prepare
    their data (arXiv 2505.22312 §3). The kept rows carry `pass_rate`, `correct` and `n`, so a
    curriculum can select on them: data=jsonl data.path=<out> data.difficulty_key=pass_rate
    data.difficulty_range=[0.1,0.9].

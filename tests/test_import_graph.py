@@ -1,6 +1,7 @@
 """Imports run down the layers only (entry points -> rl / offline / analysis -> rollout /
-evaluation -> model / data / rewards -> checkpoint / tracking -> config / algos / utilities), and
-no module or wing imports itself back round a cycle (scripts/import_graph.py reads them with ast)."""
+evaluation -> model / data / rewards -> checkpoint / tracking -> config / algos / utilities),
+and no module or wing imports itself back round a cycle (scripts/import_graph.py reads them
+with ast)."""
 
 from __future__ import annotations
 

@@ -11,13 +11,21 @@ def override_key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
-def swept_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> list[str]:
+def swept_overrides(
+    overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")
+) -> list[str]:
     """The overrides that set something a run is about: without the sweep/experiment selection and
     hydra.* settings."""
-    return [o for o in overrides if override_key(o) not in skip and not override_key(o).startswith("hydra.")]
+    return [
+        o
+        for o in overrides
+        if override_key(o) not in skip and not override_key(o).startswith("hydra.")
+    ]
 
 
-def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> str | None:
+def run_name_from_overrides(
+    overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")
+) -> str | None:
     """A run's name from its command-line overrides (as a sweep job gets them), the swept ones
     only: `algo.n=4,entropy=adaptive`. None if nothing is left."""
     return ",".join(sorted(swept_overrides(overrides, skip))) or None

@@ -196,7 +196,8 @@ def _plain_stats(
 
 
 def _unflatten(values: torch.Tensor, sel: torch.Tensor) -> torch.Tensor:
-    """values [M] back to [n, R] at the True positions of sel [n, R] (0 elsewhere), differentiably."""
+    """values [M] back to [n, R] at the True positions of sel [n, R] (0 elsewhere),
+    differentiably."""
     return torch.zeros(sel.shape, dtype=values.dtype, device=values.device).masked_scatter(
         sel, values
     )
@@ -236,7 +237,8 @@ def sampling_view(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Old-policy log-probs [N, R] and token entropies [N, R] of the policy that sampled the batch,
     before any optimizer step. Taken from the rollout when it carries them; otherwise one no-grad
-    forward pass computes what is missing (log-probs of the rows with weights > 0, entropies of all).
+    forward pass computes what is missing (log-probs of the rows with weights > 0, entropies of
+    all).
     The caller passes as `weights` every row that enters a group's baseline (issue 17): masked
     truncated rows train no loss but their KL penalty moves their group's baseline."""
     if not recompute and rollout.entropy is not None:
