@@ -1,6 +1,5 @@
 """The chunked lm head (skyexp.model.head) and the token passes built on it (skyexp.model.forward):
-the
-same log-probs, entropies and gradients as the plain full-logits path, for every layout (rows,
+the same log-probs, entropies and gradients as the plain full-logits path, for every layout (rows,
 shared prompts, padding-free), tied and untied heads, FSDP2 on one rank, gradient checkpointing;
 token-budget micro-batches give the same update as row-count ones.
 
