@@ -57,10 +57,12 @@ class SkyexpSide:
 
     def __init__(self, work: Work, cache_dir: str, threads: int, run_dir: Path):
         from skyexp import distributed, models
+        from skyexp.config.algorithm import build_algorithm
         from skyexp.config.stages import plan_run
         from skyexp.data import load_task
         from skyexp.rl.lifecycle import make_optimizer, make_sampler
         from skyexp.rl.state import RunState
+        from skyexp.rl.update import UpdateSettings
         from skyexp.rollout import engine_for
 
         self.cfg = cfg = compose_config(work, cache_dir, threads)
@@ -75,6 +77,7 @@ class SkyexpSide:
         problems = load_task(cfg.data).train
         self.run = RunState(cfg, d, run_dir, plan_run(cfg), self.tokenizer, policy, self.engine, ParityReward(),
                             NullLogger(), opt, sched, make_sampler(cfg, problems, d.rank, d.world_size), problems,
+                            build_algorithm(cfg), UpdateSettings.of(cfg, d.world_size, d.device),
                             entropy_coef=cfg.entropy.coef)
         policy.train()
         self.stage = self.run.plan.stages[0]

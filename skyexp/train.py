@@ -22,6 +22,7 @@ import torch
 from skyexp import checkpoint, distributed, models, plots
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, ConfigError, check_world
+from skyexp.config.algorithm import build_algorithm
 from skyexp.config.stages import plan_run
 from skyexp.data import fit_task, load_task
 from skyexp.evaluation.benchmarks import load_problems
@@ -31,6 +32,7 @@ from skyexp.rewards import build_reward
 from skyexp.rl import lifecycle, sft
 from skyexp.rl.loop import evaluate, run_rl
 from skyexp.rl.state import RunState
+from skyexp.rl.update import UpdateSettings
 from skyexp.rollout import engine_for
 from skyexp.tracking import git_commit, make_logger, use_bars
 
@@ -101,8 +103,8 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id"))
     opt, sched = lifecycle.make_optimizer(cfg, policy)
     run = RunState(cfg, d, run_dir, plan_run(cfg), tokenizer, policy, engine, reward, logger, opt, sched,
-                   lifecycle.make_sampler(cfg, task.train, d.rank, d.world_size), task.train, eval_problems,
-                   entropy_coef=cfg.entropy.coef)
+                   lifecycle.make_sampler(cfg, task.train, d.rank, d.world_size), task.train, build_algorithm(cfg),
+                   UpdateSettings.of(cfg, d.world_size, d.device), eval_problems, entropy_coef=cfg.entropy.coef)
     summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(policy), "rollout": cfg.rollout.name,
                                "git_commit": git_commit(),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...

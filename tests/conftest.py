@@ -84,23 +84,32 @@ def update(model, opt, ro, adv, weights, algo, coef, mb, grad_clip, world_size=1
            is_weights=None, share_prompts=False, logprob_chunk=1024, max_tokens=0, padding_free=False):
     """skyexp.rl.update.rl_update from the test-friendly argument list the tests were written
     with: the LossSpec built as one RL step builds it (token rule parameters as entropy.* keys)."""
+    import dataclasses
+
     import torch
 
-    from skyexp.config import EntropyConfig
-    from skyexp.rl.objective import make_loss_spec
+    from skyexp.config import Config, EntropyConfig
+    from skyexp.config.algorithm import build_algorithm
+    from skyexp.rl.forward import ForwardSettings
+    from skyexp.rl.objective import LossSpec
     from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update
 
-    spec = make_loss_spec(algo, EntropyConfig(token_rule=rule, **(rule_params or {})), coef, kl_coef)
+    alg = build_algorithm(Config(algo=algo, entropy=EntropyConfig(token_rule=rule, **(rule_params or {}))))
+    spec = dataclasses.replace(LossSpec.of(alg, coef), kl_coef=kl_coef)
     batch = UpdateBatch(ro, adv, weights, old_logprobs, entropy, ref_logprobs, is_weights, max_response_len or 0)
-    settings = UpdateSettings(mb, grad_clip, world_size, device or torch.device("cpu"), algo.ppo_epochs, algo.mini_batches,
-                              share_prompts, logprob_chunk, max_tokens, padding_free)
+    fwd = ForwardSettings(mb, device or torch.device("cpu"), share_prompts, logprob_chunk, max_tokens, padding_free)
+    settings = UpdateSettings(fwd, grad_clip, world_size, algo.ppo_epochs, algo.mini_batches)
     return rl_update(model, opt, batch, spec, settings)
+
+
+def algorithm(**algo):
+    """The run's bound Algorithm for these algo.* values (defaults elsewhere)."""
+    from skyexp.config import AlgoConfig, Config
+    from skyexp.config.algorithm import build_algorithm
+
+    return build_algorithm(Config(algo=AlgoConfig(**algo)))
 
 
 def estimator(name, **algo):
     """ADVANTAGES[name] with its algo.* parameters bound as a run binds them (defaults unless given)."""
-    from skyexp.algos.advantages import ADVANTAGES
-    from skyexp.config import AlgoConfig
-    from skyexp.config.names import bind
-
-    return bind(ADVANTAGES[name], {"algo": AlgoConfig(**algo)}, name)
+    return algorithm(advantage=name, **algo).advantage

@@ -69,7 +69,7 @@ def test_sft_step_lowers_the_loss_on_response_tokens_only(setup):
     seq, attn, rmask, plen = pack(prompts, responses, tok.pad_token_id)
     assert rmask.sum() == 4 * len(responses[0])
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
-    losses = [sft_step(policy, opt, (seq, attn, rmask, plen), UpdateSettings(2, 1.0, 1, d.device))[0] for _ in range(15)]
+    losses = [sft_step(policy, opt, (seq, attn, rmask, plen), UpdateSettings(ForwardSettings(2, d.device), 1.0))[0] for _ in range(15)]
     assert losses[-1] < 0.5 * losses[0]
 
 
@@ -132,9 +132,9 @@ def reference_update(policy, ro, adv, weights, algo, coef=0.0, old=None, ent=Non
             logp = token_logprobs(logits, ro.responses[rows], ro.temperature)
             norm = Normalisers(float(lm.sum()), float(weights[rows].sum()), max_len or lm.shape[1])
             clip = dict(clip_low=algo.clip_low, clip_high=algo.clip_high, clip_c=algo.clip_c, ratio_max=algo.ratio_max)
-            if POLICY_LOSSES[algo.policy_loss] is None:
+            if tr.loss is not None:  # the token rule's loss replaces PPO's surrogate
                 pg, _ = tr.loss(logp, old[rows], adv_tok, sel, **_own(tr.loss, {**clip, **params}))
-            else:  # GSPO / CISPO: the whole row's mask, untrimmed
+            else:  # algo.policy_loss's: the whole row's mask, untrimmed
                 seq = POLICY_LOSSES[algo.policy_loss]
                 pg, _ = seq(logp, old[rows], adv_tok, lm, **_own(seq, clip))
             pg = pg if isw is None else pg * isw[rows]
@@ -198,7 +198,7 @@ def test_update_equals_reference(batch, case, share):
     elif case == "rollout_is":  # trainer's old log-probs differ from the sampler's: truncated-IS weights
         from skyexp.algos.rollout_is import token_is_weights
 
-        kw = dict(old=noisy_old, isw=token_is_weights(noisy_old, ro.logprobs, ro.response_mask, 1.2))
+        kw = dict(old=noisy_old, isw=token_is_weights(noisy_old, ro.logprobs, ro.response_mask, rollout_is_cap=1.2))
     elif case in ("gspo", "gspo_token", "cispo"):  # sequence / clipped-weight ratios off-policy: 2 epochs x 2 mini-batches
         algo = AlgoConfig(policy_loss=case, ppo_epochs=2, mini_batches=2, clip_low=0.1, clip_high=0.1,
                           loss_agg="token-mean" if case == "cispo" else "seq-mean-token-mean")

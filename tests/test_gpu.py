@@ -112,10 +112,11 @@ def _rl_update(policy, ro: Rollout, adv: torch.Tensor, entropy_coef: float, devi
 def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float]:
     """One SFT step (token-mean NLL on the response tokens of skyexp.rl.forward.pack's batch), no
     clipping, no-op optimizer: (loss, grad norm)."""
+    from skyexp.rl.forward import ForwardSettings
     from skyexp.rl.update import UpdateSettings, sft_step
 
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-    return sft_step(policy, opt, packed, UpdateSettings(8, 0.0, 1, device))
+    return sft_step(policy, opt, packed, UpdateSettings(ForwardSettings(8, device), 0.0))
 
 
 def _logprob_pass(model, ro: Rollout, device: torch.device, chunk: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -138,7 +139,7 @@ import torch.distributed as dist
 from skyexp import distributed
 from skyexp.config import Config, ModelConfig
 from skyexp.models import load_model, load_policy, load_tokenizer
-from skyexp.rl.forward import pack
+from skyexp.rl.forward import ForwardSettings, pack
 from skyexp.rl.update import UpdateSettings, sft_step
 from skyexp.rollout import build_engine
 
@@ -152,7 +153,7 @@ tok = load_tokenizer(path, cfg.model)
 prompts = tok(["Compute 1+2.\n", "Compute 3*4.\n", "Compute 9-5.\n"], add_special_tokens=False)["input_ids"]
 responses = tok(["1+2=3. \\boxed{3}", "3*4=12. \\boxed{12}", "9-5=4. \\boxed{4}"], add_special_tokens=False)["input_ids"]
 opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
-settings = UpdateSettings(2, 1.0, d.world_size, d.device)  # 2 micro-batches: gradient sync on the last only
+settings = UpdateSettings(ForwardSettings(2, d.device), 1.0, d.world_size)  # 2 micro-batches: gradient sync on the last only
 loss, grad_norm = sft_step(policy, opt, pack(prompts, responses, tok.pad_token_id), settings)
 engine = build_engine("hf", model=load_model(path, cfg.model, d.device), eos_id=tok.eos_token_id,
                       pad_id=tok.pad_token_id, seed=0, device=d.device)

@@ -5,6 +5,7 @@ sample is known and the drop can be recounted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -143,9 +144,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(scripted, tmp_path, monk
     real = rl_step_mod.step_advantages
 
     def poisoned(*args, **kwargs):
-        adv = real(*args, **kwargs)
+        out = real(*args, **kwargs)
         calls.append(1)
-        return adv * float("nan") if len(calls) - 1 in bad_steps else adv
+        return dataclasses.replace(out, advantages=out.advantages * float("nan")) if len(calls) - 1 in bad_steps else out
 
     monkeypatch.setattr(rl_step_mod, "step_advantages", poisoned)
     args = BASE + ["context.stages.0.steps=4", "context.stages.0.max_response_len=12", "trainer.max_bad_steps=2",

@@ -29,7 +29,7 @@ def test_token_weights_by_hand():
     trainer = torch.tensor([[L(0.5), L(0.25), L(0.3), 0.0]])
     sampler = torch.tensor([[L(0.25), L(0.5), L(0.3), -3.0]])
     mask = torch.tensor([[1.0, 1, 1, 0]])
-    w = token_is_weights(trainer, sampler, mask, 1.5)
+    w = token_is_weights(trainer, sampler, mask, rollout_is_cap=1.5)
     assert torch.allclose(w, torch.tensor([[1.5, 0.5, 1.0, 0.0]]))
     assert is_weight_stats(w, mask, 1.5) == pytest.approx(
         (3.0, 1.0, 3.0)
@@ -42,16 +42,16 @@ def test_sequence_weights_by_hand():
     trainer = torch.tensor([[L(0.5), L(0.25), L(0.3)], [L(0.5), L(0.5), 0.0], [L(0.1), 9.0, 9.0]])
     sampler = torch.tensor([[L(0.25), L(0.5), L(0.3)], [L(0.25), L(0.25), 0.0], [L(0.2), 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1, 1], [1, 1, 0], [1, 0, 0]])
-    w = sequence_is_weights(trainer, sampler, mask, 3.0)
+    w = sequence_is_weights(trainer, sampler, mask, rollout_is_cap=3.0)
     assert torch.allclose(w, torch.tensor([[1.0, 1, 1], [3, 3, 0], [0.5, 0, 0]]))
 
 
-def test_none_is_the_mask_and_huge_ratios_do_not_overflow():
+def test_none_gives_no_weights_and_huge_ratios_do_not_overflow():
     mask = torch.tensor([[1.0, 0.0]])
-    assert torch.equal(ROLLOUT_IS["none"](torch.zeros(1, 2), torch.zeros(1, 2), mask, 2.0), mask)
+    assert ROLLOUT_IS["none"](torch.zeros(1, 2), torch.zeros(1, 2), mask, rollout_is_cap=2.0) is None
     big = torch.tensor([[500.0, 0.0]])  # exp(500) overflows float32; the clamp comes first
     for name in ("token", "sequence"):
-        w = ROLLOUT_IS[name](big, torch.zeros(1, 2), mask, 2.0)
+        w = ROLLOUT_IS[name](big, torch.zeros(1, 2), mask, rollout_is_cap=2.0)
         assert torch.isfinite(w).all() and w[0, 0] == pytest.approx(2.0)
 
 
@@ -87,7 +87,7 @@ def test_update_measures_the_sampler_mismatch(batch):
     assert st.sampler_logprob_diff == pytest.approx(0.25 + 0.5 / tokens, abs=1e-4)
     assert st.sampler_logprob_diff_max == pytest.approx(0.75, abs=1e-4)
     m = mismatch_metrics(
-        AlgoConfig(), ro.logprobs, off, ro.response_mask, ro.response_mask, st, d.device
+        False, AlgoConfig().rollout_is_cap, ro.logprobs, off, ro.response_mask, None, st, d.device
     )
     assert (
         m["rollout/logprob_diff_max"] == st.sampler_logprob_diff_max
@@ -101,12 +101,12 @@ def test_mismatch_metrics_with_recomputed_old_logprobs(batch):
     sampler = (
         ro.logprobs - 0.2 * ro.response_mask
     )  # trainer / sampler = e^0.2 = 1.22 -> capped at 1.1
-    w = ROLLOUT_IS[a.rollout_is](ro.logprobs, sampler, ro.response_mask, a.rollout_is_cap)
+    w = ROLLOUT_IS[a.rollout_is](ro.logprobs, sampler, ro.response_mask, rollout_is_cap=a.rollout_is_cap)
     # with recomputed old log-probs the diff covers every trained token, not the update's first mini-batch
     st = UpdateStats(
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, sampler_logprob_diff=9.0, sampler_logprob_diff_max=9.0
     )
-    m = mismatch_metrics(a, ro.logprobs, sampler, ro.response_mask, w, st, d.device)
+    m = mismatch_metrics(True, a.rollout_is_cap, ro.logprobs, sampler, ro.response_mask, w, st, d.device)
     assert m["rollout/logprob_diff"] == pytest.approx(0.2, abs=1e-6)
     assert m["rollout/logprob_diff_max"] == pytest.approx(0.2, abs=1e-6)
     assert (

@@ -1,5 +1,5 @@
-"""The registries' names, looked up lazily for the config checks (no torch at import), and `bind`,
-which gives a registered function its parameters from the config.
+"""`bind`, which gives a registered function its parameters from the config (used by
+skyexp.config.algorithm.build_algorithm; no torch at import).
 
 A registered function (an advantage estimator, an entropy controller, a token rule, a group
 filter) declares the config values it needs as keyword-only parameters without defaults, named
@@ -13,38 +13,11 @@ are left alone.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from skyexp.config.schema import ConfigError
-
-# kind -> (module, registry): imported on use so `config` stays importable without torch-heavy modules
-REGISTRIES = {
-    "algo": ("skyexp.algos.advantages", "ADVANTAGES"),
-    "loss_agg": ("skyexp.algos.losses", "AGGREGATIONS"),
-    "entropy_controller": ("skyexp.algos.entropy", "CONTROLLERS"),
-    "token_rule": ("skyexp.algos.token_rules", "TOKEN_RULES"),
-    "policy_loss": ("skyexp.algos.seq_losses", "POLICY_LOSSES"),
-    "filter": ("skyexp.algos.filters", "FILTERS"),
-    "kl": ("skyexp.algos.kl", "KL_ESTIMATORS"),
-    "rollout_is": ("skyexp.algos.rollout_is", "ROLLOUT_IS"),
-    "rollout": ("skyexp.rollout", "ENGINE_NAMES"),
-    "data": ("skyexp.data", "SOURCE_NAMES"),
-    "reward_term": ("skyexp.rewards.terms", "REWARD_TERMS"),
-}
-
-
-def registry(kind: str) -> dict[str, Any]:
-    """One registry (`kind`, a key of REGISTRIES), imported on first use."""
-    module, attr = REGISTRIES[kind]
-    return getattr(importlib.import_module(module), attr)
-
-
-def registry_names(kind: str) -> list[str]:
-    """The valid names of one registry, for checks that list the options."""
-    return sorted(registry(kind))
 
 
 def config_params(fn: Callable[..., Any]) -> list[str]:

@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from skyexp.algos.rollout_is import is_weight_stats
-from skyexp.config import AlgoConfig
 from skyexp.distributed import all_reduce_max, all_reduce_max_list, all_reduce_sum
 from skyexp.records import UpdateStats
 from skyexp.rl.collect import StepBatch
@@ -160,7 +159,8 @@ def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
 
 
 def mismatch_metrics(
-    a: AlgoConfig,
+    recomputed: bool,  # the trainer recomputed the old log-probs (algo.old_logprobs=recompute)
+    cap: float,  # algo.rollout_is_cap
     old_logp: torch.Tensor,  # [G*n, R] the old-policy log-probs the update used
     sampler_logp: torch.Tensor,  # [G*n, R] the engine's sampling log-probs
     trained: torch.Tensor,  # [G*n, R] 1 on tokens that train
@@ -171,15 +171,15 @@ def mismatch_metrics(
     """How far the trainer's log-probs are from the sampler's (vLLM vs FSDP numerics), all ranks:
     over every trained token when the trainer recomputed them, else over the first mini-batch the
     update forwarded (UpdateStats). Plus the truncated-IS weights when the correction is on."""
-    if a.old_logprobs == "recompute":
+    if recomputed:
         diff = (old_logp - sampler_logp).abs()
         gap = diff * trained
         out = {"rollout/logprob_diff": global_token_mean(diff, trained, device),
                "rollout/logprob_diff_max": all_reduce_max(float(gap.max()) if gap.numel() else 0.0, device)}
     else:
         out = {"rollout/logprob_diff": stats.sampler_logprob_diff, "rollout/logprob_diff_max": stats.sampler_logprob_diff_max}
-    if a.rollout_is != "none" and is_w is not None:
-        w_sum, at_cap, tokens = all_reduce_sum(list(is_weight_stats(is_w, trained, a.rollout_is_cap)), device).tolist()
+    if is_w is not None:
+        w_sum, at_cap, tokens = all_reduce_sum(list(is_weight_stats(is_w, trained, cap)), device).tolist()
         out["rollout/is_weight_mean"] = w_sum / max(tokens, 1.0)
         out["rollout/is_truncated_frac"] = at_cap / max(tokens, 1.0)
     return out

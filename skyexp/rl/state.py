@@ -20,12 +20,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from skyexp.config import Config
+from skyexp.config.algorithm import Algorithm
 from skyexp.config.stages import RunPlan
 from skyexp.data import PromptSampler
 from skyexp.data.difficulty import Counts
 from skyexp.distributed import Dist
 from skyexp.records import Problem
 from skyexp.rewards import MathVerifyReward
+from skyexp.rl.update import UpdateSettings
 from skyexp.rollout import Engine
 from skyexp.tracking import MultiLogger
 
@@ -67,6 +69,8 @@ class RunState:
     sched: torch.optim.lr_scheduler.LambdaLR
     sampler: PromptSampler
     problems: list[Problem]  # the whole training set, before any stage-boundary drop
+    algorithm: Algorithm  # every algorithmic piece, bound once (skyexp.config.algorithm)
+    settings: UpdateSettings  # how the update and the sampler-view forward passes run
     eval_problems: list[Problem] = field(default_factory=list)  # for eval.before / every / after
     ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
     # position: the next step is step `step_in_stage` of stage `stage`
