@@ -14,7 +14,7 @@ from conftest import update
 from skyexp import checkpoint, distributed
 from skyexp.config import AlgoConfig, ConfigError, ModelConfig
 from skyexp.models import load_model, load_tokenizer
-from skyexp.rl import lifecycle
+from skyexp.rl import resume
 from skyexp.rollout.hf import HFEngine
 
 
@@ -109,43 +109,43 @@ def test_rng_state_round_trip(tiny_dir):
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
     eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3)
     torch.manual_seed(1), random.seed(2), np.random.seed(3)
-    saved = lifecycle.rng_state(eng)
+    saved = resume.rng_state(eng)
 
     def draw():
         return (torch.rand(3).tolist(), random.random(), np.random.rand(), torch.rand(2, generator=eng.generator).tolist())
 
     ref = draw()
     draw()
-    lifecycle.set_rng_state(eng, saved)
+    resume.set_rng_state(eng, saved)
     assert draw() == ref
 
 
 def test_rng_state_survives_weights_only_load(tiny_dir, tmp_path):
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
     eng = HFEngine(load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3)
-    torch.save(lifecycle.rng_state(eng), tmp_path / "r.pt")
+    torch.save(resume.rng_state(eng), tmp_path / "r.pt")
     ref = (random.random(), np.random.rand(), torch.rand(2, generator=eng.generator).tolist())
-    lifecycle.set_rng_state(eng, torch.load(tmp_path / "r.pt", weights_only=True))
+    resume.set_rng_state(eng, torch.load(tmp_path / "r.pt", weights_only=True))
     assert (random.random(), np.random.rand(), torch.rand(2, generator=eng.generator).tolist()) == ref
 
 
 def test_rewind_metrics_drops_rows_logged_after_the_checkpoint(tmp_path):
     f = tmp_path / "metrics.jsonl"
     f.write_text("".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(6)) + '{"step": 6, "x"')  # torn last line
-    assert lifecycle.rewind_metrics(f, 4) == 3
+    assert resume.rewind_metrics(f, 4) == 3
     assert [json.loads(x)["step"] for x in f.read_text().splitlines()] == [0, 1, 2, 3]
-    assert lifecycle.rewind_metrics(tmp_path / "none.jsonl", 1) == 0
+    assert resume.rewind_metrics(tmp_path / "none.jsonl", 1) == 0
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "samples.completions.jsonl").write_text("".join(
         json.dumps({"step": s, "prompt": "p"}) + "\n" for s in (1, 1, 5, 6)))
-    assert lifecycle.rewind_logs(tmp_path, 2) == 2 + 2  # metrics rows 2, 3; table rows of steps 5, 6
+    assert resume.rewind_logs(tmp_path, 2) == 2 + 2  # metrics rows 2, 3; table rows of steps 5, 6
     assert [json.loads(x)["step"] for x in (tmp_path / "tables" / "samples.completions.jsonl").read_text().splitlines()] == [1, 1]
 
 
 def test_config_changes_are_named():
     saved = {"trainer": {"lr": 1e-3, "resume": ""}, "logger": {"mode": "offline"}, "context": {"stages": [{"steps": 2}]}}
     now = {"trainer": {"lr": 2e-3, "resume": "auto"}, "logger": {"mode": "online"}, "context": {"stages": [{"steps": 3}]}}
-    assert lifecycle.warn_config_changes(saved, now) == ["context.stages", "trainer.lr"]
+    assert resume.warn_config_changes(saved, now) == ["context.stages", "trainer.lr"]
 
 
 def test_non_finite_update_is_skipped(tiny_dir, dist1):

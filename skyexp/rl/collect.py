@@ -25,7 +25,7 @@ from skyexp.distributed import all_reduce_sum
 from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
 from skyexp.rewards.terms import ScoreInput, combine
-from skyexp.rl.state import RunState, Timer
+from skyexp.rl.state import Run, Timer
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ class _Round(NamedTuple):
     texts: list[str]
 
 
-def _round(run: RunState, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer) -> _Round:
+def _round(run: Run, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer) -> _Round:
     """Generate n samples for each problem, score them, apply the group filter."""
     cfg = run.cfg
     prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
@@ -86,7 +86,7 @@ def _round(run: RunState, stage: StagePlan, temperature: float, problems: list[P
                   prompts.ids, prompts.prompts, prompts.answers, texts)
 
 
-def collect_batch(run: RunState, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
+def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
     """Generate and score prompt batches (several under dynamic sampling), filter groups."""
     a = run.cfg.algo
     quota = stage.batch_size // run.d.world_size  # this rank's share of the groups that train
@@ -96,7 +96,7 @@ def collect_batch(run: RunState, stage: StagePlan, temperature: float, timer: Ti
         drawn += 1
         # every rank draws every round, so the samplers stay in step; a rank whose share is full
         # skips its prompts instead of generating
-        problems = run.sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
+        problems = run.live.sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
         if have < quota or not a.dynamic_sampling:
             rounds.append(_round(run, stage, temperature, problems, timer))
             have += int(rounds[-1].keep.sum())

@@ -18,20 +18,20 @@ from skyexp.data.difficulty import merge, tally
 from skyexp.records import UpdateStats
 from skyexp.rl.advantage import Advantages, step_advantages
 from skyexp.rl.collect import StepBatch, collect_batch
-from skyexp.rl.metrics import Trained, mismatch_metrics, sample_table, step_metrics
+from skyexp.rl.metrics import Generated, Trained, mismatch_metrics, sample_table, summarise
 from skyexp.rl.objective import LossSpec
-from skyexp.rl.state import RunState, StepRecord, StepResult, Timer
+from skyexp.rl.state import Run, StepRecord, StepResult, Timer
 from skyexp.rl.update import UpdateBatch, global_token_mean, rl_update
 from skyexp.rl.view import SamplerView, build_view
 
 
-def rl_step(run: RunState, stage: StagePlan) -> StepResult:
-    """Generate, score, update, sync: one RL step of `stage` at run.rl_step."""
+def rl_step(run: Run, stage: StagePlan) -> StepResult:
+    """Generate, score, update, sync: one RL step of `stage` at run.counters.rl_step."""
     t, alg = Timer(), run.algorithm
-    temperature = run.plan.temperature_at(stage, run.rl_step)  # the loss uses the rollout's
+    temperature = run.plan.temperature_at(stage, run.counters.rl_step)  # the loss uses the rollout's
     with t("step"):
         batch = collect_batch(run, stage, temperature, t)  # generate, score, filter groups (dynamic sampling: repeat)
-        run.solved = merge(run.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
+        run.live.solved = merge(run.live.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
         view = build_view(run, stage, batch, t)
         mask = batch.rollout.response_mask
         adv = step_advantages(alg, batch.rewards, batch.train, view.old_logprobs, view.ref_logprobs, mask, run.d.device)
@@ -40,17 +40,17 @@ def rl_step(run: RunState, stage: StagePlan) -> StepResult:
         upd = UpdateBatch(batch.rollout, advantages, view.weights, view.old_logprobs, view.entropy, view.ref_logprobs,
                           view.is_weights, stage.max_response_len)
         h = _trained_entropy(run, upd)
-        run.entropy_coef, coef = alg.controller(run.entropy_coef, h)  # the bonus from this step's entropy
+        run.counters.entropy_coef, coef = alg.controller(run.counters.entropy_coef, h)  # the bonus from this step's entropy
         with t("update"):
             stats = rl_update(run.policy, run.opt, upd, LossSpec.of(alg, coef), run.settings)
         with t("sync"):
             run.engine.sync_weights(run.policy)
-    metrics = _metrics(run, batch, view, upd, adv, stats, t.s, h)
-    record = StepRecord(run.rl_step, stats.entropy, metrics["critic/score/mean"])
-    return StepResult(record, metrics["batch/pass@1"], t.s["timing_s/step"], stats.skipped_updates, metrics)
+    metrics, gen = _metrics(run, batch, view, upd, adv, stats, t.s, h)
+    record = StepRecord(run.counters.rl_step, stats.entropy, gen.score)
+    return StepResult(record, gen.pass1, t.s["timing_s/step"], stats.skipped_updates, metrics)
 
 
-def _trained_entropy(run: RunState, upd: UpdateBatch) -> float:
+def _trained_entropy(run: Run, upd: UpdateBatch) -> float:
     """The sampling policy's mean token entropy over the tokens that train (all response tokens
     when none does): what the entropy controller steers."""
     ro = upd.rollout
@@ -59,12 +59,12 @@ def _trained_entropy(run: RunState, upd: UpdateBatch) -> float:
     return global_token_mean(upd.entropy, mask, run.d.device)
 
 
-def _metrics(run: RunState, batch: StepBatch, view: SamplerView, upd: UpdateBatch, adv: Advantages,
-             stats: UpdateStats, timings: dict[str, float], h: float) -> dict[str, Any]:
+def _metrics(run: Run, batch: StepBatch, view: SamplerView, upd: UpdateBatch, adv: Advantages,
+             stats: UpdateStats, timings: dict[str, float], h: float) -> tuple[dict[str, Any], Generated]:
     cfg, dev, ro = run.cfg, run.d.device, batch.rollout
     masked = (upd.weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated  # [G*n] trains but for truncation
     trained_tokens = ro.response_mask * upd.weights[:, None]
-    extra: dict[str, float] = {}
+    extra: dict[str, Any] = {}
     if adv.seq_kl is not None:  # per sequence, summed over tokens
         extra["critic/kl"] = global_token_mean(adv.seq_kl.flatten()[:, None], upd.weights[:, None], dev)
         extra["critic/kl_coeff"] = run.algorithm.kl_reward_coef  # the reward penalty's weight (0 with the KL loss)
@@ -73,8 +73,8 @@ def _metrics(run: RunState, batch: StepBatch, view: SamplerView, upd: UpdateBatc
                   "batch/truncated_masked": global_token_mean(masked.float()[:, None], torch.ones(len(masked), 1), dev)})
     extra.update(mismatch_metrics(run.algorithm.recompute_old, cfg.algo.rollout_is_cap, view.old_logprobs, ro.logprobs,
                                   trained_tokens, view.is_weights, stats, dev))
-    out = step_metrics(batch, Trained(upd.advantages, upd.weights, adv.rewards), stats, timings,
-                       (run.stage, run.rl_step), dev, extra)
-    if cfg.logger.samples_every and run.rl_step % cfg.logger.samples_every == 0:
-        out["samples/completions"] = sample_table(batch, run.rl_step, cfg.logger.samples_rows)
-    return out
+    c = run.counters
+    if cfg.logger.samples_every and c.rl_step % cfg.logger.samples_every == 0:
+        extra["samples/completions"] = sample_table(batch, c.rl_step, cfg.logger.samples_rows)
+    return summarise(batch, Trained(upd.advantages, upd.weights, adv.rewards), stats, timings, (c.stage, c.rl_step),
+                     dev, extra)

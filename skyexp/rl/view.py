@@ -14,7 +14,7 @@ import torch
 from skyexp.config.stages import StagePlan
 from skyexp.records import Rollout
 from skyexp.rl.collect import StepBatch
-from skyexp.rl.state import RunState, Timer
+from skyexp.rl.state import Run, Timer
 from skyexp.rl.tokens import forward_stats, sampling_view
 
 
@@ -30,7 +30,7 @@ class SamplerView:
     is_weights: torch.Tensor | None  # [G*n, R] truncated-IS weights; None without the correction
 
 
-def build_view(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer) -> SamplerView:
+def build_view(run: Run, stage: StagePlan, batch: StepBatch, t: Timer) -> SamplerView:
     """The step's SamplerView: old log-probs and entropies before any optimizer step (timed as
     old_logp), the reference's log-probs (timed as ref), the IS weights of algo.rollout_is."""
     ro, alg = batch.rollout, run.algorithm
@@ -43,9 +43,9 @@ def build_view(run: RunState, stage: StagePlan, batch: StepBatch, t: Timer) -> S
     return SamplerView(batch.row_weights(stage.mask_truncated), in_groups, old_logp, ent, ref_logp, is_w)
 
 
-def reference_logprobs(run: RunState, ro: Rollout, rows: torch.Tensor) -> torch.Tensor | None:
+def reference_logprobs(run: Run, ro: Rollout, rows: torch.Tensor) -> torch.Tensor | None:
     """The reference policy's log-probs [G*n, R] on the rows with rows > 0 (every row of a group
     that trains); None without a reference."""
-    if run.ref is None:
+    if run.live.ref is None:
         return None
-    return forward_stats(run.ref, ro, (rows > 0).nonzero().squeeze(1), run.settings.fwd, False)[0]
+    return forward_stats(run.live.ref, ro, (rows > 0).nonzero().squeeze(1), run.settings.fwd, False)[0]
