@@ -18,7 +18,7 @@ from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
 from skyexp.rl.advantage import group_advantages, step_advantages
 from skyexp.rl.collect import collect_batch, concat_rollouts
-from skyexp.rl.state import Timer
+from skyexp.rl.state import Live, Timer
 
 
 class FakeEngine:
@@ -63,7 +63,7 @@ def _run(tiny_dir, dist1, script, **algo):
     problems = [Problem(id=str(i), problem=f"Compute {i}+1.", answer=str(i + 1)) for i in range(50)]
     sampler = PromptSampler(problems, 0)
     run = SimpleNamespace(cfg=cfg, d=dist1, tokenizer=tok, engine=FakeEngine(tok), reward=ScriptedReward(script),
-                          sampler=sampler, algorithm=build_algorithm(cfg))
+                          live=Live(sampler), algorithm=build_algorithm(cfg))
     return collect_batch(run, StagePlan(0, 1, 2, 2, 8, reward=cfg.reward), 1.0, Timer()), run, sampler
 
 

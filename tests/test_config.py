@@ -111,6 +111,10 @@ def test_unknown_group_option_lists_valid_ones():
         (["algo.policy_loss=gpso"], "algo.policy_loss"),
         (["algo=gspo", "entropy=clip_cov"], "entropy.token_rule"),  # the rule replaces PPO's loss, which gspo does not use
         (["algo=cispo", "algo.clip_c=3"], "algo.clip_c"),
+        (["algo=gspo", "algo.loss_agg=token-mean"], "algo.loss_agg"),  # GSPO is a mean over sequences
+        (["algo.policy_loss=gspo_token"], "algo.loss_agg"),
+        (["algo=gspo", "rollout=vllm", "algo.old_logprobs=rollout"], "algo.old_logprobs"),  # the sampler's numerics
+        (["algo.old_logprobs=sometimes"], "algo.old_logprobs"),
         (["algo.ref_reset_every=10"], "algo.ref_reset_every"),  # no KL term, no reference to reset
         (["entropy.adv_alpha=0.4", "entropy.adv_kappa=1"], "entropy.adv_kappa"),
     ],
@@ -119,6 +123,17 @@ def test_cross_field_checks_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         to_typed(compose_cfg(overrides))
     assert f"config key '{key}'" in str(e.value)
+
+
+def test_gspo_recomputes_old_logprobs_when_the_sampler_is_not_the_trainer():
+    """conf/algo/gspo.yaml sets algo.old_logprobs=auto: the hf sampler is the trainer's own fp32
+    model (its log-probs are the trainer's), vLLM is not, so there the trainer recomputes them."""
+    from skyexp.config.schema import old_logprobs_recomputed
+
+    hf, vllm = to_typed(compose_cfg(["algo=gspo"])), to_typed(compose_cfg(["algo=gspo", "rollout=vllm"]))
+    assert hf.algo.old_logprobs == vllm.algo.old_logprobs == "auto"
+    assert not old_logprobs_recomputed(hf) and old_logprobs_recomputed(vllm)
+    assert old_logprobs_recomputed(to_typed(compose_cfg(["algo.old_logprobs=recompute"])))
 
 
 def test_world_size_divisibility():

@@ -11,7 +11,7 @@ import torch
 
 from skyexp.algos.advantages import ADVANTAGES, grpo, rloo
 from skyexp.algos.passk import passk_best, passk_chen, pkpo
-from skyexp.algos.seq_losses import cispo_loss, gspo_loss, gspo_token_loss
+from skyexp.algos.seq_losses import cispo_loss, gspo_loss, gspo_token_loss, seq_log_ratio
 from skyexp.algos.shaping import entropy_shaped
 
 
@@ -133,7 +133,7 @@ def test_gspo_hand_values():
     old = torch.zeros(2, 2)
     adv = torch.tensor([[1.0, 1.0], [-2.0, -2.0]])
     mask = torch.tensor([[1.0, 1.0], [1.0, 0.0]])
-    loss, st = gspo_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.2, ratio_max=10.0)
+    loss, st = gspo_loss(logp, old, adv, mask, clip_low=0.2, clip_high=0.2)
     assert torch.allclose(loss, torch.tensor([[-1.2, -1.2], [1.8097, 1.8097]]), atol=1e-4)
     assert st["clipped_high"][0].tolist() == [1.0, 1.0] and st["clipped_low"].sum() == 0
 
@@ -142,7 +142,7 @@ def test_gspo_gradient_is_the_mean_token_gradient_times_s():
     """grad L_i = -A s_i mean_t grad log pi_t (inside the clip range): d/d logp_t = -A s / |y|."""
     logp = torch.tensor([[0.02, -0.04, 0.0]], requires_grad=True)
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    loss, _ = gspo_loss(logp, torch.zeros(1, 3), torch.full((1, 3), 0.5), mask, clip_low=0.2, clip_high=0.2, ratio_max=10.0)
+    loss, _ = gspo_loss(logp, torch.zeros(1, 3), torch.full((1, 3), 0.5), mask, clip_low=0.2, clip_high=0.2)
     (loss[:, 0]).sum().backward()
     s = math.exp(-0.01)
     assert torch.allclose(logp.grad, torch.tensor([[-0.5 * s / 2, -0.5 * s / 2, 0.0]]), atol=1e-6)
@@ -157,7 +157,7 @@ def test_gspo_token_equals_gspo_with_sequence_advantages():
     grads = []
     for fn in (gspo_loss, gspo_token_loss):
         logp = (old + 0.05 * torch.randn(3, 5, generator=torch.Generator().manual_seed(2))).requires_grad_(True)
-        loss, _ = fn(logp, old, adv, mask, clip_low=0.2, clip_high=0.2, ratio_max=10.0)
+        loss, _ = fn(logp, old, adv, mask, clip_low=0.2, clip_high=0.2)
         ((loss * mask).sum(-1) / mask.sum(-1)).sum().backward()
         grads.append((loss.detach(), logp.grad))
     assert torch.allclose(grads[0][0], grads[1][0]) and torch.allclose(grads[0][1], grads[1][1], atol=1e-6)
@@ -165,16 +165,63 @@ def test_gspo_token_equals_gspo_with_sequence_advantages():
 
 def test_cispo_hand_values_and_gradient():
     """r = (e^0.5, e^-0.5, 1) = (1.6487, 0.6065, 1), range [0, 1.28] (clip_low 1, clip_high 0.28),
-    A = (1, -1, 2): weights (1.28, 0.6065, 1); L = -A w = (-1.28, 0.6065, -2); every gradient is
-    -A w (the clipped first token keeps its gradient, unlike PPO's)."""
+    A = (1, -1, 2): weights (1.28, 0.6065, 1). The reported value is the paper's objective
+    -A w log pi (verl's and TRL's actor/pg_loss): log pi = (0.5, -0.5, 0) -> (-0.64, -0.3033, 0).
+    Every gradient is -A w (the clipped first token keeps its gradient, unlike PPO's)."""
     logp = torch.tensor([[0.5, -0.5, 0.0]], requires_grad=True)
     adv = torch.tensor([[1.0, -1.0, 2.0]])
     loss, st = cispo_loss(logp, torch.zeros(1, 3), adv, torch.ones(1, 3), clip_low=1.0, clip_high=0.28)
     w = torch.tensor([[1.28, math.exp(-0.5), 1.0]])
-    assert torch.allclose(loss, -adv * w, atol=1e-5)
+    assert torch.allclose(loss, torch.tensor([[-0.64, -0.5 * math.exp(-0.5), 0.0]]), atol=1e-6)
     loss.sum().backward()
     assert torch.allclose(logp.grad, -adv * w, atol=1e-5)
     assert st["clipped_high"].tolist() == [[1.0, 0.0, 0.0]]
+
+
+def test_cispo_gradient_is_bit_identical_to_the_ratio_form():
+    """Issue 25 changed the reported value only: -A sg(w) log pi has the gradient of the former
+    -A sg(w) pi / sg(pi), bit for bit (random logits through a log-softmax, 3 x 7 tokens)."""
+    g = torch.Generator().manual_seed(0)
+    logits, old = torch.randn(3, 7, 5, generator=g), torch.randn(3, 7, generator=g) * 0.3 - 1.5
+    adv, ids = torch.randn(3, 7, generator=g), torch.randint(0, 5, (3, 7), generator=g)
+    grads = []
+    for form in ("objective", "ratio"):
+        z = logits.clone().requires_grad_(True)
+        logp = z.log_softmax(-1).gather(-1, ids[..., None]).squeeze(-1)
+        if form == "objective":
+            loss, _ = cispo_loss(logp, old, adv, torch.ones(3, 7), clip_low=1.0, clip_high=0.28)
+        else:
+            w = torch.exp(logp - old).detach().clamp(0.0, 1.28)
+            loss = -adv * w * torch.exp(logp - logp.detach())
+        loss.sum().backward()
+        grads.append(z.grad)
+    assert torch.equal(grads[0], grads[1])
+
+
+@pytest.mark.parametrize("fn", [gspo_loss, gspo_token_loss])
+@pytest.mark.parametrize("log_s,adv", [(math.log(20.0), -1.0), (math.log(0.05), 1.0)])
+def test_gspo_unclipped_branch_keeps_the_papers_gradient(fn, log_s, adv):
+    """s = 20 with A < 0 and s = 0.05 with A > 0 lie on PPO-style max's unclipped branch:
+    L = -A s, gradient -A s / |y| on each token. The former clamp of the mean log-ratio to +-log 10
+    made both gradients 0 (issue 25)."""
+    logp = torch.tensor([[log_s - 0.1, log_s + 0.1, 7.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 0.0]])
+    loss, _ = fn(logp, torch.zeros(1, 3), torch.full((1, 3), adv), mask, clip_low=3e-4, clip_high=4e-4)
+    s = math.exp(log_s)
+    assert loss[0, 0].item() == pytest.approx(-adv * s, rel=1e-5)
+    ((loss * mask).sum(-1) / mask.sum(-1)).sum().backward()  # seq-mean-token-mean
+    assert torch.allclose(logp.grad, torch.tensor([[-adv * s / 2, -adv * s / 2, 0.0]]), rtol=1e-5)
+
+
+def test_gspo_ratio_capped_only_above_at_e20():
+    """A mean log-ratio of 30 is capped at 20 (exp stays finite; verl caps at 10); -30 is not
+    capped (exp underflows harmlessly)."""
+    mask = torch.ones(2, 1)
+    ratio = seq_log_ratio(torch.tensor([[30.0], [-30.0]]), torch.zeros(2, 1), mask)
+    assert ratio.tolist() == [[20.0], [-30.0]]
+    loss, _ = gspo_loss(torch.tensor([[30.0]]), torch.zeros(1, 1), torch.full((1, 1), -1.0), torch.ones(1, 1),
+                        clip_low=0.2, clip_high=0.2)
+    assert torch.isfinite(loss).all() and loss.item() == pytest.approx(math.exp(20.0), rel=1e-5)
 
 
 # -- entropy-shaped advantages ----------------------------------------------------------------

@@ -16,13 +16,20 @@ tests/test_passk.py checks each estimator against the enumeration of every subse
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
 
 
-def _binom(a: int, b: int) -> float:
-    return float(math.comb(a, b)) if 0 <= b <= a else 0.0
+def _ratio(num: int, den: int) -> float:
+    """num / den for (possibly huge) integers, correctly rounded: no float of a binomial that may
+    overflow (C(1024, 512) ~ 4e306) and no rounding of the two before they are divided."""
+    return num / den if num else 0.0
+
+
+def _comb(a: int, b: int) -> int:
+    return math.comb(a, b) if 0 <= b <= a else 0
 
 
 def _check(n: int, k: int) -> None:
@@ -30,27 +37,37 @@ def _check(n: int, k: int) -> None:
         raise ValueError(f"pass@k advantages need 1 <= algo.passk_k <= n and n >= 2 (k={k}, n={n})")
 
 
+@functools.lru_cache(maxsize=16)
 def _weights(n: int, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Binomial weights over sorted positions, float64: mean [n] (the subset-max mean's), holding
-    [n, n] (row p: the sum over k-subsets holding p), others [n, n] (row p: the sum over
-    (k-1)-subsets of the other n-1 samples)."""
-    mean = torch.tensor([_binom(j, k - 1) for j in range(n)], dtype=torch.float64) / _binom(n, k)
-    holding = torch.zeros(n, n, dtype=torch.float64)
-    others = torch.zeros(n, n, dtype=torch.float64)
+    """Normalised binomial weights over sorted positions, float64, each entry an exact integer
+    ratio rounded once:
+      mean [n]       C(j, k-1) / C(n, k): the subset-max mean's (they sum to 1);
+      held [n, n]    row p: the mean over the k-subsets holding p, / C(n-1, k-1);
+      gain [n, n]    row p: (the sum over k-subsets holding p) - (the sum over (k-1)-subsets of the
+                     other samples), / C(n, k). Both sums weigh every j > p by C(j-1, k-2); that
+                     part cancels exactly here, in the integers, instead of in floats (pkpo).
+    Cached: a run calls these with the same (n, k) every step (n = 128 builds in ~0.1 s)."""
+    total, held_den = _comb(n, k), _comb(n - 1, k - 1)
+    mean = torch.tensor([_ratio(_comb(j, k - 1), total) for j in range(n)], dtype=torch.float64)
+    held = torch.zeros(n, n, dtype=torch.float64)
+    gain = torch.zeros(n, n, dtype=torch.float64)
     for p in range(n):
-        holding[p, p] = _binom(p, k - 1)
-        for j in range(n):
-            if j > p:
-                holding[p, j] = others[p, j] = _binom(j - 1, k - 2)
-            elif j < p:
-                others[p, j] = _binom(j, k - 2)
-    return mean, holding, others
+        held[p, p] = _ratio(_comb(p, k - 1), held_den)
+        gain[p, p] = _ratio(_comb(p, k - 1), total)
+        for j in range(p):
+            gain[p, j] = -_ratio(_comb(j, k - 2), total)
+        for j in range(p + 1, n):
+            held[p, j] = _ratio(_comb(j - 1, k - 2), held_den)
+    return mean, held, gain
 
 
-def _sorted(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Rewards sorted ascending per group (float64) and the permutation that sorted them."""
+def _sorted_gaps(rewards: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each group's rewards sorted ascending, minus the group's max (float64, all <= 0), and the
+    permutation that sorted them. Every quantity here is shift-invariant, and measuring from the
+    max keeps what matters (the small gaps of a nearly flat set of subset maxima, a common reward
+    offset) out of a cancellation between two numbers near the max."""
     r, perm = rewards.double().sort(dim=-1, stable=True)
-    return r, perm
+    return r - r[..., -1:], perm
 
 
 def _unsort(values: torch.Tensor, perm: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -70,16 +87,25 @@ def passk_chen(rewards: torch.Tensor, *, passk_k: int) -> torch.Tensor:
     same subset average, by the sorted-position sums of the module docstring); groups where every
     k-subset has the same max (sigma = 0: all rewards equal, or c > n - k) get exactly 0, where the
     closed form divides by zero.
+
+    Numerics (issue 25): everything is computed in float64 on the gaps to the group's max, and the
+    variance as sum_j w_j (x_j - mu)^2, non-negative by construction. The textbook E[x^2] - mu^2
+    cancels to <= 0 once 1 - mu (the share of k-subsets without a correct sample) falls below
+    ~1e-16 (n = 56, k = 26, c = 30: exact A = +1.2e-8 / -1.4e-8), which gave 0 / -inf. Advantages
+    here are accurate to a few ulps relative for every n, k the config accepts
+    (tests/test_passk_large.py: exact rational arithmetic up to n = 128, offsets up to 1e7). A group
+    whose variance underflows float64 (a share of non-max subsets below ~1e-308; its advantages
+    would be ~1e-154, 0 in float32) gets exactly 0.
     """
     n, k = rewards.shape[-1], passk_k
     _check(n, k)
-    r, perm = _sorted(rewards)
-    mean_w, holding, _ = _weights(n, k)
-    mu = (r * mean_w).sum(-1, keepdim=True)  # [B, 1]
-    var = (r.pow(2) * mean_w).sum(-1, keepdim=True) - mu.pow(2)
-    held = r @ holding.T / _binom(n - 1, k - 1)  # [B, n] mean over the subsets holding each sample
-    flat = r[..., k - 1 : k] == r[..., -1:]  # every k-subset's max is the same value
-    adv = ((held - mu) / var.clamp(min=1e-300).sqrt()).masked_fill(flat, 0.0)
+    d, perm = _sorted_gaps(rewards)
+    mean_w, held_w, _ = _weights(n, k)
+    mu = (d * mean_w).sum(-1, keepdim=True)  # [B, 1] (mu - max)
+    var = ((d - mu).pow(2) * mean_w).sum(-1, keepdim=True)  # over sorted positions = over subsets
+    held = d @ held_w.T  # [B, n] mean over the subsets holding each sample (- max)
+    flat = (d[..., k - 1 : k] == 0) | (var <= torch.finfo(torch.float64).tiny)  # every subset max equal
+    adv = ((held - mu) / var.sqrt().masked_fill(flat, 1.0)).masked_fill(flat, 0.0)
     return _unsort(adv, perm, rewards)
 
 
@@ -102,10 +128,10 @@ def pkpo(rewards: torch.Tensor, *, passk_k: int) -> torch.Tensor:
     if k == 1:  # RLOO, exactly 0 for equal-reward groups (float rounding of the sums leaves ~1e-7)
         equal = rewards.amax(-1, keepdim=True) == rewards.amin(-1, keepdim=True)
         return (rewards - (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)).masked_fill(equal, 0.0)
-    r, perm = _sorted(rewards)
-    _, holding, others = _weights(n, k)
-    adv = (r @ holding.T - r @ others.T) * (n / _binom(n, k))
-    equal = r[..., :1] == r[..., -1:]  # exactly 0 (the two sums round differently for e.g. 0.7)
+    d, perm = _sorted_gaps(rewards)
+    _, _, gain_w = _weights(n, k)  # rows sum to 0 (hockey stick), so the gaps give the same sums
+    adv = (d @ gain_w.T) * n
+    equal = d[..., :1] == 0  # exactly 0 (the sums round differently for e.g. 0.7)
     return _unsort(adv.masked_fill(equal, 0.0), perm, rewards)
 
 

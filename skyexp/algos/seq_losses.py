@@ -1,7 +1,7 @@
 """Policy losses other than PPO's per-token clipped surrogate, chosen by `algo.policy_loss`
 (and PPO's own, `ppo`, which a token rule of skyexp.algos.token_rules may replace). Each is
 
-  loss(logp, old_logp, adv, mask, *, clip_low, clip_high[, ratio_max]) -> (per-token loss [N, T], stats)
+  loss(logp, old_logp, adv, mask, *, clip_low, clip_high) -> (per-token loss [N, T], stats)
 
 with the stats of skyexp.algos.losses.clipped_policy_loss (clipped_low, clipped_high,
 dual_clipped, approx_kl; per token, detached). Unlike the token rules these take the mask: GSPO's
@@ -15,12 +15,11 @@ its tokens (or a per-token advantage); `mask` [N, T] is 1 on tokens that train.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 
 import torch
 
-from skyexp.algos.losses import clipped_policy_loss
+from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss
 
 
 def _stats(ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor, clip_low: float,
@@ -34,13 +33,13 @@ def _stats(ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, old_logp:
         }
 
 
-def seq_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor, ratio_max: float) -> torch.Tensor:
+def seq_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """mean_t (log pi - log pi_old) over each row's masked tokens [N, 1] (0 for a row without any),
-    clamped to +-log(ratio_max) for numerical safety."""
+    capped above at LOG_RATIO_CAP = 20 so that exp stays finite (the guard of PPO's ratio,
+    skyexp.algos.losses; verl caps GSPO's at 10). No lower bound: exp underflows to 0 harmlessly."""
     m = mask.to(logp.dtype)
     mean = ((logp - old_logp) * m).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp(min=1)
-    bound = math.log(ratio_max)
-    return mean.clamp(-bound, bound)
+    return mean.clamp(max=LOG_RATIO_CAP)
 
 
 def _clipped(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
@@ -48,27 +47,31 @@ def _clipped(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high:
 
 
 def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip_low: float,
-              clip_high: float, ratio_max: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+              clip_high: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO (Zheng et al., arXiv 2507.18071): one importance ratio per sequence,
         s_i = exp(mean_t (log pi(y_i,t) - log pi_old(y_i,t))),
         L_i = max(-A_i s_i, -A_i clip(s_i, 1 - clip_low, 1 + clip_high)),
-    put on each of the row's tokens. With `algo.loss_agg=seq-mean-token-mean` (conf/algo/gspo.yaml)
-    the aggregate is the paper's mean over sequences of L_i. The paper's ranges are tiny (3e-4 and
-    4e-4) because the ratio is a per-token geometric mean. Departure: mean_t log-ratio is clamped
-    to +-log(ratio_max) for safety; A is read per token, so a per-token advantage is accepted too
-    (the paper's A is per sequence)."""
-    ratio = torch.exp(seq_log_ratio(logp, old_logp, mask, ratio_max)).expand_as(logp)
+    put on each of the row's tokens, and aggregated as the paper's mean over sequences of L_i
+    (`algo.loss_agg=seq-mean-token-mean`, enforced by the config check). The paper's ranges are
+    tiny (3e-4 and 4e-4) because the ratio is a per-token geometric mean. On the unclipped branch
+    (s > 1 + clip_high with A < 0, s < 1 - clip_low with A > 0) the gradient is the paper's,
+    -A_i s_i grad mean_t log pi. Departures: the mean log-ratio is capped at 20 (s <= e^20 ~ 4.9e8),
+    only so that exp stays finite: beyond it an A < 0 row's gradient is 0 (PPO's guard; verl caps
+    at 10); A is read per token, so a per-token advantage is accepted too (the paper's A is per
+    sequence)."""
+    ratio = torch.exp(seq_log_ratio(logp, old_logp, mask)).expand_as(logp)
     return _clipped(ratio, adv, clip_low, clip_high), _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
 
 
 def gspo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
-                    clip_low: float, clip_high: float, ratio_max: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                    clip_low: float, clip_high: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO-token (arXiv 2507.18071, sec. 4.3): the ratio per token
         s_i,t = sg[s_i] * pi(y_i,t) / sg[pi(y_i,t)],
-    whose value is s_i and whose gradient is s_i grad log pi(y_i,t); clipped like gspo_loss. With
-    the same advantage on every token of a row it gives GSPO's gradient (the paper's remark; tested);
+    whose value is s_i and whose gradient is s_i grad log pi(y_i,t); clipped like gspo_loss, with
+    the same cap of s_i (only above, at e^20) and the same mean over sequences. With the same
+    advantage on every token of a row it gives GSPO's gradient (the paper's remark; tested);
     per-token advantages (entropy shaping) then act token by token."""
-    s = torch.exp(seq_log_ratio(logp, old_logp, mask, ratio_max)).detach()
+    s = torch.exp(seq_log_ratio(logp, old_logp, mask)).detach()
     ratio = s * torch.exp(logp - logp.detach())
     return _clipped(ratio, adv, clip_low, clip_high), _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
 
@@ -77,16 +80,16 @@ def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ma
                clip_high: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CISPO (MiniMax, arXiv 2506.13585): clip the importance weight, not the update,
         L_t = -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) * A_t * log pi(y_t),  r_t = pi / pi_old,
-    so every token keeps its gradient, -clip(r_t) A_t grad log pi. Written here as
-    -A_t * sg(clip(r_t)) * pi / sg(pi): the same gradient, and a value (-A_t clip(r_t)) on PPO's
-    scale, so actor/pg_loss compares with the other losses. The paper sets no lower bound in
+    so every token keeps its gradient, -clip(r_t) A_t grad log pi. The per-token value is the
+    paper's objective, -A_t sg(clip(r_t)) log pi(y_t), as verl and TRL report it in actor/pg_loss
+    (issue 25: it was -A_t clip(r_t), with the same gradient). The paper sets no lower bound in
     practice (clip_low = 1: the weight is at least 0). The ratio is only used detached and clipped,
     so no guard can take a token's gradient away. Departure: the paper's optional token mask M_t is
     not used. clipped_low / clipped_high count the tokens whose weight is clipped (either sign of A)."""
     with torch.no_grad():
         ratio = torch.exp((logp - old_logp).clamp(max=20.0))  # e^20: only keeps exp finite
         weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
-    loss = -adv * weight * torch.exp(logp - logp.detach())
+    loss = -adv * weight * logp
     st = _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
     st["clipped_low"] = (ratio < 1.0 - clip_low).float()
     st["clipped_high"] = (ratio > 1.0 + clip_high).float()

@@ -33,7 +33,7 @@ from skyexp.algos.seq_losses import POLICY_LOSSES
 from skyexp.algos.shaping import entropy_shaped
 from skyexp.algos.token_rules import TOKEN_RULES
 from skyexp.config.names import bind
-from skyexp.config.schema import Config, ConfigError
+from skyexp.config.schema import Config, ConfigError, old_logprobs_recomputed
 
 Tensor = torch.Tensor
 # (logp, old_logp, adv, selected, mask) -> (per-token loss [N, T], per-token stats)
@@ -42,8 +42,9 @@ Select = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (adv, old_logp, e
 
 # algo.kl_mode -> (the KL term is in the loss, the KL penalty is in the reward)
 KL_MODES = {"loss": (True, False), "reward": (False, True)}
-# algo.old_logprobs -> the trainer recomputes the old-policy log-probs
-OLD_LOGPROBS = {"rollout": False, "recompute": True}
+# algo.old_logprobs: the sampler's, the trainer's, or the trainer's unless the sampler is its own
+# model (skyexp.config.schema.old_logprobs_recomputed decides)
+OLD_LOGPROBS = ("rollout", "recompute", "auto")
 
 
 @dataclass(frozen=True)
@@ -119,7 +120,7 @@ def build_algorithm(c: Config) -> Algorithm:
     a, e = c.algo, c.entropy
     est: Estimator = _lookup(ADVANTAGES, a.advantage, "algo.advantage")
     in_loss, in_reward = _lookup(KL_MODES, a.kl_mode, "algo.kl_mode")
-    recompute = _lookup(OLD_LOGPROBS, a.old_logprobs, "algo.old_logprobs")
+    _lookup(dict.fromkeys(OLD_LOGPROBS), a.old_logprobs, "algo.old_logprobs")
     loss, select, grads_zero_advantage = _policy_loss(c)
     shape = (functools.partial(entropy_shaped, adv_alpha=e.adv_alpha, adv_kappa=e.adv_kappa)
              if e.adv_alpha > 0 else None)
@@ -141,6 +142,6 @@ def build_algorithm(c: Config) -> Algorithm:
         shape=shape,
         kl_loss_coef=a.kl_coef if in_loss else 0.0,
         kl_reward_coef=a.kl_coef if in_reward else 0.0,
-        recompute_old=recompute,
+        recompute_old=old_logprobs_recomputed(c),
         adv_eps=a.adv_eps,
     )

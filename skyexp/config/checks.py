@@ -15,8 +15,18 @@ from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
 from skyexp.config.ranges import validate_ranges
-from skyexp.config.schema import AlgoConfig, Config, ConfigError, RewardConfig
+from skyexp.config.schema import (
+    AlgoConfig,
+    Config,
+    ConfigError,
+    RewardConfig,
+    old_logprobs_recomputed,
+)
 from skyexp.config.stages import check_world_plan, validate_schedule
+
+# GSPO's sequence-ratio losses (skyexp.algos.seq_losses): the paper's mean over sequences, and old
+# log-probs from the trainer's numerics (validate_old_logprobs)
+SEQUENCE_MEAN_LOSSES = ("gspo", "gspo_token")
 
 
 def to_typed(cfg: DictConfig | dict, schema: type = Config) -> Config:
@@ -59,6 +69,7 @@ def validate(c: Config) -> None:
     algorithm = build_algorithm(c)
     check_labels(c)
     validate_algo(c.algo)
+    validate_old_logprobs(c)
     validate_entropy(c)
     _check_name(c.rollout.name, "rollout.name", ENGINES)
     _check_name(c.data.source, "data.source", SOURCE_NAMES)
@@ -86,8 +97,6 @@ def validate_algo(a: AlgoConfig) -> None:
     _check(a.ppo_epochs >= 1, "algo.ppo_epochs", "must be >= 1")
     _check(a.mini_batches >= 1, "algo.mini_batches", "must be >= 1")
     _check(a.kl_coef >= 0, "algo.kl_coef", "must be >= 0")
-    _check(a.rollout_is == "none" or a.old_logprobs == "recompute", "algo.rollout_is",
-           "the correction weighs the trainer's old log-probs against the sampler's: set algo.old_logprobs=recompute")
     _check(a.rollout_is_cap >= 1, "algo.rollout_is_cap", "must be >= 1 (weights above it are truncated to it)")
     validate_loss_and_resets(a)
 
@@ -95,11 +104,28 @@ def validate_algo(a: AlgoConfig) -> None:
 def validate_loss_and_resets(a: AlgoConfig) -> None:
     """The policy loss, ProRL resets. (k against each stage's n: skyexp.config.stages.)"""
     _check(a.passk_k >= 1, "algo.passk_k", "must be >= 1")
+    _check(a.policy_loss not in SEQUENCE_MEAN_LOSSES or a.loss_agg == "seq-mean-token-mean", "algo.loss_agg",
+           f"algo.policy_loss={a.policy_loss} is a mean over sequences (arXiv 2507.18071); '{a.loss_agg}' would weigh "
+           "rows by their length: set algo.loss_agg=seq-mean-token-mean")
     _check(a.policy_loss == "ppo" or a.clip_c == 0, "algo.clip_c",
            f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none (set algo.clip_c=0)")
     _check(a.ref_reset_every >= 0, "algo.ref_reset_every", "must be >= 0 (0: never)")
     _check(a.ref_reset_every == 0 or a.kl_coef > 0, "algo.ref_reset_every",
            "resets the KL reference, which exists only with a KL term (set algo.kl_coef > 0)")
+
+
+def validate_old_logprobs(c: Config) -> None:
+    """The old log-probs against what uses them: the IS correction compares the trainer's with the
+    sampler's, so it needs the trainer's; GSPO's sequence ratio takes any sampler/trainer gap
+    directly against clip ranges of ~3e-4, so it needs them whenever the sampler is not the
+    trainer's own model (issue 25)."""
+    a = c.algo
+    _check(a.rollout_is == "none" or old_logprobs_recomputed(c), "algo.rollout_is",
+           "the correction weighs the trainer's old log-probs against the sampler's: set algo.old_logprobs=recompute")
+    _check(a.policy_loss not in SEQUENCE_MEAN_LOSSES or c.rollout.name == "hf" or old_logprobs_recomputed(c),
+           "algo.old_logprobs", f"algo.policy_loss={a.policy_loss} with rollout={c.rollout.name}: the sequence ratio "
+           "would take the sampler/trainer numeric gap against clip ranges of ~3e-4 and clip nearly every row; "
+           "set algo.old_logprobs=recompute (or auto, as conf/algo/gspo.yaml does)")
 
 
 def validate_reward(r: RewardConfig, terms: Iterable[str]) -> None:

@@ -58,7 +58,9 @@ class AlgoConfig:
     clip_low: float = 0.2
     clip_high: float = 0.2
     clip_c: float = 0.0  # dual-clip bound (> 1 enables it); 0 disables
-    ratio_max: float = 10.0  # entropy=kl_cov only: clamp of the ratio in its unclipped surrogate (the PPO clip needs none)
+    # entropy.token_rule=kl_cov only: clamp of the ratio in its unclipped surrogate to [1/ratio_max,
+    # ratio_max]. PPO, GSPO and CISPO do not take it (their exp guard is a fixed log-ratio cap of 20).
+    ratio_max: float = 10.0
     loss_agg: str = "token-mean"  # a key of skyexp.algos.losses.AGGREGATIONS
     norm_by_std: bool = True  # grpo: divide by the group std (False gives Dr.GRPO)
     adv_eps: float = 1e-6
@@ -81,8 +83,9 @@ class AlgoConfig:
     mini_batches: int = 1
     # Old-policy log-probs for the importance ratio: the engine's sampling log-probs (exact with the
     # hf engine), or recomputed by the trainer once before the first optimizer step (as verl does;
-    # use with engines whose numerics differ, e.g. vLLM in bf16).
-    old_logprobs: str = "rollout"  # rollout | recompute
+    # use with engines whose numerics differ, e.g. vLLM in bf16). auto: recompute unless the sampler
+    # is the trainer's own model (rollout=hf); GSPO's presets use it (old_logprobs_recomputed).
+    old_logprobs: str = "rollout"  # rollout | recompute | auto
     # Truncated importance sampling for the sampler/trainer mismatch (skyexp.algos.rollout_is): each
     # token's loss weighted by min(pi_trainer_old / pi_sampler, rollout_is_cap). none | token | sequence
     rollout_is: str = "none"
@@ -303,6 +306,13 @@ class EvalRunConfig(Config):
     benchmarks: list[str] = field(default_factory=list)
     # Model directories to compare (one pass@k line each); empty: model.path (or the tiny model).
     checkpoints: list[str] = field(default_factory=list)
+
+
+def old_logprobs_recomputed(c: Config) -> bool:
+    """Whether the trainer recomputes the old log-probs (algo.old_logprobs): recompute, or auto
+    with a sampler other than the trainer's own model (rollout.name != hf, e.g. vLLM)."""
+    mode = c.algo.old_logprobs
+    return mode == "recompute" or (mode == "auto" and c.rollout.name != "hf")
 
 
 def config_hash(*parts: Any) -> str:
