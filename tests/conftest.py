@@ -79,27 +79,31 @@ def tiny_sweep(tmp_path_factory) -> Path:
     return sweep
 
 
-def update(model, opt, ro, adv, weights, algo, coef, mb, grad_clip, world_size=1, device=None, *, old_logprobs=None,
-           entropy=None, ref_logprobs=None, kl_coef=0.0, rule="none", rule_params=None, max_response_len=None,
-           is_weights=None, share_prompts=False, logprob_chunk=1024, max_tokens=0, padding_free=False):
-    """skyexp.rl.update.rl_update from the test-friendly argument list the tests were written
-    with: the LossSpec built as one RL step builds it (token rule parameters as entropy.* keys)."""
+def loss_spec(algo=None, coef=0.0, kl_coef=0.0, rule="none", **rule_params):
+    """The LossSpec one RL step builds for these algo.* values and token rule (its parameters as
+    entropy.* keys), with the entropy bonus `coef` and a KL loss weight `kl_coef`."""
     import dataclasses
 
+    from skyexp.config import AlgoConfig, Config, EntropyConfig
+    from skyexp.config.algorithm import build_algorithm
+    from skyexp.rl.objective import LossSpec
+
+    alg = build_algorithm(Config(algo=algo or AlgoConfig(), entropy=EntropyConfig(token_rule=rule, **rule_params)))
+    return dataclasses.replace(LossSpec.of(alg, coef), kl_coef=kl_coef)
+
+
+def update_settings(micro_batch_size, grad_clip=0.0, algo=None, world_size=1, device=None, **fwd):
+    """UpdateSettings with algo's epochs and mini-batches; `fwd`: ForwardSettings' other fields
+    (share_prompts, logprob_chunk, max_tokens, padding_free)."""
     import torch
 
-    from skyexp.config import Config, EntropyConfig
-    from skyexp.config.algorithm import build_algorithm
+    from skyexp.config import AlgoConfig
     from skyexp.rl.forward import ForwardSettings
-    from skyexp.rl.objective import LossSpec
-    from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update
+    from skyexp.rl.update import UpdateSettings
 
-    alg = build_algorithm(Config(algo=algo, entropy=EntropyConfig(token_rule=rule, **(rule_params or {}))))
-    spec = dataclasses.replace(LossSpec.of(alg, coef), kl_coef=kl_coef)
-    batch = UpdateBatch(ro, adv, weights, old_logprobs, entropy, ref_logprobs, is_weights, max_response_len or 0)
-    fwd = ForwardSettings(mb, device or torch.device("cpu"), share_prompts, logprob_chunk, max_tokens, padding_free)
-    settings = UpdateSettings(fwd, grad_clip, world_size, algo.ppo_epochs, algo.mini_batches)
-    return rl_update(model, opt, batch, spec, settings)
+    algo = algo or AlgoConfig()
+    f = ForwardSettings(micro_batch_size, device or torch.device("cpu"), **fwd)
+    return UpdateSettings(f, grad_clip, world_size, algo.ppo_epochs, algo.mini_batches)
 
 
 def algorithm(**algo):

@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp.algos.advantages import rloo
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model, load_tokenizer
 from skyexp.rl.forward import pack
-from skyexp.rl.update import UpdateSettings, sft_step
+from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update, sft_step
 from skyexp.rollout.hf import HFEngine
 
 
@@ -35,7 +35,8 @@ def test_rl_update_learns_a_bandit(setup):
         ro = eng.generate(prompts, 8, 3, 1.0)
         r = (ro.responses[:, 0] == target).float().view(8, 8)
         rates.append(r.mean().item())
-        stats = update(policy, opt, ro, rloo(r).flatten(), torch.ones(64), AlgoConfig(), 0.0, 64, 1.0, 1, d.device)
+        stats = rl_update(policy, opt, UpdateBatch(ro, rloo(r).flatten(), torch.ones(64)), loss_spec(),
+                          update_settings(64, 1.0, device=d.device))
         eng.sync_weights(policy)
     assert sum(rates[:3]) / 3 < 0.1 and sum(rates[-3:]) / 3 > 0.5
     assert stats.entropy > 0 and stats.num_tokens == 64 * 3
@@ -51,7 +52,7 @@ def test_micro_batch_split_does_not_change_the_update(setup):
     for mb in (8, 1, 3):
         p = copy.deepcopy(policy)
         opt = torch.optim.SGD(p.parameters(), lr=1.0)
-        st = update(p, opt, ro, adv, weights, AlgoConfig(), 0.01, mb, 0.0, 1, d.device)
+        st = rl_update(p, opt, UpdateBatch(ro, adv, weights), loss_spec(coef=0.01), update_settings(mb, device=d.device))
         results.append((p, st))
     base = dict(results[0][0].named_parameters())
     for p, st in results[1:]:
@@ -88,7 +89,7 @@ def test_skipping_zero_signal_rows_changes_nothing(setup):
     for r in (ro, dataclasses.replace(ro, entropy=None)):
         p = copy.deepcopy(policy)
         opt = torch.optim.SGD(p.parameters(), lr=1.0)
-        out.append((p, update(p, opt, r, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)))
+        out.append((p, rl_update(p, opt, UpdateBatch(r, adv, weights), loss_spec(), update_settings(4, device=d.device))))
     (fast, s1), (full, s2) = out
     for (n, a), (_, b) in zip(fast.named_parameters(), full.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), n
@@ -207,10 +208,9 @@ def test_update_equals_reference(batch, case, share):
     p = copy.deepcopy(policy)
     opt = torch.optim.SGD(p.parameters(), lr=1.0)
     torch.manual_seed(123)
-    st = update(p, opt, ro, adv, weights, algo, kw.get("coef", 0.0), 3, 0.0, 1, d.device, old_logprobs=kw.get("old"),
-                   ref_logprobs=kw.get("ref"), kl_coef=kw.get("kl_coef", 0.0), rule=kw.get("rule", "none"),
-                   rule_params=kw.get("params"), max_response_len=kw.get("max_len"), is_weights=kw.get("isw"),
-                   share_prompts=share)
+    batch = UpdateBatch(ro, adv, weights, kw.get("old"), None, kw.get("ref"), kw.get("isw"), kw.get("max_len") or 0)
+    spec = loss_spec(algo, kw.get("coef", 0.0), kw.get("kl_coef", 0.0), kw.get("rule", "none"), **kw.get("params", {}))
+    st = rl_update(p, opt, batch, spec, update_settings(3, algo=algo, device=d.device, share_prompts=share))
     _same(p, expected)
     assert any(not torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
     # groups are dealt to mini-batches in turn: with 2 of them, group 1 (all-zero advantages) sits
@@ -230,11 +230,13 @@ def test_old_policy_is_the_sampler_for_every_minibatch(batch):
     adv = adv.clone()
     adv[4:8] = torch.tensor([0.2, -0.2, 0.1, -0.1])  # every group has signal: both mini-batches step
     p = copy.deepcopy(policy)
-    st = update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(ppo_epochs=2, mini_batches=2),
-                   0.0, 4, 0.0, 1, d.device)
+    algo = AlgoConfig(ppo_epochs=2, mini_batches=2)
+    st = rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), UpdateBatch(ro, adv, weights), loss_spec(algo),
+                   update_settings(4, algo=algo, device=d.device))
     assert st.ppo_kl != 0.0 and st.optimizer_steps == 4
     p1 = copy.deepcopy(policy)
-    st1 = update(p1, torch.optim.SGD(p1.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)
+    st1 = rl_update(p1, torch.optim.SGD(p1.parameters(), lr=1.0), UpdateBatch(ro, adv, weights), loss_spec(),
+                    update_settings(4, device=d.device))
     assert abs(st1.ppo_kl) < 1e-5  # one on-policy step: the ratio is 1 up to float noise
 
 

@@ -9,12 +9,13 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp import checkpoint, distributed
 from skyexp.config import AlgoConfig, ConfigError, ModelConfig
 from skyexp.models import load_model, load_tokenizer
 from skyexp.rl import resume
+from skyexp.rl.update import UpdateBatch, rl_update
 from skyexp.rollout.hf import HFEngine
 
 
@@ -157,13 +158,16 @@ def test_non_finite_update_is_skipped(tiny_dir, dist1):
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     adv = torch.randn(8)
     adv[3] = float("nan")
-    st = update(policy, opt, ro, adv, torch.ones(8), AlgoConfig(mini_batches=2, n=4), 0.0, 64, 1.0, 1, dist1.device)
+    algo = AlgoConfig(mini_batches=2, n=4)
+    st = rl_update(policy, opt, UpdateBatch(ro, adv, torch.ones(8)), loss_spec(algo),
+                   update_settings(64, 1.0, algo, device=dist1.device))
     # group 0 (the NaN row) skips its optimizer step; group 1 steps
     assert st.skipped_updates == 1 and st.optimizer_steps == 1
     changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(torch.isfinite(v).all() for v in policy.state_dict().values())
     adv[:] = float("inf")
     after_one = {k: v.clone() for k, v in policy.state_dict().items()}
-    st = update(policy, opt, ro, adv, torch.ones(8), AlgoConfig(n=4), 0.0, 64, 1.0, 1, dist1.device)
+    st = rl_update(policy, opt, UpdateBatch(ro, adv, torch.ones(8)), loss_spec(AlgoConfig(n=4)),
+                   update_settings(64, 1.0, device=dist1.device))
     assert st.skipped_updates == 1 and st.optimizer_steps == 0
     assert all(torch.equal(v, after_one[k]) for k, v in policy.state_dict().items())

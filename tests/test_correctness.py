@@ -28,7 +28,7 @@ from skyexp.algos.losses import (
     token_logprobs,
     token_mean,
 )
-from skyexp.config import AlgoConfig, ModelConfig
+from skyexp.config import ModelConfig
 from skyexp.rl.advantage import step_advantages
 
 # ---- 1. KL penalty in the reward with masked (truncated) rows ----
@@ -216,9 +216,10 @@ def test_update_takes_per_token_advantages(rollout, dist1):
     """rl_update with advantages [N, R]: a broadcast per-sequence advantage gives exactly the
     per-sequence update; genuinely per-token advantages give the plain full-batch token-mean
     step (SGD, lr 1) with micro-batches of 4, one filtered row and an all-zero row skipped."""
-    from conftest import update as rl_update
+    from conftest import loss_spec, update_settings
 
     from skyexp.rl.forward import response_logits
+    from skyexp.rl.update import UpdateBatch, rl_update
 
     policy, ro = rollout
     torch.manual_seed(0)
@@ -227,7 +228,8 @@ def test_update_takes_per_token_advantages(rollout, dist1):
 
     def step(adv):
         p = copy.deepcopy(policy)
-        rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), ro, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, dist1.device)
+        rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), UpdateBatch(ro, adv, weights), loss_spec(),
+                  update_settings(4, device=dist1.device))
         return p
 
     def same(p, q, atol):

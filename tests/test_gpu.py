@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skyexp.config import AlgoConfig, ModelConfig
+from skyexp.config import ModelConfig
 from skyexp.models import load_model, load_tokenizer
 from skyexp.records import Rollout
 from skyexp.rollout import build_engine
@@ -102,11 +102,13 @@ def _forward_token_stats(model, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor
 def _rl_update(policy, ro: Rollout, adv: torch.Tensor, entropy_coef: float, device: torch.device):
     """One RL update (clipped PG, token-mean, entropy bonus, shared prompts) with a no-op optimizer
     (lr 0: the stats are what is compared). Returns its UpdateStats."""
-    from conftest import update
+    from conftest import loss_spec, update_settings
+
+    from skyexp.rl.update import UpdateBatch, rl_update
 
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-    return update(policy, opt, ro, adv, torch.ones(len(adv)), AlgoConfig(), entropy_coef, 8, 1.0, 1, device,
-                  share_prompts=True)
+    return rl_update(policy, opt, UpdateBatch(ro, adv, torch.ones(len(adv))), loss_spec(coef=entropy_coef),
+                     update_settings(8, 1.0, device=device, share_prompts=True))
 
 
 def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float]:

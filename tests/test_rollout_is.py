@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp.algos.rollout_is import (
     ROLLOUT_IS,
@@ -19,6 +19,7 @@ from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.models import load_model, load_tokenizer
 from skyexp.records import UpdateStats
 from skyexp.rl.metrics import mismatch_metrics
+from skyexp.rl.update import UpdateBatch, rl_update
 from skyexp.rollout.hf import HFEngine
 
 L = math.log
@@ -74,7 +75,7 @@ def test_update_measures_the_sampler_mismatch(batch):
 
     def forward_only(rollout):  # lr 0: the forward passes only
         opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-        return update(policy, opt, rollout, adv, torch.ones(8), AlgoConfig(), 0.0, 3, 0.0, 1, d.device)
+        return rl_update(policy, opt, UpdateBatch(rollout, adv, torch.ones(8)), loss_spec(), update_settings(3, device=d.device))
 
     st = forward_only(ro)
     assert st.sampler_logprob_diff_max < 1e-4
