@@ -14,7 +14,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from skyexp.report.runs import RL_STEP, Run, differing_keys, group_runs, mean_sd, pass_keys, summary_passk  # noqa: E402
+from skyexp.report.runs import (  # noqa: E402
+    RL_STEP,
+    Run,
+    differing_keys,
+    group_runs,
+    mean_sd,
+    pass_keys,
+    summary_passk,
+)
 
 # (panel id, title, metric, y label): the per-step curves against train/rl_step
 CURVES = [

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import re
 from contextlib import contextmanager
-from unittest import mock
 from typing import Any
+from unittest import mock
 
 from skyexp.report.html import CURVES
 from skyexp.report.runs import RL_STEP, Run, differing_keys, pass_keys
