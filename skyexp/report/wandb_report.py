@@ -52,10 +52,14 @@ def build_report(runs: list[Run], entity: str, project: str, title: str = "") ->
     curves = [line(f"{t} vs {RL_STEP}", m, y) for _, t, m, y in CURVES]
     passk = [line(f"{bench} pass@{k} over training", f"val/{bench}/pass@{k}", f"pass@{k}")
              for bench, ks in pass_keys(runs).items() for k in ks]
-    ks = sorted({k for bench_ks in pass_keys(runs).values() for k in bench_ks}) or [1]
-    before_after = [wr.BarPlot(title=f"pass@{k} before and after RL", metrics=[f"pass@{k}_before", f"pass@{k}_after"],
-                               groupby_aggfunc="mean", groupby_rangefunc="stddev") for k in ks]
-    finals = [wr.BarPlot(title="Final values (mean ± sd over seeds)", metrics=["entropy_end", "reward_end"],
+    # W&B's run summary holds each metric's last value: the last evaluation (after RL) and the
+    # last step's entropy and reward; the values before RL are the first points of the lines above
+    before_after = [wr.BarPlot(title=f"{bench} pass@k after RL (last evaluation)", metrics=[f"val/{bench}/pass@{k}" for k in ks],
+                               groupby_aggfunc="mean", groupby_rangefunc="stddev")
+                    for bench, ks in pass_keys(runs).items()]
+    before_after += [line(f"{bench} pass@{k} before (step 0) and after RL", f"val/{bench}/pass@{k}", f"pass@{k}")
+                     for bench, ks in pass_keys(runs).items() for k in ks[:1]]
+    finals = [wr.BarPlot(title="Final values (mean ± sd over seeds)", metrics=[m for _, _, m, _ in CURVES],
                          groupby_aggfunc="mean", groupby_rangefunc="stddev")]
     grid = lambda panels: wr.PanelGrid(runsets=[runset], panels=panels)  # noqa: E731
     label = ", ".join(keys) or "none"
@@ -64,7 +68,7 @@ def build_report(runs: list[Run], entity: str, project: str, title: str = "") ->
                   f"x axis {RL_STEP}; lines are means over seeds with ± 1 sd bands."),
         wr.H2(text="Entropy, reward and the entropy coefficient"), grid(curves),
         wr.H2(text="pass@k over training"), grid(passk or [line("pass@1 over training", "val/arith/pass@1", "pass@1")]),
-        wr.H2(text="pass@k before and after RL"), grid(before_after),
+        wr.H2(text="pass@k before and after RL"), grid(before_after or [line("pass@1", "val/arith/pass@1", "pass@1")]),
         wr.H2(text="Final values"), grid(finals),
     ]
     groups = sorted({r.group for r in runs if r.group})
