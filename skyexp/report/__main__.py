@@ -32,7 +32,12 @@ def main(argv: list[str] | None = None) -> int:
         entity, _, project = a.wandb.partition("/")
         if not entity or not project:
             p.error("--wandb takes entity/project")
-        print(f"wandb report: {publish(build_report(runs, entity, project, a.title))}")
+        try:
+            url = publish(build_report(runs, entity, project, a.title))
+        except Exception as e:  # not logged in, no network, no access: the HTML is written all the same
+            print(f"wandb report not saved ({type(e).__name__}: {e}); the HTML page is at {out}", file=sys.stderr)
+            return 1
+        print(f"wandb report: {url}")
     return 0
 
 
