@@ -2,12 +2,15 @@
 
 Each input row holds the model's `completion` and the gold `answer`; each output row is the
 input row plus `score` (1.0 when the completion's last \\boxed{} is math-verify-equivalent to
-the answer, else 0.0) and `status` (`ok`, `timeout` or `error`). This is the training reward
-path exactly (skyexp.rewards.MathVerifyReward: extraction here, math-verify in a spawned pool
-with per-item timeouts and a memory cap), so it is also the reward's public contract.
+the answer, else 0.0), `extracted` (that boxed answer, or null) and `status`: `correct`, `wrong`,
+`no_answer` (no boxed answer), `timeout` or `error` (math-verify failed on it). This is the
+training reward path exactly (skyexp.rewards.MathVerifyReward: extraction here, math-verify in a
+spawned pool with per-item timeouts and a memory cap), so it is also the reward's public contract.
 
-A row without a string completion or a usable answer scores 0.0 with status `error`; a line that
-is not JSON stops the run (exit 2) naming the line, since the file itself is then broken.
+Bad input follows the data loader's rule (skyexp.evaluation.scoring): lines that are not JSON
+objects are skipped, named with their line numbers and counted, and the run stops (exit 2) only
+past --max-bad-fraction of them. Rows without a usable gold answer (`no_gold`) or without a
+string completion (`no_completion`) are named, get score null and are left out of the accuracy.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from skyexp.config import RewardConfig
+from skyexp.config import DataConfig, RewardConfig
+from skyexp.evaluation import scoring
 from skyexp.rewards.extract import answer_text
 
 
@@ -92,6 +96,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"address-space cap per worker (default {d.memory_mb})",
     )
     p.add_argument("--max-answer-chars", type=int, default=d.max_answer_chars)
+    bad = DataConfig().max_bad_fraction
+    p.add_argument("--max-bad-fraction", type=float, default=bad, help=f"stop past this share of "
+                   f"malformed lines (default {bad}, as data.max_bad_fraction)")
     return p
 
 
@@ -102,7 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         print("skyexp.score: --workers must be >= 1 and --timeout > 0", file=sys.stderr)
         return 2
     try:
-        rows = read_rows(a.input)
+        report = scoring.ScoreReport()
+        pairs = scoring.read_lines(a.input, a.max_bad_fraction, report)
+        lines, rows = [i for i, _ in pairs], [r for _, r in pairs]
     except (OSError, ValueError) as e:
         print(f"skyexp.score: {e}", file=sys.stderr)
         return 2
@@ -119,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     try:
         out = score_rows(rows, reward, a.completion_key, a.answer_key)
+        out = scoring.finish_rows(out, lines, a.completion_key, a.answer_key, report)
     finally:
         reward.close()
     secs = time.perf_counter() - t
@@ -126,13 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     a.out.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8"
     )
-    n = max(len(out), 1)
-    counts = {s: sum(r["status"] == s for r in out) for s in ("ok", "timeout", "error")}
-    print(
-        f"scored {len(out)} rows in {secs:.1f}s ({len(out) / max(secs, 1e-9):.0f}/s): accuracy {sum(r['score'] for r in out) / n:.4f}, "
-        f"reward/timeouts {counts['timeout']}, reward/errors {counts['error']}",
-        file=sys.stderr,
-    )
+    print(scoring.summary(report, secs), file=sys.stderr)
     return 0
 
 
