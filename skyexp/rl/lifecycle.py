@@ -120,7 +120,7 @@ def enter_stage(run: RunState, stage: StagePlan) -> None:
             run.sampler = drop_solved(run, run.sampler, stage.index, row)
         else:
             run.log({**row, "train/rl_step": run.rl_step})
-        log.info("stage %d: %d steps, max_response_len %d", stage.index, stage.steps, stage.max_response_len)
+    log.info("stage %d: %d steps, max_response_len %d", stage.index, stage.steps, stage.max_response_len)
     run.solved = {}
 
 

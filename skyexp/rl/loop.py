@@ -13,6 +13,7 @@ from skyexp.config.stages import StagePlan
 from skyexp.evaluation.estimators import EvalResult
 from skyexp.evaluation.runner import eval_due, eval_template, run_eval, write_records
 from skyexp.rl import lifecycle
+from skyexp.rl.idle import IDLE_EXIT, check_idle
 from skyexp.rl.state import RunState, StepResult
 from skyexp.rl.step import rl_step
 from skyexp.tracking import LinePlot, line_due, step_line, use_bars
@@ -41,6 +42,9 @@ def _run_stage(run: RunState, stage: StagePlan, sigterm: lifecycle.SigtermFlag) 
     for _ in bar:
         result = rl_step(run, stage)
         lifecycle.count_faults(run, result)
+        run.idle_streak, idle = check_idle(run.idle_streak, result.metrics, cfg.trainer.max_idle_steps, cfg.trainer.stop_idle)
+        if idle:
+            raise lifecycle.Stopped(idle, IDLE_EXIT)
         result.metrics["actor/lr"] = run.sched.get_last_lr()[0]
         run.sched.step()
         run.log(result.metrics)

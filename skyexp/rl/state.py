@@ -78,6 +78,7 @@ class RunState:
     ref_reset_step: int = 0  # RL step of the last ProRL reference reset (0: the reference is the start)
     skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
     bad_streak: int = 0  # ... in a row, up to now
+    idle_streak: int = 0  # RL steps in a row with 0 optimizer steps (skyexp.rl.idle; not checkpointed)
     history: list[StepRecord] = field(default_factory=list)
     solved: Counts = field(default_factory=dict)  # this stage, this rank: prompt id -> (correct, samples)
     pre_rl: dict[str, Any] = field(default_factory=dict)  # summary entries of the phases before RL
