@@ -125,6 +125,8 @@ def sft_phase(s: Setup) -> None:
             s.summary.update(sft.run_sft(cfg, run.d, run.policy, run.tokenizer, run.problems, s.sft_dir, run.log,
                                          run.d.is_main and use_bars(cfg.logger.progress)))
             run.engine.sync_weights(run.policy)
+        elif cfg.sft.steps:
+            log.info("sft: reusing the cached result %s (config hash %s; sft.cache=false retrains)", s.sft_dir, s.sft_dir.name)
         s.summary["sft_cached"] = bool(cfg.sft.steps) and s.start != s.base
         s.summary["sft_dir"] = str(s.sft_dir) if cfg.sft.steps else None
 
