@@ -231,8 +231,12 @@ def _summarise(run: RunState, before: EvalResult | None, after: EvalResult | Non
 def _write_outputs(run: RunState, summary: dict[str, Any], before: EvalResult | None, after: EvalResult | None) -> None:
     steps = [x.rl_step for x in run.history]
     if steps:
+        coef = plots.metric_by_step(run.run_dir / "metrics.jsonl", "actor/entropy_coeff")
+        target = run.cfg.entropy.target if run.cfg.entropy.controller == "adaptive" else None
         plots.plot_entropy(steps, [x.entropy for x in run.history], [x.reward for x in run.history],
-                           run.run_dir / "entropy.png")
+                           run.run_dir / "entropy.png",
+                           [coef.get(s, 0.0) for s in steps] if run.cfg.entropy.controller != "none" else None, target,
+                           [st.first_step for st in run.plan.stages[1:]])
     curves = {f"{lbl} RL": r.pass_at for lbl, r in (("before", before), ("after", after)) if r is not None}
     if curves:
         res = after or before
