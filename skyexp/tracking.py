@@ -140,8 +140,9 @@ class ConsoleLogger:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         shown = {k: v for k, v in _scalars(metrics).items() if k.startswith("val/") and v is not None}
-        if shown:
-            log.info("step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
+        if shown:  # numbered by the RL step (train/rl_step), as the step lines, not the row counter
+            where = f"rl_step {int(metrics[RL_STEP_KEY])}" if RL_STEP_KEY in metrics else f"row {step}"
+            log.info("%s: %s", where, "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
 
     def close(self) -> None:
         pass
