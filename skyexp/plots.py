@@ -32,8 +32,8 @@ def plot_entropy(steps: list[int], entropy: list[float], reward: list[float], pa
     fig, (ax, axr) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), height_ratios=[3, 2])
     lines = ax.plot(steps, entropy, color="tab:blue", label="actor/entropy")
     if target is not None:
-        lines.append(ax.axhline(target, color="tab:blue", linestyle="--", linewidth=1,
-                                label=f"entropy target ({target:g})"))
+        label = f"entropy target ({target:g}, read on actor/entropy_trained)"
+        lines.append(ax.axhline(target, color="tab:blue", linestyle="--", linewidth=1, label=label))
     top = max([*entropy, target or 0.0]) if entropy else 1.0
     ax.set_ylim(0, top * 1.15 or 1.0)
     ax.set_ylabel("mean token entropy (nats)", color="tab:blue")

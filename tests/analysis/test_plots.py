@@ -47,7 +47,8 @@ def test_entropy_figure_draws_coefficient_target_and_stages_in_absolute_ticks(tm
     (fig,) = figures
     top, bottom, right = fig.axes
     labels = [t.get_text() for t in top.get_legend().get_texts()]
-    assert labels == ["actor/entropy", "entropy target (0.46)", "actor/entropy_coeff"]
+    target = "entropy target (0.46, read on actor/entropy_trained)"
+    assert labels == ["actor/entropy", target, "actor/entropy_coeff"]
     assert top.get_ylim()[0] == 0 and list(right.get_lines()[0].get_ydata()) == coef
     assert [ln.get_xdata()[0] for ln in bottom.get_lines()[-2:]] == [16.5, 24.5]  # stage lines
     fig.canvas.draw()

@@ -72,7 +72,7 @@ def test_the_overlay_never_raises_a_smaller_setting():
 
 
 def test_the_overlay_scales_the_entropy_target_to_the_tiny_model():
-    """debug.entropy_target_ratio x debug.entropy_start (0.486 nats measured, ratio 1) replaces
+    """debug.entropy_target_ratio x debug.entropy_start (0.114 nats measured, ratio 1) replaces
     the recipe's 0.2, which the tiny model's entropy never reached; a sweep may set the ratio."""
     twin = to_typed(compose_cfg(["+experiment=tiny_skywork_or1_7b"]))
     assert twin.entropy.controller == "adaptive"
