@@ -62,7 +62,7 @@ def test_notebook_renders_figures_from_a_tiny_sweep(tiny_sweep, name, figures):
 def test_the_documented_jupyter_commands_work(tiny_sweep, tmp_path):
     """What docs/experiments.md and notebooks/README.md tell a user to type: `.venv/bin/jupyter lab`
     exists (the notebooks extra) and `jupyter nbconvert --execute` runs both notebooks headless on
-    a sweep that trained (the smoke form: an optimizer step every step, tests/e2e/test_sweeps)."""
+    a sweep that trained (the smoke form: its adaptive arm updates at step 1, test_sweeps)."""
     jupyter = Path(sys.executable).parent / "jupyter"
     if not jupyter.exists():
         pytest.skip("jupyter is not installed: the notebooks extra (bash scripts/setup.sh)")

@@ -51,9 +51,12 @@ def test_tiny_entropy_collapse_runs_share_a_wandb_group(tiny_sweep):
     coef = rl_frame(runs).groupby("run", sort=False)["actor/entropy_coeff"].apply(list)
     assert coef["entropy=none,temperature=t1_0"] == [0.0, 0.0]
     assert coef["entropy=adaptive,temperature=t1_0"] == [0.0, pytest.approx(2e-3)]  # entropy.delta
-    # both runs train: every RL step made an optimizer step
+    # the sweep trains: with its bonus in force the adaptive arm's step 1 updates whatever the
+    # rewards. (Step 0, and the other arm, train only where some group got unequal rewards, which a
+    # 100-step warm-up does not guarantee in 4 groups; the full sweep's 500-step warm-up trained at
+    # every step of both arms: docs/experiments.md.)
     steps = rl_frame(runs).groupby("run", sort=False)["actor/optimizer_steps"].apply(list)
-    assert all(s == [1, 1] for s in steps), steps
+    assert steps["entropy=adaptive,temperature=t1_0"][1] == 1, steps
 
 
 # the smoke form of every tiny sweep (each runs 30 steps from the overlay's 500-step warm-up): a
