@@ -152,13 +152,30 @@ def rl_phase(s: Setup, before: EvalResult | lifecycle.SavedEval | None
     with _phase(s.summary, "rl"):
         if s.resume:
             lifecycle.restore(run, s.resume)  # last: it sets every RNG
-            s.summary.update({k: v for k, v in run.pre_rl.items() if k != "before_pass_at"}, world_size=run.d.world_size,
+            s.summary.update({k: v for k, v in run.pre_rl.items() if k not in PRIVATE}, world_size=run.d.world_size,
                              resumed_from=str(s.resume))
             if run.pre_rl.get("before_pass_at"):
                 before = lifecycle.SavedEval({int(k): v for k, v in run.pre_rl["before_pass_at"].items()})
+        run.pre_rl.update(clock(run.pre_rl, s.resume, run.rl_step, s.t0))  # checkpointed with the counters
         with lifecycle.SigtermFlag() as sigterm:
             stopped = run_rl(run, sigterm)
     return stopped, before
+
+
+PRIVATE = ("before_pass_at", "clock")  # pre_rl entries that are not summary entries
+
+
+def clock(pre_rl: dict[str, Any], resume: Path | None, rl_step: int, t0: float) -> dict[str, Any]:
+    """The run's clock across processes, kept in pre_rl (saved with every checkpoint): this
+    process's start (t0) and RL start, and what the processes before it spent up to the checkpoint
+    this one resumed from (its DONE file's time), with the RL step of each resume."""
+    now, old = time.time(), pre_rl.get("clock")
+    ck = {"t0": t0, "rl_t0": now, "wall_before_s": 0.0, "rl_before_s": 0.0, "resumed_at": []}
+    if resume and old:
+        saved = (resume / "DONE").stat().st_mtime
+        ck.update(wall_before_s=old["wall_before_s"] + saved - old["t0"], resumed_at=[*old["resumed_at"], rl_step],
+                  rl_before_s=old["rl_before_s"] + saved - old["rl_t0"])
+    return {"clock": ck}
 
 
 def finish(s: Setup, before: EvalResult | lifecycle.SavedEval | None) -> dict[str, Any]:
@@ -169,6 +186,10 @@ def finish(s: Setup, before: EvalResult | lifecycle.SavedEval | None) -> dict[st
     if cfg.trainer.save_final:
         export_hf(run.policy, run.tokenizer, run.run_dir / "final", run.d, {"rl_steps": run.rl_step})
     s.summary.update(_summarise(run, before, after, time.time() - s.t0), skipped_steps=run.skipped_steps)
+    ck = run.pre_rl.get("clock")
+    if ck and ck["resumed_at"]:  # times over every process of the run, not only this one
+        s.summary.update(wall_s=round(s.summary["wall_s"] + ck["wall_before_s"], 1), resumed_at=ck["resumed_at"],
+                         **{"time_s/rl": round(s.summary["time_s/rl"] + ck["rl_before_s"], 2)})
     if run.d.is_main:
         _write_outputs(run, s.summary, before, after)
     return s.summary
