@@ -52,8 +52,9 @@ def stopped(reason: str, run: RunState, path: Path) -> Stopped:
     """The exception that ends a run stopped early, with what to do next."""
     again = f"resume with trainer.resume=auto hydra.run.dir={run.run_dir}"
     if reason == "sigterm":
-        return Stopped(f"SIGTERM: stopped after RL step {run.rl_step} with a checkpoint in {path}; {again}", SIGTERM_EXIT)
-    return Stopped(f"stopped at RL step {run.rl_step}: {run.bad_streak} steps in a row had a non-finite loss or gradient "
+        return Stopped(f"SIGTERM: stopped after RL step {run.rl_step - 1} (train/rl_step; {run.rl_step} steps done) "
+                       f"with a checkpoint in {path}; {again}", SIGTERM_EXIT)
+    return Stopped(f"stopped after RL step {run.rl_step - 1} (train/rl_step): {run.bad_streak} steps in a row had a non-finite loss or gradient "
                    f"(trainer.max_bad_steps={run.cfg.trainer.max_bad_steps}; their updates were skipped). The last good "
                    f"state is saved in {path}; fix the cause (a lower trainer.lr, a tighter trainer.grad_clip), then {again}",
                    NONFINITE_EXIT)
@@ -229,8 +230,8 @@ def save(run: RunState, reason: str) -> Path:
     t = time.perf_counter()
     ref = run.ref if run.ref_reset_step > 0 else None  # a reset reference is not rebuilt from the start
     checkpoint.save(path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last, ref)
-    log.info("checkpoint %s (%s): %.1f MB in %.2fs", path.name, reason, checkpoint.size_bytes(path) / 2**20,
-             time.perf_counter() - t)
+    log.info("checkpoint %s after RL step %d (%s): %.1f MB in %.2fs", path.name, run.rl_step - 1, reason,
+             checkpoint.size_bytes(path) / 2**20, time.perf_counter() - t)
     return path
 
 
