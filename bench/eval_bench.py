@@ -103,21 +103,21 @@ def scoring(workers_list: list[int]) -> None:
 def eval_throughput(threads: int, model_dir: str) -> None:
     import torch
 
-    from skyexp import models
     from skyexp.config import EvalConfig, ModelConfig, RewardConfig
     from skyexp.data import arith
     from skyexp.evaluation.benchmarks import load_problems
     from skyexp.evaluation.runner import eval_template, run_eval
+    from skyexp.model import loading
     from skyexp.rewards import MathVerifyReward
     from skyexp.rollout import build_engine
 
     torch.set_num_threads(threads)
     mcfg = ModelConfig(hidden_size=160, intermediate_size=448)  # conf/model/tiny.yaml
-    path = model_dir or models.resolve_path(mcfg)
-    tok = models.load_tokenizer(path, mcfg)
+    path = model_dir or loading.resolve_path(mcfg)
+    tok = loading.load_tokenizer(path, mcfg)
     engine = build_engine(
         "hf",
-        model=models.load_model(path, mcfg),
+        model=loading.load_model(path, mcfg),
         eos_id=tok.eos_token_id,
         pad_id=tok.pad_token_id,
         seed=0,
@@ -148,7 +148,7 @@ def eval_throughput(threads: int, model_dir: str) -> None:
                 f"[eval] {label}: {samples} samples in {res.seconds:.2f}s = "
                 f"{samples / res.seconds:.1f} samples/s "
                 f"({tokens / res.seconds:.0f} response tokens/s, {threads} threads, "
-                f"{models.num_params(engine.model) / 1e6:.2f}M params, "
+                f"{loading.num_params(engine.model) / 1e6:.2f}M params, "
                 f"{sum(s['truncated'] for r in res.records for s in r['samples'])} samples hit "
                 f"the cap, pass@1 {res.pass_at[1]:.3f})"
             )

@@ -60,8 +60,8 @@ def build_model(a: argparse.Namespace, max_len: int):
 
 
 def make_rollout(length: int):
+    from skyexp.model.layout import pack
     from skyexp.records import Rollout
-    from skyexp.rl.forward import pack
 
     g = torch.Generator().manual_seed(length)
     prompt = torch.randint(0, 151936, (PROMPT,), generator=g).tolist()

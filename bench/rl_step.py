@@ -3,7 +3,7 @@
     python bench/rl_step.py            # tiny + 25.9M model, scaling curves (6 min on 2 idle cores)
     python bench/rl_step.py --quick    # tiny model only, a few steps: a CI-sized check
 
-Both frameworks load one directory of weights (a Qwen2 built by skyexp.models), draw the same
+Both frameworks load one directory of weights (a Qwen2 built by skyexp.model.loading), draw the same
 arith prompts in the same order, sample `samples` responses of at most `max_new_tokens` tokens
 per prompt at temperature 1, score them with the same function (bench/common.py: ParityReward),
 and take one optimizer step of the clipped GRPO loss without KL, fp32, on `--threads` threads.
@@ -97,7 +97,7 @@ def measure(
     summaries over the steps after warm-up."""
     from sides import SkyexpSide, TRLSide
 
-    from skyexp.models import load_tokenizer
+    from skyexp.model.loading import load_tokenizer
 
     load_before = load_average()
     t0 = time.perf_counter()

@@ -56,9 +56,10 @@ class SkyexpSide:
     name = "skyexp"
 
     def __init__(self, work: Work, cache_dir: str, threads: int, run_dir: Path):
-        from skyexp import distributed, models
+        from skyexp import distributed
         from skyexp.config.stages import plan_run
         from skyexp.data import load_task
+        from skyexp.model import loading
         from skyexp.rl.lifecycle import make_optimizer, make_sampler
         from skyexp.rl.state import RunState
         from skyexp.rollout import engine_for
@@ -67,9 +68,9 @@ class SkyexpSide:
         d = distributed.setup(
             cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory
         )
-        self.path = models.resolve_path(cfg.model, cfg.trainer.cache_dir)
-        self.tokenizer = models.load_tokenizer(self.path, cfg.model)
-        policy = models.load_policy(self.path, cfg, d)
+        self.path = loading.resolve_path(cfg.model, cfg.trainer.cache_dir)
+        self.tokenizer = loading.load_tokenizer(self.path, cfg.model)
+        policy = loading.load_policy(self.path, cfg, d)
         seed = cfg.trainer.seed * 1000 + d.rank
         self.engine = RecordingEngine(engine_for(cfg, self.path, self.tokenizer, d.device, seed))
         # optimizer, LR schedule and prompt sampler, as train.setup() builds them

@@ -16,6 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from skyexp.config.overrides import override_key, run_name_from_overrides
+
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
@@ -38,23 +40,6 @@ def quiet_libraries() -> None:
     transformers.utils.logging.disable_progress_bar()
     if int(os.environ.get("RANK", "0")) != 0:
         logging.getLogger("skyexp").setLevel(logging.WARNING)
-
-
-def override_key(override: str) -> str:
-    """`+eval.n=4` -> `eval.n`; `~eval` -> `eval`."""
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def swept_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> list[str]:
-    """The overrides that set something a run is about: without the sweep/experiment selection and
-    hydra.* settings."""
-    return [o for o in overrides if override_key(o) not in skip and not override_key(o).startswith("hydra.")]
-
-
-def run_name_from_overrides(overrides: list[str], skip: tuple[str, ...] = ("sweep", "experiment")) -> str | None:
-    """A run's name from its command-line overrides (as a sweep job gets them), the swept ones
-    only: `algo.n=4,entropy=adaptive`. None if nothing is left."""
-    return ",".join(sorted(swept_overrides(overrides, skip))) or None
 
 
 def run_identity(overrides: list[str], run_name: str | None, group: str | None, recipe: str) -> tuple[str, str]:

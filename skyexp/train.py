@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 
-from skyexp import checkpoint, distributed, models, plots
+from skyexp import checkpoint, distributed, plots
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, ConfigError, check_world
 from skyexp.config.stages import plan_run
 from skyexp.data import fit_task, load_task
 from skyexp.evaluation.benchmarks import load_problems
 from skyexp.evaluation.estimators import EvalResult
+from skyexp.model import loading
 from skyexp.records import Problem
 from skyexp.rewards import build_reward
 from skyexp.rl import lifecycle, sft
@@ -80,17 +81,17 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
     task = load_task(cfg.data)
-    base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
+    base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
-    tokenizer = models.load_tokenizer(base, cfg.model)
+    tokenizer = loading.load_tokenizer(base, cfg.model)
     # prompts longer than data.max_prompt_len or the model's context are dropped and counted, before training
-    task = fit_task(task, tokenizer, cfg.data, cfg.model.chat_template, models.context_length(base, cfg.model))
+    task = fit_task(task, tokenizer, cfg.data, cfg.model.chat_template, loading.context_length(base, cfg.model))
     eval_problems = load_eval_problems(cfg, task) if (cfg.eval.before or cfg.eval.after or cfg.eval.every) else []
     reward = build_reward(cfg.reward)  # the scoring pool starts while the model loads
     sft_dir = sft.cache_dir(cfg, base)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
     try:
-        policy = models.load_policy(start, cfg, d)
+        policy = loading.load_policy(start, cfg, d)
         engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     except BaseException:
         reward.close()  # its worker processes would outlive the failed start
@@ -103,7 +104,7 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     run = RunState(cfg, d, run_dir, plan_run(cfg), tokenizer, policy, engine, reward, logger, opt, sched,
                    lifecycle.make_sampler(cfg, task.train, d.rank, d.world_size), task.train, eval_problems,
                    entropy_coef=cfg.entropy.coef)
-    summary: dict[str, Any] = {"world_size": d.world_size, "params": models.num_params(policy), "rollout": cfg.rollout.name,
+    summary: dict[str, Any] = {"world_size": d.world_size, "params": loading.num_params(policy), "rollout": cfg.rollout.name,
                                "git_commit": git_commit(),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
     return Setup(run, resume, base, sft_dir, start, summary, t0)
@@ -134,7 +135,7 @@ def sft_phase(s: Setup) -> None:
 def reference_phase(s: Setup) -> None:
     """The frozen KL reference: the policy RL starts from (after SFT), loaded only with a KL term."""
     if s.run.cfg.algo.kl_coef > 0:
-        s.run.ref = models.load_reference(_reference_path(s.run.cfg, s.base, s.sft_dir), s.run.cfg, s.run.d)
+        s.run.ref = loading.load_reference(_reference_path(s.run.cfg, s.base, s.sft_dir), s.run.cfg, s.run.d)
 
 
 def eval_before_phase(s: Setup) -> EvalResult | None:

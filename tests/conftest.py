@@ -52,7 +52,7 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_dir(_env) -> Path:
     from skyexp.config import ModelConfig
-    from skyexp.models import tiny_path
+    from skyexp.model.loading import tiny_path
 
     return tiny_path(ModelConfig())
 

@@ -14,7 +14,7 @@ from conftest import update
 
 from skyexp import distributed
 from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.models import load_model
+from skyexp.model.loading import load_model
 from skyexp.records import Rollout
 
 

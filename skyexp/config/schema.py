@@ -238,10 +238,10 @@ class TrainerConfig:
     grad_clip: float = 1.0
     micro_batch_size: int = 64  # sequences per forward/backward in the update
     # Forward each prompt once for the samples of its group in a micro-batch (same gradient, the
-    # prompt tokens' cost paid once per group instead of n times; skyexp.rl.tokens).
+    # prompt tokens' cost paid once per group instead of n times; skyexp.model.forward).
     share_prompts: bool = True
     # Token log-probs/entropies from the final hidden states, this many tokens' logits at a time,
-    # recomputed in backward (skyexp.lm_head): no [tokens x vocabulary] tensor is held for a
+    # recomputed in backward (skyexp.model.head): no [tokens x vocabulary] tensor is held for a
     # micro-batch. One chunk of a 152k vocabulary is chunk x 0.6 MB of float32 (x ~3 at the peak).
     # 0: the plain path (full logits of the micro-batch).
     logprob_chunk: int = 1024

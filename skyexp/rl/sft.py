@@ -10,7 +10,6 @@ SFT -> RL -> SFT -> RL) use the same stage on SFT sets: hub conversation sets
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from pathlib import Path
@@ -19,53 +18,18 @@ import torch
 from tqdm.auto import tqdm
 
 from skyexp.checkpoint import export_hf
-from skyexp.config import Config, config_hash
+from skyexp.config import Config
 from skyexp.data import DataError, PromptSampler, apply_template, template_of
 from skyexp.data.rows import collect, read_rows
 from skyexp.data.sft_data import parse_conversation, parse_pair
 from skyexp.data.templates import render_messages
 from skyexp.distributed import Dist
-from skyexp.models import cache_root
+from skyexp.model.layout import pack
+from skyexp.model.start import cache_dir, cached, start_path  # noqa: F401 (the SFT result's cache key)
 from skyexp.records import Problem
-from skyexp.rl.forward import pack
 from skyexp.rl.update import UpdateSettings, sft_step
 
 log = logging.getLogger("skyexp")
-
-
-def _source_fingerprint(cfg: Config) -> str:
-    """What the SFT data is: the data config's hash for sft.source=data; a local file's content
-    hash (a rewritten distill file must not reuse a stale checkpoint); a hub id as named."""
-    path = Path(cfg.sft.path)
-    if cfg.sft.source == "data":
-        return config_hash(cfg.data)
-    if path.is_file():
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        return h.hexdigest()[:16]
-    return f"{cfg.sft.path}@{cfg.sft.split}"
-
-
-def cache_dir(cfg: Config, base_path: str) -> Path:
-    tmpl = template_of(cfg.data)
-    key = config_hash(cfg.model, base_path, cfg.sft, _source_fingerprint(cfg), [tmpl.user, tmpl.system, tmpl.prefix],
-                      cfg.trainer.seed)
-    return cache_root(cfg.trainer.cache_dir) / "sft" / key
-
-
-def cached(cfg: Config, base_path: str) -> Path | None:
-    """The finished SFT checkpoint for this config, if one exists and caching is on."""
-    path = cache_dir(cfg, base_path)
-    return path if cfg.sft.cache and (path / "DONE").exists() else None
-
-
-def start_path(cfg: Config, base_path: str) -> str:
-    """The model RL starts from: the cached SFT result when the SFT stage is on and done, else the
-    base model. The offline jobs (skyexp.filter, skyexp.distill) sample from the same model."""
-    done = cached(cfg, base_path) if cfg.sft.steps else None
-    return str(done) if done else base_path
 
 
 def sft_examples(cfg: Config, train: list[Problem], tokenizer) -> list[tuple[str, str]]:

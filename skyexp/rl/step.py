@@ -18,13 +18,13 @@ from skyexp.config.names import bind
 from skyexp.config.schema import old_logprobs_recomputed
 from skyexp.config.stages import StagePlan
 from skyexp.data.difficulty import merge, tally
+from skyexp.model.forward import forward_stats, sampling_view
+from skyexp.model.layout import ForwardSettings
 from skyexp.records import Rollout, UpdateStats
 from skyexp.rl.collect import StepBatch, collect_batch, kl_coefs, kl_penalty, step_advantages
-from skyexp.rl.forward import ForwardSettings
 from skyexp.rl.metrics import Trained, mismatch_metrics, sample_table, step_metrics
 from skyexp.rl.objective import make_loss_spec
 from skyexp.rl.state import RunState, StepRecord, StepResult, Timer
-from skyexp.rl.tokens import forward_stats, sampling_view
 from skyexp.rl.update import UpdateBatch, UpdateSettings, global_token_mean, rl_update
 
 

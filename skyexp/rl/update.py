@@ -31,10 +31,10 @@ from skyexp.algos.losses import Normalisers
 from skyexp.algos.seq_losses import loss_metrics
 from skyexp.config import Config
 from skyexp.distributed import all_reduce_max, all_reduce_sum
+from skyexp.model.forward import sampling_view, token_stats
+from skyexp.model.layout import ForwardSettings, MicroRows, micro_batches, token_budget_split, trim
 from skyexp.records import Rollout, UpdateStats
-from skyexp.rl.forward import ForwardSettings, micro_batches, token_budget_split, trim
 from skyexp.rl.objective import STAT_NAMES, LossSpec, TokenInputs, objective, reduce_named
-from skyexp.rl.tokens import MicroRows, sampling_view, token_stats
 
 MAX_HIST_VALUES = 65536  # token entropies kept per step for the histogram
 

@@ -8,10 +8,7 @@ from typing import Any, Protocol
 import torch
 
 from skyexp.records import Rollout
-
-
-class MissingExtraError(ImportError):
-    """The chosen engine's optional dependency is not installed; the message names the extra."""
+from skyexp.rollout.errors import MissingExtraError  # noqa: F401 (raised by engines, caught by skyexp.cli)
 
 
 class Engine(Protocol):
@@ -56,6 +53,6 @@ def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device |
         settings = VLLMSettings(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
                                 deterministic=cfg.trainer.deterministic, **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
         return build_engine("vllm", model=model_path, settings=settings, **common)
-    from skyexp.models import load_model
+    from skyexp.model.loading import load_model
 
     return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, **common)

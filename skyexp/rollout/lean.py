@@ -218,7 +218,7 @@ class ModelSteps:
     """The model's forward with a DynamicCache (any causal LM)."""
 
     def __init__(self, model: torch.nn.Module):
-        from skyexp.models import cache_kwarg
+        from skyexp.model.loading import cache_kwarg
 
         self.model, self.cache_arg = model, cache_kwarg(model)
 

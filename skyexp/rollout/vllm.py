@@ -33,7 +33,7 @@ from typing import Any
 import torch
 
 from skyexp.records import Rollout
-from skyexp.rollout import MissingExtraError
+from skyexp.rollout.errors import MissingExtraError
 
 INSTALL_HINT = (
     "rollout=vllm needs vLLM, an optional extra: `pip install -e '.[vllm]'` on GPU machines, "
@@ -256,7 +256,7 @@ def _to_rollout(
     n: int,
     temperature: float,
 ) -> Rollout:
-    from skyexp.rl.forward import pack
+    from skyexp.model.layout import pack
 
     seq, attn, rmask, plen = pack(prompts, responses, pad_id)
     lp = torch.zeros_like(rmask)

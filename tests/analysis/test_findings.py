@@ -1,4 +1,4 @@
-"""skyexp.findings: the entropy-law fit, seed aggregation, verdicts on hand-made runs, the
+"""skyexp.analysis.findings: the entropy-law fit, seed aggregation, verdicts on hand-made runs, the
 eval-entropy metric, the pass@k-over-training figure, and the regenerating command on a real
 tiny 2-run sweep (slow)."""
 
@@ -14,9 +14,15 @@ import pytest
 import torch
 
 from skyexp import plots
-from skyexp.findings.__main__ import main
-from skyexp.findings.runs import Arm, load_records
-from skyexp.findings.stats import aggregate, aggregate_curves, fit_entropy_law, spearman, welch_diff
+from skyexp.analysis.findings.__main__ import main
+from skyexp.analysis.findings.runs import Arm, load_records
+from skyexp.analysis.findings.stats import (
+    aggregate,
+    aggregate_curves,
+    fit_entropy_law,
+    spearman,
+    welch_diff,
+)
 
 
 def test_law_fit_recovers_known_a_b():

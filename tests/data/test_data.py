@@ -139,7 +139,7 @@ def test_prompts_longer_than_the_context_or_max_prompt_len_are_dropped_and_count
     generated."""
     from skyexp.config import Config, ConfigError, ModelConfig, validate
     from skyexp.data import fit_task
-    from skyexp.models import context_length, load_tokenizer
+    from skyexp.model.loading import context_length, load_tokenizer
 
     rows = [{"problem": f"Compute {i}+1.", "answer": str(i + 1)} for i in range(10)]
     rows[4] = {"problem": "x" * 1_000_000, "answer": "1"}

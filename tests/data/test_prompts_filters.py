@@ -22,7 +22,7 @@ CHAT = (
 @pytest.fixture(scope="module")
 def chat_tokenizer(tiny_dir):
     from skyexp.config import ModelConfig
-    from skyexp.models import load_tokenizer
+    from skyexp.model.loading import load_tokenizer
 
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
     tok.chat_template = CHAT

@@ -14,7 +14,7 @@ import torch
 from conftest import ROOT, update
 
 from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.models import load_model, load_tokenizer
+from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.rollout.hf import HFEngine
 
 CASES = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, only_run_dir, run_skyexp, tiny
 
-from skyexp.eval import checkpoint_labels
+from skyexp.evaluation.job import checkpoint_labels
 
 SMALL = ["eval.max_response_len=16", "logger.progress=false", "trainer.threads=2"]
 

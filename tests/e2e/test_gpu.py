@@ -5,8 +5,8 @@ already trusts. They skip without CUDA. `bench/gpu_check.py run` runs them on a 
 rehearsal that keeps them in step with the code while no GPU is lent (`bench/gpu_check.py run
 --rehearse`, and tests/e2e/test_gpu_check.py in CI).
 
-They go through the public entry points (skyexp.models, skyexp.distributed, skyexp.rollout, the
-update through conftest's `update` helper and skyexp.rl's forward_stats / sft_step behind the
+They go through the public entry points (skyexp.model.loading, skyexp.distributed, skyexp.rollout,
+the update through conftest's `update` helper and skyexp.rl's forward_stats / sft_step behind the
 adapters below), and compare with the model's own Hugging Face forward pass, so that a refactor of
 the update's internals touches one place here.
 """
@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.models import load_model, load_tokenizer
+from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.records import Rollout
 from skyexp.rollout import build_engine
 
@@ -49,7 +49,7 @@ LEAN_ATOL = {torch.float32: 1e-4}
 LEAN_BF16_MEAN, LEAN_BF16_MAX = 0.02, 0.5
 # The chunked lm-head (issue 18): a module in one of these places means the update's log-prob pass
 # computes from hidden states a chunk at a time (no full [tokens x vocab] logits).
-CHUNKED_MODULES = ("skyexp.lm_head", "skyexp.rl.lm_head")
+CHUNKED_MODULES = ("skyexp.model.head",)
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +132,7 @@ def _rl_update(policy, ro: Rollout, adv: torch.Tensor, entropy_coef: float, devi
 
 
 def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float]:
-    """One SFT step (token-mean NLL on the response tokens of skyexp.rl.forward.pack's batch), no
+    """One SFT step (token-mean NLL on the response tokens of skyexp.model.layout.pack's batch), no
     clipping, no-op optimizer: (loss, grad norm)."""
     from skyexp.rl.update import UpdateSettings, sft_step
 
@@ -145,8 +145,8 @@ def _logprob_pass(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The update's no-grad log-prob pass (old/reference/entropy): log-probs and entropies [N, R];
     chunk = trainer.logprob_chunk (0: full logits)."""
-    from skyexp.rl.forward import ForwardSettings
-    from skyexp.rl.tokens import forward_stats
+    from skyexp.model.forward import forward_stats
+    from skyexp.model.layout import ForwardSettings
 
     f = ForwardSettings(4, device, share_prompts=True, logprob_chunk=chunk)
     logp, ent = forward_stats(model, ro, torch.arange(ro.sequences.shape[0]), f, True)
@@ -161,8 +161,8 @@ import torch
 import torch.distributed as dist
 from skyexp import distributed
 from skyexp.config import Config, ModelConfig
-from skyexp.models import load_model, load_policy, load_tokenizer
-from skyexp.rl.forward import pack
+from skyexp.model.loading import load_model, load_policy, load_tokenizer
+from skyexp.model.layout import pack
 from skyexp.rl.update import UpdateSettings, sft_step
 from skyexp.rollout import build_engine
 
@@ -247,7 +247,7 @@ def test_bf16_update_matches_fp32(device, dist_group, tiny_dir):
     update's
     policy-gradient loss and gradient norm, and the SFT step's NLL and gradient norm, agree within
     the bounds at the top of this file."""
-    from skyexp.rl.forward import pack
+    from skyexp.model.layout import pack
 
     path = str(tiny_dir)
     eng, tok = _engine(path, "float32", device, seed=3)

@@ -20,7 +20,7 @@ from skyexp import checkpoint, distributed
 from skyexp.config import RewardConfig, to_typed
 from skyexp.config.stages import plan_run
 from skyexp.data import PromptSampler, load_task
-from skyexp.models import load_model, resolve_path
+from skyexp.model.loading import load_model, resolve_path
 from skyexp.rewards import Scored
 from skyexp.rl import lifecycle
 

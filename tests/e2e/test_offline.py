@@ -33,14 +33,14 @@ WARMUP = [
 @pytest.fixture(scope="module")
 def warm_model(dist1, tmp_path_factory):
     """The tiny model after 40 SFT steps on level-1 arith, as a Hugging Face directory."""
-    from skyexp import models
     from skyexp.data import load_task
+    from skyexp.model import loading
     from skyexp.rl import sft
 
     cfg = to_typed(compose_cfg(WARMUP))
-    base = models.resolve_path(cfg.model)
-    policy = models.load_model(base, cfg.model)
-    tok = models.load_tokenizer(base, cfg.model)
+    base = loading.resolve_path(cfg.model)
+    policy = loading.load_model(base, cfg.model)
+    tok = loading.load_tokenizer(base, cfg.model)
     out = tmp_path_factory.mktemp("warm") / "model"
     sft.run_sft(cfg, dist1, policy, tok, load_task(cfg.data).train, out, lambda m: None, False)
     return out
@@ -150,7 +150,7 @@ def test_distill_writes_verified_sft_data_that_an_sft_stage_trains_on(warm_model
     report = json.loads((tmp_path / "distill.report.json").read_text())
     assert report["rows"] == len(rows) and report["prompts"] == 32
 
-    from skyexp import models
+    from skyexp.model import loading
     from skyexp.rl import sft
 
     cfg = to_typed(
@@ -166,11 +166,11 @@ def test_distill_writes_verified_sft_data_that_an_sft_stage_trains_on(warm_model
             ]
         )
     )
-    tok = models.load_tokenizer(str(warm_model), cfg.model)
+    tok = loading.load_tokenizer(str(warm_model), cfg.model)
     examples = sft.sft_examples(cfg, [], tok)
     # the prompt RL would render
     assert [e[0] for e in examples] == [r["problem"] + "\n" for r in rows]
-    policy = models.load_model(str(warm_model), cfg.model)
+    policy = loading.load_model(str(warm_model), cfg.model)
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     logged: list[dict] = []
     stats = sft.run_sft(cfg, dist1, policy, tok, [], tmp_path / "sft_out", logged.append, False)
@@ -183,7 +183,7 @@ def test_distill_rows_keep_only_correct_finished_distinct_samples():
     """Rejection sampling on hand-made records: wrong, truncated, failed and repeated samples are
     never kept; the prompt is the data template's (system, user) and the response carries the
     template's response prefix, where the sampled text began."""
-    from skyexp.distill import accepted, sft_rows
+    from skyexp.offline.distill import accepted, sft_rows
     from skyexp.records import Problem
 
     def smp(text, score, status="ok", truncated=False):
@@ -272,7 +272,7 @@ def test_hub_style_sft_set_in_conversation_format(tmp_path, tiny_dir, monkeypatc
     with a top-level system prompt) loads through datasets.load_dataset, bad rows counted."""
     import datasets
 
-    from skyexp import models
+    from skyexp.model import loading
     from skyexp.rl import sft
 
     monkeypatch.setattr(datasets.config, "HF_DATASETS_CACHE", tmp_path / "hf_cache")
@@ -295,7 +295,7 @@ def test_hub_style_sft_set_in_conversation_format(tmp_path, tiny_dir, monkeypatc
     cfg = to_typed(
         compose_cfg(["sft.source=hub", f"sft.path={tmp_path / 'repo'}", "sft.format=conversation"])
     )
-    tok = models.load_tokenizer(str(tiny_dir), cfg.model)
+    tok = loading.load_tokenizer(str(tiny_dir), cfg.model)
     examples = sft.sft_examples(cfg, [], tok)
     assert len(examples) == 29 and examples[0] == ("SYS\n\nQ0", "A0")
     tok.chat_template = (

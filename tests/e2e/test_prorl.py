@@ -31,7 +31,7 @@ def test_reset_copies_the_policy_and_clears_adam(tiny_dir, dist1):
     from types import SimpleNamespace
 
     from skyexp.config import AlgoConfig, ModelConfig
-    from skyexp.models import load_model
+    from skyexp.model.loading import load_model
     from skyexp.rl.lifecycle import reset_reference
 
     policy, ref = load_model(str(tiny_dir), ModelConfig()), load_model(str(tiny_dir), ModelConfig())

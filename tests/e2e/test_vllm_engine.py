@@ -25,8 +25,9 @@ pytestmark = pytest.mark.slow
 from skyexp import distributed  # noqa: E402
 from skyexp.algos.losses import token_logprobs  # noqa: E402
 from skyexp.config import ModelConfig  # noqa: E402
-from skyexp.models import load_model, load_tokenizer  # noqa: E402
-from skyexp.rl.forward import pack, response_logits  # noqa: E402
+from skyexp.model.forward import response_logits  # noqa: E402
+from skyexp.model.layout import pack  # noqa: E402
+from skyexp.model.loading import load_model, load_tokenizer  # noqa: E402
 from skyexp.rl.update import UpdateSettings, sft_step  # noqa: E402
 
 SHORT = "Compute 1+2."

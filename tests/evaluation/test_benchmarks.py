@@ -12,9 +12,10 @@ from omegaconf import OmegaConf
 
 from skyexp.__main__ import register_schema
 from skyexp.config import QWEN_MATH_COT, ConfigError, EvalConfig, EvalRunConfig, to_typed
+from skyexp.config.overrides import override_key
 from skyexp.data import DataError, Template, template_of
-from skyexp.eval import checkpoint_labels, override_key, resolve_benchmarks
 from skyexp.evaluation.benchmarks import load_problems
+from skyexp.evaluation.job import checkpoint_labels, resolve_benchmarks
 from skyexp.evaluation.runner import eval_template
 from skyexp.rewards.extract import answer_text
 

@@ -1,5 +1,5 @@
-"""The chunked lm head (skyexp.lm_head) and the token passes built on it (skyexp.rl.tokens): the
-same log-probs, entropies and gradients as the plain full-logits path, for every layout (rows,
+"""The chunked lm head (skyexp.model.head) and the token passes built on it (skyexp.model.forward):
+the same log-probs, entropies and gradients as the plain full-logits path, for every layout (rows,
 shared prompts, padding-free), tied and untied heads, FSDP2 on one rank, gradient checkpointing;
 token-budget micro-batches give the same update as row-count ones.
 
@@ -16,10 +16,18 @@ import torch
 from conftest import update
 
 from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.lm_head import chunked_token_stats, plain_token_stats
+from skyexp.model.forward import forward_stats, token_stats
+from skyexp.model.head import chunked_token_stats, plain_token_stats
+from skyexp.model.layout import (
+    ForwardSettings,
+    MicroRows,
+    micro_batches,
+    pack,
+    pack_rows,
+    packed_response_index,
+    token_budget_split,
+)
 from skyexp.records import Rollout
-from skyexp.rl.forward import ForwardSettings, micro_batches, pack, token_budget_split
-from skyexp.rl.tokens import MicroRows, forward_stats, pack_rows, packed_response_index, token_stats
 
 RTOL = 1e-5
 
@@ -286,7 +294,7 @@ def test_update_equal_with_gradient_checkpointing(tiny_dir):
 def test_padding_free_flash_attention_equals_padded(tiny_dir):
     """On GPU: flash-attention varlen through position ids gives the padded path's log-probs."""
     pytest.importorskip("flash_attn")
-    from skyexp.models import load_model
+    from skyexp.model.loading import load_model
 
     dev = torch.device("cuda")
     model = load_model(

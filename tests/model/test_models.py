@@ -6,7 +6,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from skyexp.config import ModelConfig
-from skyexp.models import build_tiny, build_tiny_tokenizer, load_model, load_tokenizer, num_params
+from skyexp.model.loading import (
+    build_tiny,
+    build_tiny_tokenizer,
+    load_model,
+    load_tokenizer,
+    num_params,
+)
 
 
 def test_tiny_reloads_with_auto_classes(tiny_dir):

@@ -10,8 +10,8 @@ from conftest import update
 
 from skyexp.algos.advantages import rloo
 from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.models import load_model, load_tokenizer
-from skyexp.rl.forward import pack
+from skyexp.model.layout import pack
+from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.rl.update import UpdateSettings, sft_step
 from skyexp.rollout.hf import HFEngine
 
@@ -129,8 +129,8 @@ from skyexp.algos.losses import AGGREGATIONS, Normalisers, token_logprobs  # noq
 from skyexp.algos.seq_losses import POLICY_LOSSES  # noqa: E402
 from skyexp.algos.token_rules import TOKEN_RULES  # noqa: E402
 from skyexp.config.names import config_params  # noqa: E402
-from skyexp.rl.forward import ForwardSettings, response_logits  # noqa: E402
-from skyexp.rl.tokens import sampling_view  # noqa: E402
+from skyexp.model.forward import response_logits, sampling_view  # noqa: E402
+from skyexp.model.layout import ForwardSettings  # noqa: E402
 
 
 def reference_update(
@@ -368,7 +368,7 @@ def test_old_policy_is_the_sampler_for_every_minibatch(batch):
 def test_shared_prompt_logits_equal_the_plain_forward(batch):
     """Each prompt once, its KV cache indexed out to its group: the logits and the gradient of the
     plain forward pass over every row."""
-    from skyexp.rl.forward import groups_of as _groups
+    from skyexp.model.layout import groups_of as _groups
 
     policy, ro, *_ = batch
     rows = torch.tensor(

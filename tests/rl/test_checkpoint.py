@@ -13,7 +13,7 @@ from conftest import update
 
 from skyexp import checkpoint, distributed
 from skyexp.config import AlgoConfig, ConfigError, ModelConfig
-from skyexp.models import load_model, load_tokenizer
+from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.rl import lifecycle
 from skyexp.rollout.hf import HFEngine
 

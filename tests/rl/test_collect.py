@@ -11,7 +11,7 @@ import torch
 from skyexp.config import AlgoConfig, Config, ModelConfig
 from skyexp.config.stages import StagePlan
 from skyexp.data import PromptSampler
-from skyexp.models import load_tokenizer
+from skyexp.model.loading import load_tokenizer
 from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
 from skyexp.rl.collect import collect_batch, concat_rollouts, group_advantages, kl_coefs, kl_penalty

@@ -256,7 +256,7 @@ def test_step_advantages_routes_reinforce_pp_by_kl_mode(dist1):
 
 @pytest.fixture()
 def rollout(tiny_dir):
-    from skyexp.models import load_model, load_tokenizer
+    from skyexp.model.loading import load_model, load_tokenizer
     from skyexp.rollout.hf import HFEngine
 
     tok = load_tokenizer(str(tiny_dir), ModelConfig())
@@ -275,7 +275,7 @@ def test_update_takes_per_token_advantages(rollout, dist1):
     step (SGD, lr 1) with micro-batches of 4, one filtered row and an all-zero row skipped."""
     from conftest import update as rl_update
 
-    from skyexp.rl.forward import response_logits
+    from skyexp.model.forward import response_logits
 
     policy, ro = rollout
     torch.manual_seed(0)

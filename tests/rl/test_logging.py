@@ -14,8 +14,9 @@ import pytest
 import torch
 from conftest import ROOT
 
-from skyexp.cli import run_identity, run_name_from_overrides
+from skyexp.cli import run_identity
 from skyexp.config import LoggerConfig
+from skyexp.config.overrides import run_name_from_overrides
 from skyexp.tracking import (
     RUN_FILE,
     JsonlLogger,

@@ -17,7 +17,7 @@ from skyexp.algos.rollout_is import (
     token_is_weights,
 )
 from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.models import load_model, load_tokenizer
+from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.records import UpdateStats
 from skyexp.rl.metrics import mismatch_metrics
 from skyexp.rollout.hf import HFEngine

@@ -8,8 +8,8 @@ import torch
 from skyexp.algos.entropy import token_entropy
 from skyexp.algos.losses import token_logprobs
 from skyexp.config import ModelConfig
-from skyexp.models import load_model, load_tokenizer
-from skyexp.rl.forward import response_logits
+from skyexp.model.forward import response_logits
+from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.rollout.hf import HFEngine, sample_token
 
 
@@ -229,7 +229,7 @@ def test_kv_cache_goes_by_the_supported_argument(tiny_dir, dist1):
     import warnings
 
     from skyexp.distributed import shard
-    from skyexp.models import cache_kwarg
+    from skyexp.model.loading import cache_kwarg
 
     model = load_model(str(tiny_dir), ModelConfig())
     takes_cache = "cache" in inspect.signature(type(model).forward).parameters

@@ -10,8 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from skyexp.findings.runs import Arm, RunRecord  # noqa: E402
-from skyexp.findings.stats import LawFit, aggregate_curves  # noqa: E402
+from skyexp.analysis.findings.runs import Arm, RunRecord  # noqa: E402
+from skyexp.analysis.findings.stats import LawFit, aggregate_curves  # noqa: E402
 
 SIZE, DPI = (9, 3.4), 90
 

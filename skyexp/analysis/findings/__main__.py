@@ -6,8 +6,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skyexp.findings.report import build
-from skyexp.findings.runs import load_records
+from skyexp.analysis.findings.report import build
+from skyexp.analysis.findings.runs import load_records
 
 
 def main(argv: list[str] | None = None) -> int:

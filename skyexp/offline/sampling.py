@@ -19,13 +19,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from skyexp import distributed, models
+from skyexp import distributed
 from skyexp.config import Config, EvalConfig, SampleJob
 from skyexp.data import apply_template, template_of
 from skyexp.evaluation.runner import run_eval
+from skyexp.model import loading
+from skyexp.model.start import start_path
 from skyexp.records import Problem
 from skyexp.rewards import build_reward
-from skyexp.rl import sft
 from skyexp.rollout import engine_for
 
 log = logging.getLogger("skyexp")
@@ -47,13 +48,13 @@ class Sampler:
 def open_sampler(cfg: Config) -> Sampler:
     d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory,
                           cfg.trainer.deterministic)
-    base = models.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
+    base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
-    path = sft.start_path(cfg, base)
+    path = start_path(cfg, base)
     if cfg.sft.steps and path == base:
         log.warning("no cached SFT result for this config: sampling from the base model %s", base)
     log.info("sampling from %s", path)
-    tokenizer = models.load_tokenizer(base, cfg.model)
+    tokenizer = loading.load_tokenizer(base, cfg.model)
     reward = build_reward(cfg.reward)
     engine = engine_for(cfg, path, tokenizer, d.device, cfg.trainer.seed * 1000 + 7919 + d.rank)
     return Sampler(cfg, d, tokenizer, engine, reward, path)

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from skyexp.findings.runs import Arm, RunRecord, by_arm
-from skyexp.findings.stats import Agg, aggregate, spearman, welch_diff
+from skyexp.analysis.findings.runs import Arm, RunRecord, by_arm
+from skyexp.analysis.findings.stats import Agg, aggregate, spearman, welch_diff
 
 REPRODUCED, MIXED, NOT = "reproduced", "mixed", "not reproduced"
 EDGE = 5  # steps averaged at each end of a curve (single steps are noisy)

@@ -1,6 +1,6 @@
 """Runs of the findings sweeps as plain records: which arm each belongs to (from its resolved
 config in .hydra/), its per-step curves (metrics.jsonl) and its held-out evals. Read-only over the
-run directories, through skyexp.analysis's loaders."""
+run directories, through skyexp.analysis.load."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from skyexp.analysis import RL_STEP, find_runs, load_run
+from skyexp.analysis.load import RL_STEP, find_runs, load_run
 
 log = logging.getLogger("skyexp")
 _VAL = re.compile(r"^val/(?P<bench>[^/]+)/(?P<what>pass@\d+|entropy)$")

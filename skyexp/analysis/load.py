@@ -21,7 +21,7 @@ from typing import Any
 import pandas as pd
 from omegaconf import OmegaConf
 
-from skyexp.cli import (  # run_name: the name it had on W&B
+from skyexp.config.overrides import (  # run_name: the name it had on W&B
     override_key,
     run_name_from_overrides,
     swept_overrides,

@@ -5,10 +5,10 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from skyexp.findings import figures
-from skyexp.findings.runs import Arm, RunRecord, by_arm
-from skyexp.findings.stats import LawFit, fit_entropy_law
-from skyexp.findings.verdicts import Finding, base_runs, f1, f2, f3, f4, f5, f6
+from skyexp.analysis.findings import figures
+from skyexp.analysis.findings.runs import Arm, RunRecord, by_arm
+from skyexp.analysis.findings.stats import LawFit, fit_entropy_law
+from skyexp.analysis.findings.verdicts import Finding, base_runs, f1, f2, f3, f4, f5, f6
 
 RULES = ("Verdict rules (fixed before the runs): **reproduced** — the effect has the published sign in every "
          "comparison it needs and the 95% interval of the key difference excludes 0; **mixed** — right sign on "

@@ -1,7 +1,6 @@
-"""Forward passes over a rollout's rows: the batch layout (pack, trim), the full logits that predict
-each response token (the plain path, with prompts shared within a group), and micro-batching (by
-rows or by a token budget). The token log-probs and entropies of a micro-batch (the chunked lm
-head, padding-free packing) and the no-grad passes are in skyexp.rl.tokens.
+"""A rollout's rows as tensors: the batch layout (pack, trim), the micro-batches a pass runs over
+(by rows or by a token budget), one micro-batch's rows on the device (MicroRows) and the
+padding-free packing of them (pack_rows). The forward passes over them are in skyexp.model.forward.
 
 Every rank runs the same number of forward passes (see micro_batches), so each can run under
 FSDP2, which all-gathers parameters inside them.
@@ -23,10 +22,10 @@ class ForwardSettings:
 
     micro_batch_size: int  # rows per forward pass (at most)
     device: torch.device
-    share_prompts: bool = False  # each prompt once per group in a micro-batch (see skyexp.rl.tokens)
+    share_prompts: bool = False  # each prompt once per group in a micro-batch (see skyexp.model.forward)
     logprob_chunk: int = 1024  # tokens per lm-head chunk; 0: full [rows, tokens, V] logits
     max_tokens: int = 0  # > 0: also at most this many prompt + response tokens per micro-batch
-    padding_free: bool = False  # rows of a micro-batch packed into one sequence (see skyexp.rl.tokens)
+    padding_free: bool = False  # rows of a micro-batch packed into one sequence (see pack_rows)
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -52,50 +51,6 @@ def trim(seq: torch.Tensor, attn: torch.Tensor, resp_mask: torch.Tensor, prompt_
     first = int((attn.cumsum(-1) == 0).sum(-1).min())  # left padding shared by all rows
     rlen = max(int(resp_mask.sum(-1).max()), 1)
     return seq[:, first : prompt_len + rlen], attn[:, first : prompt_len + rlen], resp_mask[:, :rlen], prompt_len - first
-
-
-def response_logits(model: torch.nn.Module, seq: torch.Tensor, attn: torch.Tensor, prompt_len: int,
-                    groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Logits that predict each response token: [N, R, V] for seq [N, P+R].
-
-    With `groups` [N] (row -> group, groups numbered 0.. in order of first appearance; the rows
-    of a group share one prompt), each prompt goes through the model once: its KV cache is indexed
-    out to the group's rows and the responses run on top of it. The same function of the
-    parameters (gradients included: the indexing sums them back over the group), at the cost of
-    the prompt tokens once per group instead of once per sample (not under gradient checkpointing,
-    see can_share_prompts: then every row runs its own prompt)."""
-    if groups is None or not can_share_prompts(model):
-        resp_len = seq.shape[1] - prompt_len
-        positions = (attn.cumsum(-1) - 1).clamp(min=0)
-        out = model(input_ids=seq, attention_mask=attn, position_ids=positions, use_cache=False, logits_to_keep=resp_len + 1)
-        return out.logits[:, :-1]
-    from transformers import DynamicCache
-
-    from skyexp.models import cache_kwarg
-
-    groups = groups.to(seq.device)
-    first = torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1  # one row per group
-    first = torch.cat([first.new_zeros(1), first[:-1] + 1])
-    positions = (attn.cumsum(-1) - 1).clamp(min=0)
-    cache = DynamicCache(config=model.config)
-    kv = {cache_kwarg(model): cache}  # `cache` where transformers deprecates `past_key_values`
-    head = model(input_ids=seq[first, :prompt_len], attention_mask=attn[first, :prompt_len],
-                 position_ids=positions[first, :prompt_len], use_cache=True, logits_to_keep=1, **kv)
-    logits = head.logits[groups]  # [N, 1, V] predicts the first response token
-    if seq.shape[1] - prompt_len > 1:
-        cache.batch_select_indices(groups)
-        out = model(input_ids=seq[:, prompt_len:-1], attention_mask=attn[:, :-1], position_ids=positions[:, prompt_len:-1],
-                    use_cache=True, **kv)
-        logits = torch.cat([logits, out.logits], dim=1)
-    return logits
-
-
-def can_share_prompts(model: torch.nn.Module) -> bool:
-    """Whether the prompt's KV cache survives this forward pass: transformers' gradient
-    checkpointing drops the cache of a layer that trains (modeling_layers: "Caching is incompatible
-    with gradient checkpointing"), which would silently run the responses without their prompt."""
-    checkpointing = any(getattr(m, "gradient_checkpointing", False) for m in model.modules())
-    return not (checkpointing and model.training and torch.is_grad_enabled())
 
 
 def groups_of(idx: torch.Tensor, n: int, share: bool) -> torch.Tensor | None:
@@ -137,3 +92,41 @@ def micro_batches(rollout: Rollout, rows: torch.Tensor, f: ForwardSettings) -> l
         chunks = [(c[torch.argsort(c // rollout.n, stable=True)], live) for c, live in chunks]
     most = int(all_reduce_max(len(chunks), f.device))
     return chunks + [(torch.zeros(1, dtype=torch.long), 0.0)] * (most - len(chunks))
+
+
+@dataclass(frozen=True)
+class MicroRows:
+    """One micro-batch's rows, trimmed, on the device."""
+
+    seq: torch.Tensor  # [n, P+R] left-padded prompt | response | right padding
+    attn: torch.Tensor  # [n, P+R]
+    resp_mask: torch.Tensor  # [n, R] float
+    prompt_len: int  # P
+    groups: torch.Tensor | None = None  # [n] row -> group (shared prompts), numbered in order
+
+    @staticmethod
+    def of(rollout: Rollout, idx: torch.Tensor, f: ForwardSettings) -> MicroRows:
+        seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], rollout.response_mask[idx],
+                                   rollout.prompt_len)
+        groups = groups_of(idx, rollout.n, f.share_prompts and not f.padding_free)
+        return MicroRows(seq.to(f.device), attn.to(f.device), rm.to(f.device), plen,
+                         groups.to(f.device) if groups is not None else None)
+
+
+def pack_rows(seq: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padding-free layout: the attended tokens of each row of seq [n, W] (contiguous in attn [n, W])
+    concatenated into ids [1, L], L = sum of attn; position ids [1, L] restart at 0 for each row
+    (which is how transformers finds the row boundaries); starts [n] where each row begins."""
+    keep = attn.bool()
+    lengths = keep.sum(-1)
+    starts = torch.cumsum(lengths, 0) - lengths
+    positions = torch.arange(int(lengths.sum()), device=seq.device) - starts.repeat_interleave(lengths)
+    return seq[keep][None], positions[None], starts
+
+
+def packed_response_index(starts: torch.Tensor, prompt_lens: torch.Tensor, resp_lens: torch.Tensor) -> torch.Tensor:
+    """Positions in the packed sequence [M] whose outputs predict the response tokens, row by row:
+    row i's response token j (j < resp_lens[i]) is predicted at starts[i] + prompt_lens[i] - 1 + j."""
+    offset = (starts + prompt_lens - 1).repeat_interleave(resp_lens)
+    within = torch.arange(int(resp_lens.sum()), device=starts.device) - (torch.cumsum(resp_lens, 0) - resp_lens).repeat_interleave(resp_lens)
+    return offset + within
