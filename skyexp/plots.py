@@ -8,7 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import FixedLocator, NullLocator  # noqa: E402
+from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter  # noqa: E402
 
 
 def _moving_average(values: list[float], window: int) -> list[float]:
@@ -20,26 +20,75 @@ def _moving_average(values: list[float], window: int) -> list[float]:
     return out
 
 
-def plot_entropy(steps: list[int], entropy: list[float], reward: list[float], path: Path) -> None:
-    """Token entropy (left axis) and batch mean reward (right axis) against the RL step. The
-    per-step reward of one batch is noisy: it is drawn faint, with its trailing mean over about a
-    tenth of the run (at least 1, at most 25 steps) on top; one legend names all three lines."""
-    window = max(1, min(25, len(reward) // 10))
-    fig, ax = plt.subplots(figsize=(7, 4))
+def plot_entropy(steps: list[int], entropy: list[float], reward: list[float], path: Path,
+                 coef: list[float] | None = None, target: float | None = None,
+                 boundaries: list[int] | None = None) -> None:
+    """Two panels against the RL step. Top: token entropy (left axis, from 0, so that a drift of
+    a few thousandths looks as small as it is), the entropy controller's target as a dashed line
+    and its coefficient `actor/entropy_coeff` on the right axis (when given). Bottom: the batch
+    mean reward, faint per step with its trailing mean over about a tenth of the run (at least 1,
+    at most 25 steps) on top. Stage boundaries (the first RL step of each later stage) are dotted
+    vertical lines in both. Tick labels are absolute values (no offset such as +4.5e-1)."""
+    fig, (ax, axr) = plt.subplots(2, 1, sharex=True, figsize=(7, 6), height_ratios=[3, 2])
     lines = ax.plot(steps, entropy, color="tab:blue", label="actor/entropy")
-    ax.set_xlabel("RL step")
+    if target is not None:
+        label = f"entropy target ({target:g}, read on actor/entropy_trained)"
+        lines.append(ax.axhline(target, color="tab:blue", linestyle="--", linewidth=1, label=label))
+    top = max([*entropy, target or 0.0]) if entropy else 1.0
+    ax.set_ylim(0, top * 1.15 or 1.0)
     ax.set_ylabel("mean token entropy (nats)", color="tab:blue")
-    ax2 = ax.twinx()
-    lines += ax2.plot(steps, reward, color="tab:orange", alpha=0.3, linewidth=0.8, label="critic/score/mean (per step)")
-    if window > 1:
-        lines += ax2.plot(steps, _moving_average(reward, window), color="tab:orange", linewidth=2,
-                          label=f"critic/score/mean (mean of {window} steps)")
-    ax2.set_ylabel("batch mean reward", color="tab:orange")
-    ax.legend(lines, [ln.get_label() for ln in lines], loc="best", fontsize="small")
+    if coef is not None:
+        axc = ax.twinx()
+        lines += axc.plot(steps, coef, color="tab:green", linewidth=1.2,
+                          label="actor/entropy_coeff")
+        axc.set_ylim(0, max(max(coef, default=0.0) * 1.15, 1e-4))
+        axc.set_ylabel("entropy coefficient", color="tab:green")
+        _absolute_ticks(axc)
+    ax.legend(lines, [ln.get_label() for ln in lines], loc="lower left", fontsize="small")
     ax.set_title("Entropy dynamics during RL")
+    window = max(1, min(25, len(reward) // 10))
+    axr.plot(steps, reward, color="tab:orange", alpha=0.3, linewidth=0.8,
+             label="critic/score/mean (per step)")
+    if window > 1:
+        axr.plot(steps, _moving_average(reward, window), color="tab:orange", linewidth=2,
+                 label=f"critic/score/mean (mean of {window} steps)")
+    axr.set_ylabel("batch mean reward", color="tab:orange")
+    axr.set_xlabel("RL step")
+    axr.legend(fontsize="small", loc="best")
+    for a in (ax, axr):
+        _absolute_ticks(a)
+        a.grid(alpha=0.3)
+        for b in boundaries or []:
+            a.axvline(b - 0.5, color="grey", linestyle=":", linewidth=1)
+    if boundaries:
+        for k, b in enumerate(boundaries, start=1):
+            ax.annotate(f"stage {k}", (b - 0.5, 1), xycoords=("data", "axes fraction"),
+                        xytext=(2, -10), textcoords="offset points", fontsize="x-small",
+                        color="grey")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _absolute_ticks(ax) -> None:
+    """Tick labels as the values themselves: no offset (+4.5e-1) and no scientific multiplier."""
+    fmt = ScalarFormatter(useOffset=False)
+    fmt.set_scientific(False)
+    ax.yaxis.set_major_formatter(fmt)
+
+
+def metric_by_step(metrics_path: Path, key: str) -> dict[int, float]:
+    """{RL step: value} of one metric in a run's metrics.jsonl (rows without it skipped)."""
+    import json
+
+    out: dict[int, float] = {}
+    if not Path(metrics_path).exists():
+        return out
+    for line in Path(metrics_path).read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if row.get(key) is not None and row.get("train/rl_step") is not None:
+            out[int(row["train/rl_step"])] = row[key]
+    return out
 
 
 def _counts(n: int | None, problems: int | None) -> str:
@@ -48,14 +97,24 @@ def _counts(n: int | None, problems: int | None) -> str:
     return ", ".join(parts)
 
 
+# before / after RL stay apart where they meet: the first curve dashed with large hollow squares
+# drawn above the second (solid, small dots), so neither hides the other
+_PASSK_STYLES = [
+    {"linestyle": "--", "marker": "s", "markersize": 9, "fillstyle": "none", "markeredgewidth": 1.5,
+     "zorder": 3},
+    {"linestyle": "-", "marker": "o", "markersize": 4, "zorder": 2},
+    {"linestyle": ":", "marker": "^", "markersize": 6, "zorder": 2},
+]
+
+
 def plot_passk(curves: dict[str, dict[int, float]], path: Path, title: str = "pass@k", n: int | None = None,
                problems: int | None = None) -> None:
     """One line per label (e.g. before / after RL), k on a log2 axis labelled 1, 2, 4, ...; `n`
     (samples per problem) and `problems` join the title."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, curve in curves.items():
+    for i, (label, curve) in enumerate(curves.items()):
         ks = sorted(curve)
-        ax.plot(ks, [curve[k] for k in ks], marker="o", label=label)
+        ax.plot(ks, [curve[k] for k in ks], label=label, **_PASSK_STYLES[i % len(_PASSK_STYLES)])
     counts = _counts(n, problems)
     _finish_passk(fig, ax, path, f"{title}\n{counts}" if counts else title, [k for c in curves.values() for k in c])
 

@@ -86,3 +86,4 @@ class UpdateStats:
     # |log pi_trainer - log pi_sampler| on the tokens of the first mini-batch, before any optimizer step
     sampler_logprob_diff: float = 0.0  # mean
     sampler_logprob_diff_max: float = 0.0
+    loss_stats: dict[str, float] = field(default_factory=dict)  # the policy loss's own (seq_losses.loss_metrics)

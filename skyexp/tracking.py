@@ -140,8 +140,9 @@ class ConsoleLogger:
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
         shown = {k: v for k, v in _scalars(metrics).items() if k.startswith("val/") and v is not None}
-        if shown:
-            log.info("step %d: %s", step, "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
+        if shown:  # numbered by the RL step (train/rl_step), as the step lines, not the row counter
+            where = f"rl_step {int(metrics[RL_STEP_KEY])}" if RL_STEP_KEY in metrics else f"row {step}"
+            log.info("%s: %s", where, "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
 
     def close(self) -> None:
         pass
@@ -166,11 +167,14 @@ class WandbLogger:
             self.run = wandb.init(
                 project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.run_name, job_type=cfg.job_type,
                 tags=list(cfg.tags), notes=cfg.notes, config=config, dir=str(wdir), mode=mode, reinit="finish_previous",
-                settings=wandb.Settings(**cfg.settings), id=run_id, resume="allow" if run_id else None,
+                settings=wandb.Settings(**quiet_settings(cfg.settings)), id=run_id,
+                resume="allow" if run_id else None,
             )
             self.run.define_metric(STEP_KEY)
             self.run.define_metric(RL_STEP_KEY)
             _write_run_file(self.run, run_dir, mode)
+            log.info("W&B run %s (%s, id %s) in %s%s", self.run.name, mode, self.run.id, Path(self.run.dir).parent,
+                     f": {self.run.url}" if self.run.url else f"; upload with wandb sync {Path(self.run.dir).parent}")
         except Exception as e:  # never let W&B stop training
             log.warning("W&B disabled for this run (%s: %s); metrics.jsonl still records everything", type(e).__name__, e)
             self.run = None
@@ -215,6 +219,14 @@ class WandbLogger:
                 self.run.finish()
             except Exception as e:
                 log.warning("W&B finish failed: %s", e)
+
+
+def quiet_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    """wandb.Settings fields with W&B's own console lines off (`quiet`: its ~35 lines per run, the
+    run history and summary printed at the end; errors still show), unless logger.settings sets
+    `quiet` itself. The one line skyexp logs instead names the run and where it is; only rank 0
+    starts W&B (make_logger)."""
+    return {"quiet": True, **settings}
 
 
 def _write_run_file(run: Any, run_dir: Path, mode: str) -> None:

@@ -129,6 +129,8 @@ def sft_phase(s: Setup) -> None:
             s.summary.update(sft.run_sft(cfg, run.d, run.policy, run.tokenizer, run.problems, s.sft_dir, run.log,
                                          run.d.is_main and use_bars(cfg.logger.progress)))
             run.engine.sync_weights(run.policy)
+        elif cfg.sft.steps:
+            log.info("sft: reusing the cached result %s (config hash %s; sft.cache=false retrains)", s.sft_dir, s.sft_dir.name)
         s.summary["sft_cached"] = bool(cfg.sft.steps) and s.start != s.base
         s.summary["sft_dir"] = str(s.sft_dir) if cfg.sft.steps else None
 
@@ -154,13 +156,31 @@ def rl_phase(s: Setup, before: EvalResult | SavedEval | None
     with _phase(s.summary, "rl"):
         if s.resume:
             restore(run, s.resume)  # last: it sets every RNG
-            s.summary.update({k: v for k, v in run.counters.pre_rl.items() if k != "before_pass_at"}, world_size=run.d.world_size,
+            s.summary.update({k: v for k, v in run.counters.pre_rl.items() if k not in PRIVATE}, world_size=run.d.world_size,
                              resumed_from=str(s.resume))
             if run.counters.pre_rl.get("before_pass_at"):
                 before = SavedEval({int(k): v for k, v in run.counters.pre_rl["before_pass_at"].items()})
+        # checkpointed with the counters
+        run.counters.pre_rl.update(clock(run.counters.pre_rl, s.resume, run.counters.rl_step, s.t0))
         with faults.SigtermFlag() as sigterm:
             stopped = run_rl(run, sigterm)
     return stopped, before
+
+
+PRIVATE = ("before_pass_at", "clock")  # pre_rl entries that are not summary entries
+
+
+def clock(pre_rl: dict[str, Any], resume: Path | None, rl_step: int, t0: float) -> dict[str, Any]:
+    """The run's clock across processes, kept in pre_rl (saved with every checkpoint): this
+    process's start (t0) and RL start, and what the processes before it spent up to the checkpoint
+    this one resumed from (its DONE file's time), with the RL step of each resume."""
+    now, old = time.time(), pre_rl.get("clock")
+    ck = {"t0": t0, "rl_t0": now, "wall_before_s": 0.0, "rl_before_s": 0.0, "resumed_at": []}
+    if resume and old:
+        saved = (resume / "DONE").stat().st_mtime
+        ck.update(wall_before_s=old["wall_before_s"] + saved - old["t0"], resumed_at=[*old["resumed_at"], rl_step],
+                  rl_before_s=old["rl_before_s"] + saved - old["rl_t0"])
+    return {"clock": ck}
 
 
 def finish(s: Setup, before: EvalResult | SavedEval | None) -> dict[str, Any]:
@@ -171,6 +191,10 @@ def finish(s: Setup, before: EvalResult | SavedEval | None) -> dict[str, Any]:
     if cfg.trainer.save_final:
         export_hf(run.policy, run.tokenizer, run.run_dir / "final", run.d, {"rl_steps": run.counters.rl_step})
     s.summary.update(_summarise(run, before, after, time.time() - s.t0), skipped_steps=run.counters.skipped_steps)
+    ck = run.counters.pre_rl.get("clock")
+    if ck and ck["resumed_at"]:  # times over every process of the run, not only this one
+        s.summary.update(wall_s=round(s.summary["wall_s"] + ck["wall_before_s"], 1), resumed_at=ck["resumed_at"],
+                         **{"time_s/rl": round(s.summary["time_s/rl"] + ck["rl_before_s"], 2)})
     if run.d.is_main:
         _write_outputs(run, s.summary, before, after)
     return s.summary
@@ -233,8 +257,12 @@ def _summarise(run: Run, before: EvalResult | None, after: EvalResult | None, wa
 def _write_outputs(run: Run, summary: dict[str, Any], before: EvalResult | None, after: EvalResult | None) -> None:
     steps = [x.rl_step for x in run.counters.history]
     if steps:
-        plots.plot_entropy(steps, [x.entropy for x in run.counters.history], [x.reward for x in run.counters.history],
-                           run.run_dir / "entropy.png")
+        coef = plots.metric_by_step(run.run_dir / "metrics.jsonl", "actor/entropy_coeff")
+        target = run.cfg.entropy.target if run.cfg.entropy.controller == "adaptive" else None
+        history = run.counters.history
+        plots.plot_entropy(steps, [x.entropy for x in history], [x.reward for x in history], run.run_dir / "entropy.png",
+                           [coef.get(s, 0.0) for s in steps] if run.cfg.entropy.controller != "none" else None, target,
+                           [st.first_step for st in run.plan.stages[1:]])
     curves = {f"{lbl} RL": r.pass_at for lbl, r in (("before", before), ("after", after)) if r is not None}
     if curves:
         res = after or before

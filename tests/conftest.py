@@ -136,10 +136,11 @@ def only_run_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_sweep(tmp_path_factory) -> Path:
-    """`python -m skyexp -m +sweep=tiny_entropy_collapse` as a user runs it (W&B offline): the
-    sweep directory with one run directory per job. Shared by the sweep and notebook tests."""
+    """`python -m skyexp -m +sweep=smoke_entropy_collapse` (tiny_entropy_collapse's 2-step smoke
+    form) as a user runs it (W&B offline): the sweep directory with one run directory per job.
+    Shared by the sweep and notebook tests."""
     tmp = tmp_path_factory.mktemp("tiny_sweep")
-    r = run_skyexp(["-m", "+sweep=tiny_entropy_collapse"], tmp, timeout=1200)
+    r = run_skyexp(["-m", "+sweep=smoke_entropy_collapse"], tmp, timeout=1200)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = list((tmp / "out").glob("*/*"))
     return sweep

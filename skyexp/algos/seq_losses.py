@@ -4,7 +4,8 @@
   loss(logp, old_logp, adv, mask, *, clip_low, clip_high) -> (per-token loss [N, T], stats)
 
 with the stats of skyexp.algos.losses.clipped_policy_loss (clipped_low, clipped_high,
-dual_clipped, approx_kl; per token, detached). Unlike the token rules these take the mask: GSPO's
+dual_clipped, approx_kl; per token, detached), plus their own `loss/*` diagnostics (per token,
+to be summed over the masked tokens; `loss_metrics` turns the sums into metrics). Unlike the token rules these take the mask: GSPO's
 ratio is a mean over each row's response tokens. A row is never split between micro-batches or
 ranks, so the per-row mean is the same however a mini-batch is split. The per-token loss is then
 aggregated like any other (`algo.loss_agg`).
@@ -60,7 +61,22 @@ def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mas
     at 10); A is read per token, so a per-token advantage is accepted too (the paper's A is per
     sequence)."""
     ratio = torch.exp(seq_log_ratio(logp, old_logp, mask)).expand_as(logp)
-    return _clipped(ratio, adv, clip_low, clip_high), _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
+    st = _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
+    st.update(_seq_diagnostics(ratio.detach(), mask, clip_low, clip_high))
+    return _clipped(ratio, adv, clip_low, clip_high), st
+
+
+def _seq_diagnostics(s: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float
+                     ) -> dict[str, torch.Tensor]:
+    """GSPO's own clip statistics, per token [N, T] so that the caller's masked token sums give
+    per-sequence sums: each row's value is spread as value / (its masked tokens) over them.
+    `s` [N, T]: the sequence ratio broadcast over the row's tokens (detached)."""
+    with torch.no_grad():
+        m = mask.to(s.dtype)
+        w = m / m.sum(-1, keepdim=True).clamp(min=1)  # sums to 1 over each row that trains
+        out = (s < 1.0 - clip_low) | (s > 1.0 + clip_high)
+        return {"loss/gspo_seqs": w, "loss/gspo_seq_clipped": out.to(s.dtype) * w,
+                "loss/gspo_ratio": s * w, "loss/gspo_ratio_sq": s * s * w}
 
 
 def gspo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
@@ -73,7 +89,9 @@ def gspo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tenso
     per-token advantages (entropy shaping) then act token by token."""
     s = torch.exp(seq_log_ratio(logp, old_logp, mask)).detach()
     ratio = s * torch.exp(logp - logp.detach())
-    return _clipped(ratio, adv, clip_low, clip_high), _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
+    st = _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
+    st.update(_seq_diagnostics(s.expand_as(logp), mask, clip_low, clip_high))
+    return _clipped(ratio, adv, clip_low, clip_high), st
 
 
 def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip_low: float,
@@ -93,7 +111,28 @@ def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ma
     st = _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
     st["clipped_low"] = (ratio < 1.0 - clip_low).float()
     st["clipped_high"] = (ratio > 1.0 + clip_high).float()
+    st["loss/cispo_clipped"] = st["clipped_low"] + st["clipped_high"]
     return loss, st
+
+
+def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, float]:
+    """The loss-specific diagnostics from the masked token sums of the `loss/*` stats above
+    (summed over micro-batches, mini-batches, epochs and ranks):
+      actor/gspo_seq_clipfrac   share of trained sequences whose ratio s_i lies outside
+                                [1 - clip_low, 1 + clip_high] (either side, either sign of A)
+      actor/gspo_ratio_mean, actor/gspo_ratio_std   of s_i over the trained sequences
+      actor/cispo_clipfrac      share of trained tokens whose IS weight clip(r_t) was clipped
+    Empty for the losses without any (ppo)."""
+    out: dict[str, float] = {}
+    if "loss/gspo_seqs" in sums:
+        n = max(sums["loss/gspo_seqs"], 1e-12)
+        mean = sums["loss/gspo_ratio"] / n
+        out["actor/gspo_seq_clipfrac"] = sums["loss/gspo_seq_clipped"] / n
+        out["actor/gspo_ratio_mean"] = mean
+        out["actor/gspo_ratio_std"] = max(sums["loss/gspo_ratio_sq"] / n - mean * mean, 0.0) ** 0.5
+    if "loss/cispo_clipped" in sums:
+        out["actor/cispo_clipfrac"] = sums["loss/cispo_clipped"] / max(trained_tokens, 1.0)
+    return out
 
 
 def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip_low: float,

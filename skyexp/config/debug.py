@@ -1,7 +1,8 @@
 """The debug overlay (lightning-hydra-template's `debug` idea): `+debug=tiny` turns any recipe
 into its tiny twin on CPU. conf/debug/tiny.yaml swaps the groups that only make sense at scale
 (model, data, SFT, eval, rollout engine, device) for the tiny ones; `shrink` then scales what
-the recipe sets by number — stage steps and length caps, samples and prompts per step — keeping
+the recipe sets by number — stage steps and length caps, samples and prompts per step, the
+entropy target (scaled to the tiny model's measured starting entropy) — keeping
 its structure (the algorithm, entropy mechanism, filters, temperature and the number of stages).
 
     python -m skyexp +experiment=skywork_or1_7b +debug=tiny
@@ -37,7 +38,10 @@ def shrink(c: Config) -> Config:
     context = replace(c.context, stages=[small(s) for s in stages])
     evaluation = replace(c.eval, max_response_len=min(c.eval.max_response_len, g.max_response_len))
     logger = replace(c.logger, tags=[*c.logger.tags, "tiny"] if "tiny" not in c.logger.tags else c.logger.tags)
-    return replace(c, algo=algo, context=context, eval=evaluation, logger=logger)
+    entropy = c.entropy
+    if g.entropy_start > 0:
+        entropy = replace(c.entropy, target=round(g.entropy_target_ratio * g.entropy_start, 4))
+    return replace(c, algo=algo, context=context, eval=evaluation, logger=logger, entropy=entropy)
 
 
 def _batch(value: int, cap: int, multiple: int) -> int:

@@ -265,6 +265,8 @@ class TrainerConfig:
     keep_last: int = 2  # checkpoints kept (0: all)
     resume: str = ""  # "": start afresh | auto: newest complete checkpoint of the run dir | a checkpoint dir
     max_bad_steps: int = 3  # stop (with a checkpoint) after this many non-finite steps in a row
+    max_idle_steps: int = 5  # warn after this many RL steps in a row with 0 optimizer steps (0: never)
+    stop_idle: bool = False  # ... and stop there (exit code 4) instead of going on
     nproc_per_node: int = 0  # > 0: the job runs itself under torchrun, N ranks per node (skyexp/launch.py)
 
 
@@ -279,6 +281,12 @@ class DebugConfig:
     min_response_len: int = 32  # the first stage's (stages between: linear in the recipe's caps)
     max_n: int = 8  # samples per prompt
     max_batch_size: int = 16  # prompts per step
+    # The entropy target, scaled to the tiny model: entropy.target = entropy_target_ratio x
+    # entropy_start, the tiny model's measured mean token entropy at its first RL steps
+    # (0: the recipe's target is kept). A 7B recipe's target (Skywork-OR1: 0.2 nats) means
+    # nothing for a 1 M-parameter model whose entropy starts elsewhere.
+    entropy_start: float = 0.0
+    entropy_target_ratio: float = 1.0
 
 
 @dataclass

@@ -144,6 +144,7 @@ def validate_schedule(c: Config, check: Check, estimator: Any) -> None:
     check(r.save_every >= 0, "trainer.save_every", "must be >= 0 (0: only at stage ends and when stopped)")
     check(r.keep_last >= 0, "trainer.keep_last", "must be >= 0 (0: keep every checkpoint)")
     check(r.max_bad_steps >= 1, "trainer.max_bad_steps", "must be >= 1")
+    check(r.max_idle_steps >= 0, "trainer.max_idle_steps", "must be >= 0 (0: never warn)")
 
 
 def _validate_temperature(t: TemperatureConfig, check: Check) -> None:

@@ -1,5 +1,6 @@
 """The body of `python -m skyexp.score` (skyexp/score.py has the command and the row format):
-read the rows, score them with the training reward, write them with `score` and `status`."""
+read the rows (skipping bad lines, skyexp.offline.scoring), score them with the training reward,
+write them with `score`, `extracted` and `status`."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from skyexp.config import RewardConfig
+from skyexp.config import DataConfig, RewardConfig
+from skyexp.offline import scoring
 from skyexp.rewards.extract import answer_text
 
 
@@ -83,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
         help=f"address-space cap per worker (default {d.memory_mb})",
     )
     p.add_argument("--max-answer-chars", type=int, default=d.max_answer_chars)
+    bad = DataConfig().max_bad_fraction
+    p.add_argument("--max-bad-fraction", type=float, default=bad, help=f"stop past this share of "
+                   f"malformed lines (default {bad}, as data.max_bad_fraction)")
     return p
 
 
@@ -93,7 +98,9 @@ def main(argv: list[str] | None = None) -> int:
         print("skyexp.score: --workers must be >= 1 and --timeout > 0", file=sys.stderr)
         return 2
     try:
-        rows = read_rows(a.input)
+        report = scoring.ScoreReport()
+        pairs = scoring.read_lines(a.input, a.max_bad_fraction, report)
+        lines, rows = [i for i, _ in pairs], [r for _, r in pairs]
     except (OSError, ValueError) as e:
         print(f"skyexp.score: {e}", file=sys.stderr)
         return 2
@@ -110,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.perf_counter()
     try:
         out = score_rows(rows, reward, a.completion_key, a.answer_key)
+        out = scoring.finish_rows(out, lines, a.completion_key, a.answer_key, report)
     finally:
         reward.close()
     secs = time.perf_counter() - t
@@ -117,11 +125,5 @@ def main(argv: list[str] | None = None) -> int:
     a.out.write_text(
         "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in out), encoding="utf-8"
     )
-    n = max(len(out), 1)
-    counts = {s: sum(r["status"] == s for r in out) for s in ("ok", "timeout", "error")}
-    print(
-        f"scored {len(out)} rows in {secs:.1f}s ({len(out) / max(secs, 1e-9):.0f}/s): accuracy {sum(r['score'] for r in out) / n:.4f}, "
-        f"reward/timeouts {counts['timeout']}, reward/errors {counts['error']}",
-        file=sys.stderr,
-    )
+    print(scoring.summary(report, secs), file=sys.stderr)
     return 0

@@ -75,7 +75,7 @@ def enter_stage(run: Run, stage: StagePlan) -> None:
             run.live.sampler = drop_solved(run, run.live.sampler, stage.index, row)
         else:
             run.log({**row, "train/rl_step": run.counters.rl_step})
-        log.info("stage %d: %d steps, max_response_len %d", stage.index, stage.steps, stage.max_response_len)
+    log.info("stage %d: %d steps, max_response_len %d", stage.index, stage.steps, stage.max_response_len)
     run.live.solved = {}
 
 

@@ -33,8 +33,10 @@ def stopped(reason: str, run: Run, path: Path) -> Stopped:
     """The exception that ends a run stopped early, with what to do next."""
     again = f"resume with trainer.resume=auto hydra.run.dir={run.run_dir}"
     if reason == "sigterm":
-        return Stopped(f"SIGTERM: stopped after RL step {run.counters.rl_step} with a checkpoint in {path}; {again}", SIGTERM_EXIT)
-    return Stopped(f"stopped at RL step {run.counters.rl_step}: {run.counters.bad_streak} steps in a row had a non-finite loss or gradient "
+        return Stopped(f"SIGTERM: stopped after RL step {run.counters.rl_step - 1} (train/rl_step; {run.counters.rl_step} steps "
+                       f"done) with a checkpoint in {path}; {again}", SIGTERM_EXIT)
+    return Stopped(f"stopped after RL step {run.counters.rl_step - 1} (train/rl_step): {run.counters.bad_streak} steps in a row "
+                   "had a non-finite loss or gradient "
                    f"(trainer.max_bad_steps={run.cfg.trainer.max_bad_steps}; their updates were skipped). The last good "
                    f"state is saved in {path}; fix the cause (a lower trainer.lr, a tighter trainer.grad_clip), then {again}",
                    NONFINITE_EXIT)

@@ -13,6 +13,7 @@ from skyexp.config.stages import StagePlan
 from skyexp.evaluation.estimators import EvalResult
 from skyexp.evaluation.runner import eval_due, eval_template, run_eval, write_records
 from skyexp.rl import boundaries, faults, resume
+from skyexp.rl.idle import IDLE_EXIT, check_idle
 from skyexp.rl.state import Run, StepResult
 from skyexp.rl.step import rl_step
 from skyexp.tracking import LinePlot, line_due, step_line, use_bars
@@ -41,6 +42,10 @@ def _run_stage(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str |
     for _ in bar:
         result = rl_step(run, stage)
         faults.count_faults(run, result)
+        run.live.idle_streak, idle = check_idle(run.live.idle_streak, result.metrics, cfg.trainer.max_idle_steps,
+                                                cfg.trainer.stop_idle)
+        if idle:
+            raise faults.Stopped(idle, IDLE_EXIT)
         metrics = {**result.metrics, "actor/lr": run.sched.get_last_lr()[0],
                    "train/skipped_steps": run.counters.skipped_steps}
         run.sched.step()

@@ -150,6 +150,7 @@ def _actor_metrics(stats: UpdateStats) -> dict[str, float]:
         "actor/ppo_kl": stats.ppo_kl,
         "actor/grad_norm": stats.grad_norm,
         "actor/optimizer_steps": stats.optimizer_steps,
+        **stats.loss_stats,  # GSPO's sequence clip share and ratio, CISPO's clipped weights
     }
     if stats.kl_ref is not None:
         out["actor/kl_loss"] = stats.kl_ref

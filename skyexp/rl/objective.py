@@ -89,6 +89,7 @@ def objective(x: TokenInputs, norm: Normalisers, spec: LossSpec) -> tuple[torch.
         parts = (pg * m, st["clipped_low"] * m, st["clipped_high"] * m, st["dual_clipped"] * m, sel * m,
                  st["approx_kl"] * m, kl * m, m)
         sums = {name: p.sum().double() for name, p in zip(STAT_NAMES, parts)}
+        sums.update({k: (v * m).sum().double() for k, v in st.items() if k.startswith("loss/")})  # seq_losses
     return loss, sums
 
 

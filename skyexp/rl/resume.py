@@ -78,8 +78,8 @@ def save(run: Run, reason: str) -> Path:
     t = time.perf_counter()
     ref = run.live.ref if run.counters.ref_reset_step > 0 else None  # a reset reference is not rebuilt from the start
     checkpoint.save(path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last, ref)
-    log.info("checkpoint %s (%s): %.1f MB in %.2fs", path.name, reason, checkpoint.size_bytes(path) / 2**20,
-             time.perf_counter() - t)
+    log.info("checkpoint %s after RL step %d (%s): %.1f MB in %.2fs", path.name, run.counters.rl_step - 1, reason,
+             checkpoint.size_bytes(path) / 2**20, time.perf_counter() - t)
     return path
 
 

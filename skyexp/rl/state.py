@@ -89,6 +89,7 @@ class Live:
     sampler: PromptSampler
     solved: Counts = field(default_factory=dict)  # this stage, this rank: prompt id -> (correct, samples)
     ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
+    idle_streak: int = 0  # RL steps in a row with 0 optimizer steps (skyexp.rl.idle; not checkpointed)
 
 
 @dataclass(frozen=True)

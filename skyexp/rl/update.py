@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 import torch
 
 from skyexp.algos.losses import Normalisers
+from skyexp.algos.seq_losses import loss_metrics
 from skyexp.config import Config
 from skyexp.distributed import all_reduce_max, all_reduce_sum
 from skyexp.model.forward import sampling_view, token_stats
@@ -206,6 +207,8 @@ def _stats(p: _Pass) -> UpdateStats:
         dev).tolist()))
     trained, fwd = max(tot["trained"], 1.0), max(tot["tokens"], 1.0)
     gap_sum, gap_tokens = all_reduce_sum(p.gap[:2], dev).tolist()
+    extra = sorted(k for k in sums if k not in STAT_NAMES)  # the loss's own sums (seq_losses), same keys on every rank
+    extra_tot = dict(zip(extra, all_reduce_sum(torch.stack([sums[k] for k in extra]), dev).tolist())) if extra else {}
     return UpdateStats(
         pg_loss=tot["pg"] / trained,
         entropy=global_token_mean(p.ent, resp_mask, dev),  # the sampler's, over every response token
@@ -223,6 +226,7 @@ def _stats(p: _Pass) -> UpdateStats:
         entropy_hist=_hist_sample(p.ent, resp_mask),
         sampler_logprob_diff=gap_sum / max(gap_tokens, 1.0),
         sampler_logprob_diff_max=all_reduce_max(float(p.gap[2]), dev),
+        loss_stats=loss_metrics(extra_tot, tot["trained"]),
     )
 
 

@@ -306,6 +306,7 @@ NEGATIVE = [
     "trainer.save_every",
     "trainer.keep_last",
     "trainer.max_bad_steps",
+    "trainer.max_idle_steps",
     "trainer.nproc_per_node",
     "filter.n",
     "filter.ngram",

@@ -66,6 +66,20 @@ def test_shrink_hand_values():
 
 def test_the_overlay_never_raises_a_smaller_setting():
     c = to_typed(
-        compose_cfg(["+sweep=tiny_entropy_collapse"])
-    )  # 2 steps, cap 16, n 2: already small
-    assert [(s.steps, s.max_response_len) for s in c.context.stages] == [(2, 16)] and c.algo.n == 2
+        compose_cfg(["+sweep=smoke_entropy_collapse"])
+    )  # 2 steps, cap 16, n 4: already small
+    assert [(s.steps, s.max_response_len) for s in c.context.stages] == [(2, 16)] and c.algo.n == 4
+
+
+def test_the_overlay_scales_the_entropy_target_to_the_tiny_model():
+    """debug.entropy_target_ratio x debug.entropy_start (0.114 nats measured, ratio 1) replaces
+    the recipe's 0.2, which the tiny model's entropy never reached; a sweep may set the ratio."""
+    twin = to_typed(compose_cfg(["+experiment=tiny_skywork_or1_7b"]))
+    assert twin.entropy.controller == "adaptive"
+    assert 0 < twin.entropy.target == pytest.approx(twin.debug.entropy_start)
+    smoke = to_typed(compose_cfg(["+sweep=smoke_entropy_collapse", "entropy=adaptive"]))
+    assert smoke.entropy.target == pytest.approx(20 * smoke.debug.entropy_start)
+    c = Config(debug=DebugConfig(enabled=True, entropy_start=0.0))
+    assert shrink(c).entropy.target == c.entropy.target  # 0: the recipe's target is kept
+    c = Config(debug=DebugConfig(enabled=True, entropy_start=0.5, entropy_target_ratio=0.8))
+    assert shrink(c).entropy.target == pytest.approx(0.4)

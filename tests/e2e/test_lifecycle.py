@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import shutil
+import time
 
 import pytest
 import torch
@@ -172,8 +173,11 @@ def test_resume_from_a_checkpoint_equals_the_uninterrupted_run(reference, script
     shutil.copy(
         ref_dir / "metrics.jsonl", run_dir / "metrics.jsonl"
     )  # the killed run logged on past its checkpoint
+    t = time.time()
     summary = train_mod.train(to_typed(compose_cfg(RUN + ["trainer.resume=auto"])), run_dir)
     assert summary["resumed_from"].endswith(f"step_{k:08d}")
+    # summary.json's times cover the process before the resume too (up to its checkpoint)
+    assert summary["resumed_at"] == [k] and summary["wall_s"] > time.time() - t
     assert _comparable(_rows(run_dir)) == _comparable(_rows(ref_dir))
     a, b = _final_params(ref_dir), _final_params(run_dir)
     assert all(torch.equal(a[n], b[n]) for n in a)

@@ -102,6 +102,9 @@ def test_single_process_run_and_sft_cache(tmp_path):
         json.loads((only_run_dir(tmp_path / "again") / "summary.json").read_text())["sft_cached"]
         is True
     )
+    # ... and says so once, with the path and its config hash
+    reuse = [ln for ln in (r2.stdout + r2.stderr).splitlines() if "reusing the cached result" in ln]
+    assert len(reuse) == 1 and f"{sft_dir} (config hash {sft_dir.name}" in reuse[0]
 
 
 @pytest.mark.slow

@@ -3,9 +3,12 @@ response_length, timing_per_token_ms, perf/total_num_tokens), computed by hand o
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
+from skyexp.algos.seq_losses import loss_metrics
 from skyexp.records import Rollout, UpdateStats
 from skyexp.rl.collect import StepBatch
 from skyexp.rl.metrics import Trained, step_metrics
@@ -123,14 +126,21 @@ def test_every_metric_name_is_documented(dist1):
     timings = {
         f"timing_s/{k}": 1.0 for k in ("step", "gen", "reward", "old_logp", "ref", "update", "sync")
     }
+    # with every loss-specific diagnostic (GSPO's and CISPO's: skyexp.algos.seq_losses)
+    sums = {
+        k: 1.0
+        for k in ("seqs", "seq_clipped", "ratio", "ratio_sq", "cispo_clipped")
+        for k in [f"loss/gspo_{k}" if k != "cispo_clipped" else f"loss/{k}"]
+    }
     m = step_metrics(
         _batch(),
         Trained(torch.tensor([0.5, -0.5, 0.0, 0.0]), torch.tensor([1.0, 1.0, 0.0, 0.0])),
-        STATS,
+        replace(STATS, loss_stats=loss_metrics(sums, 4.0)),
         timings,
         (0, 0),
         dist1.device,
     )
+    assert {"actor/gspo_seq_clipfrac", "actor/gspo_ratio_mean", "actor/cispo_clipfrac"} <= set(m)
     for key in m:
         namespace, name = key.split("/", 1)
         first = (
