@@ -23,6 +23,7 @@ from skyexp import checkpoint, distributed, plots
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, ConfigError, check_world
 from skyexp.config.algorithm import build_algorithm
+from skyexp.config.names import random_reward
 from skyexp.config.stages import plan_run
 from skyexp.data import fit_task, load_task
 from skyexp.evaluation.benchmarks import load_problems
@@ -109,7 +110,12 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
               Counters(entropy_coef=cfg.entropy.coef), Live(boundaries.make_sampler(cfg, task.train, d.rank, d.world_size)))
     summary: dict[str, Any] = {"world_size": d.world_size, "params": loading.num_params(policy), "rollout": cfg.rollout.name,
                                "git_commit": git_commit(),
-                               "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
+                               "data": {"problems": len(task.train), **task.stats},  # rows skipped, duplicates, ...
+                               # the guard: a random-reward control is never mistaken for a real result
+                               "reward_random": random_reward(cfg.reward.terms)}
+    if summary["reward_random"]:
+        log.warning("reward=random: a random-reward CONTROL run (Bernoulli(reward.random_p=%g) per sample, "
+                    "independent of the answers); its W&B name and summary.json say so", cfg.reward.random_p)
     return Setup(run, resume, base, sft_dir, start, summary, t0)
 
 

@@ -186,7 +186,7 @@ class RewardConfig:
     timeout_s: float = 5.0  # per answer; a hang beyond it scores 0 and is counted
     max_answer_chars: int = 1000  # longer extracted answers score 0 (counted as errors)
     memory_mb: int = 2048  # address-space cap per scoring process
-    # Weighted terms (skyexp.rewards.terms): accuracy | format | overlong | cosine. A preset's dict is
+    # Weighted terms (skyexp.rewards.terms): accuracy | format | overlong | cosine | random. A preset's dict is
     # merged onto this one: set a weight to 0 to drop a term.
     terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})
     correct: float = 1.0  # accuracy term for a correct answer
@@ -197,6 +197,7 @@ class RewardConfig:
     cos_correct: list[float] = field(default_factory=lambda: [2.0, 1.0])  # cosine term: (r_0, r_L) when correct
     cos_wrong: list[float] = field(default_factory=lambda: [-10.0, 0.0])  # ... when wrong
     cos_exceed: float = -10.0  # cosine term: a truncated response
+    random_p: float = 0.5  # random term (the random-reward control): P(reward.correct) per sample
 
 
 @dataclass

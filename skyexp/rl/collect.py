@@ -68,8 +68,11 @@ class _Round(NamedTuple):
     texts: list[str]
 
 
-def _round(run: Run, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer) -> _Round:
-    """Generate n samples for each problem, score them, apply the group filter."""
+def _round(run: Run, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer,
+           index: int = 0) -> _Round:
+    """Generate n samples for each problem, score them, apply the group filter. `index`: the
+    generation round within the step (dynamic sampling), which with the rank keys the draws of
+    the random reward term (skyexp.rewards.terms.random_term)."""
     cfg = run.cfg
     prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
     with timer("gen"):
@@ -79,7 +82,8 @@ def _round(run: Run, stage: StagePlan, temperature: float, problems: list[Proble
         scored = run.reward.score(texts, [x for x in prompts.answers for _ in range(stage.n)])
         correct = torch.tensor(scored.scores, dtype=torch.float32)
         total, terms = combine(ScoreInput(texts, correct, rollout.response_lengths, rollout.truncated,
-                                          stage.max_response_len), stage.reward)
+                                          stage.max_response_len, seed=cfg.trainer.seed, step=run.counters.rl_step,
+                                          stream=run.d.rank * 4096 + index), stage.reward)
     rewards, correct = total.view(-1, stage.n), correct.view(-1, stage.n)
     keep = run.algorithm.group_filter(rewards, correct)  # algo.filter_groups
     return _Round(rollout, rewards, correct, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep,
@@ -98,7 +102,7 @@ def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) 
         # skips its prompts instead of generating
         problems = run.live.sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
         if have < quota or not a.dynamic_sampling:
-            rounds.append(_round(run, stage, temperature, problems, timer))
+            rounds.append(_round(run, stage, temperature, problems, timer, drawn - 1))
             have += int(rounds[-1].keep.sum())
         if not a.dynamic_sampling or drawn >= a.max_gen_batches:
             break
