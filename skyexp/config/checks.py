@@ -109,6 +109,8 @@ def validate_loss_and_resets(a: AlgoConfig) -> None:
            "rows by their length: set algo.loss_agg=seq-mean-token-mean")
     _check(a.policy_loss == "ppo" or a.clip_c == 0, "algo.clip_c",
            f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none (set algo.clip_c=0)")
+    _check(a.ce_beta1 >= 0, "algo.ce_beta1", "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
+    _check(a.ce_beta2 >= 0, "algo.ce_beta2", "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
     _check(a.ref_reset_every >= 0, "algo.ref_reset_every", "must be >= 0 (0: never)")
     _check(a.ref_reset_every == 0 or a.kl_coef > 0, "algo.ref_reset_every",
            "resets the KL reference, which exists only with a KL term (set algo.kl_coef > 0)")
