@@ -12,6 +12,7 @@ from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
 from skyexp.config.names import bind, registry, registry_names
+from skyexp.config.parallel import check_parallel_world, validate_parallel
 from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import (
     AlgoConfig,
@@ -70,6 +71,7 @@ def validate(c: Config) -> None:
     validate_logger(c)
     validate_ranges(c, _check)
     validate_schedule(c, _check)
+    validate_parallel(c, _check)
 
 
 def validate_algo(a: AlgoConfig) -> None:
@@ -174,6 +176,7 @@ def validate_logger(c: Config) -> None:
 def check_world(c: Config, world_size: int) -> None:
     """Checks that need the number of ranks (known only after the process group starts)."""
     check_world_plan(c, world_size, _check)
+    check_parallel_world(c, world_size, _check)
     _check(c.algo.gen_batch_size % world_size == 0, "algo.gen_batch_size",
            f"generation batch {c.algo.gen_batch_size} is not divisible by {world_size} ranks")
     _check(c.trainer.fsdp or world_size == 1, "trainer.fsdp",

@@ -52,18 +52,19 @@ class UpdateSettings:
     logprob_chunk: int = 1024  # tokens per lm-head chunk (skyexp.lm_head); 0: full logits
     max_tokens: int = 0  # > 0: micro-batches also bounded by prompt + response tokens
     padding_free: bool = False  # micro-batch rows packed into one sequence (skyexp.rl.tokens)
+    sp_size: int = 1  # trainer.sp_size (skyexp.model.sequence_parallel)
 
     @staticmethod
     def of(cfg: Config, world_size: int, device: torch.device) -> UpdateSettings:
         t = cfg.trainer
         return UpdateSettings(t.micro_batch_size, t.grad_clip, world_size, device, cfg.algo.ppo_epochs,
                               cfg.algo.mini_batches, t.share_prompts, t.logprob_chunk, t.max_tokens_per_micro_batch,
-                              t.padding_free)
+                              t.padding_free, t.sp_size)
 
     @property
     def fwd(self) -> ForwardSettings:
         return ForwardSettings(self.micro_batch_size, self.device, self.share_prompts, self.logprob_chunk,
-                               self.max_tokens, self.padding_free)
+                               self.max_tokens, self.padding_free, self.sp_size)
 
 
 @dataclass(frozen=True)
