@@ -74,11 +74,12 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     """Ranks, run directory, seeds, data, tokenizer, reward pool, policy, engine, logger,
     optimizer and sampler: everything the phases share, in one RunState."""
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic,
+                          cfg.trainer.sp_size)
     check_world(cfg, d.world_size)
     run_dir = _shared_run_dir(run_dir)
     resume = _resume_point(cfg, run_dir, d)
-    random.seed(cfg.trainer.seed + d.rank)
+    random.seed(cfg.trainer.seed + d.dp_rank)  # the ranks of a sequence-parallel group draw alike
     torch.manual_seed(cfg.trainer.seed)
     task = load_task(cfg.data)
     base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
@@ -92,7 +93,7 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
     try:
         policy = loading.load_policy(start, cfg, d)
-        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
+        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.dp_rank)
     except BaseException:
         reward.close()  # its worker processes would outlive the failed start
         raise
@@ -102,7 +103,7 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id"))
     opt, sched = lifecycle.make_optimizer(cfg, policy)
     run = RunState(cfg, d, run_dir, plan_run(cfg), tokenizer, policy, engine, reward, logger, opt, sched,
-                   lifecycle.make_sampler(cfg, task.train, d.rank, d.world_size), task.train, eval_problems,
+                   lifecycle.make_sampler(cfg, task.train, d.dp_rank, d.dp_size), task.train, eval_problems,
                    entropy_coef=cfg.entropy.coef)
     summary: dict[str, Any] = {"world_size": d.world_size, "params": loading.num_params(policy), "rollout": cfg.rollout.name,
                                "git_commit": git_commit(),

@@ -8,6 +8,8 @@ across the slice boundary), each case's token log-probs and entropies (no grad),
 and every parameter gradient of a token-mean loss built as the RL update builds it (normaliser
 all-reduced over the world, loss x world_size, FSDP averaging the gradients).
 
+offload: two AdamW steps with trainer.offload = none / optimizer / params (the same numbers).
+
 memory: the bytes of the tensors autograd saves for backward during one forward of a row of L
 tokens (saved_tensors_hooks; storages counted once, parameters excluded): the activation memory
 a backward would need, measured, on each rank. sp=1 is the plain padding-free forward.
@@ -160,5 +162,33 @@ def memory(out_path: str, length: str) -> None:
     distributed.teardown()
 
 
+def offload(out_path: str) -> None:
+    """Two AdamW steps of the sp=2 loss with trainer.offload = none / optimizer / params: the
+    parameters after them (offload moves memory, not numbers), and where the state lives."""
+    d = distributed.setup("cpu", 1, sp_size=2)
+    mb = rows()
+    f = ForwardSettings(8, torch.device("cpu"), logprob_chunk=5, padding_free=True)
+    out = {}
+    for mode in ("none", "optimizer", "params"):
+        model = build(False, 4, False)
+        sequence_parallel.enable(model, 2, "sdpa")
+        distributed.shard(model, d, mode)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        if mode == "optimizer":
+            distributed.offload_optimizer(opt)
+        for _ in range(2):
+            loss_and_grads(model, mb, f, d.world_size)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        state = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+                 for n, p in model.named_parameters()}
+        moments = [v for st in opt.state.values() for k, v in st.items() if k != "step"]
+        out[mode] = {"params": state, "state_on_cpu": all(v.device.type == "cpu" for v in moments)}
+    if d.is_main:
+        torch.save(out, out_path)
+    distributed.barrier()
+    distributed.teardown()
+
+
 if __name__ == "__main__":
-    {"equal": equal, "memory": memory}[sys.argv[1]](*sys.argv[2:])
+    {"equal": equal, "memory": memory, "offload": offload}[sys.argv[1]](*sys.argv[2:])

@@ -175,8 +175,8 @@ def validate_logger(c: Config) -> None:
 
 def check_world(c: Config, world_size: int) -> None:
     """Checks that need the number of ranks (known only after the process group starts)."""
-    check_world_plan(c, world_size, _check)
     check_parallel_world(c, world_size, _check)
+    check_world_plan(c, world_size, _check)
     _check(c.algo.gen_batch_size % world_size == 0, "algo.gen_batch_size",
            f"generation batch {c.algo.gen_batch_size} is not divisible by {world_size} ranks")
     _check(c.trainer.fsdp or world_size == 1, "trainer.fsdp",

@@ -38,6 +38,7 @@ silently does nothing on a model whose attention it did not patch).
 from __future__ import annotations
 
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,9 @@ SLICE_KWARG = "skyexp_sp_slice"
 # model.attn_implementation values the patch covers
 COVERED = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 _GROUPS: dict[int, object] = {}  # sp_size -> this rank's process group
+# torch 2.13 marks torch.distributed.nn.functional deprecated in favour of the private
+# torch.distributed._functional_collectives; it is the public autograd-aware API and works
+warnings.filterwarnings("ignore", r"torch\.distributed\.nn\.functional", FutureWarning)
 
 
 def init_groups(sp_size: int):

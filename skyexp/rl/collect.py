@@ -100,7 +100,7 @@ def run_filter(a: AlgoConfig, rewards: torch.Tensor, correct: torch.Tensor) -> t
 def collect_batch(run: RunState, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
     """Generate and score prompt batches (several under dynamic sampling), filter groups."""
     a = run.cfg.algo
-    quota = stage.batch_size // run.d.world_size  # this rank's share of the groups that train
+    quota = stage.batch_size // run.d.dp_size  # this rank's share of the groups that train
     rounds: list[_Round] = []
     have, drawn = 0, 0
     while True:

@@ -29,7 +29,7 @@ from skyexp.config import Config, ConfigError
 from skyexp.config.stages import StagePlan
 from skyexp.data import DataError, PromptSampler
 from skyexp.data.difficulty import Counts, fully_solved, merge, without
-from skyexp.distributed import all_gather_objects, all_reduce_max
+from skyexp.distributed import all_gather_objects, all_reduce_max, offload_optimizer
 from skyexp.records import Problem
 from skyexp.rl.state import RunState, StepResult
 from skyexp.rollout import Engine
@@ -73,6 +73,8 @@ def make_optimizer(cfg: Config, policy: torch.nn.Module) -> tuple[torch.optim.Op
     fused = not any(hasattr(p, "full_tensor") for p in params) and params[0].device.type in ("cpu", "cuda")
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), fused=fused or None)
     warm = max(t.warmup_steps, 0)
+    if t.offload == "optimizer":
+        offload_optimizer(opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
     return opt, sched
 
@@ -252,7 +254,7 @@ def restore(run: RunState, path: Path) -> dict[str, Any]:
     # the sampler in use: over the prompts not dropped so far, with its own seed; its state's
     # fingerprint of the problem list makes a wrong reconstruction fail loudly
     kept, _ = without(run.problems, set(state["dropped"]))
-    run.sampler = PromptSampler(kept, state["sampler"]["seed"], d.rank, d.world_size, cfg.data.shuffle)
+    run.sampler = PromptSampler(kept, state["sampler"]["seed"], d.dp_rank, d.dp_size, cfg.data.shuffle)
     run.sampler.load_state_dict(state["sampler"])
     run.engine.sync_weights(run.policy)
     if private:

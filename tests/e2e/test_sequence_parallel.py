@@ -56,3 +56,16 @@ def test_sp2_halves_activation_memory(tmp_path):
     for r in ranks:
         assert r["sp2"]["logp_sum"] == pytest.approx(r["sp1"]["logp_sum"], rel=1e-5)
         assert r["sp2"]["bytes"] <= 0.6 * r["sp1"]["bytes"], r
+
+
+@pytest.mark.dist
+def test_offload_changes_no_numbers(tmp_path):
+    """trainer.offload = optimizer / params on the sp=2 run: two AdamW steps give the parameters
+    of offload=none, and the optimizer's moments are on the CPU after the step. (On this CPU box
+    nothing moves: the test covers the code path and the numbers, not the memory; the GPU path
+    is the same code with the device's memory.)"""
+    out = worker(tmp_path, "offload")
+    for mode in ("optimizer", "params"):
+        assert out[mode]["state_on_cpu"]
+        for k, v in out["none"]["params"].items():
+            assert torch.equal(out[mode]["params"][k], v), (mode, k)
