@@ -3,6 +3,7 @@ sp=1 numbers, and each rank holds about half the activations."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -69,3 +70,35 @@ def test_offload_changes_no_numbers(tmp_path):
         assert out[mode]["state_on_cpu"]
         for k, v in out["none"]["params"].items():
             assert torch.equal(out[mode]["params"][k], v), (mode, k)
+
+
+RL_RUN = ["reward=cosine", "model.hidden_size=128", "model.num_heads=4", "algo.kl_coef=0.01",
+          "context.stages.0.steps=3", "context.stages.0.max_response_len=24",
+          "trainer.padding_free=true", "trainer.deterministic=true"]
+COMPARED = ("critic/score/mean", "critic/rewards/mean", "critic/advantages/std",
+            "response_length/mean", "actor/pg_loss", "actor/entropy", "actor/grad_norm",
+            "actor/kl_loss")
+
+
+@pytest.mark.dist
+def test_rl_run_sp2_logs_what_sp1_logs(tmp_path):
+    """A tiny RL run (cosine reward, so the steps have a gradient; a KL term, so the reference
+    runs sequence-parallel too) at trainer.deterministic=true: sp=2 on two ranks logs the
+    rewards of sp=1 on one rank at every step, and the losses within rounding."""
+    from conftest import only_run_dir, run_skyexp, tiny
+
+    logs = {}
+    for sp, ranks in ((1, 0), (2, 2)):
+        args = tiny(*RL_RUN, f"trainer.sp_size={sp}")
+        r = run_skyexp(args, tmp_path / f"sp{sp}", torchrun=ranks, timeout=900,
+                       env={"OMP_NUM_THREADS": "1"})
+        assert r.returncode == 0, r.stderr[-3000:]
+        path = only_run_dir(tmp_path / f"sp{sp}") / "metrics.jsonl"
+        logs[sp] = [json.loads(line) for line in path.read_text().splitlines()]
+    assert len(logs[1]) == len(logs[2]) == 3
+    assert any(row["actor/grad_norm"] > 0 for row in logs[1])  # the steps trained
+    for one, two in zip(logs[1], logs[2]):
+        assert two["critic/score/mean"] == one["critic/score/mean"], one["step"]
+        for k in COMPARED:
+            if k in one:
+                assert two[k] == pytest.approx(one[k], rel=1e-4, abs=1e-6), (one["step"], k)

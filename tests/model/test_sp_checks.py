@@ -55,14 +55,14 @@ def test_heads_against_sp_size(heads, kv, sp, ok):
     if ok:
         sequence_parallel.check_model(c, sp, "sdpa")
     else:
-        with pytest.raises(ValueError, match=r"trainer\.sp_size"):
+        with pytest.raises(ConfigError, match=r"trainer\.sp_size"):
             sequence_parallel.check_model(c, sp, "sdpa")
 
 
 def test_uncovered_attention_names_its_key():
     from transformers import Qwen2Config
 
-    with pytest.raises(ValueError, match=r"model\.attn_implementation"):
+    with pytest.raises(ConfigError, match=r"model\.attn_implementation"):
         sequence_parallel.check_model(Qwen2Config(), 2, "flex_attention")
 
 
