@@ -90,10 +90,12 @@ def dp_coords(sp_size: int) -> tuple[int, int]:
 def check_model(model_config, sp_size: int, attn_implementation: str) -> None:
     """Checks that need the model's config (read before the weights load): heads and KV heads
     against s, and an attention implementation the patch covers. Each error names its key."""
+    from skyexp.config import ConfigError
+
     if sp_size <= 1:
         return
     if attn_implementation not in COVERED:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'model.attn_implementation': '{attn_implementation}' is not covered by "
             f"the Ulysses attention (trainer.sp_size={sp_size}); use one of {', '.join(COVERED)}"
         )
@@ -101,12 +103,12 @@ def check_model(model_config, sp_size: int, attn_implementation: str) -> None:
     heads = c.num_attention_heads
     kv = getattr(c, "num_key_value_heads", None) or heads
     if heads % sp_size:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'trainer.sp_size': {sp_size} does not divide the model's "
             f"{heads} attention heads (model.path)"
         )
     if kv % sp_size and sp_size % kv:
-        raise ValueError(
+        raise ConfigError(
             f"config key 'trainer.sp_size': {sp_size} and the model's {kv} KV heads: one must "
             f"divide the other (KV heads are split over the group, or replicated s / kv times)"
         )
