@@ -19,7 +19,9 @@ so machine load hits them alike.
   spS one row split over the S ranks (trainer.sp_size=S; skyexp.model.sequence_parallel). Same
   sharding and optimizer state per rank (AdamW's moments made before the baseline, as in every
   step after the first), so the per-rank peak above the loaded baseline differs by what SP
-  changes: the activations. Prints each rank's peak; the table takes the larger.
+  changes: the activations. Prints each rank's peak; the table takes the larger. Two
+  figures: peak RSS (ru_maxrss, fragmentation of the heap included) and the peak of live heap
+  bytes (LiveHeap: glibc's count of what is allocated, sampled each millisecond).
 - trl: trl.trainer.utils.add_fused_lm_head(model, outputs=("log_probs", "entropy")) then
   GRPOTrainer._get_per_token_logps_and_entropies(..., compute_entropy=True) -- exactly the calls
   GRPOTrainer.__init__ and GRPOTrainer._compute_loss make (TRL 1.16: its own chunked fused head,
@@ -142,6 +144,48 @@ def trl_update(model, ro, device) -> None:
     opt.step()
 
 
+class LiveHeap:
+    """Peak bytes malloc has handed out and not taken back (glibc mallinfo2: heap in use +
+    mmapped blocks), sampled every millisecond by a thread while torch runs without the GIL:
+    the live memory without what the heap's fragmentation keeps resident (which ru_maxrss
+    counts). None where the C library has no mallinfo2."""
+
+    def __init__(self) -> None:
+        import ctypes
+        import threading
+
+        class Info(ctypes.Structure):
+            _fields_ = [(n, ctypes.c_size_t) for n in (
+                "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks",
+                "uordblks", "fordblks", "keepcost")]
+
+        try:
+            fn = ctypes.CDLL("libc.so.6").mallinfo2
+        except (OSError, AttributeError):
+            self.fn = None
+            return
+        fn.restype = Info
+        self.fn, self.peak, self.stop = fn, 0, threading.Event()
+        self.base = self.now()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def now(self) -> int:
+        m = self.fn()
+        return m.uordblks + m.hblkhd
+
+    def _run(self) -> None:
+        while not self.stop.wait(0.001):
+            self.peak = max(self.peak, self.now())
+
+    def above_gb(self) -> float | None:
+        if self.fn is None:
+            return None
+        self.stop.set()
+        self.thread.join()
+        return round((self.peak - self.base) / 2**30, 3)
+
+
 def one(a: argparse.Namespace) -> dict:
     """The case a.path at a.length, in this process; returns its measurements."""
     torch.set_num_threads(a.threads)
@@ -165,6 +209,7 @@ def one(a: argparse.Namespace) -> dict:
         a.opt.zero_grad(set_to_none=True)
         distributed.barrier()
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    live = LiveHeap() if a.path.startswith("sp") else None
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() / 2**30
@@ -187,12 +232,15 @@ def one(a: argparse.Namespace) -> dict:
         "before_gb": round(before, 3),
         "time_s": round(secs, 2),
     }
+    if live is not None:
+        out["live_above_gb"] = live.above_gb()
     if a.path.startswith("sp"):  # every rank's, in rank order, on rank 0's last line
         from skyexp import distributed
 
         ranks = distributed.all_gather_objects(out)
         worst = max(ranks, key=lambda r: r["peak_gb"] - r["before_gb"])
         out = {**worst, "above_gb": round(worst["peak_gb"] - worst["before_gb"], 3),
+               "live_above_gb": max(r.get("live_above_gb") or 0.0 for r in ranks),
                "time_s": max(r["time_s"] for r in ranks), "ranks": ranks}
         distributed.teardown()
     return out
@@ -263,14 +311,17 @@ def sp_table(rows: list[dict], lengths: list[int], paths: list[str]) -> str:
     """Per-rank peak above the loaded baseline and the update's time, sp1 against spS."""
     by = {(r["path"], r["length"]): r for r in rows}
     one, many = paths
-    lines = [f"| response tokens | {one}: GB above baseline (s) | {many}: GB above baseline (s) "
-             f"| {many} / {one} memory | {many} / {one} time |", "|---|---|---|---|---|"]
+    lines = [f"| response tokens | {one}: GB above baseline, RSS / live (s) | {many}: same "
+             f"| {many} / {one} memory, RSS / live | {many} / {one} time |",
+             "|---|---|---|---|---|"]
     for n in lengths:
         a, b = by.get((one, n), {}), by.get((many, n), {})
-        cells = [f"{r['above_gb']:.3f} ({r['time_s']:.1f})" if "above_gb" in r
-                 else r.get("error", "-") for r in (a, b)]
+        cells = [f"{r['above_gb']:.3f} / {r.get('live_above_gb') or 0:.3f} ({r['time_s']:.1f})"
+                 if "above_gb" in r else r.get("error", "-") for r in (a, b)]
         ok = "above_gb" in a and "above_gb" in b
         mem = f"{b['above_gb'] / a['above_gb']:.2f}" if ok else "-"
+        if ok and a.get("live_above_gb"):
+            mem += f" / {b['live_above_gb'] / a['live_above_gb']:.2f}"
         tim = f"{b['time_s'] / a['time_s']:.2f}" if ok else "-"
         lines.append(f"| {n:,} | {cells[0]} | {cells[1]} | {mem} | {tim} |")
     return "\n".join(lines)
