@@ -92,29 +92,38 @@ def make_rollout(length: int):
 def sp_update(a: argparse.Namespace, model, ro) -> None:
     """One update of the row under torchrun (see the module docstring, spS)."""
     from skyexp import distributed
-    from skyexp.config import AlgoConfig, EntropyConfig
-    from skyexp.rl.objective import make_loss_spec
+    from skyexp.config import Config
+    from skyexp.config.algorithm import build_algorithm
+    from skyexp.model.layout import ForwardSettings
+    from skyexp.rl.objective import LossSpec
     from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update
 
     d = a.dist
-    opt = a.opt
-    spec = make_loss_spec(AlgoConfig(), EntropyConfig(), 0.0, 0.0)
+    spec = LossSpec.of(build_algorithm(Config()), 0.0)
     batch = UpdateBatch(ro, torch.ones(1), torch.ones(1))
-    settings = UpdateSettings(1, 1.0, d.world_size, d.device, logprob_chunk=a.chunk,
-                              padding_free=True, sp_size=a.sp_size)
-    rl_update(model, opt, batch, spec, settings)
+    fwd = ForwardSettings(1, d.device, logprob_chunk=a.chunk, padding_free=True,
+                          sp_size=a.sp_size)
+    rl_update(model, a.opt, batch, spec, UpdateSettings(fwd, 1.0, d.world_size))
     distributed.barrier()
 
 
 def skyexp_update(model, ro, device, chunk: int) -> None:
-    from skyexp.config import AlgoConfig, EntropyConfig
-    from skyexp.rl.objective import make_loss_spec
+    from skyexp.config import Config
+    from skyexp.config.algorithm import build_algorithm
+    from skyexp.model.layout import ForwardSettings
+    from skyexp.rl.objective import LossSpec
     from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update
 
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6)
-    spec = make_loss_spec(AlgoConfig(), EntropyConfig(), 0.0, 0.0)
+    spec = LossSpec.of(build_algorithm(Config()), 0.0)
     batch = UpdateBatch(ro, torch.ones(1), torch.ones(1))
-    rl_update(model, opt, batch, spec, UpdateSettings(1, 1.0, 1, device, logprob_chunk=chunk))
+    rl_update(
+        model,
+        opt,
+        batch,
+        spec,
+        UpdateSettings(ForwardSettings(1, device, logprob_chunk=chunk), 1.0),
+    )
 
 
 def trl_update(model, ro, device) -> None:

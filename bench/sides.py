@@ -57,11 +57,13 @@ class SkyexpSide:
 
     def __init__(self, work: Work, cache_dir: str, threads: int, run_dir: Path):
         from skyexp import distributed
+        from skyexp.config.algorithm import build_algorithm
         from skyexp.config.stages import plan_run
         from skyexp.data import load_task
         from skyexp.model import loading
-        from skyexp.rl.lifecycle import make_optimizer, make_sampler
-        from skyexp.rl.state import RunState
+        from skyexp.rl.boundaries import make_optimizer, make_sampler
+        from skyexp.rl.state import Counters, Live, Run
+        from skyexp.rl.update import UpdateSettings
         from skyexp.rollout import engine_for
 
         self.cfg = cfg = compose_config(work, cache_dir, threads)
@@ -76,7 +78,7 @@ class SkyexpSide:
         # optimizer, LR schedule and prompt sampler, as train.setup() builds them
         opt, sched = make_optimizer(cfg, policy)
         problems = load_task(cfg.data).train
-        self.run = RunState(
+        self.run = Run(
             cfg,
             d,
             run_dir,
@@ -88,9 +90,12 @@ class SkyexpSide:
             NullLogger(),
             opt,
             sched,
-            make_sampler(cfg, problems, d.rank, d.world_size),
             problems,
-            entropy_coef=cfg.entropy.coef,
+            build_algorithm(cfg),
+            UpdateSettings.of(cfg, d.world_size, d.device),
+            [],
+            Counters(entropy_coef=cfg.entropy.coef),
+            Live(make_sampler(cfg, problems, d.rank, d.world_size)),
         )
         policy.train()
         self.stage = self.run.plan.stages[0]
@@ -104,7 +109,7 @@ class SkyexpSide:
         t = time.perf_counter()
         m = rl_step(self.run, self.stage).metrics
         step_s = time.perf_counter() - t
-        self.run.rl_step += 1
+        self.run.counters.rl_step += 1
         ro = self.engine.last
         rec = {
             "step_s": step_s,

@@ -11,7 +11,7 @@ __all__ = ["main", "register_schema"]
 
 def _train(cfg, run_dir, plain):
     from skyexp import launch
-    from skyexp.rl.lifecycle import Stopped
+    from skyexp.rl.faults import Stopped
 
     if launch.wants_torchrun(cfg.trainer.nproc_per_node):  # e.g. a Slurm job: torchrun across this node's GPUs
         return launch.run_torchrun(cfg.trainer.nproc_per_node, launch.job_overrides(), run_dir)

@@ -7,7 +7,7 @@ Training checkpoints live in `<run dir>/checkpoints/step_<rl step>/`:
                     one file per rank plus .metadata (loadable onto another number of ranks)
     rank_<r>.pt     what is private to rank r: every RNG (torch, python, numpy, CUDA, the rollout
                     engine's sampler)
-    state.json      everything else, as written by skyexp.rl.lifecycle: stage, step, data-sampler
+    state.json      everything else, as written by skyexp.rl.resume: stage, step, data-sampler
                     position, prompts dropped at stage boundaries, entropy-controller state, LR
                     scheduler, W&B run id, the config
     DONE            written last, before the rename

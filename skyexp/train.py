@@ -22,6 +22,7 @@ import torch
 from skyexp import checkpoint, distributed, plots
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, ConfigError, check_world
+from skyexp.config.algorithm import build_algorithm
 from skyexp.config.stages import plan_run
 from skyexp.data import fit_task, load_task
 from skyexp.evaluation.benchmarks import load_problems
@@ -29,9 +30,11 @@ from skyexp.evaluation.estimators import EvalResult
 from skyexp.model import loading
 from skyexp.records import Problem
 from skyexp.rewards import build_reward
-from skyexp.rl import lifecycle, sft
+from skyexp.rl import boundaries, faults, sft
 from skyexp.rl.loop import evaluate, run_rl
-from skyexp.rl.state import RunState
+from skyexp.rl.resume import SavedEval, restore, rewind_logs
+from skyexp.rl.state import Counters, Live, Run
+from skyexp.rl.update import UpdateSettings
 from skyexp.rollout import engine_for
 from skyexp.tracking import git_commit, make_logger, use_bars
 
@@ -42,7 +45,7 @@ log = logging.getLogger("skyexp")
 class Setup:
     """What `setup` made: the run state and where the run starts from."""
 
-    run: RunState
+    run: Run
     resume: Path | None  # the checkpoint to continue from
     base: str  # the model RL would start from without SFT (hub id, directory, or the tiny model)
     sft_dir: Path  # the SFT result's cache directory for this config
@@ -55,7 +58,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     """Run the whole experiment; return (and, on rank 0, write) the summary."""
     s = setup(cfg, run_dir, config_dict)
     try:
-        before: EvalResult | lifecycle.SavedEval | None = None
+        before: EvalResult | SavedEval | None = None
         if not s.resume:
             sft_phase(s)
         reference_phase(s)
@@ -63,7 +66,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
             before = eval_before_phase(s)
         stopped, before = rl_phase(s, before)
         if stopped:
-            raise lifecycle.stopped(stopped, s.run, checkpoint.complete_checkpoints(s.run.run_dir)[-1])
+            raise faults.stopped(stopped, s.run, checkpoint.complete_checkpoints(s.run.run_dir)[-1])
         return finish(s, before)
     finally:
         s.run.logger.close()
@@ -72,7 +75,7 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
 
 def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None) -> Setup:
     """Ranks, run directory, seeds, data, tokenizer, reward pool, policy, engine, logger,
-    optimizer and sampler: everything the phases share, in one RunState."""
+    optimizer and sampler: everything the phases share, in one Run."""
     t0 = time.time()
     d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic,
                           cfg.trainer.sp_size)
@@ -99,12 +102,12 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         raise
     saved = checkpoint.read_state(resume) if resume else {}
     if cfg.trainer.resume and d.is_main:  # rows logged after the checkpoint (all of them without one) go
-        lifecycle.rewind_logs(run_dir, saved.get("global_step", 0))
+        rewind_logs(run_dir, saved.get("counters", {}).get("global_step", 0))
     logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id"))
-    opt, sched = lifecycle.make_optimizer(cfg, policy)
-    run = RunState(cfg, d, run_dir, plan_run(cfg), tokenizer, policy, engine, reward, logger, opt, sched,
-                   lifecycle.make_sampler(cfg, task.train, d.dp_rank, d.dp_size), task.train, eval_problems,
-                   entropy_coef=cfg.entropy.coef)
+    opt, sched = boundaries.make_optimizer(cfg, policy)
+    run = Run(cfg, d, run_dir, plan_run(cfg), tokenizer, policy, engine, reward, logger, opt, sched, task.train,
+              build_algorithm(cfg), UpdateSettings.of(cfg, d.world_size, d.device), eval_problems,
+              Counters(entropy_coef=cfg.entropy.coef), Live(boundaries.make_sampler(cfg, task.train, d.dp_rank, d.dp_size)))
     summary: dict[str, Any] = {"world_size": d.world_size, "params": loading.num_params(policy), "rollout": cfg.rollout.name,
                                "git_commit": git_commit(),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...
@@ -134,41 +137,41 @@ def sft_phase(s: Setup) -> None:
 def reference_phase(s: Setup) -> None:
     """The frozen KL reference: the policy RL starts from (after SFT), loaded only with a KL term."""
     if s.run.cfg.algo.kl_coef > 0:
-        s.run.ref = loading.load_reference(_reference_path(s.run.cfg, s.base, s.sft_dir), s.run.cfg, s.run.d)
+        s.run.live.ref = loading.load_reference(_reference_path(s.run.cfg, s.base, s.sft_dir), s.run.cfg, s.run.d)
 
 
 def eval_before_phase(s: Setup) -> EvalResult | None:
     with _phase(s.summary, "eval_before"):
         before = evaluate(s.run, "before") if s.run.cfg.eval.before else None
-    s.run.pre_rl = {**s.summary, "before_pass_at": before.pass_at if before else None}
+    s.run.counters.pre_rl = {**s.summary, "before_pass_at": before.pass_at if before else None}
     return before
 
 
-def rl_phase(s: Setup, before: EvalResult | lifecycle.SavedEval | None
-             ) -> tuple[str | None, EvalResult | lifecycle.SavedEval | None]:
+def rl_phase(s: Setup, before: EvalResult | SavedEval | None
+             ) -> tuple[str | None, EvalResult | SavedEval | None]:
     """The RL stages (restored from the checkpoint first when resuming). Returns (why it stopped
     early or None, the evaluation before RL: this run's, or the one the checkpoint remembers)."""
     run = s.run
     with _phase(s.summary, "rl"):
         if s.resume:
-            lifecycle.restore(run, s.resume)  # last: it sets every RNG
-            s.summary.update({k: v for k, v in run.pre_rl.items() if k != "before_pass_at"}, world_size=run.d.world_size,
+            restore(run, s.resume)  # last: it sets every RNG
+            s.summary.update({k: v for k, v in run.counters.pre_rl.items() if k != "before_pass_at"}, world_size=run.d.world_size,
                              resumed_from=str(s.resume))
-            if run.pre_rl.get("before_pass_at"):
-                before = lifecycle.SavedEval({int(k): v for k, v in run.pre_rl["before_pass_at"].items()})
-        with lifecycle.SigtermFlag() as sigterm:
+            if run.counters.pre_rl.get("before_pass_at"):
+                before = SavedEval({int(k): v for k, v in run.counters.pre_rl["before_pass_at"].items()})
+        with faults.SigtermFlag() as sigterm:
             stopped = run_rl(run, sigterm)
     return stopped, before
 
 
-def finish(s: Setup, before: EvalResult | lifecycle.SavedEval | None) -> dict[str, Any]:
+def finish(s: Setup, before: EvalResult | SavedEval | None) -> dict[str, Any]:
     """Evaluation after RL, the exported model, the summary (and on rank 0 its files)."""
     run, cfg = s.run, s.run.cfg
     with _phase(s.summary, "eval_after"):
         after = evaluate(run, "after") if cfg.eval.after else None
     if cfg.trainer.save_final:
-        export_hf(run.policy, run.tokenizer, run.run_dir / "final", run.d, {"rl_steps": run.rl_step})
-    s.summary.update(_summarise(run, before, after, time.time() - s.t0), skipped_steps=run.skipped_steps)
+        export_hf(run.policy, run.tokenizer, run.run_dir / "final", run.d, {"rl_steps": run.counters.rl_step})
+    s.summary.update(_summarise(run, before, after, time.time() - s.t0), skipped_steps=run.counters.skipped_steps)
     if run.d.is_main:
         _write_outputs(run, s.summary, before, after)
     return s.summary
@@ -212,9 +215,9 @@ def _phase(summary: dict[str, Any], name: str):
     summary[f"time_s/{name}"] = round(time.perf_counter() - t, 2)
 
 
-def _summarise(run: RunState, before: EvalResult | None, after: EvalResult | None, wall: float) -> dict[str, Any]:
-    h = run.history
-    out: dict[str, Any] = {"wall_s": round(wall, 1), "rl_steps": run.rl_step}
+def _summarise(run: Run, before: EvalResult | None, after: EvalResult | None, wall: float) -> dict[str, Any]:
+    h = run.counters.history
+    out: dict[str, Any] = {"wall_s": round(wall, 1), "rl_steps": run.counters.rl_step}
     if h:
         k = max(1, min(10, len(h) // 5))  # average a few steps: single-step entropy is noisy
         out["entropy_start"] = sum(x.entropy for x in h[:k]) / k
@@ -228,10 +231,10 @@ def _summarise(run: RunState, before: EvalResult | None, after: EvalResult | Non
     return out
 
 
-def _write_outputs(run: RunState, summary: dict[str, Any], before: EvalResult | None, after: EvalResult | None) -> None:
-    steps = [x.rl_step for x in run.history]
+def _write_outputs(run: Run, summary: dict[str, Any], before: EvalResult | None, after: EvalResult | None) -> None:
+    steps = [x.rl_step for x in run.counters.history]
     if steps:
-        plots.plot_entropy(steps, [x.entropy for x in run.history], [x.reward for x in run.history],
+        plots.plot_entropy(steps, [x.entropy for x in run.counters.history], [x.reward for x in run.counters.history],
                            run.run_dir / "entropy.png")
     curves = {f"{lbl} RL": r.pass_at for lbl, r in (("before", before), ("after", after)) if r is not None}
     if curves:

@@ -145,66 +145,44 @@ def tiny_sweep(tmp_path_factory) -> Path:
     return sweep
 
 
-def update(
-    model,
-    opt,
-    ro,
-    adv,
-    weights,
-    algo,
-    coef,
-    mb,
-    grad_clip,
-    world_size=1,
-    device=None,
-    *,
-    old_logprobs=None,
-    entropy=None,
-    ref_logprobs=None,
-    kl_coef=0.0,
-    rule="none",
-    rule_params=None,
-    max_response_len=None,
-    is_weights=None,
-    share_prompts=False,
-    logprob_chunk=1024,
-    max_tokens=0,
-    padding_free=False,
-):
-    """skyexp.rl.update.rl_update from the test-friendly argument list the tests were written
-    with: the LossSpec built as one RL step builds it (token rule parameters as entropy.* keys)."""
+def loss_spec(algo=None, coef=0.0, kl_coef=0.0, rule="none", **rule_params):
+    """The LossSpec one RL step builds for these algo.* values and token rule (its parameters as
+    entropy.* keys), with the entropy bonus `coef` and a KL loss weight `kl_coef`."""
+    import dataclasses
+
+    from skyexp.config import AlgoConfig, Config, EntropyConfig
+    from skyexp.config.algorithm import build_algorithm
+    from skyexp.rl.objective import LossSpec
+
+    alg = build_algorithm(
+        Config(algo=algo or AlgoConfig(), entropy=EntropyConfig(token_rule=rule, **rule_params))
+    )
+    return dataclasses.replace(LossSpec.of(alg, coef), kl_coef=kl_coef)
+
+
+def update_settings(micro_batch_size, grad_clip=0.0, algo=None, world_size=1, device=None, **fwd):
+    """UpdateSettings with algo's epochs and mini-batches; `fwd`: ForwardSettings' other fields
+    (share_prompts, logprob_chunk, max_tokens, padding_free)."""
     import torch
 
-    from skyexp.config import EntropyConfig
-    from skyexp.rl.objective import make_loss_spec
-    from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update
+    from skyexp.config import AlgoConfig
+    from skyexp.model.layout import ForwardSettings
+    from skyexp.rl.update import UpdateSettings
 
-    spec = make_loss_spec(
-        algo, EntropyConfig(token_rule=rule, **(rule_params or {})), coef, kl_coef
-    )
-    batch = UpdateBatch(
-        ro, adv, weights, old_logprobs, entropy, ref_logprobs, is_weights, max_response_len or 0
-    )
-    settings = UpdateSettings(
-        mb,
-        grad_clip,
-        world_size,
-        device or torch.device("cpu"),
-        algo.ppo_epochs,
-        algo.mini_batches,
-        share_prompts,
-        logprob_chunk,
-        max_tokens,
-        padding_free,
-    )
-    return rl_update(model, opt, batch, spec, settings)
+    algo = algo or AlgoConfig()
+    f = ForwardSettings(micro_batch_size, device or torch.device("cpu"), **fwd)
+    return UpdateSettings(f, grad_clip, world_size, algo.ppo_epochs, algo.mini_batches)
+
+
+def algorithm(**algo):
+    """The run's bound Algorithm for these algo.* values (defaults elsewhere)."""
+    from skyexp.config import AlgoConfig, Config
+    from skyexp.config.algorithm import build_algorithm
+
+    return build_algorithm(Config(algo=AlgoConfig(**algo)))
 
 
 def estimator(name, **algo):
     """ADVANTAGES[name] with its algo.* parameters bound as a run binds them (defaults unless
     given)."""
-    from skyexp.algos.advantages import ADVANTAGES
-    from skyexp.config import AlgoConfig
-    from skyexp.config.names import bind
-
-    return bind(ADVANTAGES[name], {"algo": AlgoConfig(**algo)}, name)
+    return algorithm(advantage=name, **algo).advantage

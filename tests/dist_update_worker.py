@@ -10,12 +10,13 @@ from __future__ import annotations
 import sys
 
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp import distributed
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.model.loading import load_model
 from skyexp.records import Rollout
+from skyexp.rl.update import UpdateBatch, rl_update
 
 
 def main(model_dir: str, batch_path: str, out_path: str) -> None:
@@ -44,25 +45,26 @@ def main(model_dir: str, batch_path: str, out_path: str) -> None:
         distributed.shard(policy, d)
         opt = torch.optim.SGD(policy.parameters(), lr=1.0)
         ref = data["ref"][rows] if case.get("kl_coef") else None
-        stats = update(
-            policy,
-            opt,
-            local,
-            data["adv"][rows],
-            data["weights"][rows],
-            AlgoConfig(**case["algo"]),
-            case.get("coef", 0.0),
+        algo = AlgoConfig(**case["algo"])
+        batch = UpdateBatch(local, data["adv"][rows], data["weights"][rows], ref_logprobs=ref,
+                            max_response_len=case.get("max_len") or 0)
+        settings = update_settings(
             case["micro_batch_size"],
             0.0,
+            algo,
             d.world_size,
             d.device,
-            ref_logprobs=ref,
-            kl_coef=case.get("kl_coef", 0.0),
-            max_response_len=case.get("max_len"),
             share_prompts=case.get("share", False),
             logprob_chunk=case.get("chunk", 1024),
             max_tokens=case.get("max_tokens", 0),
             padding_free=case.get("padding_free", False),
+        )
+        stats = rl_update(
+            policy,
+            opt,
+            batch,
+            loss_spec(algo, case.get("coef", 0.0), case.get("kl_coef", 0.0)),
+            settings,
         )
         state = get_model_state_dict(
             policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True)

@@ -17,8 +17,11 @@ Their per-token returns are whitened over the tokens of the whole training batch
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
+
+from skyexp.algos.passk import passk_best, passk_chen, pkpo  # pass@k training (issue 19)
 
 
 def equal_groups(rewards: torch.Tensor) -> torch.Tensor:
@@ -140,21 +143,40 @@ def reinforce_pp_tokens(rewards: torch.Tensor, token_kl: torch.Tensor, mask: tor
     return whiten(g, mask, mean, std, eps)
 
 
+class Estimator(NamedTuple):
+    """A registered advantage estimator and what it needs of a group (checked against every
+    stage's n at config validation, skyexp.config.stages)."""
+
+    fn: Callable[..., torch.Tensor]  # rewards [B, n] -> advantages [B, n]; config values by keyword
+    min_n: int = 1  # samples per prompt it needs
+    # the largest algo.passk_k it takes at n samples, and why (None: it reads no k)
+    max_k: Callable[[int], tuple[int, str]] | None = None
+
+
+def _k_at_most_n(n: int) -> tuple[int, str]:
+    return n, "is more than the samples per prompt"
+
+
+def _k_below_n(n: int) -> tuple[int, str]:
+    return n - 1, ("must be below the samples per prompt: k = n leaves one k-subset per group and every "
+                   "advantage is 0 (use k < n, or algo.advantage=passk_best for pass@n)")
+
+
 # Registered estimators take their config values as keyword-only parameters named as the algo.*
-# keys (norm_by_std, adv_eps), bound at lookup by skyexp.config.names.bind.
-ADVANTAGES: dict[str, Callable[..., torch.Tensor]] = {
-    "rloo": rloo,
-    "grpo": grpo,
-    "dr_grpo": dr_grpo,
-    "reinforce_pp": reinforce_pp,
-    "reinforce_pp_seq": reinforce_pp,  # sequence-level also with the KL in the reward (an ablation; see its docstring)
+# keys (norm_by_std, adv_eps, passk_k), bound by skyexp.config.algorithm.build_algorithm.
+ADVANTAGES: dict[str, Estimator] = {
+    "rloo": Estimator(rloo, min_n=2),  # the leave-one-out baseline needs another sample
+    "grpo": Estimator(grpo),
+    "dr_grpo": Estimator(dr_grpo),
+    "reinforce_pp": Estimator(reinforce_pp),
+    # sequence-level also with the KL in the reward (an ablation; see reinforce_pp's docstring)
+    "reinforce_pp_seq": Estimator(reinforce_pp),
+    "passk_chen": Estimator(passk_chen, min_n=2, max_k=_k_below_n),
+    "pkpo": Estimator(pkpo, min_n=2, max_k=_k_at_most_n),
+    "passk_best": Estimator(passk_best, min_n=2),  # pass@n: reads no k
 }
 
 # Token-level forms, used instead of ADVANTAGES[name] when the KL penalty is in the reward.
 TOKEN_RETURNS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
     "reinforce_pp": reinforce_pp_returns,
 }
-
-from skyexp.algos.passk import passk_best, passk_chen, pkpo  # noqa: E402  (pass@k training, issue 19)
-
-ADVANTAGES.update({"passk_chen": passk_chen, "pkpo": pkpo, "passk_best": passk_best})

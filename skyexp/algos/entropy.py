@@ -27,7 +27,7 @@ def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 4
 # Controllers: (coef, entropy, params) -> (next coef, coef in force this step).
 # `entropy` is this step's mean token entropy of the sampling policy over the tokens that train,
 # known before the update (the rollout carries it), so no controller lags a step behind.
-# The coefficient is the controller's whole state (RunState.entropy_coef, saved with a checkpoint).
+# The coefficient is the controller's whole state (Counters.entropy_coef, saved with a checkpoint).
 # A controller's keyword-only parameters are entropy.* config keys of the same name, bound at
 # lookup (skyexp.config.names.bind). Token-level mechanisms (clip_cov, kl_cov,
 # high_entropy_tokens) are `entropy.token_rule`s in skyexp.algos.token_rules; both compose.

@@ -1,5 +1,5 @@
 """Policy losses other than PPO's per-token clipped surrogate, chosen by `algo.policy_loss`
-(`ppo` keeps the token rule's loss, skyexp.algos.token_rules). Each is
+(and PPO's own, `ppo`, which a token rule of skyexp.algos.token_rules may replace). Each is
 
   loss(logp, old_logp, adv, mask, *, clip_low, clip_high) -> (per-token loss [N, T], stats)
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import torch
 
-from skyexp.algos.losses import LOG_RATIO_CAP
+from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss
 
 
 def _stats(ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor, clip_low: float,
@@ -96,8 +96,15 @@ def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ma
     return loss, st
 
 
-POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None] = {
-    "ppo": None,  # the token rule's loss (PPO's clipped surrogate unless entropy.token_rule replaces it)
+def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip_low: float,
+             clip_high: float, clip_c: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """PPO's per-token clipped surrogate (skyexp.algos.losses.clipped_policy_loss, dual clip with
+    clip_c > 1); the mask is not needed. An `entropy.token_rule` with a loss of its own replaces it."""
+    return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
+
+
+POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {
+    "ppo": ppo_loss,
     "gspo": gspo_loss,
     "gspo_token": gspo_token_loss,
     "cispo": cispo_loss,

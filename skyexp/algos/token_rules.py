@@ -125,14 +125,15 @@ def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c):
 
 
 class TokenRule(NamedTuple):
-    select: Callable[..., torch.Tensor] | None
-    loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    select: Callable[..., torch.Tensor] | None  # None: no selection
+    # the loss that replaces PPO's clipped surrogate; None: the policy loss stays algo.policy_loss's
+    loss: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]] | None
     # True when selected tokens get a gradient even with zero advantage, so rows holding them
     # must go through the forward pass.
     grads_zero_advantage: bool = False
 
 
-PLAIN = TokenRule(None, plain_loss)
+PLAIN = TokenRule(None, None)  # no selection, and the policy loss is algo.policy_loss's
 TOKEN_RULES: dict[str, TokenRule] = {
     "none": PLAIN,
     "clip_cov": TokenRule(clip_cov_select, clip_cov_loss),

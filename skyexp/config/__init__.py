@@ -1,5 +1,6 @@
-"""The configuration wing: typed schemas (schema, data, eval), the registries' names (names), the
-RL stage plan (stages) and every check (validate). Import the public names from here."""
+"""The configuration wing: typed schemas (schema, data, eval), the algorithm bound once
+(algorithm: build_algorithm, imported on use, it brings torch), `bind` (names), the RL stage plan
+(stages) and every check (validate). Import the public names from here."""
 
 from skyexp.config.checks import check_world, to_typed, validate
 from skyexp.config.data import (

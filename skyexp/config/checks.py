@@ -5,13 +5,16 @@ the number of ranks. Each failure raises ConfigError naming the offending key.""
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Iterable
+
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
-from skyexp.config.names import bind, registry, registry_names
+from skyexp.config.names import DATA_SOURCES, REWARD_TERMS, ROLLOUT_ENGINES
 from skyexp.config.parallel import check_parallel_world, validate_parallel
 from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import (
@@ -49,44 +52,39 @@ def _check(cond: bool, key: str, msg: str) -> None:
         raise ConfigError(f"config key '{key}': {msg}")
 
 
-def _check_name(value: str, key: str, kind: str) -> None:
-    names = registry_names(kind)
+def _check_name(value: str, key: str, names: Iterable[str]) -> None:
+    names = sorted(names)
     _check(value in names, key, f"unknown value '{value}'; valid options: {', '.join(names)}")
 
 
 def validate(c: Config) -> None:
-    """Cross-field checks of every group. Each failure names the offending key."""
+    """Cross-field checks of every group. Each failure names the offending key. The algorithm is
+    built first (skyexp.config.algorithm): every registered name and bound parameter is checked
+    there, and each estimator's constraints against every stage's samples in the stage checks."""
+    # imported here, not when skyexp.config is: it imports torch (the algos' registries)
+    from skyexp.config.algorithm import build_algorithm, check_labels
+
+    algorithm = build_algorithm(c)
+    check_labels(c)
     validate_algo(c.algo)
     validate_old_logprobs(c)
     validate_entropy(c)
-    _check_name(c.rollout.name, "rollout.name", "rollout")
-    _check_name(c.data.source, "data.source", "data")
-    validate_reward(c.reward)
+    _check_name(c.rollout.name, "rollout.name", ROLLOUT_ENGINES)
+    _check_name(c.data.source, "data.source", DATA_SOURCES)
+    validate_reward(c.reward, REWARD_TERMS)
     validate_model_trainer(c)
     validate_rollout(c)
     validate_eval(c.eval, _check)
-    validate_data(c.data, _check, _check_name)
+    validate_data(c.data, _check, functools.partial(_check_name, names=DATA_SOURCES))
     validate_sft(c.sft, _check)
     validate_jobs(c.filter, c.distill, _check)
     validate_logger(c)
     validate_ranges(c, _check)
-    validate_schedule(c, _check)
+    validate_schedule(c, _check, algorithm.estimator)
     validate_parallel(c, _check)
 
 
 def validate_algo(a: AlgoConfig) -> None:
-    _check_name(a.advantage, "algo.advantage", "algo")
-    bind(registry("algo")[a.advantage], {"algo": a}, f"algo.advantage '{a.advantage}'")
-    _check(a.name not in registry_names("algo") or a.name == a.advantage, "algo.name",
-           f"'{a.name}' names an advantage estimator but algo.advantage is '{a.advantage}': pick the preset "
-           f"(algo={a.name}) or set algo.advantage={a.name}")
-    _check_name(a.loss_agg, "algo.loss_agg", "loss_agg")
-    _check_name(a.filter_groups, "algo.filter_groups", "filter")
-    bind(registry("filter")[a.filter_groups], {"algo": a}, f"algo.filter_groups '{a.filter_groups}'")
-    _check_name(a.kl_estimator, "algo.kl_estimator", "kl")
-    _check(a.kl_mode in ("loss", "reward"), "algo.kl_mode", f"'{a.kl_mode}' is not loss or reward")
-    _check(a.old_logprobs in ("rollout", "recompute", "auto"), "algo.old_logprobs",
-           f"'{a.old_logprobs}' is not rollout, recompute or auto")
     _check(0 <= a.filter_low <= a.filter_high <= 1, "algo.filter_low", "needs 0 <= filter_low <= filter_high <= 1")
     _check(not a.dynamic_sampling or a.filter_groups != "none", "algo.dynamic_sampling",
            "needs a group filter (algo.filter_groups) to decide which groups count")
@@ -98,17 +96,13 @@ def validate_algo(a: AlgoConfig) -> None:
     _check(a.ppo_epochs >= 1, "algo.ppo_epochs", "must be >= 1")
     _check(a.mini_batches >= 1, "algo.mini_batches", "must be >= 1")
     _check(a.kl_coef >= 0, "algo.kl_coef", "must be >= 0")
-    _check_name(a.rollout_is, "algo.rollout_is", "rollout_is")
     _check(a.rollout_is_cap >= 1, "algo.rollout_is_cap", "must be >= 1 (weights above it are truncated to it)")
     validate_loss_and_resets(a)
 
 
 def validate_loss_and_resets(a: AlgoConfig) -> None:
-    """The estimator's bound parameters, the policy loss, ProRL resets. (k against each stage's n:
-    skyexp.config.stages.)"""
-    bind(registry("algo")[a.advantage], {"algo": a}, f"algo.advantage '{a.advantage}'")
+    """The policy loss, ProRL resets. (k against each stage's n: skyexp.config.stages.)"""
     _check(a.passk_k >= 1, "algo.passk_k", "must be >= 1")
-    _check_name(a.policy_loss, "algo.policy_loss", "policy_loss")
     _check(a.policy_loss not in SEQUENCE_MEAN_LOSSES or a.loss_agg == "seq-mean-token-mean", "algo.loss_agg",
            f"algo.policy_loss={a.policy_loss} is a mean over sequences (arXiv 2507.18071); '{a.loss_agg}' would weigh "
            "rows by their length: set algo.loss_agg=seq-mean-token-mean")
@@ -133,9 +127,9 @@ def validate_old_logprobs(c: Config) -> None:
            "set algo.old_logprobs=recompute (or auto, as conf/algo/gspo.yaml does)")
 
 
-def validate_reward(r: RewardConfig) -> None:
+def validate_reward(r: RewardConfig, terms: Iterable[str]) -> None:
     for term in r.terms:
-        _check_name(term, f"reward.terms.{term}", "reward_term")
+        _check_name(term, f"reward.terms.{term}", terms)
     _check(any(w != 0 for w in r.terms.values()), "reward.terms", "needs at least one term with a nonzero weight")
     _check(0 < r.overlong_buffer <= 1, "reward.overlong_buffer", "must be in (0, 1] (a share of max_response_len)")
     _check(len(r.cos_correct) == 2 and len(r.cos_wrong) == 2, "reward.cos_correct",
@@ -184,18 +178,8 @@ def check_world(c: Config, world_size: int) -> None:
 
 
 def validate_entropy(c: Config) -> None:
-    """entropy.controller and entropy.token_rule are registered names, the preset label does not
-    contradict them (`entropy=fixed entropy.controller=adaptive` is ambiguous; the default preset
-    `none` may be combined with either key), and every parameter of the chosen functions is a
-    config key (bind)."""
+    """The entropy.* values (names, preset labels and bound parameters: build_algorithm)."""
     e = c.entropy
-    _check_name(e.controller, "entropy.controller", "entropy_controller")
-    _check_name(e.token_rule, "entropy.token_rule", "token_rule")
-    for key, value, kind in (("entropy.controller", e.controller, "entropy_controller"),
-                             ("entropy.token_rule", e.token_rule, "token_rule")):
-        _check(e.name == "none" or e.name not in registry_names(kind) or e.name == value, "entropy.name",
-               f"'{e.name}' names a {key.split('.')[1]} but {key} is '{value}': pick the preset (entropy={e.name}) or "
-               f"set {key}={e.name}")
     _check(0 < e.top_ratio <= 1, "entropy.top_ratio", "must be in (0, 1]")
     _check(0 < e.clip_cov_ratio <= 1, "entropy.clip_cov_ratio", "must be in (0, 1]")
     _check(0 < e.kl_cov_ratio <= 1, "entropy.kl_cov_ratio", "must be in (0, 1]")
@@ -206,8 +190,3 @@ def validate_entropy(c: Config) -> None:
     _check(c.algo.policy_loss == "ppo" or e.token_rule == "none", "entropy.token_rule",
            f"'{e.token_rule}' replaces PPO's per-token loss, which algo.policy_loss={c.algo.policy_loss} does not use: "
            "set entropy.token_rule=none or algo.policy_loss=ppo")
-    bind(registry("entropy_controller")[e.controller], {"entropy": e}, f"entropy.controller '{e.controller}'")
-    rule = registry("token_rule")[e.token_rule]
-    for fn in (rule.select, rule.loss):
-        if fn is not None:
-            bind(fn, {"entropy": e, "algo": c.algo}, f"entropy.token_rule '{e.token_rule}'")

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 # check(condition, key, message) raises ConfigError naming the key when the condition fails;
-# check_name(value, key, registry) requires a registered name. skyexp.config passes both.
+# check_name(value, key) requires a registered data source name. skyexp.config passes both.
 Check = Callable[[bool, str, str], None]
-CheckName = Callable[[str, str, str], None]
+CheckName = Callable[[str, str], None]
 
 
 @dataclass
@@ -174,7 +174,7 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
     )
     for i, m in enumerate(d.mix):
         key = f"data.mix[{i}]"
-        check_name(m.source, f"{key}.source", "data")
+        check_name(m.source, f"{key}.source")
         check(m.source not in ("mix", "arith"), f"{key}.source", f"'{m.source}' cannot be mixed")
         check(
             m.source not in NEEDS_PATH or bool(m.path),

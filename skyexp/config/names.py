@@ -1,5 +1,5 @@
-"""The registries' names, looked up lazily for the config checks (no torch at import), and `bind`,
-which gives a registered function its parameters from the config.
+"""`bind`, which gives a registered function its parameters from the config (used by
+skyexp.config.algorithm.build_algorithm; no torch at import).
 
 A registered function (an advantage estimator, an entropy controller, a token rule, a group
 filter) declares the config values it needs as keyword-only parameters without defaults, named
@@ -13,38 +13,11 @@ are left alone.
 from __future__ import annotations
 
 import functools
-import importlib
 import inspect
 from collections.abc import Callable
 from typing import Any
 
 from skyexp.config.schema import ConfigError
-
-# kind -> (module, registry): imported on use so `config` stays importable without torch-heavy modules
-REGISTRIES = {
-    "algo": ("skyexp.algos.advantages", "ADVANTAGES"),
-    "loss_agg": ("skyexp.algos.losses", "AGGREGATIONS"),
-    "entropy_controller": ("skyexp.algos.entropy", "CONTROLLERS"),
-    "token_rule": ("skyexp.algos.token_rules", "TOKEN_RULES"),
-    "policy_loss": ("skyexp.algos.seq_losses", "POLICY_LOSSES"),
-    "filter": ("skyexp.algos.filters", "FILTERS"),
-    "kl": ("skyexp.algos.kl", "KL_ESTIMATORS"),
-    "rollout_is": ("skyexp.algos.rollout_is", "ROLLOUT_IS"),
-    "rollout": ("skyexp.rollout", "ENGINE_NAMES"),
-    "data": ("skyexp.data", "SOURCE_NAMES"),
-    "reward_term": ("skyexp.rewards.terms", "REWARD_TERMS"),
-}
-
-
-def registry(kind: str) -> dict[str, Any]:
-    """One registry (`kind`, a key of REGISTRIES), imported on first use."""
-    module, attr = REGISTRIES[kind]
-    return getattr(importlib.import_module(module), attr)
-
-
-def registry_names(kind: str) -> list[str]:
-    """The valid names of one registry, for checks that list the options."""
-    return sorted(registry(kind))
 
 
 def config_params(fn: Callable[..., Any]) -> list[str]:
@@ -66,3 +39,20 @@ def bind(fn: Callable[..., Any], sections: dict[str, Any], what: str) -> Callabl
                               f"'{name}', which no config key provides (misspelt in the function or missing in the schema)")
         bound[name] = getattr(sections[owner], name)
     return functools.partial(fn, **bound)
+
+
+# The names the config accepts for the registries that live above the config layer (data sources,
+# reward terms, rollout engines). The checks compare against these, so the config wing never
+# imports those wings (imports run down only, tests/docs/test_import_graph.py); each registry
+# calls `implements` when it is defined, so a name added to one side only fails at import.
+DATA_SOURCES = ("arith", "still3", "eurus_numina", "deepscaler", "skywork_or1_math", "jsonl", "parquet", "hub",
+                "mix")
+REWARD_TERMS = ("accuracy", "format", "overlong", "cosine")
+ROLLOUT_ENGINES = ("hf", "vllm")
+
+
+def implements(registry: dict[str, Any] | list[str], declared: tuple[str, ...], what: str) -> None:
+    """Raise at import if a registry's names differ from the ones the config declares for it."""
+    if set(registry) != set(declared):
+        raise RuntimeError(f"{what}: the registry has {sorted(registry)}, skyexp.config.names declares "
+                           f"{sorted(declared)}: add the name to both")

@@ -119,9 +119,10 @@ def stage_reward(reward: RewardConfig, truncated: str) -> RewardConfig:
 Check = Callable[[bool, str, str], Any]
 
 
-def validate_schedule(c: Config, check: Check) -> None:
+def validate_schedule(c: Config, check: Check, estimator: Any) -> None:
     """Checks of context.*, temperature.* and the checkpoint keys of trainer.*; each names its key.
-    The stage checks run on the resolved plan (the same one the run uses)."""
+    The stage checks run on the resolved plan (the same one the run uses); each stage's samples per
+    prompt against the constraints `estimator` declares (skyexp.algos.advantages.Estimator)."""
     check(len(c.context.stages) >= 1, "context.stages", "needs at least one stage")
     check(c.context.truncated in TRUNCATION_MODES, "context.truncated",
           f"'{c.context.truncated}' is not one of {', '.join(TRUNCATION_MODES)}")
@@ -132,9 +133,7 @@ def validate_schedule(c: Config, check: Check) -> None:
         check(s.max_response_len >= prev, s.key("max_response_len"), f"must not decrease ({s.max_response_len} < {prev})")
         prev = s.max_response_len
         check(s.n >= 1, s.key("n"), "must be >= 1")
-        if c.algo.advantage == "rloo":
-            check(s.n >= 2, s.key("n"), "rloo needs at least 2 samples per prompt (leave-one-out baseline)")
-        _check_passk(c, s.n, s.key("n"), check)
+        _check_estimator(c, s.n, s.key("n"), estimator, check)
         check(s.batch_size >= 1, s.key("batch_size"), "must be >= 1")
         check(s.batch_size % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({s.batch_size})")
         if s.own_temperature is not None:
@@ -171,19 +170,11 @@ def check_world_plan(c: Config, world_size: int, check: Check) -> None:
               f"must divide the per-rank prompt batch ({s.batch_size // world_size})")
 
 
-PASSK = ("passk_chen", "pkpo", "passk_best")
-
-
-def _check_passk(c: Config, n: int, n_key: str, check: Callable[[bool, str, str], None]) -> None:
-    """Pass@k estimators need k <= n samples (n >= 2); passk_chen with k = n has a single k-subset and
-    so no signal (its advantages are all 0)."""
+def _check_estimator(c: Config, n: int, n_key: str, estimator: Any, check: Check) -> None:
+    """The advantage estimator's own constraints (its registry entry): at least min_n samples per
+    prompt, and algo.passk_k within the largest k it takes at n samples."""
     a = c.algo
-    if a.advantage not in PASSK:
-        return
-    check(n >= 2, n_key, f"{a.advantage} needs at least 2 samples per prompt")
-    if a.advantage != "passk_best":
-        check(a.passk_k <= n, "algo.passk_k", f"k = {a.passk_k} is more than the {n} samples per prompt ({n_key})")
-    if a.advantage == "passk_chen":
-        check(a.passk_k < n, "algo.passk_k", f"k = n = {n} ({n_key}) leaves one k-subset per group: every advantage is 0 "
-              "(use k < n, or algo.advantage=passk_best for pass@n)")
-
+    check(n >= estimator.min_n, n_key, f"{a.advantage} needs at least {estimator.min_n} samples per prompt")
+    if estimator.max_k is not None:
+        k_max, why = estimator.max_k(n)
+        check(a.passk_k <= k_max, "algo.passk_k", f"k = {a.passk_k} {why} ({n} at {n_key})")

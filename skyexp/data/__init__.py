@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from skyexp.config import DataConfig, MixEntry
+from skyexp.config.names import DATA_SOURCES, implements
 from skyexp.data import arith
 from skyexp.data.decontam import find_contaminated
 from skyexp.data.lengths import fit_prompts, prompt_limit
@@ -31,6 +32,7 @@ __all__ = ["DataError", "TaskData", "PromptSampler", "Template", "apply_template
 log = logging.getLogger(__name__)
 
 SOURCE_NAMES = ["arith", *SOURCES, "mix"]
+implements(SOURCE_NAMES, DATA_SOURCES, "skyexp.data.SOURCE_NAMES")
 
 
 @dataclass

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from skyexp.config import RewardConfig
+from skyexp.config import RewardConfig, names
+from skyexp.config.names import implements
 from skyexp.rewards.extract import last_boxed
 
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
@@ -84,6 +85,7 @@ REWARD_TERMS: dict[str, Callable[[ScoreInput, RewardConfig], torch.Tensor]] = {
     "overlong": overlong,
     "cosine": cosine,
 }
+implements(REWARD_TERMS, names.REWARD_TERMS, "skyexp.rewards.terms.REWARD_TERMS")
 
 
 def combine(x: ScoreInput, c: RewardConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -1,2 +1,2 @@
 """The RL wing: one step's data flow (collect -> objective -> update), the run's state and its
-lifecycle (checkpoint, resume, faults), per-step metrics, and the SFT stage."""
+stage boundaries, resume (checkpoints), faults, per-step metrics, and the SFT stage."""

@@ -12,45 +12,46 @@ from tqdm.auto import tqdm
 from skyexp.config.stages import StagePlan
 from skyexp.evaluation.estimators import EvalResult
 from skyexp.evaluation.runner import eval_due, eval_template, run_eval, write_records
-from skyexp.rl import lifecycle
-from skyexp.rl.state import RunState, StepResult
+from skyexp.rl import boundaries, faults, resume
+from skyexp.rl.state import Run, StepResult
 from skyexp.rl.step import rl_step
 from skyexp.tracking import LinePlot, line_due, step_line, use_bars
 
 log = logging.getLogger("skyexp")
 
 
-def run_rl(run: RunState, sigterm: lifecycle.SigtermFlag) -> str | None:
+def run_rl(run: Run, sigterm: faults.SigtermFlag) -> str | None:
     """Train through the stages from the run's position; returns why it stopped early (None: it finished)."""
     run.policy.train()
     with warnings.catch_warnings():  # the LR schedule counts RL steps, also ones whose update was skipped
         warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
-        for stage in run.plan.stages[run.stage:]:
+        for stage in run.plan.stages[run.counters.stage:]:
             stop = _run_stage(run, stage, sigterm)
             if stop:
                 return stop
     return None
 
 
-def _run_stage(run: RunState, stage: StagePlan, sigterm: lifecycle.SigtermFlag) -> str | None:
+def _run_stage(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str | None:
     cfg = run.cfg
-    if run.step_in_stage == 0:
-        lifecycle.enter_stage(run, stage)
+    if run.counters.step_in_stage == 0:
+        boundaries.enter_stage(run, stage)
     bars = run.d.is_main and use_bars(cfg.logger.progress)  # off a terminal: one line per step instead
-    bar = tqdm(range(run.step_in_stage, stage.steps), desc=f"rl stage {stage.index}", disable=not bars, dynamic_ncols=True)
+    bar = tqdm(range(run.counters.step_in_stage, stage.steps), desc=f"rl stage {stage.index}", disable=not bars, dynamic_ncols=True)
     for _ in bar:
         result = rl_step(run, stage)
-        lifecycle.count_faults(run, result)
-        result.metrics["actor/lr"] = run.sched.get_last_lr()[0]
+        faults.count_faults(run, result)
+        metrics = {**result.metrics, "actor/lr": run.sched.get_last_lr()[0],
+                   "train/skipped_steps": run.counters.skipped_steps}
         run.sched.step()
-        run.log(result.metrics)
-        if run.d.is_main and line_due(cfg.logger.line_every, run.rl_step, bars):
-            log.info(step_line(result.metrics, run.plan.total_steps))
-        run.history.append(result.record)
-        run.rl_step += 1
-        lifecycle.reset_reference(run)  # ProRL: before the checkpoint of this step, which then holds it
-        if eval_due(cfg.eval.every, run.rl_step, run.plan.total_steps, cfg.eval.after):  # before a checkpoint: it uses the RNG
-            evaluate(run, f"step{run.rl_step}")
+        run.log(metrics)
+        if run.d.is_main and line_due(cfg.logger.line_every, run.counters.rl_step, bars):
+            log.info(step_line(metrics, run.plan.total_steps))
+        run.counters.history.append(result.record)
+        run.counters.rl_step += 1
+        boundaries.reset_reference(run)  # ProRL: before the checkpoint of this step, which then holds it
+        if eval_due(cfg.eval.every, run.counters.rl_step, run.plan.total_steps, cfg.eval.after):  # before a checkpoint: it uses the RNG
+            evaluate(run, f"step{run.counters.rl_step}")
         stop = _advance(run, stage, sigterm)
         if stop:
             return stop
@@ -58,16 +59,16 @@ def _run_stage(run: RunState, stage: StagePlan, sigterm: lifecycle.SigtermFlag) 
     return None
 
 
-def _advance(run: RunState, stage: StagePlan, sigterm: lifecycle.SigtermFlag) -> str | None:
+def _advance(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str | None:
     """Move the position one step on; checkpoint where due; return why to stop (None: go on)."""
-    run.step_in_stage += 1
-    stage_end = run.step_in_stage == stage.steps
+    run.counters.step_in_stage += 1
+    stage_end = run.counters.step_in_stage == stage.steps
     if stage_end:
-        run.stage, run.step_in_stage = stage.index + 1, 0
-    stop = lifecycle.stop_reason(run, sigterm)
+        run.counters.stage, run.counters.step_in_stage = stage.index + 1, 0
+    stop = faults.stop_reason(run, sigterm)
     every = run.cfg.trainer.save_every
-    if stop or stage_end or (every and run.rl_step % every == 0):
-        lifecycle.save(run, stop or ("stage_end" if stage_end else "save_every"))
+    if stop or stage_end or (every and run.counters.rl_step % every == 0):
+        resume.save(run, stop or ("stage_end" if stage_end else "save_every"))
     return stop
 
 
@@ -76,15 +77,15 @@ def _postfix(r: StepResult) -> dict[str, str]:
             "s/step": f"{r.seconds:.2f}"}
 
 
-def evaluate(run: RunState, label: str) -> EvalResult:
+def evaluate(run: Run, label: str) -> EvalResult:
     """Held-out pass@k / maj@k of the current policy through the rollout engine; logged, and on
     rank 0 the samples are written to eval/<benchmark>_<label>.jsonl."""
     cfg = run.cfg
     res = run_eval(run.engine, run.reward, run.tokenizer, run.eval_problems, cfg.eval, eval_template(cfg.eval),
                    cfg.model.chat_template, (run.d.rank, run.d.world_size))
     curve = LinePlot(list(res.pass_at), list(res.pass_at.values()), "k", "pass@k",
-                     f"pass@k on {cfg.eval.name} ({label}, RL step {run.rl_step})")
-    run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.rl_step,
+                     f"pass@k on {cfg.eval.name} ({label}, RL step {run.counters.rl_step})")
+    run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.counters.rl_step,
              f"val/{cfg.eval.name}/pass@k_curve/{label}": curve})
     if run.d.is_main:
         write_records(res.records, run.run_dir / "eval" / f"{cfg.eval.name}_{label}.jsonl")

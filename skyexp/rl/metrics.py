@@ -13,7 +13,6 @@ from typing import Any
 import torch
 
 from skyexp.algos.rollout_is import is_weight_stats
-from skyexp.config import AlgoConfig
 from skyexp.distributed import all_reduce_max, all_reduce_max_list, all_reduce_sum
 from skyexp.records import UpdateStats
 from skyexp.rl.collect import StepBatch
@@ -80,20 +79,36 @@ def _local_sums(batch: StepBatch, t: Trained) -> tuple[dict[str, float], dict[st
     return sums, extremes
 
 
+@dataclass(frozen=True)
+class Generated:
+    """What the loop reads of a step's generation, over every sample of every rank."""
+
+    score: float  # mean weighted reward (critic/score/mean)
+    pass1: float  # share of correct samples (batch/pass@1)
+
+
 def step_metrics(batch: StepBatch, trained: Trained, stats: UpdateStats, timings: dict[str, float],
                  position: tuple[int, int], device: torch.device, extra: dict[str, float] | None = None) -> dict[str, Any]:
+    """The step's metrics, all ranks (summarise's, without the typed part)."""
+    return summarise(batch, trained, stats, timings, position, device, extra)[0]
+
+
+def summarise(batch: StepBatch, trained: Trained, stats: UpdateStats, timings: dict[str, float],
+              position: tuple[int, int], device: torch.device, extra: dict[str, float] | None = None
+              ) -> tuple[dict[str, Any], Generated]:
     """The step's metrics, all ranks: generation (every sample), advantages (rows that train),
-    actor/* (the update), timings. position = (stage, RL step)."""
+    actor/* (the update), timings; and the typed generation summary. position = (stage, RL step)."""
     local, extremes = _local_sums(batch, trained)
     g = dict(zip(local, all_reduce_sum(list(local.values()), device).tolist()))
     samples, groups, adv_n = g["samples"], g["groups"], max(g["adv_n"], 1.0)
+    gen = Generated(score=g["score"] / samples, pass1=g["correct"] / samples)
     adv_mean = g["adv"] / adv_n
     step_time = timings.get("timing_s/step", 0.0)
     out: dict[str, Any] = {
         "train/rl_step": position[1],
         "train/stage": position[0],
         "rollout/temperature": batch.rollout.temperature,
-        "critic/score/mean": g["score"] / samples,
+        "critic/score/mean": gen.score,
         "critic/rewards/mean": g["rewards"] / samples,
         "critic/advantages/mean": adv_mean,
         "critic/advantages/std": max(g["adv_sq"] / adv_n - adv_mean**2, 0.0) ** 0.5,
@@ -105,7 +120,7 @@ def step_metrics(batch: StepBatch, trained: Trained, stats: UpdateStats, timings
         "batch/kept_groups": g["kept"] / groups,
         "batch/train_groups": g["train_groups"],
         "batch/gen_batches": batch.gen_batches,
-        "batch/pass@1": g["correct"] / samples,  # share of correct samples (the accuracy term alone)
+        "batch/pass@1": gen.pass1,  # share of correct samples (the accuracy term alone)
         "reward/timeouts": g["timeouts"],
         "reward/errors": g["errors"],
         "reward/no_answer": g["no_answer"] / samples,
@@ -119,7 +134,7 @@ def step_metrics(batch: StepBatch, trained: Trained, stats: UpdateStats, timings
     }
     if stats.entropy_hist is not None:
         out["actor/entropy_hist"] = stats.entropy_hist
-    return out
+    return out, gen
 
 
 def _actor_metrics(stats: UpdateStats) -> dict[str, float]:
@@ -160,8 +175,8 @@ def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
 
 
 def mismatch_metrics(
-    a: AlgoConfig,
-    recomputed: bool,  # the trainer recomputed old_logp (skyexp.config.schema.old_logprobs_recomputed)
+    recomputed: bool,  # the trainer recomputed the old log-probs (algo.old_logprobs=recompute)
+    cap: float,  # algo.rollout_is_cap
     old_logp: torch.Tensor,  # [G*n, R] the old-policy log-probs the update used
     sampler_logp: torch.Tensor,  # [G*n, R] the engine's sampling log-probs
     trained: torch.Tensor,  # [G*n, R] 1 on tokens that train
@@ -179,8 +194,8 @@ def mismatch_metrics(
                "rollout/logprob_diff_max": all_reduce_max(float(gap.max()) if gap.numel() else 0.0, device)}
     else:
         out = {"rollout/logprob_diff": stats.sampler_logprob_diff, "rollout/logprob_diff_max": stats.sampler_logprob_diff_max}
-    if a.rollout_is != "none" and is_w is not None:
-        w_sum, at_cap, tokens = all_reduce_sum(list(is_weight_stats(is_w, trained, a.rollout_is_cap)), device).tolist()
+    if is_w is not None:
+        w_sum, at_cap, tokens = all_reduce_sum(list(is_weight_stats(is_w, trained, cap)), device).tolist()
         out["rollout/is_weight_mean"] = w_sum / max(tokens, 1.0)
         out["rollout/is_truncated_frac"] = at_cap / max(tokens, 1.0)
     return out

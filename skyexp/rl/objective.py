@@ -10,30 +10,21 @@ loss or CISPO's clipped-weight loss (skyexp.algos.seq_losses, which also see the
 aggregated alike (`algo.loss_agg`) with the mini-batch's global normalisers, so the loss summed
 over micro-batches and ranks does not depend on how the mini-batch is split.
 
-`LossSpec` is built once per RL step from the registered pieces, their config parameters bound
-(skyexp.config.names.bind); `objective` is what the micro-batch driver (skyexp.rl.update) calls.
+`LossSpec` is built once per RL step from the run's bound algorithm (skyexp.config.algorithm)
+and the step's coefficients; `objective` is what the micro-batch driver (skyexp.rl.update) calls.
 How token log-probs and entropies are computed (full logits for a small vocabulary, a chunked
 lm-head for a large one) is the driver's business: the objective only sees tokens.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
-from skyexp.algos.kl import KL_ESTIMATORS
-from skyexp.algos.losses import AGGREGATIONS, Normalisers
-from skyexp.algos.seq_losses import POLICY_LOSSES
-from skyexp.algos.token_rules import TOKEN_RULES
-from skyexp.config import AlgoConfig, EntropyConfig
-from skyexp.config.names import bind
-
-PolicyLoss = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor],
-                      tuple[torch.Tensor, dict[str, torch.Tensor]]]
-Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+from skyexp.algos.losses import Normalisers
+from skyexp.config.algorithm import Algorithm, PolicyLoss, Select
 
 # The detached per-token sums objective() returns, in a fixed order (the driver accumulates them).
 STAT_NAMES = ("pg", "clipped_low", "clipped_high", "dual_clipped", "rule_selected", "approx_kl", "kl_ref", "tokens")
@@ -41,7 +32,7 @@ STAT_NAMES = ("pg", "clipped_low", "clipped_high", "dual_clipped", "rule_selecte
 
 @dataclass(frozen=True)
 class LossSpec:
-    """The objective's pieces, looked up and bound once per step."""
+    """The objective's pieces for one step: the run's bound algorithm and this step's coefficients."""
 
     policy_loss: PolicyLoss  # (logp, old_logp, adv, selected, mask) -> (per-token loss, per-token stats)
     select: Select | None  # the token rule's selection (adv, old_logp, entropy, mask) -> bool [N, T]
@@ -56,37 +47,12 @@ class LossSpec:
         """The driver must compute the current policy's token entropies (with gradient)."""
         return self.entropy_coef > 0
 
-
-def make_loss_spec(algo: AlgoConfig, entropy: EntropyConfig, entropy_coef: float, kl_coef: float) -> LossSpec:
-    """The spec of one step: the policy loss (algo.policy_loss, or the token rule's) and the token
-    rule's selection with their entropy.* / algo.* parameters bound, the aggregation and KL
-    estimator by name, this step's coefficients."""
-    rule = TOKEN_RULES[entropy.token_rule]
-    sections, what = {"entropy": entropy, "algo": algo}, f"entropy.token_rule '{entropy.token_rule}'"
-    seq = POLICY_LOSSES[algo.policy_loss]
-    if seq is None:
-        policy_loss = functools.partial(_rule_loss, bind(rule.loss, sections, what))
-    else:
-        policy_loss = functools.partial(_masked_loss, bind(seq, {"algo": algo}, f"algo.policy_loss '{algo.policy_loss}'"))
-    return LossSpec(
-        policy_loss=policy_loss,
-        select=bind(rule.select, sections, what) if rule.select is not None else None,
-        grads_zero_advantage=rule.grads_zero_advantage,
-        aggregate=AGGREGATIONS[algo.loss_agg],
-        kl=KL_ESTIMATORS[algo.kl_estimator],
-        entropy_coef=entropy_coef,
-        kl_coef=kl_coef,
-    )
-
-
-def _rule_loss(loss, logp, old_logp, adv, selected, mask):
-    """A token rule's loss is per token: it takes the selection, not the mask."""
-    return loss(logp, old_logp, adv, selected)
-
-
-def _masked_loss(loss, logp, old_logp, adv, selected, mask):
-    """A loss of skyexp.algos.seq_losses takes the mask (GSPO's ratio is a per-row mean)."""
-    return loss(logp, old_logp, adv, mask)
+    @staticmethod
+    def of(algorithm: Algorithm, entropy_coef: float) -> LossSpec:
+        """The step's spec: the run's policy loss, token rule, aggregation and KL estimator, the
+        controller's bonus in force this step and the KL loss weight."""
+        a = algorithm
+        return LossSpec(a.policy_loss, a.select, a.grads_zero_advantage, a.aggregate, a.kl, entropy_coef, a.kl_loss_coef)
 
 
 @dataclass(frozen=True)

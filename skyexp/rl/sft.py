@@ -24,7 +24,7 @@ from skyexp.data.rows import collect, read_rows
 from skyexp.data.sft_data import parse_conversation, parse_pair
 from skyexp.data.templates import render_messages
 from skyexp.distributed import Dist
-from skyexp.model.layout import pack
+from skyexp.model.layout import ForwardSettings, pack
 from skyexp.model.start import cache_dir, cached, start_path  # noqa: F401 (the SFT result's cache key)
 from skyexp.records import Problem
 from skyexp.rl.update import UpdateSettings, sft_step
@@ -72,7 +72,8 @@ def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: lis
     eos = tokenizer.eos_token_id
     bar = tqdm(range(s.steps), desc="sft", disable=not progress, dynamic_ncols=True)
     loss = 0.0
-    settings = UpdateSettings(cfg.trainer.micro_batch_size, cfg.trainer.grad_clip, d.world_size, d.device)
+    # rows per micro-batch only: SFT keeps the head's default chunking and no token budget
+    settings = UpdateSettings(ForwardSettings(cfg.trainer.micro_batch_size, d.device), cfg.trainer.grad_clip, d.world_size)
     for _ in bar:
         batch = sampler.next(s.batch_size)
         prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)["input_ids"]  # rendered already

@@ -1,10 +1,11 @@
-"""The RL run's one typed state: what is set up once (config, ranks, model, engine, reward,
-optimizer, plan) and the counters the loop moves (position, entropy controller, faults, history).
+"""The RL run's typed state: `Run`, what setup built once (config, ranks, model, engine, reward,
+optimizer, plan, the bound algorithm), with its `Counters` (position, entropy controller, faults,
+history) and its `Live` objects (prompt sampler, pass counts, KL reference).
 
-Every module of the RL wing takes a RunState; control flow reads its typed fields and the typed
+Every module of the RL wing takes a Run; control flow reads its typed fields and the typed
 StepResult of each step, never the metrics dict, which is for logging only. A checkpoint saves
-exactly `RunState.counters()` besides model, optimizer, scheduler, sampler and RNGs
-(skyexp.rl.lifecycle), so a resumed run continues as if it had never stopped.
+exactly `asdict(run.counters)` besides model, optimizer, scheduler, sampler, pass counts and RNGs
+(skyexp.rl.resume), so a resumed run continues as if it had never stopped.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,12 +21,14 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from skyexp.config import Config
+from skyexp.config.algorithm import Algorithm
 from skyexp.config.stages import RunPlan
 from skyexp.data import PromptSampler
 from skyexp.data.difficulty import Counts
 from skyexp.distributed import Dist
 from skyexp.records import Problem
 from skyexp.rewards import MathVerifyReward
+from skyexp.rl.update import UpdateSettings
 from skyexp.rollout import Engine
 from skyexp.tracking import MultiLogger
 
@@ -51,8 +54,47 @@ class StepResult:
 
 
 @dataclass
-class RunState:
-    """Everything the RL stages share. Mutable counters live here and nowhere else."""
+class Counters:
+    """The loop's position and state, exactly what a checkpoint holds of the loop (serialised with
+    dataclasses.asdict, read back with `Counters.of`)."""
+
+    global_step: int = 0  # the logger's step (RL steps, SFT steps, evaluations, stage boundaries)
+    # position: the next step is step `step_in_stage` of stage `stage`
+    rl_step: int = 0
+    stage: int = 0
+    step_in_stage: int = 0
+    entropy_coef: float = 0.0  # the entropy controller's state
+    ref_reset_step: int = 0  # RL step of the last ProRL reference reset (0: the reference is the start)
+    skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
+    bad_streak: int = 0  # ... in a row, up to now
+    history: list[StepRecord] = field(default_factory=list)
+    pre_rl: dict[str, Any] = field(default_factory=dict)  # summary entries of the phases before RL
+
+    @staticmethod
+    def of(saved: dict[str, Any]) -> Counters:
+        """The counters of a checkpoint's asdict form."""
+        return Counters(**{**saved, "history": [StepRecord(**h) for h in saved["history"]]})
+
+    def load(self, other: Counters) -> None:
+        """Take every value of `other` (a checkpoint's), in place: the run holds this object."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(other, f.name))
+
+
+@dataclass
+class Live:
+    """What the run replaces as it goes: the prompt sampler (a new one at each stage boundary),
+    this stage's pass counts, the KL reference (loaded after SFT)."""
+
+    sampler: PromptSampler
+    solved: Counts = field(default_factory=dict)  # this stage, this rank: prompt id -> (correct, samples)
+    ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
+
+
+@dataclass(frozen=True)
+class Run:
+    """What setup built, shared by every phase, and the two mutable parts: the counters (saved
+    with a checkpoint) and the live objects."""
 
     cfg: Config
     d: Dist
@@ -65,42 +107,16 @@ class RunState:
     logger: MultiLogger
     opt: torch.optim.Optimizer
     sched: torch.optim.lr_scheduler.LambdaLR
-    sampler: PromptSampler
     problems: list[Problem]  # the whole training set, before any stage-boundary drop
-    eval_problems: list[Problem] = field(default_factory=list)  # for eval.before / every / after
-    ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
-    # position: the next step is step `step_in_stage` of stage `stage`
-    global_step: int = 0  # the logger's step (RL steps, SFT steps, evaluations, stage boundaries)
-    rl_step: int = 0
-    stage: int = 0
-    step_in_stage: int = 0
-    entropy_coef: float = 0.0  # the entropy controller's state
-    ref_reset_step: int = 0  # RL step of the last ProRL reference reset (0: the reference is the start)
-    skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
-    bad_streak: int = 0  # ... in a row, up to now
-    history: list[StepRecord] = field(default_factory=list)
-    solved: Counts = field(default_factory=dict)  # this stage, this rank: prompt id -> (correct, samples)
-    pre_rl: dict[str, Any] = field(default_factory=dict)  # summary entries of the phases before RL
+    algorithm: Algorithm  # every algorithmic piece, bound once (skyexp.config.algorithm)
+    settings: UpdateSettings  # how the update and the sampler-view forward passes run
+    eval_problems: list[Problem]  # for eval.before / every / after
+    counters: Counters
+    live: Live
 
     def log(self, metrics: dict[str, Any]) -> None:
-        self.logger.log(metrics, self.global_step)
-        self.global_step += 1
-
-    def counters(self) -> dict[str, Any]:
-        """The loop's counters as JSON-ready values, for a checkpoint's state.json."""
-        return {"rl_step": self.rl_step, "global_step": self.global_step, "stage": self.stage,
-                "step_in_stage": self.step_in_stage, "skipped_steps": self.skipped_steps, "bad_streak": self.bad_streak,
-                "algo": {"entropy_coef": self.entropy_coef, "ref_reset_step": self.ref_reset_step}, "history": [asdict(h) for h in self.history],
-                "pre_rl": self.pre_rl}
-
-    def load_counters(self, state: dict[str, Any]) -> None:
-        self.rl_step, self.global_step = state["rl_step"], state["global_step"]
-        self.stage, self.step_in_stage = state["stage"], state["step_in_stage"]
-        self.skipped_steps, self.bad_streak = state["skipped_steps"], state["bad_streak"]
-        self.entropy_coef = float(state["algo"]["entropy_coef"])
-        self.ref_reset_step = int(state["algo"].get("ref_reset_step", 0))
-        self.history = [StepRecord(**h) for h in state["history"]]
-        self.pre_rl = state["pre_rl"]
+        self.logger.log(metrics, self.counters.global_step)
+        self.counters.global_step += 1
 
 
 class Timer:

@@ -40,31 +40,26 @@ MAX_HIST_VALUES = 65536  # token entropies kept per step for the histogram
 
 @dataclass(frozen=True)
 class UpdateSettings:
-    """How the driver runs: micro-batching, ranks, and the optimizer steps per batch."""
+    """How the driver runs: the forward passes (micro-batching, device, head chunking), ranks,
+    gradient clipping, and the optimizer steps per batch. Built once per run (`of`)."""
 
-    micro_batch_size: int
+    fwd: ForwardSettings
     grad_clip: float  # 0: no clipping (the norm is still measured)
-    world_size: int
-    device: torch.device
+    world_size: int = 1
     ppo_epochs: int = 1
     mini_batches: int = 1
-    share_prompts: bool = False  # run each prompt once per micro-batch for its group (see skyexp.rl.tokens)
-    logprob_chunk: int = 1024  # tokens per lm-head chunk (skyexp.lm_head); 0: full logits
-    max_tokens: int = 0  # > 0: micro-batches also bounded by prompt + response tokens
-    padding_free: bool = False  # micro-batch rows packed into one sequence (skyexp.rl.tokens)
-    sp_size: int = 1  # trainer.sp_size (skyexp.model.sequence_parallel)
 
     @staticmethod
     def of(cfg: Config, world_size: int, device: torch.device) -> UpdateSettings:
+        """The RL update's settings from trainer.* and algo.* (the one place they are read)."""
         t = cfg.trainer
-        return UpdateSettings(t.micro_batch_size, t.grad_clip, world_size, device, cfg.algo.ppo_epochs,
-                              cfg.algo.mini_batches, t.share_prompts, t.logprob_chunk, t.max_tokens_per_micro_batch,
+        fwd = ForwardSettings(t.micro_batch_size, device, t.share_prompts, t.logprob_chunk, t.max_tokens_per_micro_batch,
                               t.padding_free, t.sp_size)
+        return UpdateSettings(fwd, t.grad_clip, world_size, cfg.algo.ppo_epochs, cfg.algo.mini_batches)
 
     @property
-    def fwd(self) -> ForwardSettings:
-        return ForwardSettings(self.micro_batch_size, self.device, self.share_prompts, self.logprob_chunk,
-                               self.max_tokens, self.padding_free, self.sp_size)
+    def device(self) -> torch.device:
+        return self.fwd.device
 
 
 @dataclass(frozen=True)
@@ -269,7 +264,7 @@ def _mini_batches(weights: torch.Tensor, n: int, parts: int) -> list[torch.Tenso
 
 def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
              packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int], s: UpdateSettings) -> tuple[float, float]:
-    """One optimizer step of token-mean NLL on response tokens. `packed` is skyexp.rl.forward.pack's
+    """One optimizer step of token-mean NLL on response tokens. `packed` is skyexp.model.layout.pack's
     (sequences [N, P+R], attention mask [N, P+R], response mask [N, R] (the loss is on these
     tokens only), P). Micro-batches are length-sorted and cut like the RL update's (rows, token
     budget). Returns (loss, grad norm)."""
@@ -278,7 +273,7 @@ def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     num_tokens = float(all_reduce_sum([resp_mask.sum().item()], device)[0])
     total = 0.0
     order = torch.argsort(attn.sum(-1), stable=True)
-    chunks = [order[c] for c in token_budget_split(attn.sum(-1)[order], s.micro_batch_size, s.max_tokens)]
+    chunks = [order[c] for c in token_budget_split(attn.sum(-1)[order], f.micro_batch_size, f.max_tokens)]
     for j, idx in enumerate(chunks):
         mseq, mattn, mrm, plen = trim(seq[idx], attn[idx], resp_mask[idx], prompt_len)
         with _no_sync(model, last=j == len(chunks) - 1):

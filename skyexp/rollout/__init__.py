@@ -1,12 +1,16 @@
-"""Rollout engines behind one protocol. `build_engine(name, ...)` builds one; nothing heavy is
-imported until an engine is chosen (vLLM is an optional extra: `rollout=vllm`)."""
+"""Rollout engines behind one protocol, registered in ENGINES by `rollout.name`.
+`build_engine(name, ...)` builds one from its keyword arguments, `engine_for(cfg, ...)` from a run's
+config; nothing heavy is imported until an engine is chosen (vLLM is an optional extra:
+`rollout=vllm`)."""
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
+from skyexp.config.names import ROLLOUT_ENGINES, implements
 from skyexp.records import Rollout
 from skyexp.rollout.errors import MissingExtraError  # noqa: F401 (raised by engines, caught by skyexp.cli)
 
@@ -23,36 +27,56 @@ class Engine(Protocol):
         ...
 
 
+def _hf(**kwargs: Any) -> Engine:
+    from skyexp.rollout.hf import HFEngine
+
+    return HFEngine(**kwargs)
+
+
+def _vllm(**kwargs: Any) -> Engine:
+    from skyexp.rollout.vllm import VLLMEngine
+
+    return VLLMEngine(**kwargs)
+
+
+def _hf_for(cfg: Any, model_path: str, device: torch.device | str, common: dict[str, Any]) -> Engine:
+    from skyexp.model.loading import load_model
+
+    return _hf(model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, device=device, **common)
+
+
+def _vllm_for(cfg: Any, model_path: str, device: torch.device | str, common: dict[str, Any]) -> Engine:
+    from skyexp.rollout.vllm import VLLMSettings
+
+    settings = VLLMSettings(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
+                            deterministic=cfg.trainer.deterministic, **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
+    return _vllm(model=model_path, settings=settings, device=device, **common)
+
+
+class EngineEntry(NamedTuple):
+    """A registered rollout engine: its constructor, and how a run's config builds it."""
+
+    build: Callable[..., Engine]  # the engine class's keyword arguments -> Engine
+    from_config: Callable[[Any, str, torch.device | str, dict[str, Any]], Engine]  # (cfg, model path, device, common)
+
+
+# rollout.name -> engine; nothing heavy is imported until one is built
+ENGINES: dict[str, EngineEntry] = {"hf": EngineEntry(_hf, _hf_for), "vllm": EngineEntry(_vllm, _vllm_for)}
+implements(ENGINES, ROLLOUT_ENGINES, "skyexp.rollout.ENGINES")
+VLLM_SETTINGS = ("tensor_parallel_size", "gpu_memory_utilization", "kv_cache_gb", "max_model_len", "enforce_eager", "sleep")
+
+
 def build_engine(name: str, **kwargs: Any) -> Engine:
     """hf: HFEngine(model=<loaded HF model>, eos_id, pad_id, seed, max_batch, device).
     vllm: VLLMEngine(model=<path, or a loaded HF model standing for its path>, the same, and
     settings=VLLMSettings(...) (RolloutConfig's vLLM keys, the model's dtype))."""
-    if name == "hf":
-        from skyexp.rollout.hf import HFEngine
-
-        return HFEngine(**kwargs)
-    if name == "vllm":
-        from skyexp.rollout.vllm import VLLMEngine
-
-        return VLLMEngine(**kwargs)
-    raise KeyError(f"unknown rollout engine '{name}'; valid options: {', '.join(ENGINE_NAMES)}")
-
-
-ENGINE_NAMES = ["hf", "vllm"]
-VLLM_SETTINGS = ("tensor_parallel_size", "gpu_memory_utilization", "kv_cache_gb", "max_model_len", "enforce_eager", "sleep")
+    if name not in ENGINES:
+        raise KeyError(f"unknown rollout engine '{name}'; valid options: {', '.join(ENGINES)}")
+    return ENGINES[name].build(**kwargs)
 
 
 def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device | str, seed: int) -> Engine:
     """The configured engine (cfg.rollout) on its own copy of the model at `model_path`: the one
     construction shared by training and the offline jobs (skyexp.filter, skyexp.distill)."""
-    common = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=seed,
-                  max_batch=cfg.rollout.max_batch, device=device)
-    if cfg.rollout.name == "vllm":
-        from skyexp.rollout.vllm import VLLMSettings
-
-        settings = VLLMSettings(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                                deterministic=cfg.trainer.deterministic, **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
-        return build_engine("vllm", model=model_path, settings=settings, **common)
-    from skyexp.model.loading import load_model
-
-    return build_engine(cfg.rollout.name, model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, **common)
+    common = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=seed, max_batch=cfg.rollout.max_batch)
+    return ENGINES[cfg.rollout.name].from_config(cfg, model_path, device, common)

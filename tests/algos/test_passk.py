@@ -139,17 +139,15 @@ def test_best_of_group_by_hand_and_as_pkpo_at_k_equals_n():
 
 
 def test_registered_with_k_bound_by_name():
-    from skyexp.config import AlgoConfig
-    from skyexp.rl.collect import advantage_fn
+    from conftest import algorithm
 
     r = torch.tensor([[0.0, 1.0, 0.0, 0.0]])
     assert torch.allclose(
-        advantage_fn(AlgoConfig(advantage="passk_chen", passk_k=2, n=4))(r),
-        passk_chen(r, passk_k=2),
+        algorithm(advantage="passk_chen", passk_k=2, n=4).advantage(r), passk_chen(r, passk_k=2)
     )
     assert set(ADVANTAGES) >= {"passk_chen", "pkpo", "passk_best"}
     assert torch.allclose(
-        advantage_fn(AlgoConfig(advantage="grpo", norm_by_std=False))(r),
+        algorithm(advantage="grpo", norm_by_std=False).advantage(r),
         grpo(r, norm_by_std=False, adv_eps=1e-6),
     )
 

@@ -14,11 +14,10 @@ from fractions import Fraction
 
 import pytest
 import torch
+from conftest import estimator
 
 from skyexp.algos.advantages import ADVANTAGES
 from skyexp.algos.passk import passk_best, passk_chen, pkpo
-from skyexp.config.names import bind
-from skyexp.config.schema import AlgoConfig
 
 
 def _sqrt_ratio(num: Fraction, var: Fraction) -> float:
@@ -161,7 +160,7 @@ def test_every_registered_estimator_is_finite_and_zero_on_flat_groups(n):
     real_rows = 1e7 + torch.rand(4, n, generator=g, dtype=torch.float64)
     flat = torch.full((2, n), 0.7)
     for name, k in _estimators(n):
-        fn = bind(ADVANTAGES[name], {"algo": AlgoConfig(passk_k=k)}, name)
+        fn = estimator(name, passk_k=k)
         for rows in (binary_rows, real_rows, flat):
             adv = fn(rows)
             assert torch.isfinite(adv).all(), f"{name} k={k} n={n}: non-finite advantages"

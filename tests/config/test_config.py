@@ -214,6 +214,27 @@ def test_a_misspelt_parameter_of_a_registered_function_is_named(monkeypatch):
         to_typed(compose_cfg(["entropy.token_rule=typo"]))
 
 
+def test_the_policy_loss_is_bound_at_validation(monkeypatch):
+    """algo.policy_loss's parameters are bound by build_algorithm inside validate(), so a typo
+    fails before anything loads (it once failed at RL step 1), and the built record is what a
+    run uses: its loss for ppo is PPO's own surrogate unless a token rule replaces it."""
+    from skyexp.algos import seq_losses as sl
+    from skyexp.config.algorithm import build_algorithm
+
+    def typo_loss(logp, old_logp, adv, mask, *, clip_loww):
+        return adv, {}
+
+    monkeypatch.setitem(sl.POLICY_LOSSES, "typo", typo_loss)
+    with pytest.raises(ConfigError, match=r"algo\.clip_loww"):
+        to_typed(compose_cfg(["algo.policy_loss=typo", "algo.loss_agg=token-mean"]))
+    plain = build_algorithm(to_typed(compose_cfg([])))
+    assert plain.select is None and plain.policy_loss.args[0].func is sl.ppo_loss
+    assert (
+        plain.is_weights(None, None, None) is None
+    )  # rollout_is=none: no weights, no string check
+    assert build_algorithm(to_typed(compose_cfg(["entropy=clip_cov"]))).select is not None
+
+
 def test_only_errors_before_the_job_become_exit_2():
     """A crash inside the job keeps its own exit code; Hydra's errors before it exit 2."""
     from skyexp.cli import _Flag, config_errors_exit_2

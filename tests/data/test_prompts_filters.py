@@ -193,7 +193,8 @@ def test_stage_boundary_drops_prompts_solved_in_every_sample():
     from types import SimpleNamespace
 
     from skyexp.data import DataError, PromptSampler
-    from skyexp.rl.lifecycle import drop_solved
+    from skyexp.rl.boundaries import drop_solved
+    from skyexp.rl.state import Counters, Live
 
     problems = [Problem(f"p{i}", f"problem {i}", "1") for i in range(10)]
     sampler = PromptSampler(problems, seed=3)
@@ -203,14 +204,16 @@ def test_stage_boundary_drops_prompts_solved_in_every_sample():
         tally(["p0", "p1", "p2", "p3"], [[1] * 4, [1] * 4, [1, 1, 0, 1], [0] * 4]),
         tally(["p0"], [[1] * 4]),
     )
-    run = SimpleNamespace(solved=solved, log=logged.append, rl_step=7)
+    run = SimpleNamespace(
+        live=Live(sampler, solved), log=logged.append, counters=Counters(rl_step=7)
+    )
     nxt = drop_solved(run, sampler, 1)
     assert [p.id for p in nxt.problems] == [f"p{i}" for i in range(2, 10)] and nxt.seed == 4
     assert logged == [{"train/dropped_solved": 2, "train/prompts": 8, "train/rl_step": 7}]
     drawn = {p.id for p in nxt.next(16)}
     # two full epochs of the rest, nothing dropped comes back
     assert drawn == {f"p{i}" for i in range(2, 10)}
-    run.solved = tally([p.id for p in nxt.problems], [[1, 1]] * 8)
+    run.live.solved = tally([p.id for p in nxt.problems], [[1, 1]] * 8)
     with pytest.raises(DataError, match="every prompt was solved"):
         drop_solved(run, nxt, 2)
 

@@ -11,10 +11,11 @@ import sys
 
 import pytest
 import torch
-from conftest import ROOT, update
+from conftest import ROOT, loss_spec, update_settings
 
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.model.loading import load_model, load_tokenizer
+from skyexp.rl.update import UpdateBatch, rl_update
 from skyexp.rollout.hf import HFEngine
 
 CASES = {
@@ -142,24 +143,13 @@ def test_two_ranks_equal_one(tiny_dir, dist1, tmp_path):
     for name, case in CASES.items():
         base = load_model(case["model_dir"], ModelConfig())
         p = copy.deepcopy(base)
-        st = update(
-            p,
-            torch.optim.SGD(p.parameters(), lr=1.0),
-            ro,
-            adv,
-            weights,
-            AlgoConfig(**case["algo"]),
-            case.get("coef", 0.0),
-            case["single_mbs"],
-            0.0,
-            1,
-            dist1.device,
-            ref_logprobs=ref if case.get("kl_coef") else None,
-            kl_coef=case.get("kl_coef", 0.0),
-            max_response_len=case.get("max_len"),
-            share_prompts=case.get("share", False),
-            logprob_chunk=0,
-        )
+        algo = AlgoConfig(**case["algo"])
+        batch = UpdateBatch(ro, adv, weights, ref_logprobs=ref if case.get("kl_coef") else None,
+                            max_response_len=case.get("max_len") or 0)
+        spec = loss_spec(algo, case.get("coef", 0.0), case.get("kl_coef", 0.0))
+        settings = update_settings(case["single_mbs"], 0.0, algo, device=dist1.device,
+                                   share_prompts=case.get("share", False), logprob_chunk=0)
+        st = rl_update(p, torch.optim.SGD(p.parameters(), lr=1.0), batch, spec, settings)
         theirs = two[name]["params"]
         moved = False
         for k, v in p.state_dict().items():

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from skyexp.findings.__main__ import main
-from skyexp.findings.runs import load_records
+from skyexp.analysis.findings.__main__ import main
+from skyexp.analysis.findings.runs import load_records
 
 
 @pytest.mark.slow

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from skyexp.config import AlgoConfig, ModelConfig
+from skyexp.config import ModelConfig
 from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.records import Rollout
 from skyexp.rollout import build_engine
@@ -112,32 +112,28 @@ def _forward_token_stats(model, ro: Rollout) -> tuple[torch.Tensor, torch.Tensor
 def _rl_update(policy, ro: Rollout, adv: torch.Tensor, entropy_coef: float, device: torch.device):
     """One RL update (clipped PG, token-mean, entropy bonus, shared prompts) with a no-op optimizer
     (lr 0: the stats are what is compared). Returns its UpdateStats."""
-    from conftest import update
+    from conftest import loss_spec, update_settings
+
+    from skyexp.rl.update import UpdateBatch, rl_update
 
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-    return update(
+    return rl_update(
         policy,
         opt,
-        ro,
-        adv,
-        torch.ones(len(adv)),
-        AlgoConfig(),
-        entropy_coef,
-        8,
-        1.0,
-        1,
-        device,
-        share_prompts=True,
+        UpdateBatch(ro, adv, torch.ones(len(adv))),
+        loss_spec(coef=entropy_coef),
+        update_settings(8, 1.0, device=device, share_prompts=True),
     )
 
 
 def _sft_step(policy, packed: tuple, device: torch.device) -> tuple[float, float]:
     """One SFT step (token-mean NLL on the response tokens of skyexp.model.layout.pack's batch), no
     clipping, no-op optimizer: (loss, grad norm)."""
+    from skyexp.model.layout import ForwardSettings
     from skyexp.rl.update import UpdateSettings, sft_step
 
     opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-    return sft_step(policy, opt, packed, UpdateSettings(8, 0.0, 1, device))
+    return sft_step(policy, opt, packed, UpdateSettings(ForwardSettings(8, device), 0.0))
 
 
 def _logprob_pass(
@@ -162,7 +158,7 @@ import torch.distributed as dist
 from skyexp import distributed
 from skyexp.config import Config, ModelConfig
 from skyexp.model.loading import load_model, load_policy, load_tokenizer
-from skyexp.model.layout import pack
+from skyexp.model.layout import ForwardSettings, pack
 from skyexp.rl.update import UpdateSettings, sft_step
 from skyexp.rollout import build_engine
 
@@ -179,7 +175,7 @@ responses = tok(["1+2=3. \\boxed{3}", "3*4=12. \\boxed{12}", "9-5=4. \\boxed{4}"
                 add_special_tokens=False)["input_ids"]
 opt = torch.optim.AdamW(policy.parameters(), lr=1e-3)
 # 2 micro-batches: gradient sync on the last only
-settings = UpdateSettings(2, 1.0, d.world_size, d.device)
+settings = UpdateSettings(ForwardSettings(2, d.device), 1.0, d.world_size)
 loss, grad_norm = sft_step(policy, opt, pack(prompts, responses, tok.pad_token_id), settings)
 engine = build_engine("hf", model=load_model(path, cfg.model, d.device), eos_id=tok.eos_token_id,
                       pad_id=tok.pad_token_id, seed=0, device=d.device)

@@ -5,6 +5,7 @@ sample is known and the drop can be recounted."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -21,7 +22,7 @@ from skyexp.config.stages import plan_run
 from skyexp.data import PromptSampler, load_task
 from skyexp.model.loading import load_model, resolve_path
 from skyexp.rewards import Scored
-from skyexp.rl import lifecycle
+from skyexp.rl import boundaries, faults
 
 STEPS, LENS = (2, 3, 2), (16, 24, 32)
 BASE = tiny("trainer.threads=1", "trainer.warmup_steps=0", "trainer.micro_batch_size=16")
@@ -185,9 +186,13 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(scripted, tmp_path, monk
     real = rl_step_mod.step_advantages
 
     def poisoned(*args, **kwargs):
-        adv = real(*args, **kwargs)
+        out = real(*args, **kwargs)
         calls.append(1)
-        return adv * float("nan") if len(calls) - 1 in bad_steps else adv
+        return (
+            dataclasses.replace(out, advantages=out.advantages * float("nan"))
+            if len(calls) - 1 in bad_steps
+            else out
+        )
 
     monkeypatch.setattr(rl_step_mod, "step_advantages", poisoned)
     args = BASE + [
@@ -208,11 +213,9 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(scripted, tmp_path, monk
     # two bad steps in a row stop the run with a checkpoint of the last good parameters
     calls.clear()
     bad_steps.update({2})
-    with pytest.raises(lifecycle.Stopped) as e:
+    with pytest.raises(faults.Stopped) as e:
         train_mod.train(to_typed(compose_cfg(args)), tmp_path / "two")
-    assert e.value.exit_code == lifecycle.NONFINITE_EXIT and "trainer.max_bad_steps=2" in str(
-        e.value
-    )
+    assert e.value.exit_code == faults.NONFINITE_EXIT and "trainer.max_bad_steps=2" in str(e.value)
     saved = checkpoint.complete_checkpoints(tmp_path / "two")
     assert (
         saved[-1].name == "step_00000003"
@@ -238,23 +241,24 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(scripted, tmp_path, monk
 def test_boundary_resets_the_optimizer_only_when_asked(dist1):
     from types import SimpleNamespace
 
+    from skyexp.rl.state import Counters, Live
+
     cfg = to_typed(compose_cfg(BASE + ["context=sky_t1_mini"]))
     model = torch.nn.Linear(2, 1)
     for reset in (False, True):
         cfg.context.reset_optimizer = reset
-        opt, _ = lifecycle.make_optimizer(cfg, model)
+        opt, _ = boundaries.make_optimizer(cfg, model)
         model(torch.ones(1, 2)).sum().backward()
         opt.step()
         logged = []
         run = SimpleNamespace(
             cfg=cfg,
             d=dist1,
-            rl_step=5,
+            counters=Counters(rl_step=5),
             log=logged.append,
-            solved={"a": (1, 1)},
             opt=opt,
-            sampler=lifecycle.make_sampler(cfg, [], 0, 1),
+            live=Live(boundaries.make_sampler(cfg, [], 0, 1), {"a": (1, 1)}),
         )
-        lifecycle.enter_stage(run, plan_run(cfg).stages[1])
-        assert bool(opt.state) is not reset and run.solved == {}
+        boundaries.enter_stage(run, plan_run(cfg).stages[1])
+        assert bool(opt.state) is not reset and run.live.solved == {}
         assert logged == [{"train/stage": 1, "train/max_response_len": 16384, "train/rl_step": 5}]

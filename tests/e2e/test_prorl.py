@@ -32,7 +32,8 @@ def test_reset_copies_the_policy_and_clears_adam(tiny_dir, dist1):
 
     from skyexp.config import AlgoConfig, ModelConfig
     from skyexp.model.loading import load_model
-    from skyexp.rl.lifecycle import reset_reference
+    from skyexp.rl.boundaries import reset_reference
+    from skyexp.rl.state import Counters, Live
 
     policy, ref = load_model(str(tiny_dir), ModelConfig()), load_model(str(tiny_dir), ModelConfig())
     with torch.no_grad():
@@ -42,15 +43,14 @@ def test_reset_copies_the_policy_and_clears_adam(tiny_dir, dist1):
     opt.step()
     run = SimpleNamespace(
         cfg=SimpleNamespace(algo=AlgoConfig(kl_coef=0.1, ref_reset_every=3)),
-        ref=ref,
+        live=Live(None, ref=ref),
         policy=policy,
         opt=opt,
-        rl_step=2,
-        ref_reset_step=0,
+        counters=Counters(rl_step=2),
     )
     assert not reset_reference(run) and opt.state
-    run.rl_step = 3
-    assert reset_reference(run) and run.ref_reset_step == 3 and not opt.state
+    run.counters.rl_step = 3
+    assert reset_reference(run) and run.counters.ref_reset_step == 3 and not opt.state
     assert all(
         torch.equal(a, b) for a, b in zip(ref.state_dict().values(), policy.state_dict().values())
     )
@@ -67,7 +67,7 @@ def test_resume_after_a_reset_is_exact(tmp_path):
     assert kl[3] < kl[2], kl
     state = json.loads((full / "checkpoints" / "step_00000004" / "state.json").read_text())
     assert (
-        state["algo"]["ref_reset_step"] == 3
+        state["counters"]["ref_reset_step"] == 3
         and (full / "checkpoints" / "step_00000004" / "ref").is_dir()
     )
     assert not (

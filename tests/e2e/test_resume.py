@@ -219,7 +219,7 @@ def test_sigterm_leaves_a_checkpoint_to_resume_from(reference, tmp_path):
     state = checkpoint.read_state(saved[-1])
     assert state["reason"] == "sigterm" and str(saved[-1]) in out
     assert (
-        rl_steps_logged(run_dir)[-1] == state["rl_step"] - 1
+        rl_steps_logged(run_dir)[-1] == state["counters"]["rl_step"] - 1
     )  # it stopped right after the saved step
     assert not list((run_dir / "checkpoints").glob(".tmp-*")) and not (run_dir / "final").exists()
     run(ARGS + RESUME, run_dir)

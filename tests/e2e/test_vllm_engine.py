@@ -26,7 +26,7 @@ from skyexp import distributed  # noqa: E402
 from skyexp.algos.losses import token_logprobs  # noqa: E402
 from skyexp.config import ModelConfig  # noqa: E402
 from skyexp.model.forward import response_logits  # noqa: E402
-from skyexp.model.layout import pack  # noqa: E402
+from skyexp.model.layout import ForwardSettings, pack  # noqa: E402
 from skyexp.model.loading import load_model, load_tokenizer  # noqa: E402
 from skyexp.rl.update import UpdateSettings, sft_step  # noqa: E402
 
@@ -90,7 +90,12 @@ def test_weights_sync_in_place_after_an_update(engine, tok, tiny_dir, dist1):
     )
     opt = torch.optim.AdamW(policy.parameters(), lr=1e-2)
     for _ in range(6):
-        sft_step(policy, opt, (seq, attn, rmask, plen), UpdateSettings(8, 1.0, 1, dist1.device))
+        sft_step(
+            policy,
+            opt,
+            (seq, attn, rmask, plen),
+            UpdateSettings(ForwardSettings(8, dist1.device), 1.0),
+        )
     policy.eval()
     stale = engine.generate(
         prompts, 4, 16, 1.0

@@ -13,7 +13,7 @@ import copy
 
 import pytest
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.model.forward import forward_stats, token_stats
@@ -28,6 +28,7 @@ from skyexp.model.layout import (
     token_budget_split,
 )
 from skyexp.records import Rollout
+from skyexp.rl.update import UpdateBatch, rl_update
 
 RTOL = 1e-5
 
@@ -206,13 +207,13 @@ def test_update_equals_the_plain_path(tiny_dir, case, layout):
         AlgoConfig(ppo_epochs=2, mini_batches=2) if case == "epochs_minibatches" else AlgoConfig()
     )
     coef = 0.05 if case == "entropy_bonus" else 0.0
-    kw = (
-        dict(kl_coef=0.3, ref_logprobs=ro.logprobs - 0.1 * ro.response_mask)
-        if case == "kl_loss"
+    ref = ro.logprobs - 0.1 * ro.response_mask if case == "kl_loss" else None
+    rule = (
+        dict(rule="clip_cov", clip_cov_ratio=0.2, cov_low=-5.0, cov_high=5.0)
+        if case == "clip_cov"
         else {}
     )
-    if case == "clip_cov":
-        kw.update(rule="clip_cov", rule_params=dict(clip_cov_ratio=0.2, cov_low=-5.0, cov_high=5.0))
+    spec = loss_spec(algo, coef, 0.3 if case == "kl_loss" else 0.0, **rule)
     new = dict(
         logprob_chunk=6,
         share_prompts=layout == "shared",
@@ -224,7 +225,8 @@ def test_update_equals_the_plain_path(tiny_dir, case, layout):
         p, opt = copy.deepcopy(base), None
         opt = GradRecorder(p.parameters())
         torch.manual_seed(123)
-        update(p, opt, ro, adv, weights, algo, coef, 3, 0.0, old_logprobs=old, **kw, **extra)
+        rl_update(p, opt, UpdateBatch(ro, adv, weights, old, ref_logprobs=ref), spec,
+                  update_settings(3, algo=algo, **extra))
         grads.append(opt.seen)
     assert len(grads[0]) == len(grads[1]) >= 1
     for plain, chunked in zip(*grads):
@@ -279,8 +281,12 @@ def test_update_equal_with_gradient_checkpointing(tiny_dir):
             p.gradient_checkpointing_enable()
         p.train()
         opt = GradRecorder(p.parameters())
-        update(
-            p, opt, ro, adv, torch.ones(12), AlgoConfig(), 0.02, 3, 0.0, old_logprobs=old, **extra
+        rl_update(
+            p,
+            opt,
+            UpdateBatch(ro, adv, torch.ones(12), old),
+            loss_spec(coef=0.02),
+            update_settings(3, **extra),
         )
         out.append(opt.seen[0])
     for other in out[1:]:

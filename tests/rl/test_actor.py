@@ -6,13 +6,13 @@ import copy
 
 import pytest
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp.algos.advantages import rloo
 from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.model.layout import pack
 from skyexp.model.loading import load_model, load_tokenizer
-from skyexp.rl.update import UpdateSettings, sft_step
+from skyexp.rl.update import UpdateBatch, UpdateSettings, rl_update, sft_step
 from skyexp.rollout.hf import HFEngine
 
 
@@ -37,18 +37,12 @@ def test_rl_update_learns_a_bandit(setup):
         ro = eng.generate(prompts, 8, 3, 1.0)
         r = (ro.responses[:, 0] == target).float().view(8, 8)
         rates.append(r.mean().item())
-        stats = update(
+        stats = rl_update(
             policy,
             opt,
-            ro,
-            rloo(r).flatten(),
-            torch.ones(64),
-            AlgoConfig(),
-            0.0,
-            64,
-            1.0,
-            1,
-            d.device,
+            UpdateBatch(ro, rloo(r).flatten(), torch.ones(64)),
+            loss_spec(),
+            update_settings(64, 1.0, device=d.device),
         )
         eng.sync_weights(policy)
     assert sum(rates[:3]) / 3 < 0.1 and sum(rates[-3:]) / 3 > 0.5
@@ -65,7 +59,13 @@ def test_micro_batch_split_does_not_change_the_update(setup):
     for mb in (8, 1, 3):
         p = copy.deepcopy(policy)
         opt = torch.optim.SGD(p.parameters(), lr=1.0)
-        st = update(p, opt, ro, adv, weights, AlgoConfig(), 0.01, mb, 0.0, 1, d.device)
+        st = rl_update(
+            p,
+            opt,
+            UpdateBatch(ro, adv, weights),
+            loss_spec(coef=0.01),
+            update_settings(mb, device=d.device),
+        )
         results.append((p, st))
     base = dict(results[0][0].named_parameters())
     for p, st in results[1:]:
@@ -87,7 +87,9 @@ def test_sft_step_lowers_the_loss_on_response_tokens_only(setup):
     assert rmask.sum() == 4 * len(responses[0])
     opt = torch.optim.AdamW(policy.parameters(), lr=3e-3)
     losses = [
-        sft_step(policy, opt, (seq, attn, rmask, plen), UpdateSettings(2, 1.0, 1, d.device))[0]
+        sft_step(
+            policy, opt, (seq, attn, rmask, plen), UpdateSettings(ForwardSettings(2, d.device), 1.0)
+        )[0]
         for _ in range(15)
     ]
     assert losses[-1] < 0.5 * losses[0]
@@ -110,7 +112,18 @@ def test_skipping_zero_signal_rows_changes_nothing(setup):
     for r in (ro, dataclasses.replace(ro, entropy=None)):
         p = copy.deepcopy(policy)
         opt = torch.optim.SGD(p.parameters(), lr=1.0)
-        out.append((p, update(p, opt, r, adv, weights, AlgoConfig(), 0.0, 4, 0.0, 1, d.device)))
+        out.append(
+            (
+                p,
+                rl_update(
+                    p,
+                    opt,
+                    UpdateBatch(r, adv, weights),
+                    loss_spec(),
+                    update_settings(4, device=d.device),
+                ),
+            )
+        )
     (fast, s1), (full, s2) = out
     for (n, a), (_, b) in zip(fast.named_parameters(), full.named_parameters()):
         assert torch.allclose(a, b, atol=1e-6), n
@@ -179,9 +192,9 @@ def reference_update(
                 clip_c=algo.clip_c,
                 ratio_max=algo.ratio_max,
             )
-            if POLICY_LOSSES[algo.policy_loss] is None:
+            if tr.loss is not None:  # the token rule's loss replaces PPO's surrogate
                 pg, _ = tr.loss(logp, old[rows], adv_tok, sel, **_own(tr.loss, {**clip, **params}))
-            else:  # GSPO / CISPO: the whole row's mask, untrimmed
+            else:  # algo.policy_loss's: the whole row's mask, untrimmed
                 seq = POLICY_LOSSES[algo.policy_loss]
                 pg, _ = seq(logp, old[rows], adv_tok, lm, **_own(seq, clip))
             pg = pg if isw is None else pg * isw[rows]
@@ -271,7 +284,8 @@ def test_update_equals_reference(batch, case, share):
         from skyexp.algos.rollout_is import token_is_weights
 
         kw = dict(
-            old=noisy_old, isw=token_is_weights(noisy_old, ro.logprobs, ro.response_mask, 1.2)
+            old=noisy_old,
+            isw=token_is_weights(noisy_old, ro.logprobs, ro.response_mask, rollout_is_cap=1.2),
         )
     elif case in (
         "gspo",
@@ -291,26 +305,18 @@ def test_update_equals_reference(batch, case, share):
     p = copy.deepcopy(policy)
     opt = torch.optim.SGD(p.parameters(), lr=1.0)
     torch.manual_seed(123)
-    st = update(
-        p,
-        opt,
-        ro,
-        adv,
-        weights,
+    batch = UpdateBatch(
+        ro, adv, weights, kw.get("old"), None, kw.get("ref"), kw.get("isw"), kw.get("max_len") or 0
+    )
+    spec = loss_spec(
         algo,
         kw.get("coef", 0.0),
-        3,
-        0.0,
-        1,
-        d.device,
-        old_logprobs=kw.get("old"),
-        ref_logprobs=kw.get("ref"),
-        kl_coef=kw.get("kl_coef", 0.0),
-        rule=kw.get("rule", "none"),
-        rule_params=kw.get("params"),
-        max_response_len=kw.get("max_len"),
-        is_weights=kw.get("isw"),
-        share_prompts=share,
+        kw.get("kl_coef", 0.0),
+        kw.get("rule", "none"),
+        **kw.get("params", {}),
+    )
+    st = rl_update(
+        p, opt, batch, spec, update_settings(3, algo=algo, device=d.device, share_prompts=share)
     )
     _same(p, expected)
     assert any(not torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
@@ -334,33 +340,22 @@ def test_old_policy_is_the_sampler_for_every_minibatch(batch):
         [0.2, -0.2, 0.1, -0.1]
     )  # every group has signal: both mini-batches step
     p = copy.deepcopy(policy)
-    st = update(
+    algo = AlgoConfig(ppo_epochs=2, mini_batches=2)
+    st = rl_update(
         p,
         torch.optim.SGD(p.parameters(), lr=1.0),
-        ro,
-        adv,
-        weights,
-        AlgoConfig(ppo_epochs=2, mini_batches=2),
-        0.0,
-        4,
-        0.0,
-        1,
-        d.device,
+        UpdateBatch(ro, adv, weights),
+        loss_spec(algo),
+        update_settings(4, algo=algo, device=d.device),
     )
     assert st.ppo_kl != 0.0 and st.optimizer_steps == 4
     p1 = copy.deepcopy(policy)
-    st1 = update(
+    st1 = rl_update(
         p1,
         torch.optim.SGD(p1.parameters(), lr=1.0),
-        ro,
-        adv,
-        weights,
-        AlgoConfig(),
-        0.0,
-        4,
-        0.0,
-        1,
-        d.device,
+        UpdateBatch(ro, adv, weights),
+        loss_spec(),
+        update_settings(4, device=d.device),
     )
     assert abs(st1.ppo_kl) < 1e-5  # one on-policy step: the ratio is 1 up to float noise
 

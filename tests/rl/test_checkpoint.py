@@ -9,12 +9,13 @@ import random
 import numpy as np
 import pytest
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp import checkpoint, distributed
 from skyexp.config import AlgoConfig, ConfigError, ModelConfig
 from skyexp.model.loading import load_model, load_tokenizer
-from skyexp.rl import lifecycle
+from skyexp.rl import resume
+from skyexp.rl.update import UpdateBatch, rl_update
 from skyexp.rollout.hf import HFEngine
 
 
@@ -131,7 +132,7 @@ def test_rng_state_round_trip(tiny_dir):
         load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3
     )
     torch.manual_seed(1), random.seed(2), np.random.seed(3)
-    saved = lifecycle.rng_state(eng)
+    saved = resume.rng_state(eng)
 
     def draw():
         return (
@@ -143,7 +144,7 @@ def test_rng_state_round_trip(tiny_dir):
 
     ref = draw()
     draw()
-    lifecycle.set_rng_state(eng, saved)
+    resume.set_rng_state(eng, saved)
     assert draw() == ref
 
 
@@ -152,9 +153,9 @@ def test_rng_state_survives_weights_only_load(tiny_dir, tmp_path):
     eng = HFEngine(
         load_model(str(tiny_dir), ModelConfig()), tok.eos_token_id, tok.pad_token_id, seed=3
     )
-    torch.save(lifecycle.rng_state(eng), tmp_path / "r.pt")
+    torch.save(resume.rng_state(eng), tmp_path / "r.pt")
     ref = (random.random(), np.random.rand(), torch.rand(2, generator=eng.generator).tolist())
-    lifecycle.set_rng_state(eng, torch.load(tmp_path / "r.pt", weights_only=True))
+    resume.set_rng_state(eng, torch.load(tmp_path / "r.pt", weights_only=True))
     assert (
         random.random(),
         np.random.rand(),
@@ -167,15 +168,13 @@ def test_rewind_metrics_drops_rows_logged_after_the_checkpoint(tmp_path):
     f.write_text(
         "".join(json.dumps({"step": s, "x": s}) + "\n" for s in range(6)) + '{"step": 6, "x"'
     )  # torn last line
-    assert lifecycle.rewind_metrics(f, 4) == 3
+    assert resume.rewind_metrics(f, 4) == 3
     assert [json.loads(x)["step"] for x in f.read_text().splitlines()] == [0, 1, 2, 3]
-    assert lifecycle.rewind_metrics(tmp_path / "none.jsonl", 1) == 0
+    assert resume.rewind_metrics(tmp_path / "none.jsonl", 1) == 0
     (tmp_path / "tables").mkdir()
     (tmp_path / "tables" / "samples.completions.jsonl").write_text("".join(
         json.dumps({"step": s, "prompt": "p"}) + "\n" for s in (1, 1, 5, 6)))
-    assert (
-        lifecycle.rewind_logs(tmp_path, 2) == 2 + 2
-    )  # metrics rows 2, 3; table rows of steps 5, 6
+    assert resume.rewind_logs(tmp_path, 2) == 2 + 2  # metrics rows 2, 3; table rows of steps 5, 6
     assert [
         json.loads(x)["step"]
         for x in (tmp_path / "tables" / "samples.completions.jsonl").read_text().splitlines()
@@ -193,7 +192,7 @@ def test_config_changes_are_named():
         "logger": {"mode": "online"},
         "context": {"stages": [{"steps": 3}]},
     }
-    assert lifecycle.warn_config_changes(saved, now) == ["context.stages", "trainer.lr"]
+    assert resume.warn_config_changes(saved, now) == ["context.stages", "trainer.lr"]
 
 
 def test_non_finite_update_is_skipped(tiny_dir, dist1):
@@ -209,25 +208,16 @@ def test_non_finite_update_is_skipped(tiny_dir, dist1):
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     adv = torch.randn(8)
     adv[3] = float("nan")
-    st = update(
-        policy,
-        opt,
-        ro,
-        adv,
-        torch.ones(8),
-        AlgoConfig(mini_batches=2, n=4),
-        0.0,
-        64,
-        1.0,
-        1,
-        dist1.device,
-    )
+    algo = AlgoConfig(mini_batches=2, n=4)
+    st = rl_update(policy, opt, UpdateBatch(ro, adv, torch.ones(8)), loss_spec(algo),
+                   update_settings(64, 1.0, algo, device=dist1.device))
     # group 0 (the NaN row) skips its optimizer step; group 1 steps
     assert st.skipped_updates == 1 and st.optimizer_steps == 1
     changed = [k for k, v in policy.state_dict().items() if not torch.equal(v, before[k])]
     assert changed and all(torch.isfinite(v).all() for v in policy.state_dict().values())
     adv[:] = float("inf")
     after_one = {k: v.clone() for k, v in policy.state_dict().items()}
-    st = update(policy, opt, ro, adv, torch.ones(8), AlgoConfig(n=4), 0.0, 64, 1.0, 1, dist1.device)
+    st = rl_update(policy, opt, UpdateBatch(ro, adv, torch.ones(8)), loss_spec(AlgoConfig(n=4)),
+                   update_settings(64, 1.0, device=dist1.device))
     assert st.skipped_updates == 1 and st.optimizer_steps == 0
     assert all(torch.equal(v, after_one[k]) for k, v in policy.state_dict().items())

@@ -7,15 +7,18 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from conftest import algorithm
 
 from skyexp.config import AlgoConfig, Config, ModelConfig
+from skyexp.config.algorithm import build_algorithm
 from skyexp.config.stages import StagePlan
 from skyexp.data import PromptSampler
 from skyexp.model.loading import load_tokenizer
 from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
-from skyexp.rl.collect import collect_batch, concat_rollouts, group_advantages, kl_coefs, kl_penalty
-from skyexp.rl.state import Timer
+from skyexp.rl.advantage import group_advantages, step_advantages
+from skyexp.rl.collect import collect_batch, concat_rollouts
+from skyexp.rl.state import Live, Timer
 
 
 class FakeEngine:
@@ -70,7 +73,8 @@ def _run(tiny_dir, dist1, script, **algo):
         tokenizer=tok,
         engine=FakeEngine(tok),
         reward=ScriptedReward(script),
-        sampler=sampler,
+        live=Live(sampler),
+        algorithm=build_algorithm(cfg),
     )
     return (
         collect_batch(run, StagePlan(0, 1, 2, 2, 8, reward=cfg.reward), 1.0, Timer()),
@@ -149,23 +153,39 @@ def test_group_advantages_only_on_training_groups(dist1):
     rewards = torch.tensor([[1.0, 0.0], [1.0, 1.0], [0.0, 1.0], [3.0, -3.0]])
     train = torch.tensor([True, False, True, False])
     adv = group_advantages(
-        AlgoConfig(advantage="reinforce_pp", adv_eps=0.0), rewards, train, dist1.device
+        algorithm(advantage="reinforce_pp", adv_eps=0.0), rewards, train, dist1.device
     )
     # batch statistics over the 2 training groups only: centred +-0.5, std 0.5 -> +-1
     assert adv.tolist() == [1.0, -1.0, 0.0, 0.0, -1.0, 1.0, 0.0, 0.0]
-    rl = group_advantages(AlgoConfig(), rewards, torch.ones(4, dtype=torch.bool), dist1.device)
+    rl = group_advantages(algorithm(), rewards, torch.ones(4, dtype=torch.bool), dist1.device)
     assert rl.view(4, 2)[3].tolist() == [6.0, -6.0]  # rloo: 3 - (-3) = 6
 
 
-def test_kl_reward_penalty():
-    logp = torch.tensor([[-1.0, -2.0, -9.0]])
-    ref = torch.tensor([[-1.5, -1.0, 0.0]])
-    mask = torch.tensor([[1.0, 1.0, 0.0]])
-    # k1 summed over the response: (-1 + 1.5) + (-2 + 1) = -0.5 (padding ignored)
-    assert kl_penalty(AlgoConfig(kl_estimator="k1"), logp, ref, mask).tolist() == [
-        pytest.approx(-0.5)
-    ]
-    assert kl_penalty(AlgoConfig(), logp, None, mask).tolist() == [0.0]
-    assert kl_coefs(AlgoConfig(kl_coef=0.1)) == (0.1, 0.0) and kl_coefs(
-        AlgoConfig(kl_coef=0.1, kl_mode="reward")
-    ) == (0.0, 0.1)
+def test_kl_reward_penalty(dist1):
+    """The KL is computed once and returned with the rewards it changed: r - beta * sum_t KL_t."""
+    logp = torch.tensor([[-1.0, -2.0, -9.0], [-1.0, -1.0, -1.0]])
+    ref = torch.tensor([[-1.5, -1.0, 0.0], [-1.0, -1.0, -1.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    rewards, train = torch.tensor([[1.0, 0.0]]), torch.tensor([True])
+    # k1 summed over the response: (-1 + 1.5) + (-2 + 1) = -0.5 (padding ignored), and 0
+    out = step_advantages(
+        algorithm(kl_estimator="k1", kl_coef=0.1, kl_mode="reward"),
+        rewards,
+        train,
+        logp,
+        ref,
+        mask,
+        dist1.device,
+    )
+    assert out.seq_kl.tolist() == [[pytest.approx(-0.5), 0.0]]
+    assert out.rewards.tolist() == [[pytest.approx(1.05), 0.0]]
+    assert (
+        step_advantages(algorithm(), rewards, train, logp, None, mask, dist1.device).seq_kl is None
+    )
+    loss, reward = algorithm(kl_coef=0.1), algorithm(kl_coef=0.1, kl_mode="reward")
+    assert (loss.kl_loss_coef, loss.kl_reward_coef, reward.kl_loss_coef, reward.kl_reward_coef) == (
+        0.1,
+        0.0,
+        0.0,
+        0.1,
+    )

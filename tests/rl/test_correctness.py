@@ -14,7 +14,7 @@ import math
 
 import pytest
 import torch
-from conftest import estimator
+from conftest import algorithm, estimator
 
 from skyexp.algos.advantages import (
     ADVANTAGES,
@@ -29,8 +29,8 @@ from skyexp.algos.losses import (
     token_logprobs,
     token_mean,
 )
-from skyexp.config import AlgoConfig, ModelConfig
-from skyexp.rl.collect import step_advantages
+from skyexp.config import ModelConfig
+from skyexp.rl.advantage import step_advantages
 
 # ---- 1. KL penalty in the reward with masked (truncated) rows ----
 
@@ -50,15 +50,15 @@ def test_kl_in_reward_advantages_with_masked_rows_hand_values(dist1):
       A = [-0.90141, 0.87500, -0.82984, 0.85626]   (the trained rows 1 and 3: 0.875 / 0.856).
     Reference log-probs left at 0 on the masked rows gave KL [4286.5, 0.15, 86.7, 0.37] and 0.52 /
     0.52."""
-    a = AlgoConfig(advantage="grpo", kl_coef=0.05, kl_mode="reward", kl_estimator="k1")
+    a = algorithm(advantage="grpo", kl_coef=0.05, kl_mode="reward", kl_estimator="k1")
     rewards, train = torch.tensor([[0.0, 1.0, 0.0, 1.0]]), torch.tensor([True])
     adv = step_advantages(
         a, rewards, train, *_single_token_kl([0.998, 0.15, 0.158, 0.37]), dist1.device
-    )
+    ).advantages
     assert adv.tolist() == pytest.approx([-0.90141, 0.87500, -0.82984, 0.85626], abs=1e-4)
     broken = step_advantages(
         a, rewards, train, *_single_token_kl([4286.5, 0.15, 86.7, 0.37]), dist1.device
-    )
+    ).advantages
     assert broken[[1, 3]].tolist() == pytest.approx([0.5165, 0.5164], abs=1e-3)
 
 
@@ -90,8 +90,9 @@ def test_rl_step_gives_masked_rows_old_and_reference_logprobs(tmp_path, monkeypa
 
     def spy(a, rewards, train, logp, ref_logp, mask, device):
         seen.update(train=train, logp=logp, ref=ref_logp, mask=mask)
-        seen["adv"] = real_adv(a, rewards, train, logp, ref_logp, mask, device)
-        return seen["adv"]
+        out = real_adv(a, rewards, train, logp, ref_logp, mask, device)
+        seen["adv"] = out.advantages
+        return out
 
     monkeypatch.setattr(step_mod, "collect_batch", collect)
     monkeypatch.setattr(step_mod, "step_advantages", spy)
@@ -231,26 +232,26 @@ def test_step_advantages_routes_reinforce_pp_by_kl_mode(dist1):
         torch.cat([REWARDS, torch.tensor([[5.0, -5.0, 0.0]])]),
         torch.tensor([True, False]),
     )
-    a = AlgoConfig(advantage="reinforce_pp", kl_coef=0.1, kl_mode="reward", kl_estimator="k1")
-    adv = step_advantages(a, rewards, train, logp, ref, mask, dist1.device)
+    a = dict(advantage="reinforce_pp", kl_coef=0.1, kl_mode="reward", kl_estimator="k1")
+    adv = step_advantages(algorithm(**a), rewards, train, logp, ref, mask, dist1.device).advantages
     assert adv.shape == (6, 3) and torch.equal(adv[3:], torch.zeros(3, 3))
     assert torch.allclose(adv[:3], reinforce_pp_tokens(REWARDS, KL, MASK, 0.1), atol=1e-6)
     seq = step_advantages(
-        dataclasses.replace(a, kl_mode="loss"), rewards, train, logp, ref, mask, dist1.device
-    )
+        algorithm(**{**a, "kl_mode": "loss"}), rewards, train, logp, ref, mask, dist1.device
+    ).advantages
     assert seq.shape == (6,) and seq[:3].tolist() == pytest.approx(
         [2**0.5, -(2**0.5) / 2, -(2**0.5) / 2], abs=1e-5
     )
     # the sequence-level form keeps the former estimator with the KL in the reward
     old = step_advantages(
-        dataclasses.replace(a, advantage="reinforce_pp_seq"),
+        algorithm(**{**a, "advantage": "reinforce_pp_seq"}),
         rewards,
         train,
         logp,
         ref,
         mask,
         dist1.device,
-    )
+    ).advantages
     assert old[:3].tolist() == pytest.approx([1.41411, -0.72276, -0.69134], abs=1e-4)
 
 
@@ -273,9 +274,10 @@ def test_update_takes_per_token_advantages(rollout, dist1):
     """rl_update with advantages [N, R]: a broadcast per-sequence advantage gives exactly the
     per-sequence update; genuinely per-token advantages give the plain full-batch token-mean
     step (SGD, lr 1) with micro-batches of 4, one filtered row and an all-zero row skipped."""
-    from conftest import update as rl_update
+    from conftest import loss_spec, update_settings
 
     from skyexp.model.forward import response_logits
+    from skyexp.rl.update import UpdateBatch, rl_update
 
     policy, ro = rollout
     torch.manual_seed(0)
@@ -287,15 +289,9 @@ def test_update_takes_per_token_advantages(rollout, dist1):
         rl_update(
             p,
             torch.optim.SGD(p.parameters(), lr=1.0),
-            ro,
-            adv,
-            weights,
-            AlgoConfig(),
-            0.0,
-            4,
-            0.0,
-            1,
-            dist1.device,
+            UpdateBatch(ro, adv, weights),
+            loss_spec(),
+            update_settings(4, device=dist1.device),
         )
         return p
 

@@ -16,10 +16,11 @@ import math
 
 import pytest
 import torch
+from conftest import loss_spec
 
 from skyexp.algos.losses import Normalisers
-from skyexp.config import AlgoConfig, EntropyConfig
-from skyexp.rl.objective import TokenInputs, make_loss_spec, objective
+from skyexp.config import AlgoConfig
+from skyexp.rl.objective import TokenInputs, objective
 
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]], dtype=torch.float64)
 RATIO = torch.tensor([[1.5, 0.5, 1.0], [1.5, 0.5, 3.0]], dtype=torch.float64)
@@ -29,7 +30,7 @@ NORM = Normalisers(num_tokens=5, num_seqs=2, max_len=4)
 
 def spec(entropy_coef: float = 0.0, kl_coef: float = 0.0, **algo):
     """The spec one RL step builds, from config values (the one place that knows how)."""
-    return make_loss_spec(AlgoConfig(**algo), EntropyConfig(), entropy_coef, kl_coef)
+    return loss_spec(AlgoConfig(**algo), entropy_coef, kl_coef)
 
 
 def inputs(ratio=RATIO, adv=ADV, mask=MASK, **extra) -> TokenInputs:

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import update
+from conftest import loss_spec, update_settings
 
 from skyexp.algos.rollout_is import (
     ROLLOUT_IS,
@@ -20,6 +20,7 @@ from skyexp.config import AlgoConfig, ModelConfig
 from skyexp.model.loading import load_model, load_tokenizer
 from skyexp.records import UpdateStats
 from skyexp.rl.metrics import mismatch_metrics
+from skyexp.rl.update import UpdateBatch, rl_update
 from skyexp.rollout.hf import HFEngine
 
 L = math.log
@@ -31,7 +32,7 @@ def test_token_weights_by_hand():
     trainer = torch.tensor([[L(0.5), L(0.25), L(0.3), 0.0]])
     sampler = torch.tensor([[L(0.25), L(0.5), L(0.3), -3.0]])
     mask = torch.tensor([[1.0, 1, 1, 0]])
-    w = token_is_weights(trainer, sampler, mask, 1.5)
+    w = token_is_weights(trainer, sampler, mask, rollout_is_cap=1.5)
     assert torch.allclose(w, torch.tensor([[1.5, 0.5, 1.0, 0.0]]))
     assert is_weight_stats(w, mask, 1.5) == pytest.approx(
         (3.0, 1.0, 3.0)
@@ -45,16 +46,18 @@ def test_sequence_weights_by_hand():
     trainer = torch.tensor([[L(0.5), L(0.25), L(0.3)], [L(0.5), L(0.5), 0.0], [L(0.1), 9.0, 9.0]])
     sampler = torch.tensor([[L(0.25), L(0.5), L(0.3)], [L(0.25), L(0.25), 0.0], [L(0.2), 0.0, 0.0]])
     mask = torch.tensor([[1.0, 1, 1], [1, 1, 0], [1, 0, 0]])
-    w = sequence_is_weights(trainer, sampler, mask, 3.0)
+    w = sequence_is_weights(trainer, sampler, mask, rollout_is_cap=3.0)
     assert torch.allclose(w, torch.tensor([[1.0, 1, 1], [3, 3, 0], [0.5, 0, 0]]))
 
 
-def test_none_is_the_mask_and_huge_ratios_do_not_overflow():
+def test_none_gives_no_weights_and_huge_ratios_do_not_overflow():
     mask = torch.tensor([[1.0, 0.0]])
-    assert torch.equal(ROLLOUT_IS["none"](torch.zeros(1, 2), torch.zeros(1, 2), mask, 2.0), mask)
+    assert (
+        ROLLOUT_IS["none"](torch.zeros(1, 2), torch.zeros(1, 2), mask, rollout_is_cap=2.0) is None
+    )
     big = torch.tensor([[500.0, 0.0]])  # exp(500) overflows float32; the clamp comes first
     for name in ("token", "sequence"):
-        w = ROLLOUT_IS[name](big, torch.zeros(1, 2), mask, 2.0)
+        w = ROLLOUT_IS[name](big, torch.zeros(1, 2), mask, rollout_is_cap=2.0)
         assert torch.isfinite(w).all() and w[0, 0] == pytest.approx(2.0)
 
 
@@ -77,8 +80,12 @@ def test_update_measures_the_sampler_mismatch(batch):
 
     def forward_only(rollout):  # lr 0: the forward passes only
         opt = torch.optim.SGD(policy.parameters(), lr=0.0)
-        return update(
-            policy, opt, rollout, adv, torch.ones(8), AlgoConfig(), 0.0, 3, 0.0, 1, d.device
+        return rl_update(
+            policy,
+            opt,
+            UpdateBatch(rollout, adv, torch.ones(8)),
+            loss_spec(),
+            update_settings(3, device=d.device),
         )
 
     st = forward_only(ro)
@@ -92,7 +99,7 @@ def test_update_measures_the_sampler_mismatch(batch):
     assert st.sampler_logprob_diff == pytest.approx(0.25 + 0.5 / tokens, abs=1e-4)
     assert st.sampler_logprob_diff_max == pytest.approx(0.75, abs=1e-4)
     m = mismatch_metrics(
-        AlgoConfig(), False, ro.logprobs, off, ro.response_mask, ro.response_mask, st, d.device
+        False, AlgoConfig().rollout_is_cap, ro.logprobs, off, ro.response_mask, None, st, d.device
     )
     assert (
         m["rollout/logprob_diff_max"] == st.sampler_logprob_diff_max
@@ -106,13 +113,17 @@ def test_mismatch_metrics_with_recomputed_old_logprobs(batch):
     sampler = (
         ro.logprobs - 0.2 * ro.response_mask
     )  # trainer / sampler = e^0.2 = 1.22 -> capped at 1.1
-    w = ROLLOUT_IS[a.rollout_is](ro.logprobs, sampler, ro.response_mask, a.rollout_is_cap)
+    w = ROLLOUT_IS[a.rollout_is](
+        ro.logprobs, sampler, ro.response_mask, rollout_is_cap=a.rollout_is_cap
+    )
     # with recomputed old log-probs the diff covers every trained token, not the update's first
     # mini-batch
     st = UpdateStats(
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, sampler_logprob_diff=9.0, sampler_logprob_diff_max=9.0
     )
-    m = mismatch_metrics(a, True, ro.logprobs, sampler, ro.response_mask, w, st, d.device)
+    m = mismatch_metrics(
+        True, a.rollout_is_cap, ro.logprobs, sampler, ro.response_mask, w, st, d.device
+    )
     assert m["rollout/logprob_diff"] == pytest.approx(0.2, abs=1e-6)
     assert m["rollout/logprob_diff_max"] == pytest.approx(0.2, abs=1e-6)
     assert (
