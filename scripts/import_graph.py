@@ -25,7 +25,8 @@ LAYERS: list[set[str]] = [
     {"checkpoint", "tracking"},  # utilities that read the config
     {"model", "data", "rewards"},  # loading, layout, the forward, head; sources; scoring
     {"rollout", "evaluation"},  # engines; pass@k and the eval job
-    {"rl", "offline", "analysis"},  # the trainer; filter / distill / score bodies; finished runs
+    # the trainer; filter / distill / score bodies; finished runs and their reports
+    {"rl", "offline", "analysis", "report"},
     # entry points (python -m skyexp.<name>) and the Hydra entry they share
     {"__main__", "__init__", "train", "cli", "launch", "eval", "score", "filter", "distill",
      "findings"},

@@ -32,6 +32,7 @@ def validate_ranges(c: Any, check: Check) -> None:
     _at_least(check, "logger", lg, 0, "samples_every", why=" (0: no sample tables)")
     _at_least(check, "logger", lg, 1, "samples_rows")
     _at_least(check, "logger", lg, 0, "line_every", why=" (0: no step lines)")
+    _at_least(check, "logger", lg, -1, "line_every_sft", why=" (-1: about 20 lines per SFT stage; 0: none)")
     _at_least(check, "trainer", t, 0, "threads", why=" (0: cores / local ranks)")
     _at_least(check, "trainer", t, 0, "warmup_steps")
     check(t.weight_decay >= 0, "trainer.weight_decay", "must be >= 0")

@@ -217,6 +217,9 @@ class LoggerConfig:
     samples_rows: int = 8  # rows per table
     progress: bool = True
     line_every: int = 1  # no progress bar (not a terminal, or progress=false): a step line every N RL steps; 0: none
+    # the same for the SFT stage: a line every N SFT steps (its first and last step too); -1: about 20
+    # lines per SFT stage (every sft.steps // 20); 0: none
+    line_every_sft: int = -1
 
 
 @dataclass

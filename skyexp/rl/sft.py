@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from pathlib import Path
 
 import torch
@@ -58,6 +59,36 @@ def lr_lambda(step: int, warmup: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def line_every(every: int, steps: int) -> int:
+    """logger.line_every_sft resolved: -1 gives about 20 lines per SFT stage; 0: none."""
+    return max(1, steps // 20) if every < 0 else every
+
+
+class SftLines:
+    """Off a terminal the SFT stage's progress as log lines in the RL step lines' form
+    (skyexp.tracking.step_line): `sft step:24 - progress:25/500 - sft/loss:0.4123 - sft/lr:0.002 -
+    sft/grad_norm:0.8312 - perf/tokens_per_s:10234 - eta_s:118`. A line at the first step, every
+    `every` steps and at the last; tokens/s over the steps since the previous line (prompt and
+    response tokens, this rank), ETA from the stage's mean step time so far."""
+
+    def __init__(self, steps: int, every: int):
+        self.steps, self.every = steps, every
+        self.start = self.last = time.perf_counter()
+        self.tokens = 0
+
+    def after(self, step: int, values: dict[str, float], tokens: int) -> None:
+        self.tokens += tokens
+        if not self.every or not (step % self.every == 0 or step == self.steps - 1):
+            return
+        now = time.perf_counter()
+        rate = self.tokens / max(now - self.last, 1e-9)
+        eta = (now - self.start) / (step + 1) * (self.steps - step - 1)
+        parts = [f"sft step:{step}", f"progress:{step + 1}/{self.steps}"]
+        parts += [f"{k}:{v:.4g}" for k, v in values.items()] + [f"perf/tokens_per_s:{rate:.0f}", f"eta_s:{eta:.0f}"]
+        log.info(" - ".join(parts))
+        self.last, self.tokens = now, 0
+
+
 def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: list[Problem], out_dir: Path,
             log_step, progress: bool) -> dict[str, float]:
     """Train `policy` in place for cfg.sft.steps steps; write the result to out_dir (rank 0)."""
@@ -74,13 +105,17 @@ def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: lis
     loss = 0.0
     # rows per micro-batch only: SFT keeps the head's default chunking and no token budget
     settings = UpdateSettings(ForwardSettings(cfg.trainer.micro_batch_size, d.device), cfg.trainer.grad_clip, d.world_size)
-    for _ in bar:
+    lines = SftLines(s.steps, 0 if progress or not d.is_main else line_every(cfg.logger.line_every_sft, s.steps))
+    for step in bar:
         batch = sampler.next(s.batch_size)
         prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)["input_ids"]  # rendered already
         responses = [r[: s.max_len - 1] + [eos] for r in tokenizer([p.answer for p in batch], add_special_tokens=False)["input_ids"]]
-        loss, gnorm = sft_step(policy, opt, pack(prompts, responses, tokenizer.pad_token_id), settings)
+        packed = pack(prompts, responses, tokenizer.pad_token_id)
+        lr = sched.get_last_lr()[0]  # the rate this step trains with
+        loss, gnorm = sft_step(policy, opt, packed, settings)
         sched.step()
         log_step({"sft/loss": loss, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0]})
+        lines.after(step, {"sft/loss": loss, "sft/lr": lr, "sft/grad_norm": gnorm}, int(packed[1].sum()))
         bar.set_postfix(loss=f"{loss:.3f}")
     export_hf(policy, tokenizer, out_dir, d)
     return {"sft/final_loss": loss}
