@@ -77,11 +77,12 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     """Ranks, run directory, seeds, data, tokenizer, reward pool, policy, engine, logger,
     optimizer and sampler: everything the phases share, in one Run."""
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic)
+    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic,
+                          cfg.trainer.sp_size)
     check_world(cfg, d.world_size)
     run_dir = _shared_run_dir(run_dir)
     resume = _resume_point(cfg, run_dir, d)
-    random.seed(cfg.trainer.seed + d.rank)
+    random.seed(cfg.trainer.seed + d.dp_rank)  # the ranks of a sequence-parallel group draw alike
     torch.manual_seed(cfg.trainer.seed)
     task = load_task(cfg.data)
     base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
@@ -95,7 +96,7 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
     try:
         policy = loading.load_policy(start, cfg, d)
-        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
+        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.dp_rank)
     except BaseException:
         reward.close()  # its worker processes would outlive the failed start
         raise
@@ -106,7 +107,7 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     opt, sched = boundaries.make_optimizer(cfg, policy)
     run = Run(cfg, d, run_dir, plan_run(cfg), tokenizer, policy, engine, reward, logger, opt, sched, task.train,
               build_algorithm(cfg), UpdateSettings.of(cfg, d.world_size, d.device), eval_problems,
-              Counters(entropy_coef=cfg.entropy.coef), Live(boundaries.make_sampler(cfg, task.train, d.rank, d.world_size)))
+              Counters(entropy_coef=cfg.entropy.coef), Live(boundaries.make_sampler(cfg, task.train, d.dp_rank, d.dp_size)))
     summary: dict[str, Any] = {"world_size": d.world_size, "params": loading.num_params(policy), "rollout": cfg.rollout.name,
                                "git_commit": git_commit(),
                                "data": {"problems": len(task.train), **task.stats}}  # rows skipped, duplicates, ...

@@ -15,6 +15,7 @@ from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
 from skyexp.config.names import DATA_SOURCES, REWARD_TERMS, ROLLOUT_ENGINES
+from skyexp.config.parallel import check_parallel_world, validate_parallel
 from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import (
     AlgoConfig,
@@ -80,6 +81,7 @@ def validate(c: Config) -> None:
     validate_logger(c)
     validate_ranges(c, _check)
     validate_schedule(c, _check, algorithm.estimator)
+    validate_parallel(c, _check)
 
 
 def validate_algo(a: AlgoConfig) -> None:
@@ -167,6 +169,7 @@ def validate_logger(c: Config) -> None:
 
 def check_world(c: Config, world_size: int) -> None:
     """Checks that need the number of ranks (known only after the process group starts)."""
+    check_parallel_world(c, world_size, _check)
     check_world_plan(c, world_size, _check)
     _check(c.algo.gen_batch_size % world_size == 0, "algo.gen_batch_size",
            f"generation batch {c.algo.gen_batch_size} is not divisible by {world_size} ranks")

@@ -256,6 +256,14 @@ class TrainerConfig:
     # position ids (flash-attention varlen on GPU; a block-diagonal mask with sdpa/eager on CPU).
     # Needs logprob_chunk > 0; takes precedence over share_prompts.
     padding_free: bool = False
+    # Ulysses sequence parallelism (skyexp.model.sequence_parallel): each padding-free row split
+    # over sp_size ranks (world = data-parallel x sp_size); needs padding_free, heads and KV heads
+    # divisible by it (or it by the KV heads). max_tokens_per_micro_batch stays per rank.
+    sp_size: int = 1
+    # FSDP2 CPU offload (skyexp.distributed.shard): none | optimizer (AdamW's moments on the CPU
+    # between steps) | params (CPUOffloadPolicy: sharded parameters, gradients and the optimizer
+    # step on the CPU). docs/long-context.md gives what each costs.
+    offload: str = "none"
     fsdp: bool = True  # shard the policy with FSDP2 over the ranks (false: the plain model, one process only)
     cache_dir: str = ""  # SFT results and built models; empty: $SKYEXP_CACHE or ~/.cache/skyexp
     save_final: bool = True  # export the final policy in Hugging Face format

@@ -26,6 +26,7 @@ class ForwardSettings:
     logprob_chunk: int = 1024  # tokens per lm-head chunk; 0: full [rows, tokens, V] logits
     max_tokens: int = 0  # > 0: also at most this many prompt + response tokens per micro-batch
     padding_free: bool = False  # rows of a micro-batch packed into one sequence (see pack_rows)
+    sp_size: int = 1  # trainer.sp_size: max_tokens is per rank, so an SP group's budget is x sp_size
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
@@ -87,7 +88,8 @@ def micro_batches(rollout: Rollout, rows: torch.Tensor, f: ForwardSettings) -> l
     lengths = rollout.attention_mask[rows].sum(-1)
     sort = torch.argsort(lengths, stable=True)
     order = rows[sort]
-    chunks = [(order[c], 1.0) for c in token_budget_split(lengths[sort], f.micro_batch_size, f.max_tokens)]
+    budget = f.max_tokens * f.sp_size  # per SP group: each rank holds a 1/sp_size slice
+    chunks = [(order[c], 1.0) for c in token_budget_split(lengths[sort], f.micro_batch_size, budget)]
     if f.share_prompts:
         chunks = [(c[torch.argsort(c // rollout.n, stable=True)], live) for c, live in chunks]
     most = int(all_reduce_max(len(chunks), f.device))

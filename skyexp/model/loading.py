@@ -173,10 +173,19 @@ def load_policy(path: str, cfg: Any, d: Any) -> torch.nn.Module:
     (also a world of one, the same code path as many ranks; there sharding only copies parameters
     and gradients, 6-10% of the update: trainer.fsdp=false trains the plain model)."""
     from skyexp.distributed import shard
+    from skyexp.model import sequence_parallel
 
+    sp = cfg.trainer.sp_size
+    if sp > 1:  # heads and KV heads against trainer.sp_size, before the weights load
+        from transformers import AutoConfig
+
+        mc = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
+                                        trust_remote_code=cfg.model.trust_remote_code)
+        sequence_parallel.check_model(mc, sp, cfg.model.attn_implementation)
     policy = load_model(path, cfg.model, d.device)
+    sequence_parallel.enable(policy, sp, cfg.model.attn_implementation)
     if cfg.trainer.fsdp:
-        shard(policy, d)
+        shard(policy, d, cfg.trainer.offload)
     return policy
 
 

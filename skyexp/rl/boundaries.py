@@ -14,7 +14,7 @@ from skyexp.config import Config
 from skyexp.config.stages import StagePlan
 from skyexp.data import DataError, PromptSampler
 from skyexp.data.difficulty import Counts, fully_solved, merge, without
-from skyexp.distributed import all_gather_objects
+from skyexp.distributed import all_gather_objects, offload_optimizer
 from skyexp.records import Problem
 from skyexp.rl.state import Run
 
@@ -28,6 +28,8 @@ def make_optimizer(cfg: Config, policy: torch.nn.Module) -> tuple[torch.optim.Op
     fused = not any(hasattr(p, "full_tensor") for p in params) and params[0].device.type in ("cpu", "cuda")
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay, betas=tuple(t.betas), fused=fused or None)
     warm = max(t.warmup_steps, 0)
+    if t.offload == "optimizer":
+        offload_optimizer(opt)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: min(1.0, (k + 1) / warm) if warm else 1.0)
     return opt, sched
 

@@ -89,7 +89,7 @@ def _round(run: Run, stage: StagePlan, temperature: float, problems: list[Proble
 def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
     """Generate and score prompt batches (several under dynamic sampling), filter groups."""
     a = run.cfg.algo
-    quota = stage.batch_size // run.d.world_size  # this rank's share of the groups that train
+    quota = stage.batch_size // run.d.dp_size  # this rank's share of the groups that train
     rounds: list[_Round] = []
     have, drawn = 0, 0
     while True:

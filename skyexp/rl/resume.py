@@ -102,7 +102,7 @@ def restore(run: Run, path: Path) -> dict[str, Any]:
     # the sampler in use: over the prompts not dropped so far, with its own seed; its state's
     # fingerprint of the problem list makes a wrong reconstruction fail loudly
     kept, _ = without(run.problems, set(state["dropped"]))
-    run.live.sampler = PromptSampler(kept, state["sampler"]["seed"], d.rank, d.world_size, cfg.data.shuffle)
+    run.live.sampler = PromptSampler(kept, state["sampler"]["seed"], d.dp_rank, d.dp_size, cfg.data.shuffle)
     run.live.sampler.load_state_dict(state["sampler"])
     run.engine.sync_weights(run.policy)
     if private:

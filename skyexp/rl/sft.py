@@ -96,7 +96,7 @@ def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: lis
     examples = sft_examples(cfg, train, tokenizer)
     log.info("sft: %d examples from %s", len(examples), s.path or f"data ({cfg.data.name})")
     problems = [Problem(id=str(i), problem=p, answer=r) for i, (p, r) in enumerate(examples)]
-    sampler = PromptSampler(problems, cfg.trainer.seed + 17, d.rank, d.world_size)
+    sampler = PromptSampler(problems, cfg.trainer.seed + 17, d.dp_rank, d.dp_size)
     opt = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=tuple(cfg.trainer.betas))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_lambda(k, s.warmup_steps, s.steps, s.lr_min / s.lr))
     policy.train()

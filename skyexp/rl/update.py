@@ -55,7 +55,7 @@ class UpdateSettings:
         """The RL update's settings from trainer.* and algo.* (the one place they are read)."""
         t = cfg.trainer
         fwd = ForwardSettings(t.micro_batch_size, device, t.share_prompts, t.logprob_chunk, t.max_tokens_per_micro_batch,
-                              t.padding_free)
+                              t.padding_free, t.sp_size)
         return UpdateSettings(fwd, t.grad_clip, world_size, cfg.algo.ppo_epochs, cfg.algo.mini_batches)
 
     @property
