@@ -45,11 +45,17 @@ class Dist:
         return self.world_size // self.sp_size
 
 
-def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False, deterministic: bool = False,
-          sp_size: int = 1) -> Dist:
+def setup(
+    device: str = "auto",
+    threads: int = 0,
+    keep_memory: bool = False,
+    deterministic: bool = False,
+    sp_size: int = 1,
+) -> Dist:
     """Start (or join) the process group and pin this rank's device and thread count; on CPU with
     `keep_memory` (trainer.keep_freed_memory), keep freed memory in the process (keep_freed_memory).
-    `deterministic` (trainer.deterministic): see `make_deterministic`; on CPU it also means one thread."""
+    `deterministic` (trainer.deterministic): see `make_deterministic`; on CPU it also means one
+    thread."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA device is visible")
@@ -67,8 +73,12 @@ def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False, det
         dev = torch.device("cpu")
         n = threads or max(1, (os.cpu_count() or 1) // local_world)
         if deterministic and n != 1:
-            log.info("trainer.deterministic: 1 CPU thread per rank instead of %d (a reduction split over threads "
-                     "can add in another order from run to run)", n)
+            log.info(
+                "trainer.deterministic: 1 CPU thread per rank instead of %d (a reduction split "
+                "over threads "
+                "can add in another order from run to run)",
+                n,
+            )
         torch.set_num_threads(1 if deterministic else n)
         if keep_memory:
             keep_freed_memory()
@@ -82,14 +92,20 @@ def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False, det
 
 # NCCL settings for run-to-run identical collectives: one fixed algorithm and protocol, and no
 # in-network (switch) or NVLink-SHARP reductions, whose order is not fixed. User settings win.
-NCCL_DETERMINISTIC = {"NCCL_ALGO": "Ring", "NCCL_PROTO": "Simple", "NCCL_NVLS_ENABLE": "0", "NCCL_COLLNET_ENABLE": "0"}
+NCCL_DETERMINISTIC = {
+    "NCCL_ALGO": "Ring",
+    "NCCL_PROTO": "Simple",
+    "NCCL_NVLS_ENABLE": "0",
+    "NCCL_COLLNET_ENABLE": "0",
+}
 
 
 def make_deterministic(use_cuda: bool) -> None:
     """torch.use_deterministic_algorithms (an op without a deterministic kernel warns, naming
     itself, instead of stopping a long run); on GPUs also cuBLAS's fixed workspace
     (CUBLAS_WORKSPACE_CONFIG, which use_deterministic_algorithms requires), cuDNN without autotuning
-    and NCCL_DETERMINISTIC. What this does and does not make reproducible: README, Reproducibility."""
+    and NCCL_DETERMINISTIC. What this does and does not make reproducible: README,
+    Reproducibility."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     if use_cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -139,7 +155,11 @@ def shard(model: torch.nn.Module, d: Dist, offload: str = "none") -> torch.nn.Mo
     from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     mesh = init_device_mesh(d.device.type, (d.world_size,))
-    policy = CPUOffloadPolicy(pin_memory=d.device.type == "cuda") if offload == "params" else OffloadPolicy()
+    policy = (
+        CPUOffloadPolicy(pin_memory=d.device.type == "cuda")
+        if offload == "params"
+        else OffloadPolicy()
+    )
     for layer in _decoder_layers(model):
         fully_shard(layer, mesh=mesh, offload_policy=policy)
     fully_shard(model, mesh=mesh, offload_policy=policy)
@@ -192,7 +212,9 @@ def run_in_forward(model: torch.nn.Module, fn: Any, *args: Any) -> Any:
     if not isinstance(model, FSDPModule):
         return fn(*args)
     method = model.__dict__.get("_skyexp_forward")
-    if method is None or getattr(method, "__self__", None) is not model:  # first call (or a deep copy)
+    if (
+        method is None or getattr(method, "__self__", None) is not model
+    ):  # first call (or a deep copy)
         model._skyexp_forward = _call.__get__(model, type(model))
         register_fsdp_forward_method(model, "_skyexp_forward")
     return model._skyexp_forward(fn, *args)

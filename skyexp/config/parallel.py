@@ -14,13 +14,21 @@ SP_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3")
 
 def validate_parallel(c, check: Callable[[bool, str, str], None]) -> None:
     t = c.trainer
-    check(t.offload in OFFLOAD, "trainer.offload", f"'{t.offload}' is not one of {', '.join(OFFLOAD)}")
-    check(t.offload == "none" or t.fsdp, "trainer.offload", "needs trainer.fsdp=true (FSDP2 offloads)")
+    check(
+        t.offload in OFFLOAD, "trainer.offload", f"'{t.offload}' is not one of {', '.join(OFFLOAD)}"
+    )
+    check(
+        t.offload == "none" or t.fsdp, "trainer.offload", "needs trainer.fsdp=true (FSDP2 offloads)"
+    )
     check(t.sp_size >= 1, "trainer.sp_size", "must be >= 1")
     if t.sp_size == 1:
         return
-    check(t.padding_free, "trainer.padding_free",
-          f"trainer.sp_size={t.sp_size} slices the padding-free packed row: set trainer.padding_free=true")
+    check(
+        t.padding_free,
+        "trainer.padding_free",
+        f"trainer.sp_size={t.sp_size} slices the padding-free packed row: set "
+        "trainer.padding_free=true",
+    )
     check(t.logprob_chunk > 0, "trainer.logprob_chunk",
           "sequence parallelism runs the chunked lm head on each slice: must be > 0")
     check(t.fsdp, "trainer.fsdp", f"trainer.sp_size={t.sp_size} needs the FSDP2-sharded policy")

@@ -30,7 +30,8 @@ from skyexp.rl.state import Run, Timer
 
 @dataclass(frozen=True)
 class StepBatch:
-    """Everything one RL step generated on this rank. G groups of n samples, rows grouped by group."""
+    """Everything one RL step generated on this rank. G groups of n samples, rows grouped by
+    group."""
 
     rollout: Rollout  # [G*n, ...] every generated sample
     ids: list[str]  # [G] the problem id of each group
@@ -68,22 +69,40 @@ class _Round(NamedTuple):
     texts: list[str]
 
 
-def _round(run: Run, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer) -> _Round:
+def _round(
+    run: Run, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer
+) -> _Round:
     """Generate n samples for each problem, score them, apply the group filter."""
     cfg = run.cfg
     prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
     with timer("gen"):
-        rollout = run.engine.generate(prompts.prompt_ids, stage.n, stage.max_response_len, temperature, cfg.rollout.top_p)
+        rollout = run.engine.generate(
+            prompts.prompt_ids, stage.n, stage.max_response_len, temperature, cfg.rollout.top_p
+        )
     with timer("reward"):
         texts = run.tokenizer.batch_decode(rollout.responses, skip_special_tokens=True)
         scored = run.reward.score(texts, [x for x in prompts.answers for _ in range(stage.n)])
         correct = torch.tensor(scored.scores, dtype=torch.float32)
-        total, terms = combine(ScoreInput(texts, correct, rollout.response_lengths, rollout.truncated,
-                                          stage.max_response_len), stage.reward)
+        total, terms = combine(
+            ScoreInput(
+                texts, correct, rollout.response_lengths, rollout.truncated, stage.max_response_len
+            ),
+            stage.reward,
+        )
     rewards, correct = total.view(-1, stage.n), correct.view(-1, stage.n)
     keep = run.algorithm.group_filter(rewards, correct)  # algo.filter_groups
-    return _Round(rollout, rewards, correct, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep,
-                  prompts.ids, prompts.prompts, prompts.answers, texts)
+    return _Round(
+        rollout,
+        rewards,
+        correct,
+        {k: v.view(-1, stage.n) for k, v in terms.items()},
+        scored,
+        keep,
+        prompts.ids,
+        prompts.prompts,
+        prompts.answers,
+        texts,
+    )
 
 
 def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
@@ -96,18 +115,24 @@ def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) 
         drawn += 1
         # every rank draws every round, so the samplers stay in step; a rank whose share is full
         # skips its prompts instead of generating
-        problems = run.live.sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
+        problems = run.live.sampler.next(
+            (a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size
+        )
         if have < quota or not a.dynamic_sampling:
             rounds.append(_round(run, stage, temperature, problems, timer))
             have += int(rounds[-1].keep.sum())
         if not a.dynamic_sampling or drawn >= a.max_gen_batches:
             break
-        if all_reduce_sum([float(have < quota)], run.d.device)[0] == 0:  # every rank holds its share
+        if (
+            all_reduce_sum([float(have < quota)], run.d.device)[0] == 0
+        ):  # every rank holds its share
             break
     return _assemble(rounds, quota, a.dynamic_sampling, drawn, run.tokenizer.pad_token_id)
 
 
-def _assemble(rounds: list[_Round], quota: int, dynamic: bool, drawn: int, pad_id: int) -> StepBatch:
+def _assemble(
+    rounds: list[_Round], quota: int, dynamic: bool, drawn: int, pad_id: int
+) -> StepBatch:
     kept = torch.cat([r.keep for r in rounds])
     return StepBatch(
         rollout=concat_rollouts([r.rollout for r in rounds], pad_id),
