@@ -107,11 +107,8 @@ def hydra_command(
                 Path(HydraConfig.get().runtime.output_dir),
                 OmegaConf.to_container(cfg, resolve=True),
             )
-        except (
-            ConfigError,
-            DataError,
-            MissingExtraError,
-        ) as e:  # MissingExtraError: e.g. rollout=vllm without vllm
+        # MissingExtraError: e.g. rollout=vllm without vllm
+        except (ConfigError, DataError, MissingExtraError) as e:
             print(f"{prog}: {e}", file=sys.stderr)
             sys.exit(2)
 

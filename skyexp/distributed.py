@@ -212,9 +212,8 @@ def run_in_forward(model: torch.nn.Module, fn: Any, *args: Any) -> Any:
     if not isinstance(model, FSDPModule):
         return fn(*args)
     method = model.__dict__.get("_skyexp_forward")
-    if (
-        method is None or getattr(method, "__self__", None) is not model
-    ):  # first call (or a deep copy)
+    # first call (or a deep copy)
+    if method is None or getattr(method, "__self__", None) is not model:
         model._skyexp_forward = _call.__get__(model, type(model))
         register_fsdp_forward_method(model, "_skyexp_forward")
     return model._skyexp_forward(fn, *args)

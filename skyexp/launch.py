@@ -96,10 +96,8 @@ def run_torchrun(configured: int, overrides: list[str], run_dir: Path) -> dict[s
     cmd = torchrun_command(resolve_nproc(configured), overrides, run_dir)
     log.info("starting %s", " ".join(cmd))
     rc = subprocess.run(cmd).returncode
-    if (
-        rc != 0
     # the ranks' exit code, as a run without the relaunch would end (e.g. stopped with a checkpoint)
-    ):
+    if rc != 0:
         print(f"skyexp: torchrun exited with code {rc}: {' '.join(cmd)}", file=sys.stderr)
         sys.exit(rc)
     summary = run_dir / "summary.json"

@@ -45,9 +45,8 @@ class Rollout:
     prompt_len: int  # P
     n: int
     temperature: float
-    entropy: torch.Tensor | None = (
-        None  # [B*n, R] float32 entropy of softmax(logits / T) at each step, when the engine has it
-    )
+    # [B*n, R] float32 entropy of softmax(logits / T) at each step, when the engine has it
+    entropy: torch.Tensor | None = None
 
     @property
     def responses(self) -> torch.Tensor:  # [B*n, R]
@@ -80,9 +79,8 @@ class UpdateStats:
     ppo_kl: float  # k1 estimate of KL(old || new) on the tokens that went through the forward pass
     grad_norm: float
     num_tokens: int
-    entropy_hist: torch.Tensor | None = (
-        None  # [H] token entropies (rank-local sample) for the histogram
-    )
+    # [H] token entropies (rank-local sample) for the histogram
+    entropy_hist: torch.Tensor | None = None
     dualclip_frac: float = 0.0  # share of trained tokens held by the dual clip
     rule_frac: float = 0.0  # share of trained tokens selected by the entropy token rule
     kl_ref: float | None = None  # mean KL-to-reference estimator over trained tokens (KL loss on)
@@ -92,6 +90,5 @@ class UpdateStats:
     # step
     sampler_logprob_diff: float = 0.0  # mean
     sampler_logprob_diff_max: float = 0.0
-    loss_stats: dict[str, float] = field(
-        default_factory=dict
-    )  # the policy loss's own (seq_losses.loss_metrics)
+    # the policy loss's own (seq_losses.loss_metrics)
+    loss_stats: dict[str, float] = field(default_factory=dict)

@@ -224,9 +224,8 @@ class WandbLogger:
     def _define(self, key: str) -> None:
         """Plot `key`'s namespace against its step metric (one define_metric per namespace)."""
         prefix = key.split("/")[0]
-        glob = (
-            key if prefix == "train" else f"{prefix}/*"
-        )  # train/* would catch the step keys themselves
+        # train/* would catch the step keys themselves
+        glob = key if prefix == "train" else f"{prefix}/*"
         if key in (STEP_KEY, RL_STEP_KEY) or glob in self._defined:
             return
         self.run.define_metric(glob, step_metric=STEP_OF_PREFIX.get(prefix, RL_STEP_KEY))

@@ -113,9 +113,8 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         reward.close()  # its worker processes would outlive the failed start
         raise
     saved = checkpoint.read_state(resume) if resume else {}
-    if (
-        cfg.trainer.resume and d.is_main
-    ):  # rows logged after the checkpoint (all of them without one) go
+    # rows logged after the checkpoint (all of them without one) go
+    if cfg.trainer.resume and d.is_main:
         rewind_logs(run_dir, saved.get("counters", {}).get("global_step", 0))
     logger = make_logger(
         cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id")
@@ -145,8 +144,9 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         "params": loading.num_params(policy),
         "rollout": cfg.rollout.name,
         "git_commit": git_commit(),
+        # rows skipped, duplicates, ...
         "data": {"problems": len(task.train), **task.stats},
-    }  # rows skipped, duplicates, ...
+    }
     return Setup(run, resume, base, sft_dir, start, summary, t0)
 
 
@@ -365,9 +365,8 @@ def _write_outputs(
             n=getattr(res, "n", None),
             problems=len(res.correct) if hasattr(res, "correct") else None,
         )
-    plots.write_passk_over_training(
-        run.run_dir, run.cfg.eval.name, run.log
-    )  # pass@k vs RL step (eval.every)
+    # pass@k vs RL step (eval.every)
+    plots.write_passk_over_training(run.run_dir, run.cfg.eval.name, run.log)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log.info(
         "summary: %s",

@@ -118,9 +118,8 @@ def reinforce_pp_returns(
     final = (centred(rewards) if n >= 2 else rewards).reshape(-1)  # [B*n]
     m = mask.to(token_kl.dtype)
     r = -kl_coef * token_kl * m
-    last = (
-        m.shape[-1] - 1 - m.flip(-1).argmax(-1)
-    )  # [B*n] last response token (padding: masked below)
+    # [B*n] last response token (padding: masked below)
+    last = m.shape[-1] - 1 - m.flip(-1).argmax(-1)
     r = r.scatter_add(-1, last[:, None], final[:, None].to(r.dtype))
     return r.flip(-1).cumsum(-1).flip(-1) * m
 

@@ -106,9 +106,8 @@ def passk_chen(rewards: torch.Tensor, *, passk_k: int) -> torch.Tensor:
     mu = (d * mean_w).sum(-1, keepdim=True)  # [B, 1] (mu - max)
     var = ((d - mu).pow(2) * mean_w).sum(-1, keepdim=True)  # over sorted positions = over subsets
     held = d @ held_w.T  # [B, n] mean over the subsets holding each sample (- max)
-    flat = (d[..., k - 1 : k] == 0) | (
-        var <= torch.finfo(torch.float64).tiny
-    )  # every subset max equal
+    # every subset max equal
+    flat = (d[..., k - 1 : k] == 0) | (var <= torch.finfo(torch.float64).tiny)
     adv = ((held - mu) / var.sqrt().masked_fill(flat, 1.0)).masked_fill(flat, 0.0)
     return _unsort(adv, perm, rewards)
 

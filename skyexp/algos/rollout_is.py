@@ -33,9 +33,8 @@ def token_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mas
                      rollout_is_cap: float) -> torch.Tensor:
     """w_t = min(exp(trainer_t - sampler_t), cap) on response tokens. Inputs [N, R]; returns [N,
     R]."""
-    log_ratio = (trainer_logp - sampler_logp).clamp(
-        max=math.log(rollout_is_cap)
-    )  # clamp before exp: no overflow
+    # clamp before exp: no overflow
+    log_ratio = (trainer_logp - sampler_logp).clamp(max=math.log(rollout_is_cap))
     return torch.exp(log_ratio).detach() * mask
 
 
@@ -48,11 +47,12 @@ def sequence_is_weights(
 ) -> torch.Tensor:
     """w = min(exp(sum_t (trainer_t - sampler_t)), cap), the same for every token of a sequence. [N,
     R]"""
+    # [N, 1]
     log_ratio = (
         ((trainer_logp - sampler_logp) * mask)
         .sum(-1, keepdim=True)
         .clamp(max=math.log(rollout_is_cap))
-    )  # [N, 1]
+    )
     return torch.exp(log_ratio).detach() * mask
 
 

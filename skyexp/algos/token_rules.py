@@ -57,10 +57,10 @@ def clip_cov_select(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Clip-Cov (arXiv 2505.22617): among tokens with cov_low < c_t < cov_high pick
-        max(1, int(clip_cov_ratio * #tokens)) at random. The paper's values: r = 2e-4, band [1, 5]
-    (conf/entropy/clip_cov.yaml).
-        Departure: the reference code also excludes tokens the PPO clip is already cutting; those
-        are known only after the forward pass, so they may be picked here (their gradient is 0
+    max(1, int(clip_cov_ratio * #tokens)) at random. The paper's values: r = 2e-4, band [1, 5]
+(conf/entropy/clip_cov.yaml).
+    Departure: the reference code also excludes tokens the PPO clip is already cutting; those
+    are known only after the forward pass, so they may be picked here (their gradient is 0
     anyway)."""
     valid = mask > 0
     cov = token_covariance(adv, logp, mask)

@@ -39,9 +39,8 @@ class RunData:
     config: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     path: Path | None = None
-    wandb: dict[str, Any] = field(
-        default_factory=dict
-    )  # wandb_run.json: id, name, group, project, mode, dir, url
+    # wandb_run.json: id, name, group, project, mode, dir, url
+    wandb: dict[str, Any] = field(default_factory=dict)
 
 
 def find_runs(root: str | Path) -> list[Path]:
@@ -166,7 +165,6 @@ def summary_frame(runs: list[RunData]) -> pd.DataFrame:
 
 # --- W&B (online runs)
 # -----------------------------------------------------------------------------
-
 
 def load_wandb_api(path: str, group: str | None = None, api: Any = None) -> list[RunData]:
     """Runs of an online W&B project ("entity/project"), optionally one group, as RunData

@@ -40,9 +40,8 @@ Tensor = torch.Tensor
 PolicyLoss = Callable[
     [Tensor, Tensor, Tensor, Tensor | None, Tensor], tuple[Tensor, dict[str, Tensor]]
 ]
-Select = Callable[
-    [Tensor, Tensor, Tensor, Tensor], Tensor
-]  # (adv, old_logp, entropy, mask) -> bool [N, T]
+# (adv, old_logp, entropy, mask) -> bool [N, T]
+Select = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 # algo.kl_mode -> (the KL term is in the loss, the KL penalty is in the reward)
 KL_MODES = {"loss": (True, False), "reward": (False, True)}
@@ -61,20 +60,17 @@ class Algorithm:
     # (rewards [B, n], token KL [B*n, R], mask, beta) -> [B*n, R]; None: sequence-level advantages
     token_returns: Callable[[Tensor, Tensor, Tensor, float], Tensor] | None
     group_filter: Callable[[Tensor, Tensor], Tensor]  # (rewards, correct) [G, n] -> keep [G]
-    controller: Callable[
-        [float, float], tuple[float, float]
-    ]  # (coef, entropy) -> (next coef, in force)
-    is_weights: Callable[
-        [Tensor, Tensor, Tensor], Tensor | None
-    ]  # (trainer, sampler, mask) -> [N, R] or None
+    # (coef, entropy) -> (next coef, in force)
+    controller: Callable[[float, float], tuple[float, float]]
+    # (trainer, sampler, mask) -> [N, R] or None
+    is_weights: Callable[[Tensor, Tensor, Tensor], Tensor | None]
     kl: Callable[[Tensor, Tensor], Tensor]  # (logp, ref_logp) -> per-token KL [N, R]
     policy_loss: PolicyLoss
     select: Select | None  # the token rule's selection; None: no selection
     grads_zero_advantage: bool  # the rule's selected tokens get a gradient even where A = 0
     aggregate: Callable[..., Tensor]  # (per-token values, mask, Normalisers) -> scalar
-    shape: (
-        Callable[[Tensor, Tensor, Tensor], Tensor] | None
-    )  # (adv, entropy, mask) -> [N, R]; None: off
+    # (adv, entropy, mask) -> [N, R]; None: off
+    shape: Callable[[Tensor, Tensor, Tensor], Tensor] | None
     kl_loss_coef: float  # weight of the KL-to-reference loss term (0: none)
     kl_reward_coef: float  # weight of the KL penalty on the reward (0: none)
     recompute_old: bool  # the trainer's own old log-probs, not the sampler's

@@ -10,9 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-Check = Callable[
-    [bool, str, str], None
-]  # check(condition, key, message), from skyexp.config.checks
+# check(condition, key, message), from skyexp.config.checks
+Check = Callable[[bool, str, str], None]
 
 
 def _at_least(check: Check, group: str, obj: Any, minimum: int, *names: str, why: str = "") -> None:

@@ -112,10 +112,10 @@ class AlgoConfig:
 class EntropyConfig:
     name: str = "none"  # the preset (conf/entropy/<name>.yaml); a label
     # Two composable mechanisms; each registered function takes the keys below it needs by name.
+    # the bonus coefficient: none | fixed | adaptive (skyexp.algos.entropy)
     controller: str = "none"
-    token_rule: str = (
-        "none"  # none | clip_cov | kl_cov | high_entropy_tokens (skyexp.algos.token_rules)
-    )
+    # none | clip_cov | kl_cov | high_entropy_tokens (skyexp.algos.token_rules)
+    token_rule: str = "none"
     coef: float = 0.0  # initial / fixed coefficient
     target: float = 0.2  # adaptive: target token entropy
     delta: float = 1e-4  # adaptive: step of the coefficient
@@ -124,13 +124,11 @@ class EntropyConfig:
     clip_cov_ratio: float = 2e-4  # clip_cov: share of tokens whose gradient is cut
     cov_low: float = 1.0  # clip_cov: covariance band the cut tokens are drawn from
     cov_high: float = 5.0
-    kl_cov_ratio: float = (
-        2e-3  # kl_cov: share of tokens (largest covariance) that get the KL penalty
-    )
+    # kl_cov: share of tokens (largest covariance) that get the KL penalty
+    kl_cov_ratio: float = 2e-3
     kl_cov_coef: float = 1.0  # kl_cov: penalty weight beta
-    top_ratio: float = (
-        0.2  # high_entropy_tokens: share of highest-entropy tokens that get a gradient
-    )
+    # high_entropy_tokens: share of highest-entropy tokens that get a gradient
+    top_ratio: float = 0.2
     # Entropy-shaped advantages (Cheng et al., arXiv 2506.14758), composable with any controller,
     # token rule and estimator: A'_t = A + min(adv_alpha * H_t, |A| / adv_kappa), H_t the sampler's
     # token entropy (detached). adv_alpha = 0: off. We read alpha 0.4, kappa 2 in the paper (not
@@ -148,12 +146,10 @@ class TemperatureConfig:
     schedule: str = "constant"  # constant | linear | step
     end: float = 1.0  # linear: the temperature at step `steps`
     steps: int = 0  # linear: steps from value to end (0: the whole RL run)
-    milestones: list[int] = field(
-        default_factory=list
-    )  # step: RL steps where the temperature changes
-    values: list[float] = field(
-        default_factory=list
-    )  # step: the temperature from each milestone on
+    # step: RL steps where the temperature changes
+    milestones: list[int] = field(default_factory=list)
+    # step: the temperature from each milestone on
+    values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -175,9 +171,8 @@ class ContextConfig:
     # them during the previous stage (Skywork-OR1's online filtering, arXiv 2505.22312).
     drop_solved: bool = False
     reset_optimizer: bool = False  # at each stage boundary, start AdamW's moments afresh
-    truncated: str = (
-        "keep"  # truncated responses: keep | mask | soft_penalty (skyexp.config.stages)
-    )
+    # truncated responses: keep | mask | soft_penalty (skyexp.config.stages)
+    truncated: str = "keep"
 
 
 @dataclass
@@ -192,16 +187,14 @@ class RolloutConfig:
     max_model_len: int = 0  # longest prompt + response; 0: the model's own limit
     enforce_eager: bool = False  # skip torch.compile (faster start, slower decoding)
     sleep: bool = False  # GPUs: free vLLM's memory (weights, KV cache) during the update
-    lean: bool = (
-        True  # hf: skyexp's decoding step for Qwen2/Llama/Mistral (same numbers, less overhead)
-    )
+    # hf: skyexp's decoding step for Qwen2/Llama/Mistral (same numbers, less overhead)
+    lean: bool = True
 
 
 @dataclass
 class RewardConfig:
-    name: str = (
-        "math_verify"  # the preset (conf/reward/<name>.yaml); correctness is always math-verify
-    )
+    # the preset (conf/reward/<name>.yaml); correctness is always math-verify
+    name: str = "math_verify"
     workers: int = 1  # scoring processes per rank
     timeout_s: float = 5.0  # per answer; a hang beyond it scores 0 and is counted
     max_answer_chars: int = 1000  # longer extracted answers score 0 (counted as errors)
@@ -212,14 +205,13 @@ class RewardConfig:
     terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})
     correct: float = 1.0  # accuracy term for a correct answer
     wrong: float = 0.0  # ... and for a wrong one (DAPO: -1)
+    # format term: ask for one <think>...</think> block before the boxed answer
     format_think: bool = True
-    overlong_buffer: float = (
-        0.2  # overlong term: buffer before the cap, share of max_response_len (DAPO 0.2)
-    )
+    # overlong term: buffer before the cap, share of max_response_len (DAPO 0.2)
+    overlong_buffer: float = 0.2
     overlong_penalty: float = 1.0  # overlong term: penalty at the cap
-    cos_correct: list[float] = field(
-        default_factory=lambda: [2.0, 1.0]
-    )  # cosine term: (r_0, r_L) when correct
+    # cosine term: (r_0, r_L) when correct
+    cos_correct: list[float] = field(default_factory=lambda: [2.0, 1.0])
     cos_wrong: list[float] = field(default_factory=lambda: [-10.0, 0.0])  # ... when wrong
     cos_exceed: float = -10.0  # cosine term: a truncated response
 
@@ -232,16 +224,14 @@ class LoggerConfig:
     project: str = "skyexp"
     entity: str | None = None
     group: str | None = None  # sweeps set their name: their runs share one W&B group
-    run_name: str | None = (
-        None  # None: the job's command-line overrides (e.g. `algo.n=4,entropy=adaptive`)
-    )
+    # None: the job's command-line overrides (e.g. `algo.n=4,entropy=adaptive`)
+    run_name: str | None = None
     job_type: str = "train"
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
     dir: str = ""  # where W&B writes its files; empty: the run directory
-    settings: dict[str, Any] = field(
-        default_factory=dict
-    )  # extra wandb.Settings fields (e.g. init_timeout)
+    # extra wandb.Settings fields (e.g. init_timeout)
+    settings: dict[str, Any] = field(default_factory=dict)
     samples_every: int = 50  # a W&B table of sample completions every this many RL steps; 0: never
     samples_rows: int = 8  # rows per table
     progress: bool = True
@@ -304,17 +294,14 @@ class TrainerConfig:
     # every stage end, on SIGTERM and when non-finite steps stop the run.
     save_every: int = 0  # 0: only at stage ends (and when stopped)
     keep_last: int = 2  # checkpoints kept (0: all)
-    resume: str = (
-        ""  # "": start afresh | auto: newest complete checkpoint of the run dir | a checkpoint dir
-    )
+    # "": start afresh | auto: newest complete checkpoint of the run dir | a checkpoint dir
+    resume: str = ""
     max_bad_steps: int = 3  # stop (with a checkpoint) after this many non-finite steps in a row
-    max_idle_steps: int = (
-        5  # warn after this many RL steps in a row with 0 optimizer steps (0: never)
-    )
+    # warn after this many RL steps in a row with 0 optimizer steps (0: never)
+    max_idle_steps: int = 5
     stop_idle: bool = False  # ... and stop there (exit code 4) instead of going on
-    nproc_per_node: int = (
-        0  # > 0: the job runs itself under torchrun, N ranks per node (skyexp/launch.py)
-    )
+    # > 0: the job runs itself under torchrun, N ranks per node (skyexp/launch.py)
+    nproc_per_node: int = 0
 
 
 @dataclass

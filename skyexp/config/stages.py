@@ -39,18 +39,16 @@ class StagePlan:
     batch_size: int  # prompts per step, all ranks
     n: int  # samples per prompt
     max_response_len: int
-    own_temperature: float | None = (
-        None  # the stage's own temperature; None: the schedule's (RunPlan.temperature_at)
-    )
+    # the stage's own temperature; None: the schedule's (RunPlan.temperature_at)
+    own_temperature: float | None = None
     truncated: str = "keep"  # a TRUNCATION_MODES entry
     first_step: int = 0  # RL step at which the stage starts
+    # truncated responses get no loss (truncated == "mask" or algo.mask_truncated)
     mask_truncated: bool = False
-    reward: RewardConfig = field(
-        default_factory=RewardConfig
-    )  # with DAPO's overlong term under soft_penalty
-    keys: dict[str, str] = field(
-        default_factory=dict
-    )  # resolved field -> the config key that set it
+    # with DAPO's overlong term under soft_penalty
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    # resolved field -> the config key that set it
+    keys: dict[str, str] = field(default_factory=dict)
 
     def key(self, name: str) -> str:
         """The config key behind a resolved field (`context.stages[1].n` or `algo.n`)."""

@@ -54,9 +54,8 @@ class TaskData:
     train: list[Problem]
     eval: list[Problem]  # the source's held-out split (may be empty)
     skipped: list[tuple[int, str]] = field(default_factory=list)  # (row number, reason)
-    stats: dict[str, Any] = field(
-        default_factory=dict
-    )  # counts: bad, filtered, duplicates, contaminated
+    # counts: bad, filtered, duplicates, contaminated
+    stats: dict[str, Any] = field(default_factory=dict)
 
 
 def _request(cfg: DataConfig, entry: MixEntry | None = None, label: str = "") -> Request:

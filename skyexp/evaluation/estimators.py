@@ -32,9 +32,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
     if n - c < k:
         return 1.0
-    if (
-        k == 1
-    ):  # the product below rounds; c / n is the exact value (one correctly rounded division)
+    # the product below rounds; c / n is the exact value (one correctly rounded division)
+    if k == 1:
         return c / n
     prob_all_wrong = 1.0
     for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
@@ -129,9 +128,8 @@ class EvalResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     timeouts: int = 0
     errors: int = 0
-    wrong_groups: list[list[int]] | None = (
-        None  # [P] sizes of the groups of equivalent wrong answers
-    )
+    # [P] sizes of the groups of equivalent wrong answers
+    wrong_groups: list[list[int]] | None = None
     scores: list[list[float]] | None = None  # [P][n] every sample's score
     max_response_len: int = 0  # the cap actually used
     seconds: float = 0.0  # wall time: generation, scoring, grouping

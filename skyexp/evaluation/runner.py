@@ -135,9 +135,8 @@ def run_eval(
         scored = reward.score(texts, golds)
         timeouts, errors = scored.timeouts, scored.errors
         rows = [range(j * cfg.n, (j + 1) * cfg.n) for j in range(len(mine))]
-        pool = getattr(
-            reward, "pool", None
-        )  # a reward without a math-verify pool groups by text alone
+        # a reward without a math-verify pool groups by text alone
+        pool = getattr(reward, "pool", None)
         groups = group_wrong_answers(
             [[(scored.extracted[r], scored.scores[r] > 0) for r in rs] for rs in rows],
             pool.verify if pool else None,

@@ -84,9 +84,8 @@ def _hidden_shared(base: torch.nn.Module, config, mb: MicroRows) -> torch.Tensor
     from skyexp.model.loading import cache_kwarg
 
     seq, attn, plen, groups = mb.seq, mb.attn, mb.prompt_len, mb.groups
-    first = (
-        torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1
-    )  # one row per group
+    # one row per group
+    first = torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1
     first = torch.cat([first.new_zeros(1), first[:-1] + 1])
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=config)

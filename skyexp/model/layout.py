@@ -22,15 +22,13 @@ class ForwardSettings:
 
     micro_batch_size: int  # rows per forward pass (at most)
     device: torch.device
-    share_prompts: bool = (
-        False  # each prompt once per group in a micro-batch (see skyexp.model.forward)
-    )
+    # each prompt once per group in a micro-batch (see skyexp.model.forward)
+    share_prompts: bool = False
     logprob_chunk: int = 1024  # tokens per lm-head chunk; 0: full [rows, tokens, V] logits
     max_tokens: int = 0  # > 0: also at most this many prompt + response tokens per micro-batch
     padding_free: bool = False  # rows of a micro-batch packed into one sequence (see pack_rows)
-    sp_size: int = (
-        1  # trainer.sp_size: max_tokens is per rank, so an SP group's budget is x sp_size
-    )
+    # trainer.sp_size: max_tokens is per rank, so an SP group's budget is x sp_size
+    sp_size: int = 1
 
 
 def pack(

@@ -48,9 +48,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--wandb takes entity/project")
         try:
             url = publish(build_report(runs, entity, project, a.title))
-        except (
-            Exception
-        ) as e:  # not logged in, no network, no access: the HTML is written all the same
+        # not logged in, no network, no access: the HTML is written all the same
+        except Exception as e:
             print(
                 f"wandb report not saved ({type(e).__name__}: {e}); the HTML page is at {out}",
                 file=sys.stderr,

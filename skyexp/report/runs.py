@@ -39,9 +39,8 @@ class Run:
     rows: list[dict[str, Any]]  # metrics.jsonl, one dict per logged step
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # flattened: "algo.n" -> 8
-    wandb: dict[str, Any] = field(
-        default_factory=dict
-    )  # wandb_run.json: id, name, group, project, ...
+    # wandb_run.json: id, name, group, project, ...
+    wandb: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seed(self) -> Any:

@@ -126,9 +126,8 @@ class ScoringPool:
 
     def __init__(self, workers: int, timeout_s: float, memory_mb: int = 2048, target=verify_one):
         self.timeout_s, self.memory_mb, self.target = timeout_s, memory_mb, target
-        self.soft_timeout = max(
-            1, int(timeout_s // 3)
-        )  # parse + parse + verify fit in the hard limit
+        # parse + parse + verify fit in the hard limit
+        self.soft_timeout = max(1, int(timeout_s // 3))
         self.restarts = 0
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx, target, memory_mb) for _ in range(workers)]
@@ -172,9 +171,8 @@ class ScoringPool:
                         w.ready = True
                     else:
                         results[w.item], w.item = msg, None
-                elif (
-                    w.item is not None and time.monotonic() > w.deadline
-                ):  # hung, maybe in C: kill it
+                # hung, maybe in C: kill it
+                elif w.item is not None and time.monotonic() > w.deadline:
                     results[w.item], killed = (0.0, "timeout"), killed + 1
                     self._replace(i)
             if time.monotonic() > startup and not any(w.ready for w in self._workers):

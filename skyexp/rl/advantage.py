@@ -23,15 +23,12 @@ from skyexp.distributed import all_gather_objects, all_reduce_sum
 class Advantages:
     """What the advantages were computed from, for the update and the metrics."""
 
-    advantages: (
-        torch.Tensor
-    )  # [G*n] one per sequence, or [G*n, R] one per token; 0 on rows that do not train
-    rewards: (
-        torch.Tensor
-    )  # [G, n] the rewards used: r - beta * sum_t KL_t (r without a reward penalty)
-    seq_kl: (
-        torch.Tensor | None
-    )  # [G, n] sum_t KL_t of the sampler to the reference; None without a reference
+    # [G*n] one per sequence, or [G*n, R] one per token; 0 on rows that do not train
+    advantages: torch.Tensor
+    # [G, n] the rewards used: r - beta * sum_t KL_t (r without a reward penalty)
+    rewards: torch.Tensor
+    # [G, n] sum_t KL_t of the sampler to the reference; None without a reference
+    seq_kl: torch.Tensor | None
 
 
 def kl_tokens(
@@ -80,9 +77,8 @@ def token_advantages(
     response tokens of the training groups of every rank; [G*n, R], 0 on rows of groups that do
     not train. Groups never straddle ranks, so only the statistics are reduced."""
     rows = train.repeat_interleave(rewards.shape[1])  # [G*n]
-    g = alg.token_returns(
-        rewards[train], token_kl[rows], mask[rows], alg.kl_reward_coef
-    ).double()  # [rows, R]
+    # [rows, R]
+    g = alg.token_returns(rewards[train], token_kl[rows], mask[rows], alg.kl_reward_coef).double()
     m = mask[rows].double()
     total, count = all_reduce_sum([float((g * m).sum()), float(m.sum())], device).tolist()
     mean = total / max(count, 1.0)

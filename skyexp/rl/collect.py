@@ -123,9 +123,8 @@ def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) 
             have += int(rounds[-1].keep.sum())
         if not a.dynamic_sampling or drawn >= a.max_gen_batches:
             break
-        if (
-            all_reduce_sum([float(have < quota)], run.d.device)[0] == 0
-        ):  # every rank holds its share
+        # every rank holds its share
+        if all_reduce_sum([float(have < quota)], run.d.device)[0] == 0:
             break
     return _assemble(rounds, quota, a.dynamic_sampling, drawn, run.tokenizer.pad_token_id)
 

@@ -85,9 +85,8 @@ class SigtermFlag:
         log.warning("SIGTERM received: stopping after this step with a checkpoint")
 
     def __enter__(self) -> SigtermFlag:
-        if (
-            threading.current_thread() is threading.main_thread()
-        ):  # Python delivers signals there only
+        # Python delivers signals there only
+        if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         else:
             log.warning("training outside the main thread: SIGTERM will not checkpoint the run")

@@ -25,9 +25,8 @@ def run_rl(run: Run, sigterm: faults.SigtermFlag) -> str | None:
     """Train through the stages from the run's position; returns why it stopped early (None: it
     finished)."""
     run.policy.train()
-    with (
-        warnings.catch_warnings()
-    ):  # the LR schedule counts RL steps, also ones whose update was skipped
+    # the LR schedule counts RL steps, also ones whose update was skipped
+    with warnings.catch_warnings():
         warnings.filterwarnings(
             "ignore", message=r"Detected call of `lr_scheduler.step\(\)` before"
         )
@@ -42,9 +41,8 @@ def _run_stage(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str |
     cfg = run.cfg
     if run.counters.step_in_stage == 0:
         boundaries.enter_stage(run, stage)
-    bars = run.d.is_main and use_bars(
-        cfg.logger.progress
-    )  # off a terminal: one line per step instead
+    # off a terminal: one line per step instead
+    bars = run.d.is_main and use_bars(cfg.logger.progress)
     bar = tqdm(
         range(run.counters.step_in_stage, stage.steps),
         desc=f"rl stage {stage.index}",
@@ -67,12 +65,10 @@ def _run_stage(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str |
             log.info(step_line(metrics, run.plan.total_steps))
         run.counters.history.append(result.record)
         run.counters.rl_step += 1
-        boundaries.reset_reference(
-            run
-        )  # ProRL: before the checkpoint of this step, which then holds it
-        if eval_due(
-            cfg.eval.every, run.counters.rl_step, run.plan.total_steps, cfg.eval.after
-        ):  # before a checkpoint: it uses the RNG
+        # ProRL: before the checkpoint of this step, which then holds it
+        boundaries.reset_reference(run)
+        # before a checkpoint: it uses the RNG
+        if eval_due(cfg.eval.every, run.counters.rl_step, run.plan.total_steps, cfg.eval.after):
             evaluate(run, f"step{run.counters.rl_step}")
         stop = _advance(run, stage, sigterm)
         if stop:

@@ -19,10 +19,8 @@ from skyexp.rl.collect import StepBatch
 from skyexp.rl.update import global_token_mean
 from skyexp.tracking import Table
 
-RESPONSE_TOKEN_SECTIONS = (
-    "gen",
-    "reward",
-)  # timing_per_token_ms over response tokens; the rest over all tokens
+# timing_per_token_ms over response tokens; the rest over all tokens
+RESPONSE_TOKEN_SECTIONS = ("gen", "reward")
 PER_TOKEN_SECTIONS = (*RESPONSE_TOKEN_SECTIONS, "old_logp", "ref", "update")
 
 
@@ -61,9 +59,8 @@ class Trained:
 
     advantages: torch.Tensor  # [G*n] (0 on rows that do not train), or [G*n, R] per token
     weights: torch.Tensor  # [G*n] 1 on rows that train
-    rewards: torch.Tensor | None = (
-        None  # [G, n] the rewards the advantages used (after a KL penalty); None: the batch's
-    )
+    # [G, n] the rewards the advantages used (after a KL penalty); None: the batch's
+    rewards: torch.Tensor | None = None
 
 
 def _local_sums(batch: StepBatch, t: Trained) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -162,11 +159,10 @@ def summarise(batch: StepBatch, trained: Trained, stats: UpdateStats, timings: d
         "reward/no_answer": g["no_answer"] / samples,
         **{f"reward/{k[5:]}/mean": v / samples for k, v in g.items() if k.startswith("term/")},
         **_actor_metrics(stats),
-        "perf/throughput": (g["response_tokens"] / step_time)
-        if step_time
-        else 0.0,  # response tokens / s, all ranks
-        "perf/total_num_tokens": g["response_tokens"]
-        + g["prompt_tokens"],  # prompt + response tokens, all ranks (verl's)
+        # response tokens / s, all ranks
+        "perf/throughput": (g["response_tokens"] / step_time) if step_time else 0.0,
+        # prompt + response tokens, all ranks (verl's)
+        "perf/total_num_tokens": g["response_tokens"] + g["prompt_tokens"],
         **_per_token_ms(timings, g["response_tokens"], g["response_tokens"] + g["prompt_tokens"]),
         **timings,
         **(extra or {}),

@@ -45,10 +45,10 @@ class LossSpec:
     """The objective's pieces for one step: the run's bound algorithm and this step's
     coefficients."""
 
+    # (logp, old_logp, adv, selected, mask) -> (per-token loss, per-token stats)
     policy_loss: PolicyLoss
-    select: (
-        Select | None
-    )  # the token rule's selection (adv, old_logp, entropy, mask) -> bool [N, T]
+    # the token rule's selection (adv, old_logp, entropy, mask) -> bool [N, T]
+    select: Select | None
     grads_zero_advantage: bool  # selected tokens get a gradient even where A = 0
     aggregate: Callable[[torch.Tensor, torch.Tensor, Normalisers], torch.Tensor]
     kl: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # estimator (logp, ref_logp) -> [N, T]
@@ -84,10 +84,10 @@ class TokenInputs:
     old_logp: torch.Tensor  # the sampling policy's
     advantages: torch.Tensor  # per token (a sequence advantage broadcast over its tokens)
     mask: torch.Tensor  # 1 on tokens that train
+    # current policy's token entropies (with gradient); spec.needs_entropy
     entropy: torch.Tensor | None = None
-    ref_logp: torch.Tensor | None = (
-        None  # frozen reference's log-probs; needed when spec.kl_coef > 0
-    )
+    # frozen reference's log-probs; needed when spec.kl_coef > 0
+    ref_logp: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # truncated importance weights (algo.rollout_is)
     selected: torch.Tensor | None = None  # bool, the token rule's selection
 
@@ -122,9 +122,8 @@ def objective(
             m,
         )
         sums = {name: p.sum().double() for name, p in zip(STAT_NAMES, parts)}
-        sums.update(
-            {k: (v * m).sum().double() for k, v in st.items() if k.startswith("loss/")}
-        )  # seq_losses
+        # seq_losses
+        sums.update({k: (v * m).sum().double() for k, v in st.items() if k.startswith("loss/")})
     return loss, sums
 
 

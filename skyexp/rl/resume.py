@@ -51,9 +51,8 @@ def rng_state(engine: Engine) -> dict[str, Any]:
     }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
-    gen = getattr(
-        engine, "generator", None
-    )  # the rollout engine's sampling generator, when it has one
+    # the rollout engine's sampling generator, when it has one
+    gen = getattr(engine, "generator", None)
     if gen is not None:
         out["engine"] = gen.get_state()
     return out
@@ -88,9 +87,8 @@ def save(run: Run, reason: str) -> Path:
         "config": asdict(cfg),
     }
     t = time.perf_counter()
-    ref = (
-        run.live.ref if run.counters.ref_reset_step > 0 else None
-    )  # a reset reference is not rebuilt from the start
+    # a reset reference is not rebuilt from the start
+    ref = run.live.ref if run.counters.ref_reset_step > 0 else None
     checkpoint.save(
         path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last, ref
     )
@@ -121,13 +119,11 @@ def restore(run: Run, path: Path) -> dict[str, Any]:
     private = checkpoint.load(path, run.policy, run.opt, d)
     run.sched.load_state_dict(state["scheduler"])
     run.counters.load(Counters.of(state["counters"]))
-    if (
-        run.counters.ref_reset_step > 0
-    ):  # the reference of a ProRL reset: the policy at that step, saved with the run
+    # the reference of a ProRL reset: the policy at that step, saved with the run
+    if run.counters.ref_reset_step > 0:
         checkpoint.load_ref(path, run.live.ref)
-    run.live.solved = (
-        {k: tuple(v) for k, v in state["solved"].items()} if d.is_main else {}
-    )  # merged at the boundary
+    # merged at the boundary
+    run.live.solved = {k: tuple(v) for k, v in state["solved"].items()} if d.is_main else {}
     # the sampler in use: over the prompts not dropped so far, with its own seed; its state's
     # fingerprint of the problem list makes a wrong reconstruction fail loudly
     kept, _ = without(run.problems, set(state["dropped"]))

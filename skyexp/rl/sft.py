@@ -144,9 +144,8 @@ def run_sft(
     )
     for step in bar:
         batch = sampler.next(s.batch_size)
-        prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)[
-            "input_ids"
-        ]  # rendered already
+        # rendered already
+        prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)["input_ids"]
         responses = [
             r[: s.max_len - 1] + [eos]
             for r in tokenizer([p.answer for p in batch], add_special_tokens=False)["input_ids"]

@@ -28,16 +28,13 @@ from skyexp.rl.view import SamplerView, build_view
 def rl_step(run: Run, stage: StagePlan) -> StepResult:
     """Generate, score, update, sync: one RL step of `stage` at run.counters.rl_step."""
     t, alg = Timer(), run.algorithm
-    temperature = run.plan.temperature_at(
-        stage, run.counters.rl_step
-    )  # the loss uses the rollout's
+    # the loss uses the rollout's
+    temperature = run.plan.temperature_at(stage, run.counters.rl_step)
     with t("step"):
-        batch = collect_batch(
-            run, stage, temperature, t
-        )  # generate, score, filter groups (dynamic sampling: repeat)
-        run.live.solved = merge(
-            run.live.solved, tally(batch.ids, batch.correct.tolist())
-        )  # for context.drop_solved
+        # generate, score, filter groups (dynamic sampling: repeat)
+        batch = collect_batch(run, stage, temperature, t)
+        # for context.drop_solved
+        run.live.solved = merge(run.live.solved, tally(batch.ids, batch.correct.tolist()))
         view = build_view(run, stage, batch, t)
         mask = batch.rollout.response_mask
         adv = step_advantages(
@@ -66,9 +63,8 @@ def rl_step(run: Run, stage: StagePlan) -> StepResult:
             stage.max_response_len,
         )
         h = _trained_entropy(run, upd)
-        run.counters.entropy_coef, coef = alg.controller(
-            run.counters.entropy_coef, h
-        )  # the bonus from this step's entropy
+        # the bonus from this step's entropy
+        run.counters.entropy_coef, coef = alg.controller(run.counters.entropy_coef, h)
         with t("update"):
             stats = rl_update(run.policy, run.opt, upd, LossSpec.of(alg, coef), run.settings)
         with t("sync"):
@@ -98,18 +94,16 @@ def _metrics(
     h: float,
 ) -> tuple[dict[str, Any], Generated]:
     cfg, dev, ro = run.cfg, run.d.device, batch.rollout
-    masked = (
-        (upd.weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated
-    )  # [G*n] trains but for truncation
+    # [G*n] trains but for truncation
+    masked = (upd.weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated
     trained_tokens = ro.response_mask * upd.weights[:, None]
     extra: dict[str, Any] = {}
     if adv.seq_kl is not None:  # per sequence, summed over tokens
         extra["critic/kl"] = global_token_mean(
             adv.seq_kl.flatten()[:, None], upd.weights[:, None], dev
         )
-        extra["critic/kl_coeff"] = (
-            run.algorithm.kl_reward_coef
-        )  # the reward penalty's weight (0 with the KL loss)
+        # the reward penalty's weight (0 with the KL loss)
+        extra["critic/kl_coeff"] = run.algorithm.kl_reward_coef
     extra.update(
         {
             "actor/entropy_trained": h,

@@ -80,10 +80,10 @@ class UpdateBatch:
     advantages: torch.Tensor  # [B*n] one per sequence, or [B*n, R] one per token
     weights: torch.Tensor  # [B*n] 1 for sequences that train, 0 for filtered (or masked) ones
     old_logprobs: torch.Tensor | None = None  # [B*n, R] the sampler's; None: the rollout's
+    # [B*n, R] the sampler's token entropies; None: the rollout's
     entropy: torch.Tensor | None = None
-    ref_logprobs: torch.Tensor | None = (
-        None  # [B*n, R] reference policy; needed when spec.kl_coef > 0
-    )
+    # [B*n, R] reference policy; needed when spec.kl_coef > 0
+    ref_logprobs: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # [B*n, R] truncated-IS weight of each token's loss
     max_response_len: int = 0  # the length cap (Dr.GRPO's constant); 0: the rollout's width
 
@@ -103,9 +103,8 @@ class _Pass:
     chosen: torch.Tensor  # [N, R] bool, the token rule's selection
     sums: dict[str, torch.Tensor] | None = None  # objective's STAT_NAMES, on the device
     trained_tokens: float = 0.0  # tokens in the loss, summed over mini-batches and epochs
-    gap: torch.Tensor | None = (
-        None  # |trainer - sampler| log-prob: sum, tokens, max (first mini-batch)
-    )
+    # |trainer - sampler| log-prob: sum, tokens, max (first mini-batch)
+    gap: torch.Tensor | None = None
     norms: list[float] = field(default_factory=list)
     skipped: int = 0
 
@@ -264,9 +263,8 @@ def _stats(p: _Pass) -> UpdateStats:
     )
     trained, fwd = max(tot["trained"], 1.0), max(tot["tokens"], 1.0)
     gap_sum, gap_tokens = all_reduce_sum(p.gap[:2], dev).tolist()
-    extra = sorted(
-        k for k in sums if k not in STAT_NAMES
-    )  # the loss's own sums (seq_losses), same keys on every rank
+    # the loss's own sums (seq_losses), same keys on every rank
+    extra = sorted(k for k in sums if k not in STAT_NAMES)
     extra_tot = (
         dict(zip(extra, all_reduce_sum(torch.stack([sums[k] for k in extra]), dev).tolist()))
         if extra
@@ -274,9 +272,8 @@ def _stats(p: _Pass) -> UpdateStats:
     )
     return UpdateStats(
         pg_loss=tot["pg"] / trained,
-        entropy=global_token_mean(
-            p.ent, resp_mask, dev
-        ),  # the sampler's, over every response token
+        # the sampler's, over every response token
+        entropy=global_token_mean(p.ent, resp_mask, dev),
         entropy_coef=p.spec.entropy_coef,
         clipfrac_low=tot["clipped_low"] / trained,
         clipfrac_high=tot["clipped_high"] / trained,

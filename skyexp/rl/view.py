@@ -24,9 +24,8 @@ class SamplerView:
 
     weights: torch.Tensor  # [G*n] 1 on rows that train (0: filtered, or masked as truncated)
     in_groups: torch.Tensor  # [G*n] 1 on every row of a group that trains
-    old_logprobs: (
-        torch.Tensor
-    )  # [G*n, R] the sampler's (or the trainer's, algo.old_logprobs=recompute)
+    # [G*n, R] the sampler's (or the trainer's, algo.old_logprobs=recompute)
+    old_logprobs: torch.Tensor
     entropy: torch.Tensor  # [G*n, R] the sampling policy's token entropies
     ref_logprobs: torch.Tensor | None  # [G*n, R] the reference's; None without a KL term
     is_weights: torch.Tensor | None  # [G*n, R] truncated-IS weights; None without the correction

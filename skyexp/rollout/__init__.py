@@ -75,9 +75,8 @@ class EngineEntry(NamedTuple):
     """A registered rollout engine: its constructor, and how a run's config builds it."""
 
     build: Callable[..., Engine]  # the engine class's keyword arguments -> Engine
-    from_config: Callable[
-        [Any, str, torch.device | str, dict[str, Any]], Engine
-    ]  # (cfg, model path, device, common)
+    # (cfg, model path, device, common)
+    from_config: Callable[[Any, str, torch.device | str, dict[str, Any]], Engine]
 
 
 # rollout.name -> engine; nothing heavy is imported until one is built

@@ -56,9 +56,8 @@ class HFEngine:
         if not prompt_ids:
             raise ValueError("generate: no prompts")
         plen = max(len(r) for r in prompt_ids)
-        per_chunk = max(
-            1, self.max_batch // n
-        )  # prompts per chunk: each prompt's group stays in one chunk
+        # prompts per chunk: each prompt's group stays in one chunk
+        per_chunk = max(1, self.max_batch // n)
         parts = [
             self._sample(prompt_ids[s : s + per_chunk], n, plen, max_tokens, temperature, top_p)
             for s in range(0, len(prompt_ids), per_chunk)

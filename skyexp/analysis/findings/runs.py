@@ -52,9 +52,8 @@ class RunRecord:
     seed: int
     bench: str
     eval_temperature: float
-    entropy: dict[int, float] = field(
-        default_factory=dict
-    )  # actor/entropy by RL step: at the rollout temperature
+    # actor/entropy by RL step: at the rollout temperature
+    entropy: dict[int, float] = field(default_factory=dict)
     reward: dict[int, float] = field(default_factory=dict)  # critic/score/mean by RL step
     coef: dict[int, float] = field(default_factory=dict)  # actor/entropy_coeff by RL step
     evals: dict[int, Eval] = field(default_factory=dict)  # by RL step (0: before RL, the SFT start)
