@@ -13,7 +13,8 @@ def _train(cfg, run_dir, plain):
     from skyexp import launch
     from skyexp.rl.faults import Stopped
 
-    if launch.wants_torchrun(cfg.trainer.nproc_per_node):  # e.g. a Slurm job: torchrun across this node's GPUs
+    # e.g. a Slurm job: torchrun across this node's GPUs
+    if launch.wants_torchrun(cfg.trainer.nproc_per_node):
         return launch.run_torchrun(cfg.trainer.nproc_per_node, launch.job_overrides(), run_dir)
     from skyexp.train import train
 

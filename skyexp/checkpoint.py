@@ -35,12 +35,16 @@ CKPT_DIR = "checkpoints"
 PREFIX = "step_"
 
 
-def export_hf(policy: torch.nn.Module, tokenizer, out_dir: Path, d: Dist, meta: dict | None = None) -> None:
+def export_hf(
+    policy: torch.nn.Module, tokenizer, out_dir: Path, d: Dist, meta: dict | None = None
+) -> None:
     """Write the (possibly FSDP-sharded) policy in Hugging Face format, loadable by
     AutoModelForCausalLM, vLLM and `python -m skyexp.eval`. All ranks call this; rank 0 writes."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    state = get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    state = get_model_state_dict(
+        policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
+    )
     if d.is_main:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}-"))
@@ -58,7 +62,12 @@ def step_of(path: Path) -> int:
 
 
 def is_complete(path: Path) -> bool:
-    return path.is_dir() and path.name.startswith(PREFIX) and path.name[len(PREFIX):].isdigit() and (path / "DONE").exists()
+    return (
+        path.is_dir()
+        and path.name.startswith(PREFIX)
+        and path.name[len(PREFIX) :].isdigit()
+        and (path / "DONE").exists()
+    )
 
 
 def complete_checkpoints(run_dir: Path) -> list[Path]:
@@ -74,7 +83,8 @@ def _complete_in(root: Path) -> list[Path]:
 
 def resolve_resume(resume: str, run_dir: Path) -> Path | None:
     """trainer.resume -> the checkpoint to start from. "" starts afresh; auto takes the newest
-    complete checkpoint of the run dir (none yet: start afresh); anything else is a checkpoint dir."""
+    complete checkpoint of the run dir (none yet: start afresh); anything else is a checkpoint
+    dir."""
     if not resume:
         return None
     if resume == "auto":
@@ -82,8 +92,11 @@ def resolve_resume(resume: str, run_dir: Path) -> Path | None:
         return found[-1] if found else None
     path = Path(resume).expanduser()
     if not is_complete(path):
-        raise ConfigError(f"config key 'trainer.resume': {path} is not a complete checkpoint "
-                          f"(a {PREFIX}<n> directory with DONE inside); use trainer.resume=auto to take the newest one")
+        raise ConfigError(
+            f"config key 'trainer.resume': {path} is not a complete checkpoint "
+            f"(a {PREFIX}<n> directory with DONE inside); use trainer.resume=auto to take the "
+            "newest one"
+        )
     return path
 
 
@@ -91,11 +104,20 @@ def read_state(path: Path) -> dict[str, Any]:
     return json.loads((path / "state.json").read_text())
 
 
-def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, state: dict[str, Any],
-         rank_state: dict[str, Any], d: Dist, keep_last: int, ref: torch.nn.Module | None = None) -> Path:
+def save(
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    state: dict[str, Any],
+    rank_state: dict[str, Any],
+    d: Dist,
+    keep_last: int,
+    ref: torch.nn.Module | None = None,
+) -> Path:
     """Write a checkpoint to `path` (…/checkpoints/step_<n>) atomically. All ranks call this.
     `state` (JSON) is written by rank 0; `rank_state` (tensors and plain values) by every rank;
-    `ref`, a reference model that is no longer the run's starting point (ProRL resets), under ref/."""
+    `ref`, a reference model that is no longer the run's starting point (ProRL resets), under
+    ref/."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_state_dict
 
@@ -122,7 +144,9 @@ def save(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, s
     torch.save(rank_state, tmp / f"rank_{d.rank}.pt")
     barrier()
     if d.is_main:
-        _write_synced(tmp / "state.json", json.dumps({**state, "optimizer_saved": with_optim}, indent=1))
+        _write_synced(
+            tmp / "state.json", json.dumps({**state, "optimizer_saved": with_optim}, indent=1)
+        )
         _write_synced(tmp / "DONE", str(d.world_size))
         commit(tmp, path)
         prune(path.parent, keep_last)
@@ -148,16 +172,20 @@ def _write_synced(path: Path, text: str) -> None:
 
 
 def prune(root: Path, keep_last: int) -> list[Path]:
-    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all); return the deleted."""
+    """Delete all but the newest `keep_last` complete checkpoints (0 keeps all); return the
+    deleted."""
     old = _complete_in(root)[:-keep_last] if keep_last > 0 else []
     for p in old:
         shutil.rmtree(p, ignore_errors=True)
     return old
 
 
-def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist) -> dict[str, Any]:
+def load(
+    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d: Dist
+) -> dict[str, Any]:
     """Load a checkpoint's model and optimizer state in place (resharded to this world size) and
-    return this rank's private state ({} when the checkpoint had fewer ranks). All ranks call this."""
+    return this rank's private state ({} when the checkpoint had fewer ranks). All ranks call
+    this."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import (
         get_model_state_dict,
@@ -171,7 +199,9 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d
         msd, osd = get_state_dict(model, optimizer)
         both = {"model": msd, "optim": osd}
         dcp.load(both, checkpoint_id=str(path / "model"))
-        set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"])
+        set_state_dict(
+            model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optim"]
+        )
     else:
         msd = {"model": get_model_state_dict(model)}
         dcp.load(msd, checkpoint_id=str(path / "model"))
@@ -182,7 +212,8 @@ def load(path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, d
 
 
 def load_ref(path: Path, ref: torch.nn.Module) -> None:
-    """Load the reference model a checkpoint saved (save's `ref`) into `ref`, resharded. All ranks."""
+    """Load the reference model a checkpoint saved (save's `ref`) into `ref`, resharded. All
+    ranks."""
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 

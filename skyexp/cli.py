@@ -43,15 +43,23 @@ def quiet_libraries() -> None:
         logging.getLogger("skyexp").setLevel(logging.WARNING)
 
 
-def run_identity(overrides: list[str], run_name: str | None, group: str | None, recipe: str,
-                 random_reward: bool = False) -> tuple[str, str]:
+def run_identity(
+    overrides: list[str],
+    run_name: str | None,
+    group: str | None,
+    recipe: str,
+    random_reward: bool = False,
+) -> tuple[str, str]:
     """(name, group) of a run in W&B. Name: logger.run_name, else what the command line changed
     (`algo.n=4,entropy=adaptive`, as a sweep names its runs), else the experiment (`dapo`), else
     `default`. Group: logger.group (a sweep sets its own name), else the experiment, else `recipe`
     (model-data-algo, e.g. `tiny-arith-rloo`), so single runs of one recipe sit together.
     A random-reward control (reward.terms.random != 0) gets the prefix `RANDOM-REWARD:` on any
     name, a given logger.run_name included, so it is never read as a real result."""
-    experiment = next((o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment" and "=" in o), None)
+    experiment = next(
+        (o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment" and "=" in o),
+        None,
+    )
     name = run_name or run_name_from_overrides(overrides) or experiment or "default"
     if random_reward and not name.startswith(RANDOM_REWARD_MARK):
         name = f"{RANDOM_REWARD_MARK}:{name}"
@@ -65,7 +73,8 @@ def hydra_command(
     prog: str = "skyexp",
     prepare: Callable[[Any], tuple] | None = None,
 ) -> Callable[[], Any]:
-    """A main() running `job(typed_config, *prepare(typed_config), run_dir, plain_config)` under Hydra
+    """A main() running `job(typed_config, *prepare(typed_config), run_dir, plain_config)` under
+    Hydra
     with conf/<config_name>.yaml checked against `schema` (default: the training Config).
     `prepare` runs in the Hydra context before anything loads: its ConfigError is an invalid config
     like the schema's own. Config, data and missing-extra errors print `<prog>: ...` and exit 2;
@@ -108,7 +117,8 @@ def hydra_command(
                 Path(HydraConfig.get().runtime.output_dir),
                 OmegaConf.to_container(cfg, resolve=True),
             )
-        except (ConfigError, DataError, MissingExtraError) as e:  # MissingExtraError: e.g. rollout=vllm without vllm
+        # MissingExtraError: e.g. rollout=vllm without vllm
+        except (ConfigError, DataError, MissingExtraError) as e:
             print(f"{prog}: {e}", file=sys.stderr)
             sys.exit(2)
 

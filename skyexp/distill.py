@@ -6,8 +6,10 @@ the reward (math-verify on the last \\boxed{}) judges correct — at most distil
 per prompt — and write them as an SFT set in conversation format, which an SFT stage trains on
 with the response-only loss:
 
-    python -m skyexp.distill model.path=/ckpt/step1 data=eurus_numina distill.k=8 distill.out=/data/step2.jsonl
-    python -m skyexp sft.source=jsonl sft.path=/data/step2.jsonl sft.format=conversation sft.messages_key=messages ...
+    python -m skyexp.distill model.path=/ckpt/step1 data=eurus_numina distill.k=8
+distill.out=/data/step2.jsonl
+    python -m skyexp sft.source=jsonl sft.path=/data/step2.jsonl sft.format=conversation
+sft.messages_key=messages ...
 
 Each row: id, problem, answer, messages ([system], user, assistant: the response, starting with
 data.response_prefix when the template has one, since that is where the sampled text began),

@@ -27,16 +27,35 @@ class Dist:
     local_rank: int
     local_world_size: int
     device: torch.device
+    # trainer.sp_size: groups of sp_size consecutive ranks split each row between them and hold
+    # the same rows (skyexp.model.sequence_parallel); prompts and samples go to dp ranks
+    sp_size: int = 1
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dp_rank(self) -> int:
+        """Data-parallel rank: the ranks of one sequence-parallel group share it."""
+        return self.rank // self.sp_size
 
-def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False, deterministic: bool = False) -> Dist:
+    @property
+    def dp_size(self) -> int:
+        return self.world_size // self.sp_size
+
+
+def setup(
+    device: str = "auto",
+    threads: int = 0,
+    keep_memory: bool = False,
+    deterministic: bool = False,
+    sp_size: int = 1,
+) -> Dist:
     """Start (or join) the process group and pin this rank's device and thread count; on CPU with
     `keep_memory` (trainer.keep_freed_memory), keep freed memory in the process (keep_freed_memory).
-    `deterministic` (trainer.deterministic): see `make_deterministic`; on CPU it also means one thread."""
+    `deterministic` (trainer.deterministic): see `make_deterministic`; on CPU it also means one
+    thread."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA device is visible")
@@ -54,8 +73,12 @@ def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False, det
         dev = torch.device("cpu")
         n = threads or max(1, (os.cpu_count() or 1) // local_world)
         if deterministic and n != 1:
-            log.info("trainer.deterministic: 1 CPU thread per rank instead of %d (a reduction split over threads "
-                     "can add in another order from run to run)", n)
+            log.info(
+                "trainer.deterministic: 1 CPU thread per rank instead of %d (a reduction split "
+                "over threads "
+                "can add in another order from run to run)",
+                n,
+            )
         torch.set_num_threads(1 if deterministic else n)
         if keep_memory:
             keep_freed_memory()
@@ -64,19 +87,25 @@ def setup(device: str = "auto", threads: int = 0, keep_memory: bool = False, det
             dist.init_process_group(backend, device_id=dev if use_cuda else None)
         else:
             dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
-    return Dist(rank, world, local_rank, local_world, dev)
+    return Dist(rank, world, local_rank, local_world, dev, sp_size)
 
 
 # NCCL settings for run-to-run identical collectives: one fixed algorithm and protocol, and no
 # in-network (switch) or NVLink-SHARP reductions, whose order is not fixed. User settings win.
-NCCL_DETERMINISTIC = {"NCCL_ALGO": "Ring", "NCCL_PROTO": "Simple", "NCCL_NVLS_ENABLE": "0", "NCCL_COLLNET_ENABLE": "0"}
+NCCL_DETERMINISTIC = {
+    "NCCL_ALGO": "Ring",
+    "NCCL_PROTO": "Simple",
+    "NCCL_NVLS_ENABLE": "0",
+    "NCCL_COLLNET_ENABLE": "0",
+}
 
 
 def make_deterministic(use_cuda: bool) -> None:
     """torch.use_deterministic_algorithms (an op without a deterministic kernel warns, naming
     itself, instead of stopping a long run); on GPUs also cuBLAS's fixed workspace
     (CUBLAS_WORKSPACE_CONFIG, which use_deterministic_algorithms requires), cuDNN without autotuning
-    and NCCL_DETERMINISTIC. What this does and does not make reproducible: README, Reproducibility."""
+    and NCCL_DETERMINISTIC. What this does and does not make reproducible: README,
+    Reproducibility."""
     torch.use_deterministic_algorithms(True, warn_only=True)
     if use_cuda:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
@@ -115,16 +144,58 @@ def teardown() -> None:
         dist.destroy_process_group()
 
 
-def shard(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
-    """FSDP2: shard each decoder layer, then the root (embeddings, norm, head)."""
+def shard(model: torch.nn.Module, d: Dist, offload: str = "none") -> torch.nn.Module:
+    """FSDP2: shard each decoder layer, then the root (embeddings, norm, head), over every rank
+    (data- and sequence-parallel alike). offload="params" (trainer.offload): FSDP2's
+    CPUOffloadPolicy, the sharded parameters and their gradients live on the CPU (each layer's
+    shard is copied to the device for its all-gather, forward and backward; gradients are copied
+    back after the reduce-scatter), so the optimizer built on them keeps its state on the CPU and
+    steps there. "optimizer" is offload_optimizer's, on the optimizer; "none": all on the device."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import fully_shard
+    from torch.distributed.fsdp import CPUOffloadPolicy, OffloadPolicy, fully_shard
 
     mesh = init_device_mesh(d.device.type, (d.world_size,))
+    policy = (
+        CPUOffloadPolicy(pin_memory=d.device.type == "cuda")
+        if offload == "params"
+        else OffloadPolicy()
+    )
     for layer in _decoder_layers(model):
-        fully_shard(layer, mesh=mesh)
-    fully_shard(model, mesh=mesh)
+        fully_shard(layer, mesh=mesh, offload_policy=policy)
+    fully_shard(model, mesh=mesh, offload_policy=policy)
     return model
+
+
+def offload_optimizer(opt: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    """trainer.offload=optimizer: the optimizer's state (AdamW's two moments, 8 bytes a
+    parameter in float32, 2/3 of the fp32 training state without the master weights) lives on
+    the CPU between steps: moved to the parameters' device just before each step and back after
+    it (step hooks), as verl's optimizer offload does. The forward and backward run without it;
+    the step pays two copies of it. A no-op on CPU parameters."""
+
+    def to_device(o: torch.optim.Optimizer, *_: Any) -> None:
+        _move_state(o, None)
+
+    def to_cpu(o: torch.optim.Optimizer, *_: Any) -> None:
+        _move_state(o, torch.device("cpu"))
+
+    opt.register_step_pre_hook(to_device)
+    opt.register_step_post_hook(to_cpu)
+    return opt
+
+
+def _move_state(opt: torch.optim.Optimizer, device: torch.device | None) -> None:
+    for group in opt.param_groups:
+        for p in group["params"]:
+            state = opt.state.get(p, {})
+            target = device or _local(p).device
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and v.device != target and k != "step":
+                    state[k] = v.to(target, non_blocking=True)
+
+
+def _local(p: torch.Tensor) -> torch.Tensor:
+    return p.to_local() if hasattr(p, "to_local") else p
 
 
 def _call(self: torch.nn.Module, fn: Any, *args: Any) -> Any:
@@ -141,7 +212,8 @@ def run_in_forward(model: torch.nn.Module, fn: Any, *args: Any) -> Any:
     if not isinstance(model, FSDPModule):
         return fn(*args)
     method = model.__dict__.get("_skyexp_forward")
-    if method is None or getattr(method, "__self__", None) is not model:  # first call (or a deep copy)
+    # first call (or a deep copy)
+    if method is None or getattr(method, "__self__", None) is not model:
         model._skyexp_forward = _call.__get__(model, type(model))
         register_fsdp_forward_method(model, "_skyexp_forward")
     return model._skyexp_forward(fn, *args)

@@ -16,7 +16,8 @@ Outputs (rank 0): <out> (the kept problems, loadable with data=jsonl), <out stem
 
     python -m skyexp.filter data=deepscaler filter.n=16 filter.max_response_len=8192 \\
         model=r1_distill_qwen_1_5b rollout=vllm filter.out=/data/dsr_filtered.jsonl
-    python -m skyexp.filter data=jsonl data.path=../shared/data/train/deepscaler_aime_1983_2023.jsonl \\
+    python -m skyexp.filter data=jsonl
+data.path=../shared/data/train/deepscaler_aime_1983_2023.jsonl \\
         filter.n=0 filter.benchmarks=[../shared/data/eval/math500.jsonl]
 """
 

@@ -4,7 +4,8 @@ Cluster jobs come from `hydra/launcher=slurm` (submitit), which starts one task 
 `trainer.nproc_per_node=N` (the slurm preset exports it as $SKYEXP_NPROC_PER_NODE from
 `hydra.launcher.gpus_per_node`) that task does not train itself: it starts
 
-    torchrun --nproc_per_node=N [--standalone | --nnodes=M --rdzv_backend=c10d --rdzv_endpoint=HEAD:PORT]
+    torchrun --nproc_per_node=N [--standalone | --nnodes=M --rdzv_backend=c10d
+--rdzv_endpoint=HEAD:PORT]
              -m skyexp <the job's overrides> hydra.run.dir=<the job's output dir>
 
 and waits. Every rank composes the same config, writes to the job's directory, and rank 0
@@ -63,8 +64,12 @@ def torchrun_command(nproc: int, overrides: list[str], run_dir: Path, job: Any |
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]
     if job is not None and job.num_nodes > 1:
         port = env.get("MASTER_PORT") or DEFAULT_PORT
-        cmd += [f"--nnodes={job.num_nodes}", "--rdzv_backend=c10d", f"--rdzv_endpoint={job.hostnames[0]}:{port}",
-                f"--rdzv_id={job.job_id}"]
+        cmd += [
+            f"--nnodes={job.num_nodes}",
+            "--rdzv_backend=c10d",
+            f"--rdzv_endpoint={job.hostnames[0]}:{port}",
+            f"--rdzv_id={job.job_id}",
+        ]
     else:
         cmd += ["--standalone"]
     # the job's own overrides, unchanged, so every rank composes the same config and run name
@@ -72,7 +77,8 @@ def torchrun_command(nproc: int, overrides: list[str], run_dir: Path, job: Any |
 
 
 def _quote(value: str) -> str:
-    """A Hydra override value: quoted when it holds characters the override grammar treats specially."""
+    """A Hydra override value: quoted when it holds characters the override grammar treats
+    specially."""
     if re.fullmatch(r"[\w/.\-+@:]+", value):
         return value
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
@@ -90,7 +96,8 @@ def run_torchrun(configured: int, overrides: list[str], run_dir: Path) -> dict[s
     cmd = torchrun_command(resolve_nproc(configured), overrides, run_dir)
     log.info("starting %s", " ".join(cmd))
     rc = subprocess.run(cmd).returncode
-    if rc != 0:  # the ranks' exit code, as a run without the relaunch would end (e.g. stopped with a checkpoint)
+    # the ranks' exit code, as a run without the relaunch would end (e.g. stopped with a checkpoint)
+    if rc != 0:
         print(f"skyexp: torchrun exited with code {rc}: {' '.join(cmd)}", file=sys.stderr)
         sys.exit(rc)
     summary = run_dir / "summary.json"

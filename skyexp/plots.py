@@ -107,8 +107,13 @@ _PASSK_STYLES = [
 ]
 
 
-def plot_passk(curves: dict[str, dict[int, float]], path: Path, title: str = "pass@k", n: int | None = None,
-               problems: int | None = None) -> None:
+def plot_passk(
+    curves: dict[str, dict[int, float]],
+    path: Path,
+    title: str = "pass@k",
+    n: int | None = None,
+    problems: int | None = None,
+) -> None:
     """One line per label (e.g. before / after RL), k on a log2 axis labelled 1, 2, 4, ...; `n`
     (samples per problem) and `problems` join the title."""
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -116,11 +121,21 @@ def plot_passk(curves: dict[str, dict[int, float]], path: Path, title: str = "pa
         ks = sorted(curve)
         ax.plot(ks, [curve[k] for k in ks], label=label, **_PASSK_STYLES[i % len(_PASSK_STYLES)])
     counts = _counts(n, problems)
-    _finish_passk(fig, ax, path, f"{title}\n{counts}" if counts else title, [k for c in curves.values() for k in c])
+    _finish_passk(
+        fig,
+        ax,
+        path,
+        f"{title}\n{counts}" if counts else title,
+        [k for c in curves.values() for k in c],
+    )
 
 
-def plot_passk_benchmarks(curves: dict[str, dict[str, dict[int, float]]], path: Path, title: str = "pass@k",
-                          counts: dict[str, tuple[int, int]] | None = None) -> None:
+def plot_passk_benchmarks(
+    curves: dict[str, dict[str, dict[int, float]]],
+    path: Path,
+    title: str = "pass@k",
+    counts: dict[str, tuple[int, int]] | None = None,
+) -> None:
     """curves[benchmark][checkpoint] = {k: pass@k}: one colour per benchmark, one line style per
     checkpoint (e.g. before / after RL), k on a log2 axis labelled 1, 2, 4, ...; counts[benchmark]
     = (samples per problem, problems) joins that benchmark's legend entry."""
@@ -132,13 +147,21 @@ def plot_passk_benchmarks(curves: dict[str, dict[str, dict[int, float]]], path: 
         for lbl, curve in per.items():
             ks = sorted(curve)
             name = shown if len(labels) == 1 else f"{shown} · {lbl}"
-            ax.plot(ks, [curve[k] for k in ks], marker="o", color=f"C{i % 10}", linestyle=styles[labels.index(lbl) % len(styles)],
-                    label=name)
+            ax.plot(
+                ks,
+                [curve[k] for k in ks],
+                marker="o",
+                color=f"C{i % 10}",
+                linestyle=styles[labels.index(lbl) % len(styles)],
+                label=name,
+            )
     ks = [k for per in curves.values() for c in per.values() for k in c]
     _finish_passk(fig, ax, path, title, ks, legend_size="small")
 
 
-def _finish_passk(fig, ax, path: Path, title: str, ks: list[int], legend_size: str = "medium") -> None:
+def _finish_passk(
+    fig, ax, path: Path, title: str, ks: list[int], legend_size: str = "medium"
+) -> None:
     """Shared look of the pass@k figures: k on a log2 axis with a tick at each k drawn, written
     1, 2, 4, ... (not 2^0, 2^1, ...); pass@k in [0, 1]."""
     ax.set_xscale("log", base=2)
@@ -171,13 +194,17 @@ def passk_by_step(metrics_path: Path, bench: str) -> dict[int, dict[int, float]]
         return out
     for line in Path(metrics_path).read_text().splitlines():
         row = json.loads(line) if line.strip() else {}
-        curve = {int(m[1]): v for key, v in row.items() if (m := pattern.match(key)) and v is not None}
+        curve = {
+            int(m[1]): v for key, v in row.items() if (m := pattern.match(key)) and v is not None
+        }
         if curve and row.get("train/rl_step") is not None:
             out[int(row["train/rl_step"])] = curve
     return out
 
 
-def plot_passk_over_training(evals: dict[int, dict[int, float]], path: Path, title: str = "pass@k over training") -> None:
+def plot_passk_over_training(
+    evals: dict[int, dict[int, float]], path: Path, title: str = "pass@k over training"
+) -> None:
     """pass@k against the RL step, one line per k (darker = larger k): when does pass@k at large k
     start to fall while pass@1 rises?"""
     steps = sorted(evals)
@@ -186,7 +213,13 @@ def plot_passk_over_training(evals: dict[int, dict[int, float]], path: Path, tit
     cmap = plt.get_cmap("viridis")
     for i, k in enumerate(ks):
         xs = [s for s in steps if k in evals[s]]
-        ax.plot(xs, [evals[s][k] for s in xs], marker="o", color=cmap(1 - (i + 0.5) / len(ks)), label=f"pass@{k}")
+        ax.plot(
+            xs,
+            [evals[s][k] for s in xs],
+            marker="o",
+            color=cmap(1 - (i + 0.5) / len(ks)),
+            label=f"pass@{k}",
+        )
     ax.set_xlabel("RL step")
     ax.set_ylabel("held-out pass@k")
     ax.set_ylim(0, 1.02)
@@ -212,5 +245,10 @@ def write_passk_over_training(run_dir: Path, bench: str, log=None) -> Path | Non
             import wandb
         except ImportError:
             return path
-        log({f"val/{bench}/pass@k_over_training": wandb.Image(str(path)), "train/rl_step": max(evals)})
+        log(
+            {
+                f"val/{bench}/pass@k_over_training": wandb.Image(str(path)),
+                "train/rl_step": max(evals),
+            }
+        )
     return path

@@ -1,4 +1,5 @@
-"""Typed records passed between the loop's stages. Frozen: a stage never mutates another's output."""
+"""Typed records passed between the loop's stages. Frozen: a stage never mutates another's
+output."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ class Rollout:
     prompt_len: int  # P
     n: int
     temperature: float
-    entropy: torch.Tensor | None = None  # [B*n, R] float32 entropy of softmax(logits / T) at each step, when the engine has it
+    # [B*n, R] float32 entropy of softmax(logits / T) at each step, when the engine has it
+    entropy: torch.Tensor | None = None
 
     @property
     def responses(self) -> torch.Tensor:  # [B*n, R]
@@ -77,13 +79,16 @@ class UpdateStats:
     ppo_kl: float  # k1 estimate of KL(old || new) on the tokens that went through the forward pass
     grad_norm: float
     num_tokens: int
-    entropy_hist: torch.Tensor | None = None  # [H] token entropies (rank-local sample) for the histogram
+    # [H] token entropies (rank-local sample) for the histogram
+    entropy_hist: torch.Tensor | None = None
     dualclip_frac: float = 0.0  # share of trained tokens held by the dual clip
     rule_frac: float = 0.0  # share of trained tokens selected by the entropy token rule
     kl_ref: float | None = None  # mean KL-to-reference estimator over trained tokens (KL loss on)
     optimizer_steps: int = 0
     skipped_updates: int = 0  # optimizer steps skipped because the loss or gradient was not finite
-    # |log pi_trainer - log pi_sampler| on the tokens of the first mini-batch, before any optimizer step
+    # |log pi_trainer - log pi_sampler| on the tokens of the first mini-batch, before any optimizer
+    # step
     sampler_logprob_diff: float = 0.0  # mean
     sampler_logprob_diff_max: float = 0.0
-    loss_stats: dict[str, float] = field(default_factory=dict)  # the policy loss's own (seq_losses.loss_metrics)
+    # the policy loss's own (seq_losses.loss_metrics)
+    loss_stats: dict[str, float] = field(default_factory=dict)

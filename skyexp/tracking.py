@@ -36,7 +36,14 @@ STEP_OF_PREFIX = {"sft": STEP_KEY}  # metric namespaces not plotted against the 
 HIST_BINS = 64  # histogram bins, in W&B and in tables/<key>.jsonl
 RUN_FILE = "wandb_run.json"  # in the run directory: which W&B run holds this run's metrics
 # step_line's fields, in order, after the step (val/<benchmark>/pass@1 follow when the row has them)
-LINE_KEYS = ("train/stage", "critic/score/mean", "batch/pass@1", "actor/entropy", "timing_s/step", "perf/throughput")
+LINE_KEYS = (
+    "train/stage",
+    "critic/score/mean",
+    "batch/pass@1",
+    "actor/entropy",
+    "timing_s/step",
+    "perf/throughput",
+)
 
 
 def use_bars(progress: bool, streams: tuple[Any, ...] = (sys.stdout, sys.stderr)) -> bool:
@@ -63,10 +70,14 @@ def step_line(metrics: dict[str, Any], total: int = 0) -> str:
     metrics.jsonl (verl's console format): `step:12 - progress:13/150 - train/stage:0 -
     critic/score/mean:0.5312 - batch/pass@1:0.52 - actor/entropy:0.112 - timing_s/step:1.42 -
     perf/throughput:9812`, plus `val/<benchmark>/pass@1` when the row carries an evaluation.
-    `total`: the run's RL steps (0: no progress field). Missing or non-scalar values are left out."""
+    `total`: the run's RL steps (0: no progress field). Missing or non-scalar values are left
+    out."""
     step = int(metrics.get(RL_STEP_KEY, 0))
     parts = [f"step:{step}"] + ([f"progress:{step + 1}/{total}"] if total else [])
-    keys = [*LINE_KEYS, *sorted(k for k in metrics if k.startswith("val/") and k.endswith("/pass@1"))]
+    keys = [
+        *LINE_KEYS,
+        *sorted(k for k in metrics if k.startswith("val/") and k.endswith("/pass@1")),
+    ]
     scalars = _scalars({k: metrics[k] for k in keys if k in metrics})
     parts += [f"{k}:{_short(scalars[k])}" for k in keys if scalars.get(k) is not None]
     return " - ".join(parts)
@@ -119,7 +130,9 @@ class JsonlLogger:
         self._f.flush()
         for key, value in metrics.items():
             if isinstance(value, Table):
-                self._append(key, [{"step": step, **dict(zip(value.columns, row))} for row in value.rows])
+                self._append(
+                    key, [{"step": step, **dict(zip(value.columns, row))} for row in value.rows]
+                )
             elif isinstance(value, torch.Tensor) and value.numel() > 1:
                 counts, edges = histogram(value)
                 self._append(key, [{"step": step, "edges": edges, "counts": counts}])
@@ -139,9 +152,13 @@ class ConsoleLogger:
     terminal, to `step_line`s otherwise)."""
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        shown = {k: v for k, v in _scalars(metrics).items() if k.startswith("val/") and v is not None}
+        shown = {
+            k: v for k, v in _scalars(metrics).items() if k.startswith("val/") and v is not None
+        }
         if shown:  # numbered by the RL step (train/rl_step), as the step lines, not the row counter
-            where = f"rl_step {int(metrics[RL_STEP_KEY])}" if RL_STEP_KEY in metrics else f"row {step}"
+            where = (
+                f"rl_step {int(metrics[RL_STEP_KEY])}" if RL_STEP_KEY in metrics else f"row {step}"
+            )
             log.info("%s: %s", where, "  ".join(f"{k}={v:.4f}" for k, v in sorted(shown.items())))
 
     def close(self) -> None:
@@ -150,11 +167,14 @@ class ConsoleLogger:
 
 class WandbLogger:
     """W&B run from LoggerConfig: project, entity, group, name, job_type, tags, notes, settings.
-    Every metric namespace is plotted against the RL step (define_metric), SFT against the global step.
+    Every metric namespace is plotted against the RL step (define_metric), SFT against the global
+    step.
     `run_id` continues an existing W&B run (a resumed training run); steps it logged after the
     checkpoint are logged again; W&B keeps the values it already holds for those steps."""
 
-    def __init__(self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_id: str | None = None):
+    def __init__(
+        self, cfg: LoggerConfig, run_dir: Path, config: dict[str, Any], run_id: str | None = None
+    ):
         self.run = None
         self._defined: set[str] = set()
         mode = os.environ.get("WANDB_MODE") or cfg.mode
@@ -165,24 +185,47 @@ class WandbLogger:
             wdir = Path(cfg.dir or run_dir)
             wdir.mkdir(parents=True, exist_ok=True)
             self.run = wandb.init(
-                project=cfg.project, entity=cfg.entity, group=cfg.group, name=cfg.run_name, job_type=cfg.job_type,
-                tags=list(cfg.tags), notes=cfg.notes, config=config, dir=str(wdir), mode=mode, reinit="finish_previous",
-                settings=wandb.Settings(**quiet_settings(cfg.settings)), id=run_id,
+                project=cfg.project,
+                entity=cfg.entity,
+                group=cfg.group,
+                name=cfg.run_name,
+                job_type=cfg.job_type,
+                tags=list(cfg.tags),
+                notes=cfg.notes,
+                config=config,
+                dir=str(wdir),
+                mode=mode,
+                reinit="finish_previous",
+                settings=wandb.Settings(**quiet_settings(cfg.settings)),
+                id=run_id,
                 resume="allow" if run_id else None,
             )
             self.run.define_metric(STEP_KEY)
             self.run.define_metric(RL_STEP_KEY)
             _write_run_file(self.run, run_dir, mode)
-            log.info("W&B run %s (%s, id %s) in %s%s", self.run.name, mode, self.run.id, Path(self.run.dir).parent,
-                     f": {self.run.url}" if self.run.url else f"; upload with wandb sync {Path(self.run.dir).parent}")
+            log.info(
+                "W&B run %s (%s, id %s) in %s%s",
+                self.run.name,
+                mode,
+                self.run.id,
+                Path(self.run.dir).parent,
+                f": {self.run.url}"
+                if self.run.url
+                else f"; upload with wandb sync {Path(self.run.dir).parent}",
+            )
         except Exception as e:  # never let W&B stop training
-            log.warning("W&B disabled for this run (%s: %s); metrics.jsonl still records everything", type(e).__name__, e)
+            log.warning(
+                "W&B disabled for this run (%s: %s); metrics.jsonl still records everything",
+                type(e).__name__,
+                e,
+            )
             self.run = None
 
     def _define(self, key: str) -> None:
         """Plot `key`'s namespace against its step metric (one define_metric per namespace)."""
         prefix = key.split("/")[0]
-        glob = key if prefix == "train" else f"{prefix}/*"  # train/* would catch the step keys themselves
+        # train/* would catch the step keys themselves
+        glob = key if prefix == "train" else f"{prefix}/*"
         if key in (STEP_KEY, RL_STEP_KEY) or glob in self._defined:
             return
         self.run.define_metric(glob, step_metric=STEP_OF_PREFIX.get(prefix, RL_STEP_KEY))
@@ -196,7 +239,9 @@ class WandbLogger:
         if isinstance(v, Table):
             return wandb.Table(columns=list(v.columns), data=[list(r) for r in v.rows])
         if isinstance(v, LinePlot):
-            table = wandb.Table(columns=[v.x_label, v.y_label], data=[[x, y] for x, y in zip(v.x, v.y)])
+            table = wandb.Table(
+                columns=[v.x_label, v.y_label], data=[[x, y] for x, y in zip(v.x, v.y)]
+            )
             return wandb.plot.line(table, v.x_label, v.y_label, title=v.title)
         return v
 
@@ -232,9 +277,18 @@ def quiet_settings(settings: dict[str, Any]) -> dict[str, Any]:
 def _write_run_file(run: Any, run_dir: Path, mode: str) -> None:
     """wandb_run.json: the W&B run's id, name, group, project, job type, tags, mode and local
     directory (what `wandb sync` takes), read back from the run W&B created."""
-    info = {"id": run.id, "name": run.name, "group": run.group, "project": run.project, "entity": run.entity or None,
-            "job_type": run.job_type, "tags": list(run.tags), "mode": mode, "dir": str(Path(run.dir).parent.resolve()),
-            "url": run.url}
+    info = {
+        "id": run.id,
+        "name": run.name,
+        "group": run.group,
+        "project": run.project,
+        "entity": run.entity or None,
+        "job_type": run.job_type,
+        "tags": list(run.tags),
+        "mode": mode,
+        "dir": str(Path(run.dir).parent.resolve()),
+        "url": run.url,
+    }
     (run_dir / RUN_FILE).write_text(json.dumps(info, indent=2) + "\n")
 
 
@@ -275,15 +329,23 @@ class MultiLogger:
 
 @functools.cache
 def git_commit(path: Path | None = None) -> str | None:
-    """HEAD of the repository holding skyexp, with "-dirty" when tracked files changed; None outside git.
+    """HEAD of the repository holding skyexp, with "-dirty" when tracked files changed; None outside
+    git.
     Read once per process (the summary and the W&B config both record it)."""
     cwd = path or Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10)
+        head = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10
+        )
         if head.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True,
-                               text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return head.stdout.strip() + ("-dirty" if dirty else "")

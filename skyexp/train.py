@@ -78,49 +78,90 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     """Ranks, run directory, seeds, data, tokenizer, reward pool, policy, engine, logger,
     optimizer and sampler: everything the phases share, in one Run."""
     t0 = time.time()
-    d = distributed.setup(cfg.trainer.device, cfg.trainer.threads, cfg.trainer.keep_freed_memory, cfg.trainer.deterministic)
+    d = distributed.setup(
+        cfg.trainer.device,
+        cfg.trainer.threads,
+        cfg.trainer.keep_freed_memory,
+        cfg.trainer.deterministic,
+        cfg.trainer.sp_size,
+    )
     check_world(cfg, d.world_size)
     run_dir = _shared_run_dir(run_dir)
     resume = _resume_point(cfg, run_dir, d)
-    random.seed(cfg.trainer.seed + d.rank)
+    random.seed(cfg.trainer.seed + d.dp_rank)  # the ranks of a sequence-parallel group draw alike
     torch.manual_seed(cfg.trainer.seed)
     task = load_task(cfg.data)
     base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
     base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
     tokenizer = loading.load_tokenizer(base, cfg.model)
-    # prompts longer than data.max_prompt_len or the model's context are dropped and counted, before training
-    task = fit_task(task, tokenizer, cfg.data, cfg.model.chat_template, loading.context_length(base, cfg.model))
-    eval_problems = load_eval_problems(cfg, task) if (cfg.eval.before or cfg.eval.after or cfg.eval.every) else []
+    # prompts longer than data.max_prompt_len or the model's context are dropped and counted, before
+    # training
+    task = fit_task(
+        task, tokenizer, cfg.data, cfg.model.chat_template, loading.context_length(base, cfg.model)
+    )
+    eval_problems = (
+        load_eval_problems(cfg, task)
+        if (cfg.eval.before or cfg.eval.after or cfg.eval.every)
+        else []
+    )
     reward = build_reward(cfg.reward)  # the scoring pool starts while the model loads
     sft_dir = sft.cache_dir(cfg, base)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
     try:
         policy = loading.load_policy(start, cfg, d)
-        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
+        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.dp_rank)
     except BaseException:
         reward.close()  # its worker processes would outlive the failed start
         raise
     saved = checkpoint.read_state(resume) if resume else {}
-    if cfg.trainer.resume and d.is_main:  # rows logged after the checkpoint (all of them without one) go
+    # rows logged after the checkpoint (all of them without one) go
+    if cfg.trainer.resume and d.is_main:
         rewind_logs(run_dir, saved.get("counters", {}).get("global_step", 0))
-    logger = make_logger(cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id"))
+    logger = make_logger(
+        cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id")
+    )
     opt, sched = boundaries.make_optimizer(cfg, policy)
-    run = Run(cfg, d, run_dir, plan_run(cfg), tokenizer, policy, engine, reward, logger, opt, sched, task.train,
-              build_algorithm(cfg), UpdateSettings.of(cfg, d.world_size, d.device), eval_problems,
-              Counters(entropy_coef=cfg.entropy.coef), Live(boundaries.make_sampler(cfg, task.train, d.rank, d.world_size)))
-    summary: dict[str, Any] = {"world_size": d.world_size, "params": loading.num_params(policy), "rollout": cfg.rollout.name,
-                               "git_commit": git_commit(),
-                               "data": {"problems": len(task.train), **task.stats},  # rows skipped, duplicates, ...
-                               # the guard: a random-reward control is never mistaken for a real result
-                               "reward_random": random_reward(cfg.reward.terms)}
+    run = Run(
+        cfg,
+        d,
+        run_dir,
+        plan_run(cfg),
+        tokenizer,
+        policy,
+        engine,
+        reward,
+        logger,
+        opt,
+        sched,
+        task.train,
+        build_algorithm(cfg),
+        UpdateSettings.of(cfg, d.world_size, d.device),
+        eval_problems,
+        Counters(entropy_coef=cfg.entropy.coef),
+        Live(boundaries.make_sampler(cfg, task.train, d.dp_rank, d.dp_size)),
+    )
+    summary: dict[str, Any] = {
+        "world_size": d.world_size,
+        "params": loading.num_params(policy),
+        "rollout": cfg.rollout.name,
+        "git_commit": git_commit(),
+        # rows skipped, duplicates, ...
+        "data": {"problems": len(task.train), **task.stats},
+        # the guard: a random-reward control is never mistaken for a real result
+        "reward_random": random_reward(cfg.reward.terms),
+    }
     if summary["reward_random"]:
-        log.warning("reward=random: a random-reward CONTROL run (Bernoulli(reward.random_p=%g) per sample, "
-                    "independent of the answers); its W&B name and summary.json say so", cfg.reward.random_p)
+        log.warning(
+            "reward=random: a random-reward CONTROL run (Bernoulli(reward.random_p=%g) per sample, "
+            "independent of the answers); its W&B name and summary.json say so",
+            cfg.reward.random_p,
+        )
     return Setup(run, resume, base, sft_dir, start, summary, t0)
 
 
 def _shared_run_dir(run_dir: Path) -> Path:
-    """Rank 0's run directory on every rank (another rank's Hydra may have picked a later timestamp)."""
+    """Rank 0's run directory on every rank (another rank's Hydra may have picked a later
+    timestamp)."""
     shared = Path(distributed.broadcast_object(str(run_dir)))
     if shared != run_dir:
         shutil.rmtree(run_dir, ignore_errors=True)
@@ -132,19 +173,36 @@ def sft_phase(s: Setup) -> None:
     run, cfg = s.run, s.run.cfg
     with _phase(s.summary, "sft"):
         if cfg.sft.steps and s.start == s.base:
-            s.summary.update(sft.run_sft(cfg, run.d, run.policy, run.tokenizer, run.problems, s.sft_dir, run.log,
-                                         run.d.is_main and use_bars(cfg.logger.progress)))
+            s.summary.update(
+                sft.run_sft(
+                    cfg,
+                    run.d,
+                    run.policy,
+                    run.tokenizer,
+                    run.problems,
+                    s.sft_dir,
+                    run.log,
+                    run.d.is_main and use_bars(cfg.logger.progress),
+                )
+            )
             run.engine.sync_weights(run.policy)
         elif cfg.sft.steps:
-            log.info("sft: reusing the cached result %s (config hash %s; sft.cache=false retrains)", s.sft_dir, s.sft_dir.name)
+            log.info(
+                "sft: reusing the cached result %s (config hash %s; sft.cache=false retrains)",
+                s.sft_dir,
+                s.sft_dir.name,
+            )
         s.summary["sft_cached"] = bool(cfg.sft.steps) and s.start != s.base
         s.summary["sft_dir"] = str(s.sft_dir) if cfg.sft.steps else None
 
 
 def reference_phase(s: Setup) -> None:
-    """The frozen KL reference: the policy RL starts from (after SFT), loaded only with a KL term."""
+    """The frozen KL reference: the policy RL starts from (after SFT), loaded only with a KL
+    term."""
     if s.run.cfg.algo.kl_coef > 0:
-        s.run.live.ref = loading.load_reference(_reference_path(s.run.cfg, s.base, s.sft_dir), s.run.cfg, s.run.d)
+        s.run.live.ref = loading.load_reference(
+            _reference_path(s.run.cfg, s.base, s.sft_dir), s.run.cfg, s.run.d
+        )
 
 
 def eval_before_phase(s: Setup) -> EvalResult | None:
@@ -162,10 +220,15 @@ def rl_phase(s: Setup, before: EvalResult | SavedEval | None
     with _phase(s.summary, "rl"):
         if s.resume:
             restore(run, s.resume)  # last: it sets every RNG
-            s.summary.update({k: v for k, v in run.counters.pre_rl.items() if k not in PRIVATE}, world_size=run.d.world_size,
-                             resumed_from=str(s.resume))
+            s.summary.update(
+                {k: v for k, v in run.counters.pre_rl.items() if k not in PRIVATE},
+                world_size=run.d.world_size,
+                resumed_from=str(s.resume),
+            )
             if run.counters.pre_rl.get("before_pass_at"):
-                before = SavedEval({int(k): v for k, v in run.counters.pre_rl["before_pass_at"].items()})
+                before = SavedEval(
+                    {int(k): v for k, v in run.counters.pre_rl["before_pass_at"].items()}
+                )
         # checkpointed with the counters
         run.counters.pre_rl.update(clock(run.counters.pre_rl, s.resume, run.counters.rl_step, s.t0))
         with faults.SigtermFlag() as sigterm:
@@ -184,8 +247,11 @@ def clock(pre_rl: dict[str, Any], resume: Path | None, rl_step: int, t0: float) 
     ck = {"t0": t0, "rl_t0": now, "wall_before_s": 0.0, "rl_before_s": 0.0, "resumed_at": []}
     if resume and old:
         saved = (resume / "DONE").stat().st_mtime
-        ck.update(wall_before_s=old["wall_before_s"] + saved - old["t0"], resumed_at=[*old["resumed_at"], rl_step],
-                  rl_before_s=old["rl_before_s"] + saved - old["rl_t0"])
+        ck.update(
+            wall_before_s=old["wall_before_s"] + saved - old["t0"],
+            resumed_at=[*old["resumed_at"], rl_step],
+            rl_before_s=old["rl_before_s"] + saved - old["rl_t0"],
+        )
     return {"clock": ck}
 
 
@@ -195,12 +261,23 @@ def finish(s: Setup, before: EvalResult | SavedEval | None) -> dict[str, Any]:
     with _phase(s.summary, "eval_after"):
         after = evaluate(run, "after") if cfg.eval.after else None
     if cfg.trainer.save_final:
-        export_hf(run.policy, run.tokenizer, run.run_dir / "final", run.d, {"rl_steps": run.counters.rl_step})
-    s.summary.update(_summarise(run, before, after, time.time() - s.t0), skipped_steps=run.counters.skipped_steps)
+        export_hf(
+            run.policy,
+            run.tokenizer,
+            run.run_dir / "final",
+            run.d,
+            {"rl_steps": run.counters.rl_step},
+        )
+    s.summary.update(
+        _summarise(run, before, after, time.time() - s.t0), skipped_steps=run.counters.skipped_steps
+    )
     ck = run.counters.pre_rl.get("clock")
     if ck and ck["resumed_at"]:  # times over every process of the run, not only this one
-        s.summary.update(wall_s=round(s.summary["wall_s"] + ck["wall_before_s"], 1), resumed_at=ck["resumed_at"],
-                         **{"time_s/rl": round(s.summary["time_s/rl"] + ck["rl_before_s"], 2)})
+        s.summary.update(
+            wall_s=round(s.summary["wall_s"] + ck["wall_before_s"], 1),
+            resumed_at=ck["resumed_at"],
+            **{"time_s/rl": round(s.summary["time_s/rl"] + ck["rl_before_s"], 2)},
+        )
     if run.d.is_main:
         _write_outputs(run, s.summary, before, after)
     return s.summary
@@ -224,7 +301,10 @@ def _resume_point(cfg: Config, run_dir: Path, d: distributed.Dist) -> Path | Non
     if err:
         raise ConfigError(err)
     if cfg.trainer.resume == "auto" and path is None:
-        log.info("trainer.resume=auto: no checkpoint in %s yet, starting afresh", run_dir / checkpoint.CKPT_DIR)
+        log.info(
+            "trainer.resume=auto: no checkpoint in %s yet, starting afresh",
+            run_dir / checkpoint.CKPT_DIR,
+        )
     return Path(path) if path else None
 
 
@@ -232,8 +312,11 @@ def _reference_path(cfg: Config, base: str, sft_dir: Path) -> str:
     if not cfg.sft.steps:
         return base
     if not (sft_dir / "DONE").exists():
-        raise ConfigError(f"config key 'trainer.resume': the KL reference is the SFT result {sft_dir}, which is gone; "
-                          "rerun SFT with the same config (same cache dir) or set algo.kl_coef=0")
+        raise ConfigError(
+            f"config key 'trainer.resume': the KL reference is the SFT result {sft_dir}, which is "
+            "gone; "
+            "rerun SFT with the same config (same cache dir) or set algo.kl_coef=0"
+        )
     return str(sft_dir)
 
 
@@ -244,7 +327,9 @@ def _phase(summary: dict[str, Any], name: str):
     summary[f"time_s/{name}"] = round(time.perf_counter() - t, 2)
 
 
-def _summarise(run: Run, before: EvalResult | None, after: EvalResult | None, wall: float) -> dict[str, Any]:
+def _summarise(
+    run: Run, before: EvalResult | None, after: EvalResult | None, wall: float
+) -> dict[str, Any]:
     h = run.counters.history
     out: dict[str, Any] = {"wall_s": round(wall, 1), "rl_steps": run.counters.rl_step}
     if h:
@@ -260,20 +345,39 @@ def _summarise(run: Run, before: EvalResult | None, after: EvalResult | None, wa
     return out
 
 
-def _write_outputs(run: Run, summary: dict[str, Any], before: EvalResult | None, after: EvalResult | None) -> None:
+def _write_outputs(
+    run: Run, summary: dict[str, Any], before: EvalResult | None, after: EvalResult | None
+) -> None:
     steps = [x.rl_step for x in run.counters.history]
     if steps:
         coef = plots.metric_by_step(run.run_dir / "metrics.jsonl", "actor/entropy_coeff")
         target = run.cfg.entropy.target if run.cfg.entropy.controller == "adaptive" else None
         history = run.counters.history
-        plots.plot_entropy(steps, [x.entropy for x in history], [x.reward for x in history], run.run_dir / "entropy.png",
-                           [coef.get(s, 0.0) for s in steps] if run.cfg.entropy.controller != "none" else None, target,
-                           [st.first_step for st in run.plan.stages[1:]])
-    curves = {f"{lbl} RL": r.pass_at for lbl, r in (("before", before), ("after", after)) if r is not None}
+        plots.plot_entropy(
+            steps,
+            [x.entropy for x in history],
+            [x.reward for x in history],
+            run.run_dir / "entropy.png",
+            [coef.get(s, 0.0) for s in steps] if run.cfg.entropy.controller != "none" else None,
+            target,
+            [st.first_step for st in run.plan.stages[1:]],
+        )
+    curves = {
+        f"{lbl} RL": r.pass_at for lbl, r in (("before", before), ("after", after)) if r is not None
+    }
     if curves:
         res = after or before
-        plots.plot_passk(curves, run.run_dir / "passk.png", title=f"pass@k on {run.cfg.eval.name} (held out)",
-                         n=getattr(res, "n", None), problems=len(res.correct) if hasattr(res, "correct") else None)
-    plots.write_passk_over_training(run.run_dir, run.cfg.eval.name, run.log)  # pass@k vs RL step (eval.every)
+        plots.plot_passk(
+            curves,
+            run.run_dir / "passk.png",
+            title=f"pass@k on {run.cfg.eval.name} (held out)",
+            n=getattr(res, "n", None),
+            problems=len(res.correct) if hasattr(res, "correct") else None,
+        )
+    # pass@k vs RL step (eval.every)
+    plots.write_passk_over_training(run.run_dir, run.cfg.eval.name, run.log)
     (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    log.info("summary: %s", json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}))
+    log.info(
+        "summary: %s",
+        json.dumps({k: (round(v, 4) if isinstance(v, float) else v) for k, v in summary.items()}),
+    )

@@ -10,7 +10,8 @@ the groups that train this step, gathered over all ranks, so batch-level statist
 (REINFORCE++) are those of the whole training batch.
 
 TOKEN_RETURNS holds estimators with a token-level form, used when the KL penalty is in the
-reward (`algo.kl_mode=reward`): REINFORCE++ puts -beta*KL_t on each token (see reinforce_pp_returns).
+reward (`algo.kl_mode=reward`): REINFORCE++ puts -beta*KL_t on each token (see
+reinforce_pp_returns).
 Their per-token returns are whitened over the tokens of the whole training batch (whiten).
 """
 
@@ -25,7 +26,8 @@ from skyexp.algos.passk import passk_best, passk_chen, pkpo  # pass@k training (
 
 
 def equal_groups(rewards: torch.Tensor) -> torch.Tensor:
-    """[B, 1] True where every reward of the group equals its first (the group carries no signal)."""
+    """[B, 1] True where every reward of the group equals its first (the group carries no
+    signal)."""
     return (rewards == rewards[..., :1]).all(dim=-1, keepdim=True)
 
 
@@ -91,11 +93,17 @@ def reinforce_pp(rewards: torch.Tensor, *, adv_eps: float) -> torch.Tensor:
     """
     if rewards.numel() == 0:
         return rewards.clone()
-    c = centred(rewards.reshape(1, -1)).view_as(rewards) if rewards.shape[-1] == 1 else centred(rewards)
+    c = (
+        centred(rewards.reshape(1, -1)).view_as(rewards)
+        if rewards.shape[-1] == 1
+        else centred(rewards)
+    )
     return c / (c.pow(2).mean().sqrt() + adv_eps)
 
 
-def reinforce_pp_returns(rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float) -> torch.Tensor:
+def reinforce_pp_returns(
+    rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float
+) -> torch.Tensor:
     """REINFORCE++ token returns before whitening (Hu, arXiv 2501.03262, sec. 3; OpenRLHF's
     `reinforce_baseline` with the KL in the reward).
 
@@ -110,12 +118,15 @@ def reinforce_pp_returns(rewards: torch.Tensor, token_kl: torch.Tensor, mask: to
     final = (centred(rewards) if n >= 2 else rewards).reshape(-1)  # [B*n]
     m = mask.to(token_kl.dtype)
     r = -kl_coef * token_kl * m
-    last = m.shape[-1] - 1 - m.flip(-1).argmax(-1)  # [B*n] last response token (padding: masked below)
+    # [B*n] last response token (padding: masked below)
+    last = m.shape[-1] - 1 - m.flip(-1).argmax(-1)
     r = r.scatter_add(-1, last[:, None], final[:, None].to(r.dtype))
     return r.flip(-1).cumsum(-1).flip(-1) * m
 
 
-def whiten(x: torch.Tensor, mask: torch.Tensor, mean: float, std: float, eps: float = 1e-6) -> torch.Tensor:
+def whiten(
+    x: torch.Tensor, mask: torch.Tensor, mean: float, std: float, eps: float = 1e-6
+) -> torch.Tensor:
     """(x - mean) / (std + eps) on the mask, 0 elsewhere: x [N, T]. mean and std are the
     population statistics of x over the masked tokens of the whole training batch (every rank)."""
     return (x - mean) / (std + eps) * mask
@@ -130,9 +141,15 @@ def masked_mean_std(x: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
     return mean, (float(((x - mean).pow(2) * mask).sum()) / count) ** 0.5
 
 
-def reinforce_pp_tokens(rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor, kl_coef: float,
-                        eps: float = 1e-6) -> torch.Tensor:
-    """REINFORCE++ per-token advantages [B*n, T] of one process's whole batch (Hu, arXiv 2501.03262):
+def reinforce_pp_tokens(
+    rewards: torch.Tensor,
+    token_kl: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """REINFORCE++ per-token advantages [B*n, T] of one process's whole batch (Hu, arXiv
+    2501.03262):
     A_t = (G_t - mean(G)) / (std(G) + eps), mean and population std over every response token of
     the batch, G from reinforce_pp_returns. The training step does the same with statistics over
     every rank (skyexp.rl.collect). Unlike the estimators of ADVANTAGES, an equal-reward group is
@@ -158,8 +175,10 @@ def _k_at_most_n(n: int) -> tuple[int, str]:
 
 
 def _k_below_n(n: int) -> tuple[int, str]:
-    return n - 1, ("must be below the samples per prompt: k = n leaves one k-subset per group and every "
-                   "advantage is 0 (use k < n, or algo.advantage=passk_best for pass@n)")
+    return n - 1, (
+        "must be below the samples per prompt: k = n leaves one k-subset per group and every "
+        "advantage is 0 (use k < n, or algo.advantage=passk_best for pass@n)"
+    )
 
 
 # Registered estimators take their config values as keyword-only parameters named as the algo.*
@@ -177,6 +196,8 @@ ADVANTAGES: dict[str, Estimator] = {
 }
 
 # Token-level forms, used instead of ADVANTAGES[name] when the KL penalty is in the reward.
-TOKEN_RETURNS: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]] = {
+TOKEN_RETURNS: dict[
+    str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor, float], torch.Tensor]
+] = {
     "reinforce_pp": reinforce_pp_returns,
 }

@@ -11,7 +11,9 @@ from collections.abc import Callable
 import torch
 
 
-def token_entropy(logits: torch.Tensor, temperature: float = 1.0, chunk: int = 4096) -> torch.Tensor:
+def token_entropy(
+    logits: torch.Tensor, temperature: float = 1.0, chunk: int = 4096
+) -> torch.Tensor:
     """logits [..., V] -> entropy [...] in nats, float32, computed `chunk` rows at a time so the
     float32 softmax stays bounded for a 150k vocabulary. Differentiable."""
     flat = logits.reshape(-1, logits.shape[-1])
@@ -46,7 +48,8 @@ def fixed_bonus(coef: float, entropy: float) -> tuple[float, float]:
 def adaptive_bonus(
     coef: float, entropy: float, *, target: float, delta: float, coef_min: float, coef_max: float
 ) -> tuple[float, float]:
-    """Skywork-OR1 adaptive entropy control (arXiv 2505.22312, sec. 3.2; their release's EntController).
+    """Skywork-OR1 adaptive entropy control (arXiv 2505.22312, sec. 3.2; their release's
+    EntController).
 
     alpha_k = c_k * 1[H_k < target]  (the bonus in force at step k: loss -= alpha_k * H)
     c_{k+1} = clip(c_k + delta * sign(target - H_k), c_min, c_max),  c_0 = entropy.coef (0).

@@ -17,7 +17,8 @@ def keep_all(rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
 
 
 def zero_variance(rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor:
-    """Drop groups whose total rewards are all equal: their advantage is 0 under every group-baseline
+    """Drop groups whose total rewards are all equal: their advantage is 0 under every
+    group-baseline
     estimator, so they only dilute the token-mean (Skywork-OR1 rejection sampling, arXiv 2505.22312,
     whose release drops groups with rewards all 0 or all 1). With shaped rewards (length terms) a
     group of all-correct answers of different lengths still carries signal and is kept."""
@@ -32,7 +33,9 @@ def mixed_accuracy(rewards: torch.Tensor, correct: torch.Tensor) -> torch.Tensor
     return (acc > 0) & (acc < 1)
 
 
-def accuracy_band(rewards: torch.Tensor, correct: torch.Tensor, *, filter_low: float, filter_high: float) -> torch.Tensor:
+def accuracy_band(
+    rewards: torch.Tensor, correct: torch.Tensor, *, filter_low: float, filter_high: float
+) -> torch.Tensor:
     """Keep groups with filter_low <= accuracy <= filter_high (PRIME's online prompt filter,
     arXiv 2502.01456, band [0.2, 0.8]: the algo.filter_low / algo.filter_high defaults)."""
     acc = correct.float().mean(dim=-1)

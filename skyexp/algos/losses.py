@@ -11,11 +11,14 @@ from dataclasses import dataclass
 
 import torch
 
-# exp() guard of the clipped surrogate: the log-ratio is capped here (r <= e^20 ~ 4.9e8), as verl does
+# exp() guard of the clipped surrogate: the log-ratio is capped here (r <= e^20 ~ 4.9e8), as verl
+# does
 LOG_RATIO_CAP = 20.0
 
 
-def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0, chunk: int = 4096) -> torch.Tensor:
+def token_logprobs(
+    logits: torch.Tensor, ids: torch.Tensor, temperature: float = 1.0, chunk: int = 4096
+) -> torch.Tensor:
     """log pi(ids | context) under softmax(logits / temperature).
 
     logits [N, T, V], ids [N, T] -> [N, T] float32. The temperature is the one the rollout
@@ -27,7 +30,9 @@ def token_logprobs(logits: torch.Tensor, ids: torch.Tensor, temperature: float =
     out = torch.empty(flat_ids.shape, dtype=torch.float32, device=logits.device)
     for s in range(0, flat.shape[0], chunk):
         z = flat[s : s + chunk].float() / temperature
-        out[s : s + chunk] = z.gather(-1, flat_ids[s : s + chunk, None]).squeeze(-1) - torch.logsumexp(z, dim=-1)
+        out[s : s + chunk] = z.gather(-1, flat_ids[s : s + chunk, None]).squeeze(
+            -1
+        ) - torch.logsumexp(z, dim=-1)
     return out.view(ids.shape)
 
 
@@ -53,7 +58,8 @@ def clipped_policy_loss(
     -A r (as TRL and verl; e.g. r = 0.05: loss -0.05 A, gradient -0.05 A). A bound on the
     ratio of A < 0 tokens is the dual clip's job (clip_c; DAPO's recipes use c = 10).
     Returns per-token loss [N, T] and per-token stats (detached): clipped_low, clipped_high (the
-    PPO clip is active), dual_clipped (the dual clip is active; verl's pg_clipfrac_lower), approx_kl.
+    PPO clip is active), dual_clipped (the dual clip is active; verl's pg_clipfrac_lower),
+    approx_kl.
     """
     ratio = torch.exp((logp - old_logp).clamp(max=LOG_RATIO_CAP))
     loss_unclipped = -advantages * ratio
@@ -104,7 +110,9 @@ def seq_mean_token_sum(loss: torch.Tensor, mask: torch.Tensor, norm: Normalisers
     return (loss * mask).sum() / max(norm.num_seqs, 1.0)
 
 
-def seq_mean_token_sum_norm(loss: torch.Tensor, mask: torch.Tensor, norm: Normalisers) -> torch.Tensor:
+def seq_mean_token_sum_norm(
+    loss: torch.Tensor, mask: torch.Tensor, norm: Normalisers
+) -> torch.Tensor:
     """Dr.GRPO (arXiv 2503.20783): token sums divided by a constant (the response-length cap)
     rather than each sequence's length, removing the length bias."""
     return (loss * mask).sum() / (max(norm.num_seqs, 1.0) * max(norm.max_len, 1))

@@ -8,7 +8,8 @@ the max of a subset is its element of highest sorted position, so
 
   mean over k-subsets of max        = sum_j C(j, k-1) r_(j) / C(n, k)
   sum over k-subsets holding p of max = C(p, k-1) r_(p) + sum_{j > p} C(j-1, k-2) r_(j)
-  sum over (k-1)-subsets of the others of max = sum_{j < p} C(j, k-2) r_(j) + sum_{j > p} C(j-1, k-2) r_(j)
+  sum over (k-1)-subsets of the others of max = sum_{j < p} C(j, k-2) r_(j) + sum_{j > p} C(j-1,
+k-2) r_(j)
 
 (ties do not matter: tied values give the same max whichever of them counts as the highest).
 tests/algos/test_passk.py checks each estimator against the enumeration of every subset.
@@ -93,7 +94,8 @@ def passk_chen(rewards: torch.Tensor, *, passk_k: int) -> torch.Tensor:
     cancels to <= 0 once 1 - mu (the share of k-subsets without a correct sample) falls below
     ~1e-16 (n = 56, k = 26, c = 30: exact A = +1.2e-8 / -1.4e-8), which gave 0 / -inf. Advantages
     here are accurate to a few ulps relative for every n, k the config accepts
-    (tests/algos/test_passk_large.py: exact rational arithmetic up to n = 128, offsets up to 1e7). A group
+    (tests/algos/test_passk_large.py: exact rational arithmetic up to n = 128, offsets up to 1e7). A
+    group
     whose variance underflows float64 (a share of non-max subsets below ~1e-308; its advantages
     would be ~1e-154, 0 in float32) gets exactly 0.
     """
@@ -104,7 +106,8 @@ def passk_chen(rewards: torch.Tensor, *, passk_k: int) -> torch.Tensor:
     mu = (d * mean_w).sum(-1, keepdim=True)  # [B, 1] (mu - max)
     var = ((d - mu).pow(2) * mean_w).sum(-1, keepdim=True)  # over sorted positions = over subsets
     held = d @ held_w.T  # [B, n] mean over the subsets holding each sample (- max)
-    flat = (d[..., k - 1 : k] == 0) | (var <= torch.finfo(torch.float64).tiny)  # every subset max equal
+    # every subset max equal
+    flat = (d[..., k - 1 : k] == 0) | (var <= torch.finfo(torch.float64).tiny)
     adv = ((held - mu) / var.sqrt().masked_fill(flat, 1.0)).masked_fill(flat, 0.0)
     return _unsort(adv, perm, rewards)
 
@@ -127,7 +130,9 @@ def pkpo(rewards: torch.Tensor, *, passk_k: int) -> torch.Tensor:
     _check(n, k)
     if k == 1:  # RLOO, exactly 0 for equal-reward groups (float rounding of the sums leaves ~1e-7)
         equal = rewards.amax(-1, keepdim=True) == rewards.amin(-1, keepdim=True)
-        return (rewards - (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)).masked_fill(equal, 0.0)
+        return (rewards - (rewards.sum(-1, keepdim=True) - rewards) / (n - 1)).masked_fill(
+            equal, 0.0
+        )
     d, perm = _sorted_gaps(rewards)
     _, _, gain_w = _weights(n, k)  # rows sum to 0 (hockey stick), so the gaps give the same sums
     adv = (d @ gain_w.T) * n

@@ -31,19 +31,33 @@ def no_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: 
 
 def token_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, *,
                      rollout_is_cap: float) -> torch.Tensor:
-    """w_t = min(exp(trainer_t - sampler_t), cap) on response tokens. Inputs [N, R]; returns [N, R]."""
-    log_ratio = (trainer_logp - sampler_logp).clamp(max=math.log(rollout_is_cap))  # clamp before exp: no overflow
+    """w_t = min(exp(trainer_t - sampler_t), cap) on response tokens. Inputs [N, R]; returns [N,
+    R]."""
+    # clamp before exp: no overflow
+    log_ratio = (trainer_logp - sampler_logp).clamp(max=math.log(rollout_is_cap))
     return torch.exp(log_ratio).detach() * mask
 
 
-def sequence_is_weights(trainer_logp: torch.Tensor, sampler_logp: torch.Tensor, mask: torch.Tensor, *,
-                        rollout_is_cap: float) -> torch.Tensor:
-    """w = min(exp(sum_t (trainer_t - sampler_t)), cap), the same for every token of a sequence. [N, R]"""
-    log_ratio = ((trainer_logp - sampler_logp) * mask).sum(-1, keepdim=True).clamp(max=math.log(rollout_is_cap))  # [N, 1]
+def sequence_is_weights(
+    trainer_logp: torch.Tensor,
+    sampler_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    rollout_is_cap: float,
+) -> torch.Tensor:
+    """w = min(exp(sum_t (trainer_t - sampler_t)), cap), the same for every token of a sequence. [N,
+    R]"""
+    # [N, 1]
+    log_ratio = (
+        ((trainer_logp - sampler_logp) * mask)
+        .sum(-1, keepdim=True)
+        .clamp(max=math.log(rollout_is_cap))
+    )
     return torch.exp(log_ratio).detach() * mask
 
 
-# (trainer log-probs, sampler log-probs, mask, *, rollout_is_cap) -> weights [N, R], or None: no weighting
+# (trainer log-probs, sampler log-probs, mask, *, rollout_is_cap) -> weights [N, R], or None: no
+# weighting
 ROLLOUT_IS = {"none": no_is_weights, "token": token_is_weights, "sequence": sequence_is_weights}
 
 

@@ -5,7 +5,8 @@
 
 with the stats of skyexp.algos.losses.clipped_policy_loss (clipped_low, clipped_high,
 dual_clipped, approx_kl; per token, detached), plus their own `loss/*` diagnostics (per token,
-to be summed over the masked tokens; `loss_metrics` turns the sums into metrics). Unlike the token rules these take the mask: GSPO's
+to be summed over the masked tokens; `loss_metrics` turns the sums into metrics). Unlike the token
+rules these take the mask: GSPO's
 ratio is a mean over each row's response tokens. A row is never split between micro-batches or
 ranks, so the per-row mean is the same however a mini-batch is split. The per-token loss is then
 aggregated like any other (`algo.loss_agg`).
@@ -23,8 +24,14 @@ import torch
 from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss
 
 
-def _stats(ratio: torch.Tensor, adv: torch.Tensor, logp: torch.Tensor, old_logp: torch.Tensor, clip_low: float,
-           clip_high: float) -> dict[str, torch.Tensor]:
+def _stats(
+    ratio: torch.Tensor,
+    adv: torch.Tensor,
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    clip_low: float,
+    clip_high: float,
+) -> dict[str, torch.Tensor]:
     with torch.no_grad():
         return {
             "clipped_low": ((ratio < 1.0 - clip_low) & (adv < 0)).float(),
@@ -43,12 +50,21 @@ def seq_log_ratio(logp: torch.Tensor, old_logp: torch.Tensor, mask: torch.Tensor
     return mean.clamp(max=LOG_RATIO_CAP)
 
 
-def _clipped(ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float) -> torch.Tensor:
+def _clipped(
+    ratio: torch.Tensor, adv: torch.Tensor, clip_low: float, clip_high: float
+) -> torch.Tensor:
     return torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
 
 
-def gspo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip_low: float,
-              clip_high: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def gspo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO (Zheng et al., arXiv 2507.18071): one importance ratio per sequence,
         s_i = exp(mean_t (log pi(y_i,t) - log pi_old(y_i,t))),
         L_i = max(-A_i s_i, -A_i clip(s_i, 1 - clip_low, 1 + clip_high)),
@@ -79,8 +95,15 @@ def _seq_diagnostics(s: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_
                 "loss/gspo_ratio": s * w, "loss/gspo_ratio_sq": s * s * w}
 
 
-def gspo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
-                    clip_low: float, clip_high: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def gspo_token_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """GSPO-token (arXiv 2507.18071, sec. 4.3): the ratio per token
         s_i,t = sg[s_i] * pi(y_i,t) / sg[pi(y_i,t)],
     whose value is s_i and whose gradient is s_i grad log pi(y_i,t); clipped like gspo_loss, with
@@ -94,8 +117,15 @@ def gspo_token_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tenso
     return _clipped(ratio, adv, clip_low, clip_high), st
 
 
-def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip_low: float,
-               clip_high: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def cispo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CISPO (MiniMax, arXiv 2506.13585): clip the importance weight, not the update,
         L_t = -sg(clip(r_t, 1 - clip_low, 1 + clip_high)) * A_t * log pi(y_t),  r_t = pi / pi_old,
     so every token keeps its gradient, -clip(r_t) A_t grad log pi. The per-token value is the
@@ -103,7 +133,8 @@ def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ma
     (issue 25: it was -A_t clip(r_t), with the same gradient). The paper sets no lower bound in
     practice (clip_low = 1: the weight is at least 0). The ratio is only used detached and clipped,
     so no guard can take a token's gradient away. Departure: the paper's optional token mask M_t is
-    not used. clipped_low / clipped_high count the tokens whose weight is clipped (either sign of A)."""
+    not used. clipped_low / clipped_high count the tokens whose weight is clipped (either sign of
+    A)."""
     with torch.no_grad():
         ratio = torch.exp((logp - old_logp).clamp(max=20.0))  # e^20: only keeps exp finite
         weight = ratio.clamp(1.0 - clip_low, 1.0 + clip_high)
@@ -115,9 +146,17 @@ def cispo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, ma
     return loss, st
 
 
-def ce_gppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *,
-                 clip_low: float, clip_high: float, ce_beta1: float, ce_beta2: float
-                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ce_gppo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    ce_beta1: float,
+    ce_beta2: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """CE-GPPO (Su et al., arXiv 2509.20712): PPO's per-token surrogate, except that the tokens
     PPO's clip silences keep a bounded, scaled gradient through a stop-gradient form. With
     r_t = pi / pi_old and sg the stop-gradient,
@@ -178,10 +217,19 @@ def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, flo
     return out
 
 
-def ppo_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor, *, clip_low: float,
-             clip_high: float, clip_c: float) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def ppo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    clip_c: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """PPO's per-token clipped surrogate (skyexp.algos.losses.clipped_policy_loss, dual clip with
-    clip_c > 1); the mask is not needed. An `entropy.token_rule` with a loss of its own replaces it."""
+    clip_c > 1); the mask is not needed. An `entropy.token_rule` with a loss of its own replaces
+    it."""
     return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
 
 

@@ -8,8 +8,14 @@ from __future__ import annotations
 import torch
 
 
-def entropy_shaped(adv: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *, adv_alpha: float,
-                   adv_kappa: float) -> torch.Tensor:
+def entropy_shaped(
+    adv: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    adv_alpha: float,
+    adv_kappa: float,
+) -> torch.Tensor:
     """Entropy-shaped advantage (Cheng et al., "Reasoning with Exploration: An Entropy
     Perspective", arXiv 2506.14758, eq. for psi):
 

@@ -5,7 +5,8 @@ skyexp.algos.entropy (`entropy.controller`). A rule is a pair of pure functions 
 keyword-only parameters without defaults are config keys of the same name (entropy.* for the
 rule's own, algo.* for the PPO clip), bound at lookup (skyexp.config.names.bind):
 
-  select(adv, logp, entropy, mask, *, <entropy.* params>) -> sel [N, T] bool   (or None: no selection)
+  select(adv, logp, entropy, mask, *, <entropy.* params>) -> sel [N, T] bool   (or None: no
+selection)
       run once per mini-batch, BEFORE the forward pass, on the sampling policy's log-probs and
       entropies, so the choice does not depend on how the mini-batch is split into micro-batches
       and rows without gradient can still skip the forward pass;
@@ -44,14 +45,23 @@ def token_covariance(adv: torch.Tensor, logp: torch.Tensor, mask: torch.Tensor) 
     return (adv - _masked_mean(adv, m)) * (logp - _masked_mean(logp, m)) * m
 
 
-def clip_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *,
-                    clip_cov_ratio: float, cov_low: float, cov_high: float,
-                    generator: torch.Generator | None = None) -> torch.Tensor:
+def clip_cov_select(
+    adv: torch.Tensor,
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_cov_ratio: float,
+    cov_low: float,
+    cov_high: float,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Clip-Cov (arXiv 2505.22617): among tokens with cov_low < c_t < cov_high pick
     max(1, int(clip_cov_ratio * #tokens)) at random. The paper's values: r = 2e-4, band [1, 5]
 (conf/entropy/clip_cov.yaml).
     Departure: the reference code also excludes tokens the PPO clip is already cutting; those
-    are known only after the forward pass, so they may be picked here (their gradient is 0 anyway)."""
+    are known only after the forward pass, so they may be picked here (their gradient is 0
+    anyway)."""
     valid = mask > 0
     cov = token_covariance(adv, logp, mask)
     cand = ((cov > cov_low) & (cov < cov_high) & valid).flatten().nonzero().squeeze(1)
@@ -62,8 +72,14 @@ def clip_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor
     return sel.view(mask.shape)
 
 
-def kl_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *,
-                  kl_cov_ratio: float) -> torch.Tensor:
+def kl_cov_select(
+    adv: torch.Tensor,
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    kl_cov_ratio: float,
+) -> torch.Tensor:
     """KL-Cov (arXiv 2505.22617): the max(1, int(kl_cov_ratio * #tokens)) tokens of largest c_t.
     The paper's k = 2e-3 (their 7B recipe, `k_percent=0.2` percent; conf/entropy/kl_cov.yaml)."""
     valid = mask > 0
@@ -76,8 +92,14 @@ def kl_cov_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, 
     return sel.view(mask.shape)
 
 
-def high_entropy_select(adv: torch.Tensor, logp: torch.Tensor, entropy: torch.Tensor, mask: torch.Tensor, *,
-                        top_ratio: float) -> torch.Tensor:
+def high_entropy_select(
+    adv: torch.Tensor,
+    logp: torch.Tensor,
+    entropy: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    top_ratio: float,
+) -> torch.Tensor:
     """Wang et al., "Beyond the 80/20 rule" (arXiv 2506.01939): tokens whose entropy is at least
     the (1 - rho) quantile tau of the batch's token entropies, H_t >= tau (rho = top_ratio = 0.2).
     Ties at tau are all kept, as the paper's indicator 1[H_t >= tau] does."""
@@ -114,12 +136,18 @@ def kl_cov_loss(logp, old_logp, adv, sel, *, ratio_max, kl_cov_coef):
     log_ratio = (logp - old_logp).clamp(-bound, bound)
     loss = -adv * torch.exp(log_ratio) + sel * kl_cov_coef * (logp - old_logp).abs()
     zero = torch.zeros_like(loss).detach()
-    return loss, {"clipped_low": zero, "clipped_high": zero, "dual_clipped": zero, "approx_kl": (old_logp - logp).detach()}
+    return loss, {
+        "clipped_low": zero,
+        "clipped_high": zero,
+        "dual_clipped": zero,
+        "approx_kl": (old_logp - logp).detach(),
+    }
 
 
 def high_entropy_loss(logp, old_logp, adv, sel, *, clip_low, clip_high, clip_c):
     """Policy gradient only on the selected (high-entropy) tokens. The aggregation's normaliser is
-    unchanged (all response tokens), as in the paper's objective (1/sum|o_i| outside the indicator)."""
+    unchanged (all response tokens), as in the paper's objective (1/sum|o_i| outside the
+    indicator)."""
     loss, stats = clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
     return loss * sel, stats
 

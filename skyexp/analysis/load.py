@@ -39,18 +39,23 @@ class RunData:
     config: dict[str, Any] = field(default_factory=dict)
     overrides: list[str] = field(default_factory=list)
     path: Path | None = None
-    wandb: dict[str, Any] = field(default_factory=dict)  # wandb_run.json: id, name, group, project, mode, dir, url
+    # wandb_run.json: id, name, group, project, mode, dir, url
+    wandb: dict[str, Any] = field(default_factory=dict)
 
 
 def find_runs(root: str | Path) -> list[Path]:
-    """Run directories (holding metrics.jsonl) under root, in job order (0, 1, 2, ..., then by name)."""
+    """Run directories (holding metrics.jsonl) under root, in job order (0, 1, 2, ..., then by
+    name)."""
     dirs = {p.parent for p in Path(root).rglob("metrics.jsonl")}
     return sorted(dirs, key=lambda p: (0, int(p.name), "") if p.name.isdigit() else (1, 0, str(p)))
 
 
 def latest_sweep(root: str | Path = "multirun") -> Path:
     """The newest sweep directory (`<root>/<date>/<time>`) that holds runs."""
-    sweeps = sorted((p for p in Path(root).glob("*/*") if p.is_dir() and find_runs(p)), key=lambda p: p.stat().st_mtime)
+    sweeps = sorted(
+        (p for p in Path(root).glob("*/*") if p.is_dir() and find_runs(p)),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not sweeps:
         raise FileNotFoundError(f"no sweep with runs under {root}")
     return sweeps[-1]
@@ -58,23 +63,56 @@ def latest_sweep(root: str | Path = "multirun") -> Path:
 
 def load_run(path: str | Path) -> RunData:
     path = Path(path)
-    rows = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
+    rows = [
+        json.loads(line)
+        for line in (path / "metrics.jsonl").read_text().splitlines()
+        if line.strip()
+    ]
+    summary = (
+        json.loads((path / "summary.json").read_text()) if (path / "summary.json").exists() else {}
+    )
     hydra = path / ".hydra"
-    config = OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml")) if (hydra / "config.yaml").exists() else {}
-    overrides = list(OmegaConf.load(hydra / "overrides.yaml")) if (hydra / "overrides.yaml").exists() else []
-    wandb = json.loads((path / "wandb_run.json").read_text()) if (path / "wandb_run.json").exists() else {}
-    name = (wandb.get("name") or (config.get("logger") or {}).get("run_name") or run_name_from_overrides(overrides)
-            or path.name)
-    return RunData(name=name, metrics=pd.DataFrame(rows), summary=summary, config=config, overrides=overrides, path=path,
-                   wandb=wandb)
+    config = (
+        OmegaConf.to_container(OmegaConf.load(hydra / "config.yaml"))
+        if (hydra / "config.yaml").exists()
+        else {}
+    )
+    overrides = (
+        list(OmegaConf.load(hydra / "overrides.yaml"))
+        if (hydra / "overrides.yaml").exists()
+        else []
+    )
+    wandb = (
+        json.loads((path / "wandb_run.json").read_text())
+        if (path / "wandb_run.json").exists()
+        else {}
+    )
+    name = (
+        wandb.get("name")
+        or (config.get("logger") or {}).get("run_name")
+        or run_name_from_overrides(overrides)
+        or path.name
+    )
+    return RunData(
+        name=name,
+        metrics=pd.DataFrame(rows),
+        summary=summary,
+        config=config,
+        overrides=overrides,
+        path=path,
+        wandb=wandb,
+    )
 
 
 def load_table(run: RunData | str | Path, key: str) -> pd.DataFrame:
     """A table or histogram a run logged (`samples/completions`, `actor/entropy_hist`), from
     tables/<key with / as .>.jsonl: one row per table row (histograms: per step, with `edges` and
     `counts`), each with the global `step`. Empty when the run logged none."""
-    path = Path(run.path if isinstance(run, RunData) else run) / "tables" / f"{key.replace('/', '.')}.jsonl"
+    path = (
+        Path(run.path if isinstance(run, RunData) else run)
+        / "tables"
+        / f"{key.replace('/', '.')}.jsonl"
+    )
     if not path.exists():
         return pd.DataFrame(columns=["step"])
     return pd.DataFrame([json.loads(x) for x in path.read_text().splitlines() if x.strip()])
@@ -94,7 +132,11 @@ def rl_frame(runs: list[RunData]) -> pd.DataFrame:
         m = r.metrics
         if "actor/entropy" in m:
             parts.append(m[m["actor/entropy"].notna()].assign(run=r.name))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["run", RL_STEP, "actor/entropy"])
+    return (
+        pd.concat(parts, ignore_index=True)
+        if parts
+        else pd.DataFrame(columns=["run", RL_STEP, "actor/entropy"])
+    )
 
 
 def eval_frame(runs: list[RunData]) -> pd.DataFrame:
@@ -114,12 +156,15 @@ def summary_frame(runs: list[RunData]) -> pd.DataFrame:
     """One row per run: name, the swept values (one column per override key), summary.json."""
     rows = []
     for r in runs:
-        swept = {override_key(o): o.split("=", 1)[1] for o in swept_overrides(r.overrides) if "=" in o}
+        swept = {
+            override_key(o): o.split("=", 1)[1] for o in swept_overrides(r.overrides) if "=" in o
+        }
         rows.append({"run": r.name, **swept, **r.summary})
     return pd.DataFrame(rows)
 
 
-# --- W&B (online runs) -----------------------------------------------------------------------------
+# --- W&B (online runs)
+# -----------------------------------------------------------------------------
 
 def load_wandb_api(path: str, group: str | None = None, api: Any = None) -> list[RunData]:
     """Runs of an online W&B project ("entity/project"), optionally one group, as RunData
@@ -133,6 +178,13 @@ def load_wandb_api(path: str, group: str | None = None, api: Any = None) -> list
     for run in runs:
         history = pd.DataFrame(list(run.scan_history())).rename(columns={"_step": "step"})
         info = {k: getattr(run, k, None) for k in ("id", "name", "group", "project", "url")}
-        out.append(RunData(name=run.name, metrics=history, summary=dict(run.summary), config=dict(run.config),
-                           wandb={**info, "mode": "online"}))
+        out.append(
+            RunData(
+                name=run.name,
+                metrics=history,
+                summary=dict(run.summary),
+                config=dict(run.config),
+                wandb={**info, "mode": "online"},
+            )
+        )
     return out

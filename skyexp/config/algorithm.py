@@ -37,8 +37,11 @@ from skyexp.config.schema import Config, ConfigError, old_logprobs_recomputed
 
 Tensor = torch.Tensor
 # (logp, old_logp, adv, selected, mask) -> (per-token loss [N, T], per-token stats)
-PolicyLoss = Callable[[Tensor, Tensor, Tensor, Tensor | None, Tensor], tuple[Tensor, dict[str, Tensor]]]
-Select = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]  # (adv, old_logp, entropy, mask) -> bool [N, T]
+PolicyLoss = Callable[
+    [Tensor, Tensor, Tensor, Tensor | None, Tensor], tuple[Tensor, dict[str, Tensor]]
+]
+# (adv, old_logp, entropy, mask) -> bool [N, T]
+Select = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
 
 # algo.kl_mode -> (the KL term is in the loss, the KL penalty is in the reward)
 KL_MODES = {"loss": (True, False), "reward": (False, True)}
@@ -57,14 +60,17 @@ class Algorithm:
     # (rewards [B, n], token KL [B*n, R], mask, beta) -> [B*n, R]; None: sequence-level advantages
     token_returns: Callable[[Tensor, Tensor, Tensor, float], Tensor] | None
     group_filter: Callable[[Tensor, Tensor], Tensor]  # (rewards, correct) [G, n] -> keep [G]
-    controller: Callable[[float, float], tuple[float, float]]  # (coef, entropy) -> (next coef, in force)
-    is_weights: Callable[[Tensor, Tensor, Tensor], Tensor | None]  # (trainer, sampler, mask) -> [N, R] or None
+    # (coef, entropy) -> (next coef, in force)
+    controller: Callable[[float, float], tuple[float, float]]
+    # (trainer, sampler, mask) -> [N, R] or None
+    is_weights: Callable[[Tensor, Tensor, Tensor], Tensor | None]
     kl: Callable[[Tensor, Tensor], Tensor]  # (logp, ref_logp) -> per-token KL [N, R]
     policy_loss: PolicyLoss
     select: Select | None  # the token rule's selection; None: no selection
     grads_zero_advantage: bool  # the rule's selected tokens get a gradient even where A = 0
     aggregate: Callable[..., Tensor]  # (per-token values, mask, Normalisers) -> scalar
-    shape: Callable[[Tensor, Tensor, Tensor], Tensor] | None  # (adv, entropy, mask) -> [N, R]; None: off
+    # (adv, entropy, mask) -> [N, R]; None: off
+    shape: Callable[[Tensor, Tensor, Tensor], Tensor] | None
     kl_loss_coef: float  # weight of the KL-to-reference loss term (0: none)
     kl_reward_coef: float  # weight of the KL penalty on the reward (0: none)
     recompute_old: bool  # the trainer's own old log-probs, not the sampler's
@@ -73,7 +79,10 @@ class Algorithm:
 
 def _lookup(registry: dict[str, Any], value: str, key: str) -> Any:
     if value not in registry:
-        raise ConfigError(f"config key '{key}': unknown value '{value}'; valid options: {', '.join(sorted(registry))}")
+        raise ConfigError(
+            f"config key '{key}': unknown value '{value}'; valid options: "
+            f"{', '.join(sorted(registry))}"
+        )
     return registry[value]
 
 
@@ -102,16 +111,22 @@ def _policy_loss(c: Config) -> tuple[PolicyLoss, Select | None, bool]:
 
 
 def check_labels(c: Config) -> None:
-    """(validate) The preset labels (algo.name, entropy.name) do not contradict the keys they name."""
+    """(validate) The preset labels (algo.name, entropy.name) do not contradict the keys they
+    name."""
     a, e = c.algo, c.entropy
     if a.name in ADVANTAGES and a.name != a.advantage:
-        raise ConfigError(f"config key 'algo.name': '{a.name}' names an advantage estimator but algo.advantage is "
-                          f"'{a.advantage}': pick the preset (algo={a.name}) or set algo.advantage={a.name}")
+        raise ConfigError(
+            f"config key 'algo.name': '{a.name}' names an advantage estimator but algo.advantage "
+            "is "
+            f"'{a.advantage}': pick the preset (algo={a.name}) or set algo.advantage={a.name}"
+        )
     for key, value, registry in (("entropy.controller", e.controller, CONTROLLERS),
                                  ("entropy.token_rule", e.token_rule, TOKEN_RULES)):
         if e.name != "none" and e.name in registry and e.name != value:
-            raise ConfigError(f"config key 'entropy.name': '{e.name}' names a {key.split('.')[1]} but {key} is "
-                              f"'{value}': pick the preset (entropy={e.name}) or set {key}={e.name}")
+            raise ConfigError(
+                f"config key 'entropy.name': '{e.name}' names a {key.split('.')[1]} but {key} is "
+                f"'{value}': pick the preset (entropy={e.name}) or set {key}={e.name}"
+            )
 
 
 def build_algorithm(c: Config) -> Algorithm:

@@ -15,6 +15,7 @@ from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
 from skyexp.config.names import DATA_SOURCES, REWARD_TERMS, ROLLOUT_ENGINES, random_reward
+from skyexp.config.parallel import check_parallel_world, validate_parallel
 from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import (
     AlgoConfig,
@@ -71,9 +72,13 @@ def validate(c: Config) -> None:
     _check_name(c.rollout.name, "rollout.name", ROLLOUT_ENGINES)
     _check_name(c.data.source, "data.source", DATA_SOURCES)
     validate_reward(c.reward, REWARD_TERMS)
-    _check(not random_reward(c.reward.terms) or c.algo.filter_groups not in ("mixed_accuracy", "accuracy_band"),
-           "algo.filter_groups", f"{c.algo.filter_groups} keeps groups by their correctness, which would leak the "
-           "answers into the random-reward control (reward.terms.random); use none or zero_variance")
+    _check(
+        not random_reward(c.reward.terms)
+        or c.algo.filter_groups not in ("mixed_accuracy", "accuracy_band"),
+        "algo.filter_groups",
+        f"{c.algo.filter_groups} keeps groups by their correctness, which would leak the answers "
+        "into the random-reward control (reward.terms.random); use none or zero_variance",
+    )
     validate_model_trainer(c)
     validate_rollout(c)
     validate_eval(c.eval, _check)
@@ -83,34 +88,55 @@ def validate(c: Config) -> None:
     validate_logger(c)
     validate_ranges(c, _check)
     validate_schedule(c, _check, algorithm.estimator)
+    validate_parallel(c, _check)
 
 
 def validate_algo(a: AlgoConfig) -> None:
-    _check(0 <= a.filter_low <= a.filter_high <= 1, "algo.filter_low", "needs 0 <= filter_low <= filter_high <= 1")
+    _check(
+        0 <= a.filter_low <= a.filter_high <= 1,
+        "algo.filter_low",
+        "needs 0 <= filter_low <= filter_high <= 1",
+    )
     _check(not a.dynamic_sampling or a.filter_groups != "none", "algo.dynamic_sampling",
            "needs a group filter (algo.filter_groups) to decide which groups count")
     _check(a.max_gen_batches >= 1, "algo.max_gen_batches", "must be >= 1")
     _check(a.gen_batch_size >= 0, "algo.gen_batch_size", "must be >= 0 (0: the prompt batch)")
     _check(a.batch_size >= 1, "algo.batch_size", "must be >= 1")
     _check(a.clip_low >= 0 and a.clip_high >= 0, "algo.clip_low", "clip ranges must be >= 0")
-    _check(a.clip_c == 0 or a.clip_c > 1, "algo.clip_c", "dual clip needs clip_c > 1 (or 0 to disable)")
+    _check(
+        a.clip_c == 0 or a.clip_c > 1, "algo.clip_c", "dual clip needs clip_c > 1 (or 0 to disable)"
+    )
     _check(a.ppo_epochs >= 1, "algo.ppo_epochs", "must be >= 1")
     _check(a.mini_batches >= 1, "algo.mini_batches", "must be >= 1")
     _check(a.kl_coef >= 0, "algo.kl_coef", "must be >= 0")
-    _check(a.rollout_is_cap >= 1, "algo.rollout_is_cap", "must be >= 1 (weights above it are truncated to it)")
+    _check(
+        a.rollout_is_cap >= 1,
+        "algo.rollout_is_cap",
+        "must be >= 1 (weights above it are truncated to it)",
+    )
     validate_loss_and_resets(a)
 
 
 def validate_loss_and_resets(a: AlgoConfig) -> None:
     """The policy loss, ProRL resets. (k against each stage's n: skyexp.config.stages.)"""
     _check(a.passk_k >= 1, "algo.passk_k", "must be >= 1")
-    _check(a.policy_loss not in SEQUENCE_MEAN_LOSSES or a.loss_agg == "seq-mean-token-mean", "algo.loss_agg",
-           f"algo.policy_loss={a.policy_loss} is a mean over sequences (arXiv 2507.18071); '{a.loss_agg}' would weigh "
-           "rows by their length: set algo.loss_agg=seq-mean-token-mean")
-    _check(a.policy_loss == "ppo" or a.clip_c == 0, "algo.clip_c",
-           f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none (set algo.clip_c=0)")
-    _check(a.ce_beta1 >= 0, "algo.ce_beta1", "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
-    _check(a.ce_beta2 >= 0, "algo.ce_beta2", "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
+    _check(
+        a.policy_loss not in SEQUENCE_MEAN_LOSSES or a.loss_agg == "seq-mean-token-mean",
+        "algo.loss_agg",
+        f"algo.policy_loss={a.policy_loss} is a mean over sequences (arXiv 2507.18071); "
+        f"'{a.loss_agg}' would weigh "
+        "rows by their length: set algo.loss_agg=seq-mean-token-mean",
+    )
+    _check(
+        a.policy_loss == "ppo" or a.clip_c == 0,
+        "algo.clip_c",
+        f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none "
+        "(set algo.clip_c=0)",
+    )
+    _check(a.ce_beta1 >= 0, "algo.ce_beta1",
+           "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
+    _check(a.ce_beta2 >= 0, "algo.ce_beta2",
+           "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
     _check(a.ref_reset_every >= 0, "algo.ref_reset_every", "must be >= 0 (0: never)")
     _check(a.ref_reset_every == 0 or a.kl_coef > 0, "algo.ref_reset_every",
            "resets the KL reference, which exists only with a KL term (set algo.kl_coef > 0)")
@@ -122,34 +148,65 @@ def validate_old_logprobs(c: Config) -> None:
     directly against clip ranges of ~3e-4, so it needs them whenever the sampler is not the
     trainer's own model (issue 25)."""
     a = c.algo
-    _check(a.rollout_is == "none" or old_logprobs_recomputed(c), "algo.rollout_is",
-           "the correction weighs the trainer's old log-probs against the sampler's: set algo.old_logprobs=recompute")
-    _check(a.policy_loss not in SEQUENCE_MEAN_LOSSES or c.rollout.name == "hf" or old_logprobs_recomputed(c),
-           "algo.old_logprobs", f"algo.policy_loss={a.policy_loss} with rollout={c.rollout.name}: the sequence ratio "
-           "would take the sampler/trainer numeric gap against clip ranges of ~3e-4 and clip nearly every row; "
-           "set algo.old_logprobs=recompute (or auto, as conf/algo/gspo.yaml does)")
+    _check(
+        a.rollout_is == "none" or old_logprobs_recomputed(c),
+        "algo.rollout_is",
+        "the correction weighs the trainer's old log-probs against the sampler's: set "
+        "algo.old_logprobs=recompute",
+    )
+    _check(
+        a.policy_loss not in SEQUENCE_MEAN_LOSSES
+        or c.rollout.name == "hf"
+        or old_logprobs_recomputed(c),
+        "algo.old_logprobs",
+        f"algo.policy_loss={a.policy_loss} with rollout={c.rollout.name}: the sequence ratio "
+        "would take the sampler/trainer numeric gap against clip ranges of ~3e-4 and clip nearly "
+        "every row; "
+        "set algo.old_logprobs=recompute (or auto, as conf/algo/gspo.yaml does)",
+    )
 
 
 def validate_reward(r: RewardConfig, terms: Iterable[str]) -> None:
     for term in r.terms:
         _check_name(term, f"reward.terms.{term}", terms)
-    _check(any(w != 0 for w in r.terms.values()), "reward.terms", "needs at least one term with a nonzero weight")
-    _check(0 < r.overlong_buffer <= 1, "reward.overlong_buffer", "must be in (0, 1] (a share of max_response_len)")
+    _check(
+        any(w != 0 for w in r.terms.values()),
+        "reward.terms",
+        "needs at least one term with a nonzero weight",
+    )
+    _check(
+        0 < r.overlong_buffer <= 1,
+        "reward.overlong_buffer",
+        "must be in (0, 1] (a share of max_response_len)",
+    )
     _check(len(r.cos_correct) == 2 and len(r.cos_wrong) == 2, "reward.cos_correct",
            "reward.cos_correct and reward.cos_wrong need two values (r_0, r_L)")
-    _check(0.0 <= r.random_p <= 1.0, "reward.random_p", "must be in [0, 1] (the probability of a rewarded sample)")
+    _check(0.0 <= r.random_p <= 1.0, "reward.random_p",
+           "must be in [0, 1] (the probability of a rewarded sample)")
     _check(r.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(r.workers >= 1, "reward.workers", "must be >= 1")
 
 
 def validate_model_trainer(c: Config) -> None:
-    _check(c.model.dtype in ("float32", "bfloat16", "float16"), "model.dtype", f"'{c.model.dtype}' is not float32, bfloat16 or float16")
+    _check(
+        c.model.dtype in ("float32", "bfloat16", "float16"),
+        "model.dtype",
+        f"'{c.model.dtype}' is not float32, bfloat16 or float16",
+    )
     t = c.trainer
-    _check(t.device in ("auto", "cpu", "cuda"), "trainer.device", f"'{t.device}' is not auto, cpu or cuda")
+    _check(
+        t.device in ("auto", "cpu", "cuda"),
+        "trainer.device",
+        f"'{t.device}' is not auto, cpu or cuda",
+    )
     _check(t.lr > 0, "trainer.lr", "must be > 0")
     _check(t.micro_batch_size >= 1, "trainer.micro_batch_size", "must be >= 1")
     _check(t.logprob_chunk >= 0, "trainer.logprob_chunk", "must be >= 0 (0: full logits)")
-    _check(t.max_tokens_per_micro_batch >= 0, "trainer.max_tokens_per_micro_batch", "must be >= 0 (0: rows only)")
+    _check(
+        t.max_tokens_per_micro_batch >= 0,
+        "trainer.max_tokens_per_micro_batch",
+        "must be >= 0 (0: rows only)",
+    )
     _check(not t.padding_free or t.logprob_chunk > 0, "trainer.padding_free",
            "needs trainer.logprob_chunk > 0 (the plain full-logits path is padded)")
     _check(len(t.betas) == 2, "trainer.betas", "needs two values")
@@ -167,17 +224,30 @@ def validate_rollout(c: Config) -> None:
 def validate_logger(c: Config) -> None:
     lg = c.logger
     for b in lg.backends:
-        _check(b in ("wandb", "jsonl", "console"), "logger.backends", f"unknown backend '{b}'; valid: wandb, jsonl, console")
-    _check(lg.mode in ("offline", "online", "disabled"), "logger.mode", f"'{lg.mode}' is not offline, online or disabled")
+        _check(
+            b in ("wandb", "jsonl", "console"),
+            "logger.backends",
+            f"unknown backend '{b}'; valid: wandb, jsonl, console",
+        )
+    _check(
+        lg.mode in ("offline", "online", "disabled"),
+        "logger.mode",
+        f"'{lg.mode}' is not offline, online or disabled",
+    )
 
 
 def check_world(c: Config, world_size: int) -> None:
     """Checks that need the number of ranks (known only after the process group starts)."""
+    check_parallel_world(c, world_size, _check)
     check_world_plan(c, world_size, _check)
     _check(c.algo.gen_batch_size % world_size == 0, "algo.gen_batch_size",
            f"generation batch {c.algo.gen_batch_size} is not divisible by {world_size} ranks")
-    _check(c.trainer.fsdp or world_size == 1, "trainer.fsdp",
-           f"false trains an unsharded copy per rank and nothing would reduce gradients across {world_size} ranks")
+    _check(
+        c.trainer.fsdp or world_size == 1,
+        "trainer.fsdp",
+        "false trains an unsharded copy per rank and nothing would reduce gradients across "
+        f"{world_size} ranks",
+    )
 
 
 def validate_entropy(c: Config) -> None:
@@ -189,7 +259,15 @@ def validate_entropy(c: Config) -> None:
     _check(e.cov_low < e.cov_high, "entropy.cov_low", "must be < entropy.cov_high")
     _check(e.coef_min <= e.coef_max, "entropy.coef_min", "must be <= entropy.coef_max")
     _check(e.adv_alpha >= 0, "entropy.adv_alpha", "must be >= 0 (0: no entropy-shaped advantage)")
-    _check(e.adv_kappa > 1, "entropy.adv_kappa", "must be > 1 (the shaping term stays below |A| and keeps its sign)")
-    _check(c.algo.policy_loss == "ppo" or e.token_rule == "none", "entropy.token_rule",
-           f"'{e.token_rule}' replaces PPO's per-token loss, which algo.policy_loss={c.algo.policy_loss} does not use: "
-           "set entropy.token_rule=none or algo.policy_loss=ppo")
+    _check(
+        e.adv_kappa > 1,
+        "entropy.adv_kappa",
+        "must be > 1 (the shaping term stays below |A| and keeps its sign)",
+    )
+    _check(
+        c.algo.policy_loss == "ppo" or e.token_rule == "none",
+        "entropy.token_rule",
+        f"'{e.token_rule}' replaces PPO's per-token loss, which "
+        f"algo.policy_loss={c.algo.policy_loss} does not use: "
+        "set entropy.token_rule=none or algo.policy_loss=ppo",
+    )

@@ -142,7 +142,9 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
         "levels must be in 1..6",
     )
     check(0 <= d.max_bad_fraction <= 1, "data.max_bad_fraction", "must be in [0, 1]")
-    check(d.max_prompt_len >= 0, "data.max_prompt_len", "must be >= 0 (0: the model's context only)")
+    check(
+        d.max_prompt_len >= 0, "data.max_prompt_len", "must be >= 0 (0: the model's context only)"
+    )
     check(d.train_size >= 1, "data.train_size", "must be >= 1")
     check(d.eval_size >= 0, "data.eval_size", "must be >= 0")
     check(0 <= d.slip_rate < 1, "data.slip_rate", "must be in [0, 1)")
@@ -188,7 +190,9 @@ def validate_data(d: DataConfig, check: Check, check_name: CheckName) -> None:
 def validate_sft(s: SFTConfig, check: Check) -> None:
     check(s.steps >= 0, "sft.steps", "must be >= 0")
     check(s.lr > 0, "sft.lr", "must be > 0")
-    check(0 <= s.lr_min <= s.lr, "sft.lr_min", "must be in [0, sft.lr] (the cosine schedule's floor)")
+    check(
+        0 <= s.lr_min <= s.lr, "sft.lr_min", "must be in [0, sft.lr] (the cosine schedule's floor)"
+    )
     check(s.warmup_steps >= 0, "sft.warmup_steps", "must be >= 0")
     check(s.weight_decay >= 0, "sft.weight_decay", "must be >= 0")
     check(s.batch_size >= 1, "sft.batch_size", "must be >= 1")

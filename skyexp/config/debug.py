@@ -28,16 +28,33 @@ def shrink(c: Config) -> Config:
     def small(s: StageConfig) -> StageConfig:
         # the caps map linearly onto [min_response_len, max_response_len], first stage to last
         share = (s.max_response_len - first) / (last - first) if last > first else 1.0
-        cap = min(s.max_response_len, round(g.min_response_len + (g.max_response_len - g.min_response_len) * share))
-        return replace(s, steps=max(1, round(s.steps * scale)), max_response_len=cap,
-                       n=min(s.n, g.max_n) if s.n is not None else None,
-                       batch_size=_batch(s.batch_size, g.max_batch_size, c.algo.mini_batches) if s.batch_size else None)
+        cap = min(
+            s.max_response_len,
+            round(g.min_response_len + (g.max_response_len - g.min_response_len) * share),
+        )
+        return replace(
+            s,
+            steps=max(1, round(s.steps * scale)),
+            max_response_len=cap,
+            n=min(s.n, g.max_n) if s.n is not None else None,
+            batch_size=_batch(s.batch_size, g.max_batch_size, c.algo.mini_batches)
+            if s.batch_size
+            else None,
+        )
 
-    algo = replace(c.algo, n=min(c.algo.n, g.max_n), batch_size=_batch(c.algo.batch_size, g.max_batch_size, c.algo.mini_batches),
-                   gen_batch_size=_batch(c.algo.gen_batch_size, g.max_batch_size, 1) if c.algo.gen_batch_size else 0)
+    algo = replace(
+        c.algo,
+        n=min(c.algo.n, g.max_n),
+        batch_size=_batch(c.algo.batch_size, g.max_batch_size, c.algo.mini_batches),
+        gen_batch_size=_batch(c.algo.gen_batch_size, g.max_batch_size, 1)
+        if c.algo.gen_batch_size
+        else 0,
+    )
     context = replace(c.context, stages=[small(s) for s in stages])
     evaluation = replace(c.eval, max_response_len=min(c.eval.max_response_len, g.max_response_len))
-    logger = replace(c.logger, tags=[*c.logger.tags, "tiny"] if "tiny" not in c.logger.tags else c.logger.tags)
+    logger = replace(
+        c.logger, tags=[*c.logger.tags, "tiny"] if "tiny" not in c.logger.tags else c.logger.tags
+    )
     entropy = c.entropy
     if g.entropy_start > 0:
         entropy = replace(c.entropy, target=round(g.entropy_target_ratio * g.entropy_start, 4))

@@ -35,8 +35,12 @@ def bind(fn: Callable[..., Any], sections: dict[str, Any], what: str) -> Callabl
         owner = next((sec for sec, obj in sections.items() if hasattr(obj, name)), None)
         if owner is None:
             keys = " or ".join(f"{sec}.{name}" for sec in sections)
-            raise ConfigError(f"config key '{keys}': {what} ({fn.__module__}.{fn.__qualname__}) takes the parameter "
-                              f"'{name}', which no config key provides (misspelt in the function or missing in the schema)")
+            raise ConfigError(
+                f"config key '{keys}': {what} ({fn.__module__}.{fn.__qualname__}) takes the "
+                "parameter "
+                f"'{name}', which no config key provides (misspelt in the function or missing in "
+                "the schema)"
+            )
         bound[name] = getattr(sections[owner], name)
     return functools.partial(fn, **bound)
 
@@ -45,8 +49,17 @@ def bind(fn: Callable[..., Any], sections: dict[str, Any], what: str) -> Callabl
 # reward terms, rollout engines). The checks compare against these, so the config wing never
 # imports those wings (imports run down only, tests/docs/test_import_graph.py); each registry
 # calls `implements` when it is defined, so a name added to one side only fails at import.
-DATA_SOURCES = ("arith", "still3", "eurus_numina", "deepscaler", "skywork_or1_math", "jsonl", "parquet", "hub",
-                "mix")
+DATA_SOURCES = (
+    "arith",
+    "still3",
+    "eurus_numina",
+    "deepscaler",
+    "skywork_or1_math",
+    "jsonl",
+    "parquet",
+    "hub",
+    "mix",
+)
 REWARD_TERMS = ("accuracy", "format", "overlong", "cosine", "random")
 ROLLOUT_ENGINES = ("hf", "vllm")
 
@@ -62,5 +75,7 @@ def random_reward(terms: Any) -> bool:
 def implements(registry: dict[str, Any] | list[str], declared: tuple[str, ...], what: str) -> None:
     """Raise at import if a registry's names differ from the ones the config declares for it."""
     if set(registry) != set(declared):
-        raise RuntimeError(f"{what}: the registry has {sorted(registry)}, skyexp.config.names declares "
-                           f"{sorted(declared)}: add the name to both")
+        raise RuntimeError(
+            f"{what}: the registry has {sorted(registry)}, skyexp.config.names declares "
+            f"{sorted(declared)}: add the name to both"
+        )

@@ -59,7 +59,8 @@ class AlgoConfig:
     clip_high: float = 0.2
     clip_c: float = 0.0  # dual-clip bound (> 1 enables it); 0 disables
     # entropy.token_rule=kl_cov only: clamp of the ratio in its unclipped surrogate to [1/ratio_max,
-    # ratio_max]. PPO, GSPO and CISPO do not take it (their exp guard is a fixed log-ratio cap of 20).
+    # ratio_max]. PPO, GSPO and CISPO do not take it (their exp guard is a fixed log-ratio cap of
+    # 20).
     ratio_max: float = 10.0
     loss_agg: str = "token-mean"  # a key of skyexp.algos.losses.AGGREGATIONS
     norm_by_std: bool = True  # grpo: divide by the group std (False gives Dr.GRPO)
@@ -67,7 +68,8 @@ class AlgoConfig:
     # KL to a frozen reference (the policy RL starts from), loaded only when kl_coef > 0.
     kl_coef: float = 0.0
     kl_estimator: str = "k3"  # k1 | k2 | k3 (skyexp.algos.kl)
-    # loss: + kl_coef * KL in the loss (GRPO) | reward: r -= kl_coef * sum_t KL_t (RLOO), or -kl_coef * KL_t on
+    # loss: + kl_coef * KL in the loss (GRPO) | reward: r -= kl_coef * sum_t KL_t (RLOO), or
+    # -kl_coef * KL_t on
     # each token for reinforce_pp (its token-level form, skyexp.algos.advantages.TOKEN_RETURNS)
     kl_mode: str = "loss"
     # Group filter (skyexp.algos.filters): none | zero_variance | mixed_accuracy | accuracy_band
@@ -87,7 +89,8 @@ class AlgoConfig:
     # is the trainer's own model (rollout=hf); GSPO's presets use it (old_logprobs_recomputed).
     old_logprobs: str = "rollout"  # rollout | recompute | auto
     # Truncated importance sampling for the sampler/trainer mismatch (skyexp.algos.rollout_is): each
-    # token's loss weighted by min(pi_trainer_old / pi_sampler, rollout_is_cap). none | token | sequence
+    # token's loss weighted by min(pi_trainer_old / pi_sampler, rollout_is_cap). none | token |
+    # sequence
     rollout_is: str = "none"
     rollout_is_cap: float = 2.0
     # The policy loss (skyexp.algos.seq_losses): ppo (PPO's clipped surrogate, or what
@@ -112,8 +115,10 @@ class AlgoConfig:
 class EntropyConfig:
     name: str = "none"  # the preset (conf/entropy/<name>.yaml); a label
     # Two composable mechanisms; each registered function takes the keys below it needs by name.
-    controller: str = "none"  # the bonus coefficient: none | fixed | adaptive (skyexp.algos.entropy)
-    token_rule: str = "none"  # none | clip_cov | kl_cov | high_entropy_tokens (skyexp.algos.token_rules)
+    # the bonus coefficient: none | fixed | adaptive (skyexp.algos.entropy)
+    controller: str = "none"
+    # none | clip_cov | kl_cov | high_entropy_tokens (skyexp.algos.token_rules)
+    token_rule: str = "none"
     coef: float = 0.0  # initial / fixed coefficient
     target: float = 0.2  # adaptive: target token entropy
     delta: float = 1e-4  # adaptive: step of the coefficient
@@ -122,12 +127,15 @@ class EntropyConfig:
     clip_cov_ratio: float = 2e-4  # clip_cov: share of tokens whose gradient is cut
     cov_low: float = 1.0  # clip_cov: covariance band the cut tokens are drawn from
     cov_high: float = 5.0
-    kl_cov_ratio: float = 2e-3  # kl_cov: share of tokens (largest covariance) that get the KL penalty
+    # kl_cov: share of tokens (largest covariance) that get the KL penalty
+    kl_cov_ratio: float = 2e-3
     kl_cov_coef: float = 1.0  # kl_cov: penalty weight beta
-    top_ratio: float = 0.2  # high_entropy_tokens: share of highest-entropy tokens that get a gradient
+    # high_entropy_tokens: share of highest-entropy tokens that get a gradient
+    top_ratio: float = 0.2
     # Entropy-shaped advantages (Cheng et al., arXiv 2506.14758), composable with any controller,
     # token rule and estimator: A'_t = A + min(adv_alpha * H_t, |A| / adv_kappa), H_t the sampler's
-    # token entropy (detached). adv_alpha = 0: off. We read alpha 0.4, kappa 2 in the paper (not re-checked).
+    # token entropy (detached). adv_alpha = 0: off. We read alpha 0.4, kappa 2 in the paper (not
+    # re-checked).
     adv_alpha: float = 0.0
     adv_kappa: float = 2.0
 
@@ -141,8 +149,10 @@ class TemperatureConfig:
     schedule: str = "constant"  # constant | linear | step
     end: float = 1.0  # linear: the temperature at step `steps`
     steps: int = 0  # linear: steps from value to end (0: the whole RL run)
-    milestones: list[int] = field(default_factory=list)  # step: RL steps where the temperature changes
-    values: list[float] = field(default_factory=list)  # step: the temperature from each milestone on
+    # step: RL steps where the temperature changes
+    milestones: list[int] = field(default_factory=list)
+    # step: the temperature from each milestone on
+    values: list[float] = field(default_factory=list)
 
 
 @dataclass
@@ -164,7 +174,8 @@ class ContextConfig:
     # them during the previous stage (Skywork-OR1's online filtering, arXiv 2505.22312).
     drop_solved: bool = False
     reset_optimizer: bool = False  # at each stage boundary, start AdamW's moments afresh
-    truncated: str = "keep"  # truncated responses: keep | mask | soft_penalty (skyexp.config.stages)
+    # truncated responses: keep | mask | soft_penalty (skyexp.config.stages)
+    truncated: str = "keep"
 
 
 @dataclass
@@ -179,25 +190,31 @@ class RolloutConfig:
     max_model_len: int = 0  # longest prompt + response; 0: the model's own limit
     enforce_eager: bool = False  # skip torch.compile (faster start, slower decoding)
     sleep: bool = False  # GPUs: free vLLM's memory (weights, KV cache) during the update
-    lean: bool = True  # hf: skyexp's decoding step for Qwen2/Llama/Mistral (same numbers, less overhead)
+    # hf: skyexp's decoding step for Qwen2/Llama/Mistral (same numbers, less overhead)
+    lean: bool = True
 
 
 @dataclass
 class RewardConfig:
-    name: str = "math_verify"  # the preset (conf/reward/<name>.yaml); correctness is always math-verify
+    # the preset (conf/reward/<name>.yaml); correctness is always math-verify
+    name: str = "math_verify"
     workers: int = 1  # scoring processes per rank
     timeout_s: float = 5.0  # per answer; a hang beyond it scores 0 and is counted
     max_answer_chars: int = 1000  # longer extracted answers score 0 (counted as errors)
     memory_mb: int = 2048  # address-space cap per scoring process
-    # Weighted terms (skyexp.rewards.terms): accuracy | format | overlong | cosine | random. A preset's dict is
+    # Weighted terms (skyexp.rewards.terms): accuracy | format | overlong | cosine | random. A
+    # preset's dict is
     # merged onto this one: set a weight to 0 to drop a term.
     terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})
     correct: float = 1.0  # accuracy term for a correct answer
     wrong: float = 0.0  # ... and for a wrong one (DAPO: -1)
-    format_think: bool = True  # format term: ask for one <think>...</think> block before the boxed answer
-    overlong_buffer: float = 0.2  # overlong term: buffer before the cap, share of max_response_len (DAPO 0.2)
+    # format term: ask for one <think>...</think> block before the boxed answer
+    format_think: bool = True
+    # overlong term: buffer before the cap, share of max_response_len (DAPO 0.2)
+    overlong_buffer: float = 0.2
     overlong_penalty: float = 1.0  # overlong term: penalty at the cap
-    cos_correct: list[float] = field(default_factory=lambda: [2.0, 1.0])  # cosine term: (r_0, r_L) when correct
+    # cosine term: (r_0, r_L) when correct
+    cos_correct: list[float] = field(default_factory=lambda: [2.0, 1.0])
     cos_wrong: list[float] = field(default_factory=lambda: [-10.0, 0.0])  # ... when wrong
     cos_exceed: float = -10.0  # cosine term: a truncated response
     random_p: float = 0.5  # random term (the random-reward control): P(reward.correct) per sample
@@ -211,17 +228,21 @@ class LoggerConfig:
     project: str = "skyexp"
     entity: str | None = None
     group: str | None = None  # sweeps set their name: their runs share one W&B group
-    run_name: str | None = None  # None: the job's command-line overrides (e.g. `algo.n=4,entropy=adaptive`)
+    # None: the job's command-line overrides (e.g. `algo.n=4,entropy=adaptive`)
+    run_name: str | None = None
     job_type: str = "train"
     tags: list[str] = field(default_factory=list)
     notes: str | None = None
     dir: str = ""  # where W&B writes its files; empty: the run directory
-    settings: dict[str, Any] = field(default_factory=dict)  # extra wandb.Settings fields (e.g. init_timeout)
+    # extra wandb.Settings fields (e.g. init_timeout)
+    settings: dict[str, Any] = field(default_factory=dict)
     samples_every: int = 50  # a W&B table of sample completions every this many RL steps; 0: never
     samples_rows: int = 8  # rows per table
     progress: bool = True
-    line_every: int = 1  # no progress bar (not a terminal, or progress=false): a step line every N RL steps; 0: none
-    # the same for the SFT stage: a line every N SFT steps (its first and last step too); -1: about 20
+    # no progress bar (not a terminal, or progress=false): a step line every N RL steps; 0: none
+    line_every: int = 1
+    # the same for the SFT stage: a line every N SFT steps (its first and last step too); -1: about
+    # 20
     # lines per SFT stage (every sft.steps // 20); 0: none
     line_every_sft: int = -1
 
@@ -233,7 +254,8 @@ class TrainerConfig:
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # torch threads per rank; 0: cores / local ranks
     # Run-to-run identical results at a fixed config and world size (README, Reproducibility): one
-    # thread per rank on CPU, deterministic torch kernels, cuBLAS/NCCL settings, vLLM batch invariance
+    # thread per rank on CPU, deterministic torch kernels, cuBLAS/NCCL settings, vLLM batch
+    # invariance
     deterministic: bool = False
     # CPU: freed memory stays in the process for the next step instead of going back to the kernel
     # and faulting in again (skyexp.distributed.keep_freed_memory); resident size stays at the peak
@@ -260,18 +282,30 @@ class TrainerConfig:
     # position ids (flash-attention varlen on GPU; a block-diagonal mask with sdpa/eager on CPU).
     # Needs logprob_chunk > 0; takes precedence over share_prompts.
     padding_free: bool = False
-    fsdp: bool = True  # shard the policy with FSDP2 over the ranks (false: the plain model, one process only)
+    # Ulysses sequence parallelism (skyexp.model.sequence_parallel): each padding-free row split
+    # over sp_size ranks (world = data-parallel x sp_size); needs padding_free, heads and KV heads
+    # divisible by it (or it by the KV heads). max_tokens_per_micro_batch stays per rank.
+    sp_size: int = 1
+    # FSDP2 CPU offload (skyexp.distributed.shard): none | optimizer (AdamW's moments on the CPU
+    # between steps) | params (CPUOffloadPolicy: sharded parameters, gradients and the optimizer
+    # step on the CPU). docs/long-context.md gives what each costs.
+    offload: str = "none"
+    # shard the policy with FSDP2 over the ranks (false: the plain model, one process only)
+    fsdp: bool = True
     cache_dir: str = ""  # SFT results and built models; empty: $SKYEXP_CACHE or ~/.cache/skyexp
     save_final: bool = True  # export the final policy in Hugging Face format
     # Checkpoints (skyexp.checkpoint) go to <run dir>/checkpoints: every save_every RL steps, at
     # every stage end, on SIGTERM and when non-finite steps stop the run.
     save_every: int = 0  # 0: only at stage ends (and when stopped)
     keep_last: int = 2  # checkpoints kept (0: all)
-    resume: str = ""  # "": start afresh | auto: newest complete checkpoint of the run dir | a checkpoint dir
+    # "": start afresh | auto: newest complete checkpoint of the run dir | a checkpoint dir
+    resume: str = ""
     max_bad_steps: int = 3  # stop (with a checkpoint) after this many non-finite steps in a row
-    max_idle_steps: int = 5  # warn after this many RL steps in a row with 0 optimizer steps (0: never)
+    # warn after this many RL steps in a row with 0 optimizer steps (0: never)
+    max_idle_steps: int = 5
     stop_idle: bool = False  # ... and stop there (exit code 4) instead of going on
-    nproc_per_node: int = 0  # > 0: the job runs itself under torchrun, N ranks per node (skyexp/launch.py)
+    # > 0: the job runs itself under torchrun, N ranks per node (skyexp/launch.py)
+    nproc_per_node: int = 0
 
 
 @dataclass
@@ -314,7 +348,8 @@ class Config:
 
 @dataclass
 class EvalRunConfig(Config):
-    """Schema of conf/eval.yaml (`python -m skyexp.eval`): the training groups plus what to evaluate."""
+    """Schema of conf/eval.yaml (`python -m skyexp.eval`): the training groups plus what to
+    evaluate."""
 
     # eval group options evaluated one after another, each composed as `eval=<name>` with the
     # command line's other overrides (so `eval.n=64` applies to all); empty: the composed `eval`.
@@ -332,6 +367,14 @@ def old_logprobs_recomputed(c: Config) -> bool:
 
 def config_hash(*parts: Any) -> str:
     """Stable short hash of config sections (dataclasses or plain values), for caches."""
-    blob = json.dumps([OmegaConf.to_container(OmegaConf.structured(p)) if hasattr(p, "__dataclass_fields__") else p
-                       for p in parts], sort_keys=True, default=str)
+    blob = json.dumps(
+        [
+            OmegaConf.to_container(OmegaConf.structured(p))
+            if hasattr(p, "__dataclass_fields__")
+            else p
+            for p in parts
+        ],
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]

@@ -39,12 +39,16 @@ class StagePlan:
     batch_size: int  # prompts per step, all ranks
     n: int  # samples per prompt
     max_response_len: int
-    own_temperature: float | None = None  # the stage's own temperature; None: the schedule's (RunPlan.temperature_at)
+    # the stage's own temperature; None: the schedule's (RunPlan.temperature_at)
+    own_temperature: float | None = None
     truncated: str = "keep"  # a TRUNCATION_MODES entry
     first_step: int = 0  # RL step at which the stage starts
-    mask_truncated: bool = False  # truncated responses get no loss (truncated == "mask" or algo.mask_truncated)
-    reward: RewardConfig = field(default_factory=RewardConfig)  # with DAPO's overlong term under soft_penalty
-    keys: dict[str, str] = field(default_factory=dict)  # resolved field -> the config key that set it
+    # truncated responses get no loss (truncated == "mask" or algo.mask_truncated)
+    mask_truncated: bool = False
+    # with DAPO's overlong term under soft_penalty
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    # resolved field -> the config key that set it
+    keys: dict[str, str] = field(default_factory=dict)
 
     def key(self, name: str) -> str:
         """The config key behind a resolved field (`context.stages[1].n` or `algo.n`)."""
@@ -61,7 +65,9 @@ class RunPlan:
         """The rollout temperature of RL step `step`: the stage's own, else the schedule's."""
         if stage.own_temperature is not None:
             return stage.own_temperature
-        return TEMPERATURE_SCHEDULES[self.temperature.schedule](self.temperature, step, self.total_steps)
+        return TEMPERATURE_SCHEDULES[self.temperature.schedule](
+            self.temperature, step, self.total_steps
+        )
 
 
 def _resolve(c: Config, i: int, first: int) -> StagePlan:
@@ -69,9 +75,19 @@ def _resolve(c: Config, i: int, first: int) -> StagePlan:
     keys = {name: (f"{key}.{name}" if getattr(s, name) is not None else f"{default}.{name}")
             for name, default in (("batch_size", "algo"), ("n", "algo"), ("truncated", "context"))}
     truncated = s.truncated if s.truncated is not None else c.context.truncated
-    return StagePlan(i, s.steps, s.batch_size if s.batch_size is not None else c.algo.batch_size,
-                     s.n if s.n is not None else c.algo.n, s.max_response_len, s.temperature, truncated, first,
-                     c.algo.mask_truncated or truncated == "mask", stage_reward(c.reward, truncated), keys)
+    return StagePlan(
+        i,
+        s.steps,
+        s.batch_size if s.batch_size is not None else c.algo.batch_size,
+        s.n if s.n is not None else c.algo.n,
+        s.max_response_len,
+        s.temperature,
+        truncated,
+        first,
+        c.algo.mask_truncated or truncated == "mask",
+        stage_reward(c.reward, truncated),
+        keys,
+    )
 
 
 def plan_run(c: Config) -> RunPlan:
@@ -130,18 +146,34 @@ def validate_schedule(c: Config, check: Check, estimator: Any) -> None:
     for s in plan_run(c).stages:
         check(s.steps > 0, s.key("steps"), "must be > 0")
         check(s.max_response_len > 0, s.key("max_response_len"), "must be > 0")
-        check(s.max_response_len >= prev, s.key("max_response_len"), f"must not decrease ({s.max_response_len} < {prev})")
+        check(
+            s.max_response_len >= prev,
+            s.key("max_response_len"),
+            f"must not decrease ({s.max_response_len} < {prev})",
+        )
         prev = s.max_response_len
         check(s.n >= 1, s.key("n"), "must be >= 1")
         _check_estimator(c, s.n, s.key("n"), estimator, check)
         check(s.batch_size >= 1, s.key("batch_size"), "must be >= 1")
-        check(s.batch_size % c.algo.mini_batches == 0, "algo.mini_batches", f"must divide the prompt batch ({s.batch_size})")
+        check(
+            s.batch_size % c.algo.mini_batches == 0,
+            "algo.mini_batches",
+            f"must divide the prompt batch ({s.batch_size})",
+        )
         if s.own_temperature is not None:
             check(s.own_temperature > 0, s.key("temperature"), "must be > 0")
-        check(s.truncated in TRUNCATION_MODES, s.key("truncated"), f"'{s.truncated}' is not one of {', '.join(TRUNCATION_MODES)}")
+        check(
+            s.truncated in TRUNCATION_MODES,
+            s.key("truncated"),
+            f"'{s.truncated}' is not one of {', '.join(TRUNCATION_MODES)}",
+        )
     _validate_temperature(c.temperature, check)
     r = c.trainer
-    check(r.save_every >= 0, "trainer.save_every", "must be >= 0 (0: only at stage ends and when stopped)")
+    check(
+        r.save_every >= 0,
+        "trainer.save_every",
+        "must be >= 0 (0: only at stage ends and when stopped)",
+    )
     check(r.keep_last >= 0, "trainer.keep_last", "must be >= 0 (0: keep every checkpoint)")
     check(r.max_bad_steps >= 1, "trainer.max_bad_steps", "must be >= 1")
     check(r.max_idle_steps >= 0, "trainer.max_idle_steps", "must be >= 0 (0: never warn)")
@@ -155,15 +187,24 @@ def _validate_temperature(t: TemperatureConfig, check: Check) -> None:
         check(t.end > 0, "temperature.end", "must be > 0 (RL samples)")
         check(t.steps >= 0, "temperature.steps", "must be >= 0 (0: the whole RL run)")
     if t.schedule == "step":
-        check(len(t.milestones) == len(t.values) >= 1, "temperature.milestones",
-              f"needs one temperature.values entry per milestone ({len(t.milestones)} milestones, {len(t.values)} values)")
-        check(all(a < b for a, b in zip(t.milestones, t.milestones[1:])) and all(m > 0 for m in t.milestones),
-              "temperature.milestones", "must be positive and increasing")
+        check(
+            len(t.milestones) == len(t.values) >= 1,
+            "temperature.milestones",
+            f"needs one temperature.values entry per milestone ({len(t.milestones)} milestones, "
+            f"{len(t.values)} values)",
+        )
+        check(
+            all(a < b for a, b in zip(t.milestones, t.milestones[1:]))
+            and all(m > 0 for m in t.milestones),
+            "temperature.milestones",
+            "must be positive and increasing",
+        )
         check(all(v > 0 for v in t.values), "temperature.values", "must be > 0 (RL samples)")
 
 
 def check_world_plan(c: Config, world_size: int, check: Check) -> None:
-    """The plan's checks that need the number of ranks (known only after the process group starts)."""
+    """The plan's checks that need the number of ranks (known only after the process group
+    starts)."""
     for s in plan_run(c).stages:
         check(s.batch_size % world_size == 0, s.key("batch_size"),
               f"prompt batch {s.batch_size} is not divisible by {world_size} ranks")
@@ -175,7 +216,11 @@ def _check_estimator(c: Config, n: int, n_key: str, estimator: Any, check: Check
     """The advantage estimator's own constraints (its registry entry): at least min_n samples per
     prompt, and algo.passk_k within the largest k it takes at n samples."""
     a = c.algo
-    check(n >= estimator.min_n, n_key, f"{a.advantage} needs at least {estimator.min_n} samples per prompt")
+    check(
+        n >= estimator.min_n,
+        n_key,
+        f"{a.advantage} needs at least {estimator.min_n} samples per prompt",
+    )
     if estimator.max_k is not None:
         k_max, why = estimator.max_k(n)
         check(a.passk_k <= k_max, "algo.passk_k", f"k = {a.passk_k} {why} ({n} at {n_key})")

@@ -38,7 +38,9 @@ def _apply(value: int, op: str, operand: int) -> int:
     return value + operand if op == "+" else value - operand if op == "-" else value * operand
 
 
-def make_problem(rng: random.Random, level: int, slip_rate: float = 0.0, slip_rng: random.Random | None = None) -> Problem:
+def make_problem(
+    rng: random.Random, level: int, slip_rate: float = 0.0, slip_rng: random.Random | None = None
+) -> Problem:
     """A level-`level` problem. Its `answer` is always exact; with slip_rate > 0 each step of the
     worked `solution` is wrong with that probability (the error carries through to the boxed
     answer), as in noisy distilled SFT traces. `slip_rng` draws the slips, so the problems
@@ -65,8 +67,14 @@ def make_problem(rng: random.Random, level: int, slip_rate: float = 0.0, slip_rn
                    meta={"level": level, "slipped": shown != value})
 
 
-def generate(levels: list[int], count: int, seed: int, exclude: set[str] | None = None, distinct: bool = True,
-             slip_rate: float = 0.0) -> list[Problem]:
+def generate(
+    levels: list[int],
+    count: int,
+    seed: int,
+    exclude: set[str] | None = None,
+    distinct: bool = True,
+    slip_rate: float = 0.0,
+) -> list[Problem]:
     """`count` problems, levels cycled evenly, deterministic in `seed`, none of them in `exclude`.
     With distinct=False a problem may repeat (level 1 has only 243 different problems)."""
     rng = random.Random(seed)
@@ -77,20 +85,39 @@ def generate(levels: list[int], count: int, seed: int, exclude: set[str] | None 
     while len(out) < count:
         attempts += 1
         if attempts > 50 * count + 1000:
-            raise ValueError(f"arith: cannot draw {count} distinct problems from levels {levels}; lower the size")
+            raise ValueError(
+                f"arith: cannot draw {count} distinct problems from levels {levels}; lower the size"
+            )
         level = levels[len(out) % len(levels)]
         p = make_problem(rng, level, slip_rate, slip_rng)
         if p.problem in banned:
             continue
         if distinct:
             banned.add(p.problem)
-        out.append(Problem(id=f"arith-{seed}-{len(out)}", problem=p.problem, answer=p.answer, solution=p.solution, meta=p.meta))
+        out.append(
+            Problem(
+                id=f"arith-{seed}-{len(out)}",
+                problem=p.problem,
+                answer=p.answer,
+                solution=p.solution,
+                meta=p.meta,
+            )
+        )
     return out
 
 
-def load(levels: list[int], train_size: int, eval_size: int, seed: int, slip_rate: float = 0.0) -> tuple[list[Problem], list[Problem]]:
+def load(
+    levels: list[int], train_size: int, eval_size: int, seed: int, slip_rate: float = 0.0
+) -> tuple[list[Problem], list[Problem]]:
     """(train, held-out eval): the eval split is distinct problems fixed by `seed`; train problems
     may repeat but never equal an eval problem. Slips only ever touch the train solutions."""
     held_out = generate(levels, eval_size, seed + 1)
-    train = generate(levels, train_size, seed, exclude={p.problem for p in held_out}, distinct=False, slip_rate=slip_rate)
+    train = generate(
+        levels,
+        train_size,
+        seed,
+        exclude={p.problem for p in held_out},
+        distinct=False,
+        slip_rate=slip_rate,
+    )
     return train, held_out

@@ -24,7 +24,11 @@ CHUNK = 1024  # prompts tokenized per call
 def prompt_limit(max_prompt_len: int, context: int | None) -> int | None:
     """The longest prompt in tokens: data.max_prompt_len when > 0, and at most context - 1 (one
     response token must fit); None when neither is known."""
-    limits = [x for x in (max_prompt_len if max_prompt_len > 0 else None, context - 1 if context else None) if x]
+    limits = [
+        x
+        for x in (max_prompt_len if max_prompt_len > 0 else None, context - 1 if context else None)
+        if x
+    ]
     return min(limits) if limits else None
 
 
@@ -32,12 +36,20 @@ def prompt_lengths(prompts: list[str], tokenizer: Any) -> list[int]:
     """Token counts of rendered prompts (no special tokens added, as `make_batch`)."""
     out: list[int] = []
     for s in range(0, len(prompts), CHUNK):
-        out += [len(ids) for ids in tokenizer(prompts[s : s + CHUNK], add_special_tokens=False)["input_ids"]]
+        out += [
+            len(ids)
+            for ids in tokenizer(prompts[s : s + CHUNK], add_special_tokens=False)["input_ids"]
+        ]
     return out
 
 
-def drop_long(problems: list[Problem], render: Callable[[Problem], str], tokenizer: Any, limit: int | None,
-              where: str) -> tuple[list[Problem], list[tuple[str, int]]]:
+def drop_long(
+    problems: list[Problem],
+    render: Callable[[Problem], str],
+    tokenizer: Any,
+    limit: int | None,
+    where: str,
+) -> tuple[list[Problem], list[tuple[str, int]]]:
     """(kept problems, [(id, tokens)] of the dropped ones); logs the count and the first few."""
     if limit is None or not problems:
         return problems, []
@@ -45,14 +57,23 @@ def drop_long(problems: list[Problem], render: Callable[[Problem], str], tokeniz
     kept = [p for p, n in zip(problems, lengths) if n <= limit]
     dropped = [(p.id, n) for p, n in zip(problems, lengths) if n > limit]
     if dropped:
-        log.warning("%s: dropped %d of %d prompts longer than %d tokens (first: %s)", where, len(dropped), len(problems),
-                    limit, "; ".join(f"{i}: {n} tokens" for i, n in dropped[:5]))
+        log.warning(
+            "%s: dropped %d of %d prompts longer than %d tokens (first: %s)",
+            where,
+            len(dropped),
+            len(problems),
+            limit,
+            "; ".join(f"{i}: {n} tokens" for i, n in dropped[:5]),
+        )
     return kept, dropped
 
 
-def fit_prompts(task: Any, tokenizer: Any, render: Callable[[Problem], str], limit: int | None) -> Any:
+def fit_prompts(
+    task: Any, tokenizer: Any, render: Callable[[Problem], str], limit: int | None
+) -> Any:
     """A TaskData without the prompts over `limit` tokens (train and held-out split), counted in
-    task.stats["too_long"] (and ["too_long_eval"]). Raises DataError when no training prompt is left."""
+    task.stats["too_long"] (and ["too_long_eval"]). Raises DataError when no training prompt is
+    left."""
     from skyexp.data.rows import DataError
 
     train, long_train = drop_long(task.train, render, tokenizer, limit, "data")

@@ -57,8 +57,10 @@ class SourceStats:
         across = sum(self.dup_across.values())
         detail = ", ".join(f"{n} in {s}" for s, n in self.dup_across.items())
         return (
-            f"{self.label}: {self.rows} rows, {self.bad} bad, {self.filtered} filtered, {self.dup_within} repeated, "
-            f"{across} duplicates of other sources{f' ({detail})' if detail else ''}, {self.taken} per epoch"
+            f"{self.label}: {self.rows} rows, {self.bad} bad, {self.filtered} filtered, "
+            f"{self.dup_within} repeated, "
+            f"{across} duplicates of other sources{f' ({detail})' if detail else ''}, "
+            f"{self.taken} per epoch"
         )
 
 

@@ -32,14 +32,20 @@ class DataError(ValueError):
 
 def read_jsonl(path: str) -> list[dict[str, Any]]:
     """One object per line; a line that is not UTF-8, not JSON, or not a JSON object becomes a
-    marked row (its reason names the 1-based line), counted as bad later. Blank lines are skipped."""
+    marked row (its reason names the 1-based line), counted as bad later. Blank lines are
+    skipped."""
     rows: list[dict[str, Any]] = []
     with open(path, "rb") as f:
         for number, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as e:
-                rows.append({"__error__": f"line {number}: invalid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})"})
+                rows.append(
+                    {
+                        "__error__": f"line {number}: invalid UTF-8 "
+                        f"(byte 0x{raw[e.start]:02x} at column {e.start + 1})"
+                    }
+                )
                 continue
             if not line.strip():
                 continue
@@ -48,7 +54,11 @@ def read_jsonl(path: str) -> list[dict[str, Any]]:
             except json.JSONDecodeError as e:
                 rows.append({"__error__": f"line {number}: invalid JSON ({e.msg})"})
                 continue
-            rows.append(row if isinstance(row, dict) else {"__error__": f"line {number}: {_not_object(row)}"})
+            rows.append(
+                row
+                if isinstance(row, dict)
+                else {"__error__": f"line {number}: {_not_object(row)}"}
+            )
     return rows
 
 
@@ -104,7 +114,8 @@ def read_hub(path: str, split: str, keep_sources: list[str] | None = None) -> li
         except Exception as e:
             raise DataError(
                 f"could not load '{path}' (split '{split}') with datasets.load_dataset: "
-                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — needs the hub or its cache; "
+                f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} — needs the hub "
+                "or its cache; "
                 "or point data.path at a local copy of the same schema"
             ) from e
     return list(_keep_sources(ds, keep_sources or []))
@@ -269,7 +280,8 @@ def collect(
     if rows and len(bad) / len(rows) > max_bad_fraction:
         sample = "\n".join(f"  row {i}: {r}" for i, r in bad[:10])
         raise DataError(
-            f"{where}: {len(bad)} of {len(rows)} rows are unusable (> data.max_bad_fraction={max_bad_fraction}):\n{sample}"
+            f"{where}: {len(bad)} of {len(rows)} rows are unusable (> "
+            f"data.max_bad_fraction={max_bad_fraction}):\n{sample}"
         )
     if not good:
         raise DataError(f"{where}: no usable rows")

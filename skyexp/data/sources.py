@@ -4,13 +4,19 @@ Each named source knows its upstream hub id, default split and row schema, so `d
 gives exactly the prompts and answers the paper trained on; `data.path` points it at a local
 copy of the same schema instead (a .jsonl/.json/.parquet file or a dataset directory).
 
-| source            | upstream                                   | schema                                  |
+| source            | upstream                                   | schema
+|
 |-------------------|--------------------------------------------|-----------------------------------------|
-| still3            | RUC-AIBOX/STILL-3-Preview-RL-Data (~33k)   | question, answer                        |
-| eurus_numina      | PRIME-RL/Eurus-2-RL-Data, numina_amc_aime + numina_olympiads | verl: prompt chat list, reward_model.ground_truth, data_source |
-| deepscaler        | agentica-org/DeepScaleR-Preview-Dataset    | problem, answer, solution               |
-| skywork_or1_math  | Skywork/Skywork-OR1-RL-Data, split math    | verl; ground_truth a JSON list; extra_info.model_difficulty |
-| jsonl/parquet/hub | any file / hub id                          | data.problem_key, data.answer_key       |
+| still3            | RUC-AIBOX/STILL-3-Preview-RL-Data (~33k)   | question, answer
+|
+| eurus_numina      | PRIME-RL/Eurus-2-RL-Data, numina_amc_aime + numina_olympiads | verl: prompt
+chat list, reward_model.ground_truth, data_source |
+| deepscaler        | agentica-org/DeepScaleR-Preview-Dataset    | problem, answer, solution
+|
+| skywork_or1_math  | Skywork/Skywork-OR1-RL-Data, split math    | verl; ground_truth a JSON list;
+extra_info.model_difficulty |
+| jsonl/parquet/hub | any file / hub id                          | data.problem_key, data.answer_key
+|
 """
 
 from __future__ import annotations

@@ -26,12 +26,14 @@ import numpy as np
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
-    """Probability that at least one of k samples drawn without replacement from n (c correct) is correct."""
+    """Probability that at least one of k samples drawn without replacement from n (c correct) is
+    correct."""
     if not 0 <= c <= n or not 1 <= k <= n:
         raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n (n={n}, c={c}, k={k})")
     if n - c < k:
         return 1.0
-    if k == 1:  # the product below rounds; c / n is the exact value (one correctly rounded division)
+    # the product below rounds; c / n is the exact value (one correctly rounded division)
+    if k == 1:
         return c / n
     prob_all_wrong = 1.0
     for i in range(n - c + 1, n + 1):  # C(n-c, k) / C(n, k) = prod_{i=n-c+1}^{n} (1 - k / i)
@@ -56,7 +58,11 @@ def best_at_k(scores: list[float], k: int) -> float:
     if not 1 <= k <= n:
         raise ValueError(f"best_at_k needs 1 <= k <= n (n={n}, k={k})")
     total = math.comb(n, k)
-    return sum(s * (math.comb(i - 1, k - 1) / total) for i, s in enumerate(sorted(scores), start=1) if i >= k)
+    return sum(
+        s * (math.comb(i - 1, k - 1) / total)
+        for i, s in enumerate(sorted(scores), start=1)
+        if i >= k
+    )
 
 
 def maj_at_k(n: int, correct: int, wrong: list[int], k: int) -> float:
@@ -81,7 +87,10 @@ def maj_at_k_all(n: int, correct: int, wrong: list[int]) -> dict[int, float]:
     """
     none = n - correct - sum(wrong)
     if correct < 0 or none < 0 or any(a < 1 for a in wrong):
-        raise ValueError(f"maj_at_k: need 0 <= correct, groups >= 1, correct + sum(groups) <= n (n={n}, c={correct}, groups={wrong})")
+        raise ValueError(
+            f"maj_at_k: need 0 <= correct, groups >= 1, correct + sum(groups) <= n (n={n}, "
+            f"c={correct}, groups={wrong})"
+        )
     credit = np.zeros(n + 1)  # credit[k], summed over j
     for j in range(1, correct + 1):
         big = [a for a in wrong if a >= j]
@@ -119,14 +128,18 @@ class EvalResult:
     records: list[dict[str, Any]] = field(default_factory=list)
     timeouts: int = 0
     errors: int = 0
-    wrong_groups: list[list[int]] | None = None  # [P] sizes of the groups of equivalent wrong answers
+    # [P] sizes of the groups of equivalent wrong answers
+    wrong_groups: list[list[int]] | None = None
     scores: list[list[float]] | None = None  # [P][n] every sample's score
     max_response_len: int = 0  # the cap actually used
     seconds: float = 0.0  # wall time: generation, scoring, grouping
 
     @property
     def pass_at(self) -> dict[int, float]:
-        return {k: sum(pass_at_k(self.n, c, k) for c in self.correct) / len(self.correct) for k in ks_for(self.n)}
+        return {
+            k: sum(pass_at_k(self.n, c, k) for c in self.correct) / len(self.correct)
+            for k in ks_for(self.n)
+        }
 
     @property
     def mean_at_n(self) -> float:
@@ -145,7 +158,8 @@ class EvalResult:
         return {k: sum(best_at_k(s, k) for s in scores) / len(scores) for k in ks_for(self.n)}
 
     def metrics(self, prefix: str = "val") -> dict[str, float]:
-        """pass@k, maj@k and mean@n under the names of docs/design.md. best@k stays in the summary: with 0/1
+        """pass@k, maj@k and mean@n under the names of docs/design.md. best@k stays in the summary:
+        with 0/1
         rewards it repeats pass@k and would only double the charts."""
         out = {f"{prefix}/{self.name}/pass@{k}": v for k, v in self.pass_at.items()}
         out.update({f"{prefix}/{self.name}/maj@{k}": v for k, v in self.maj_at.items()})
@@ -157,12 +171,19 @@ class EvalResult:
         samples = [s for r in self.records for s in r.get("samples", [])]
         num = max(len(samples), 1)
         return {
-            "benchmark": self.name, "problems": len(self.correct), "n": self.n, f"mean@{self.n}": self.mean_at_n,
-            "pass@k": self.pass_at, "maj@k": self.maj_at, "best@k": self.best_at,
-            "reward/timeouts": self.timeouts, "reward/errors": self.errors,
+            "benchmark": self.name,
+            "problems": len(self.correct),
+            "n": self.n,
+            f"mean@{self.n}": self.mean_at_n,
+            "pass@k": self.pass_at,
+            "maj@k": self.maj_at,
+            "best@k": self.best_at,
+            "reward/timeouts": self.timeouts,
+            "reward/errors": self.errors,
             "no_answer": sum(s["extracted"] is None for s in samples) / num,
             "truncated": sum(s["truncated"] for s in samples) / num,
             "response_length/mean": sum(s["length"] for s in samples) / num,
-            "max_response_len": self.max_response_len, "seconds": round(self.seconds, 2),
+            "max_response_len": self.max_response_len,
+            "seconds": round(self.seconds, 2),
             "samples_per_s": len(samples) / self.seconds if self.seconds else 0.0,
         }

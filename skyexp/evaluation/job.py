@@ -62,7 +62,9 @@ def evaluate_all(
                           cfg.trainer.deterministic)
     random.seed(cfg.trainer.seed + d.rank)
     torch.manual_seed(cfg.trainer.seed)
-    held_out = load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None
+    held_out = (
+        load_task(cfg.data).eval if any(e.source == "data" and not e.path for e in evals) else None
+    )
     problems = {e.name: load_problems(e, held_out, cfg.data.max_bad_fraction) for e in evals}
     paths, labels = _checkpoints(cfg, d)
     reward = build_reward(cfg.reward)
@@ -71,8 +73,9 @@ def evaluate_all(
     try:
         for path, label in zip(paths, labels):
             sub = f"{label}/" if len(paths) > 1 else ""
-            results += _evaluate_checkpoint(cfg, d, (path, label, sub), evals, problems, (reward, logger, run_dir),
-                                            len(results))
+            results += _evaluate_checkpoint(
+                cfg, d, (path, label, sub), evals, problems, (reward, logger, run_dir), len(results)
+            )
         summary = report.summarise(results, labels, paths, time.time() - t0)
         if d.is_main:
             report.write(run_dir / "eval", summary, results)
@@ -98,8 +101,15 @@ def _checkpoints(cfg: EvalRunConfig, d) -> tuple[list[str], list[str]]:
     return [distributed.broadcast_object(base)], [label]
 
 
-def _evaluate_checkpoint(cfg: EvalRunConfig, d, which: tuple[str, str, str], evals: list[EvalConfig],
-                         problems: dict[str, list], sinks: tuple, first_step: int) -> list[tuple]:
+def _evaluate_checkpoint(
+    cfg: EvalRunConfig,
+    d,
+    which: tuple[str, str, str],
+    evals: list[EvalConfig],
+    problems: dict[str, list],
+    sinks: tuple,
+    first_step: int,
+) -> list[tuple]:
     """Every benchmark on one checkpoint (`which` = path, label, output subdirectory), one engine
     for all; `sinks` = (reward, logger, run directory). Returns [(label, eval config, result)]."""
     from skyexp.evaluation.runner import eval_template, run_eval, write_records
@@ -111,10 +121,27 @@ def _evaluate_checkpoint(cfg: EvalRunConfig, d, which: tuple[str, str, str], eva
     engine = engine_for(cfg, path, tokenizer, d.device, cfg.trainer.seed * 1000 + d.rank)
     out = []
     for e in evals:
-        log.info("eval %s on %s: %d problems x %d samples", e.name, label, len(problems[e.name][: e.size or None]), e.n)
-        res = run_eval(engine, reward, tokenizer, problems[e.name], e, eval_template(e), cfg.model.chat_template,
-                       (d.rank, d.world_size))
-        logger.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors}, first_step + len(out))
+        log.info(
+            "eval %s on %s: %d problems x %d samples",
+            e.name,
+            label,
+            len(problems[e.name][: e.size or None]),
+            e.n,
+        )
+        res = run_eval(
+            engine,
+            reward,
+            tokenizer,
+            problems[e.name],
+            e,
+            eval_template(e),
+            cfg.model.chat_template,
+            (d.rank, d.world_size),
+        )
+        logger.log(
+            {**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors},
+            first_step + len(out),
+        )
         if d.is_main:
             write_records(res.records, run_dir / "eval" / f"{sub}{e.name}.jsonl")
         out.append((label, e, res))
@@ -130,4 +157,8 @@ def prepare_benchmarks(cfg: EvalRunConfig) -> tuple[list[EvalConfig]]:
 
     # unresolved, so an interpolation like ${eval.name} is re-resolved for each benchmark
     overrides = OmegaConf.to_container(HydraConfig.get().overrides.task, resolve=False)
-    return (resolve_benchmarks(cfg, overrides, lambda o: hydra.compose(config_name="eval", overrides=o)),)
+    return (
+        resolve_benchmarks(
+            cfg, overrides, lambda o: hydra.compose(config_name="eval", overrides=o)
+        ),
+    )

@@ -29,9 +29,16 @@ def eval_template(e: EvalConfig) -> Template:
 def response_cap(engine, requested: int) -> int:
     """Never sample past the model's context window: generating beyond max_position_embeddings
     is meaningless (and vLLM refuses it), and the long-CoT protocols ask for 32k tokens."""
-    limit = getattr(getattr(getattr(engine, "model", None), "config", None), "max_position_embeddings", None)
+    limit = getattr(
+        getattr(getattr(engine, "model", None), "config", None), "max_position_embeddings", None
+    )
     if isinstance(limit, int) and 0 < limit < requested:
-        log.warning("eval.max_response_len=%d exceeds the model's context (%d tokens): using %d", requested, limit, limit)
+        log.warning(
+            "eval.max_response_len=%d exceeds the model's context (%d tokens): using %d",
+            requested,
+            limit,
+            limit,
+        )
         return limit
     return requested
 
@@ -66,11 +73,20 @@ class SampledEvalResult(EvalResult):
         return out
 
 
-def generate_by_length(engine, tokenizer, ids: list[list[int]], n: int, max_len: int, temperature: float,
-                       top_p: float, entropy: list[float] | None = None) -> tuple[list[str], list[int], list[bool]]:
+def generate_by_length(
+    engine,
+    tokenizer,
+    ids: list[list[int]],
+    n: int,
+    max_len: int,
+    temperature: float,
+    top_p: float,
+    entropy: list[float] | None = None,
+) -> tuple[list[str], list[int], list[bool]]:
     """n samples per prompt, one engine call per length group -> per sample, in prompt order
     (prompt i's samples at i*n ... i*n + n-1): decoded text, response length, truncated?
-    `entropy`, a [sum, tokens] accumulator, gains the response tokens' entropies when the engine has them."""
+    `entropy`, a [sum, tokens] accumulator, gains the response tokens' entropies when the engine has
+    them."""
     texts: list[str] = [""] * (len(ids) * n)
     lengths, truncated = [0] * len(texts), [False] * len(texts)
     for group in length_groups([len(x) for x in ids]):
@@ -87,8 +103,16 @@ def generate_by_length(engine, tokenizer, ids: list[list[int]], n: int, max_len:
     return texts, lengths, truncated
 
 
-def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig, template: str | Template, chat: bool,
-             shard: tuple[int, int] = (0, 1)) -> EvalResult:
+def run_eval(
+    engine,
+    reward,
+    tokenizer,
+    problems: list[Problem],
+    cfg: EvalConfig,
+    template: str | Template,
+    chat: bool,
+    shard: tuple[int, int] = (0, 1),
+) -> EvalResult:
     """Sample cfg.n answers per problem (this rank's share: shard = (rank, world size)), score them,
     group the wrong answers for maj@k, gather every rank's results (in problem order). `template`
     renders each problem (`eval_template(cfg)` for benchmarks; the identity "{problem}" for prompts
@@ -104,31 +128,68 @@ def run_eval(engine, reward, tokenizer, problems: list[Problem], cfg: EvalConfig
     if mine:
         prompts = [apply_template(problems[i].problem, template, tokenizer, chat) for i in mine]
         ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-        texts, lengths, truncated = generate_by_length(engine, tokenizer, ids, cfg.n, max_len, cfg.temperature, cfg.top_p,
-                                                     ent)
+        texts, lengths, truncated = generate_by_length(
+            engine, tokenizer, ids, cfg.n, max_len, cfg.temperature, cfg.top_p, ent
+        )
         golds = [problems[i].answer for i in mine for _ in range(cfg.n)]
         scored = reward.score(texts, golds)
         timeouts, errors = scored.timeouts, scored.errors
         rows = [range(j * cfg.n, (j + 1) * cfg.n) for j in range(len(mine))]
-        pool = getattr(reward, "pool", None)  # a reward without a math-verify pool groups by text alone
-        groups = group_wrong_answers([[(scored.extracted[r], scored.scores[r] > 0) for r in rs] for rs in rows],
-                                     pool.verify if pool else None, cfg.vote_max_pairs, reward.cfg.max_answer_chars)
+        # a reward without a math-verify pool groups by text alone
+        pool = getattr(reward, "pool", None)
+        groups = group_wrong_answers(
+            [[(scored.extracted[r], scored.scores[r] > 0) for r in rs] for rs in rows],
+            pool.verify if pool else None,
+            cfg.vote_max_pairs,
+            reward.cfg.max_answer_chars,
+        )
         for i, rs, grp in zip(mine, rows, groups):
-            samples = [{"text": texts[r], "extracted": scored.extracted[r], "score": scored.scores[r], "status": scored.status[r],
-                        "length": lengths[r], "truncated": truncated[r]} for r in rs]
+            samples = [
+                {
+                    "text": texts[r],
+                    "extracted": scored.extracted[r],
+                    "score": scored.scores[r],
+                    "status": scored.status[r],
+                    "length": lengths[r],
+                    "truncated": truncated[r],
+                }
+                for r in rs
+            ]
             c = int(sum(scored.scores[r] > 0 for r in rs))
             votes = ([{"answer": problems[i].answer, "count": c, "correct": True}] if c else []) + \
                 [{"answer": a, "count": m, "correct": False} for a, m in grp]
-            local.append((i, c, [m for _, m in grp], [scored.scores[r] for r in rs],
-                          {"id": problems[i].id, "problem": problems[i].problem, "answer": problems[i].answer,
-                           "correct": c, "votes": votes, "samples": samples}))
+            local.append(
+                (
+                    i,
+                    c,
+                    [m for _, m in grp],
+                    [scored.scores[r] for r in rs],
+                    {
+                        "id": problems[i].id,
+                        "problem": problems[i].problem,
+                        "answer": problems[i].answer,
+                        "correct": c,
+                        "votes": votes,
+                        "samples": samples,
+                    },
+                )
+            )
     gathered = all_gather_objects((local, timeouts, errors, ent))
     merged = sorted((item for part, *_ in gathered for item in part), key=lambda x: x[0])
     ent_sum, ent_tokens = sum(g[3][0] for g in gathered), sum(g[3][1] for g in gathered)
-    return SampledEvalResult(name=cfg.name, n=cfg.n, correct=[m[1] for m in merged], records=[m[4] for m in merged],
-                             timeouts=sum(g[1] for g in gathered), errors=sum(g[2] for g in gathered),
-                             wrong_groups=[m[2] for m in merged], scores=[m[3] for m in merged], max_response_len=max_len,
-                             seconds=time.perf_counter() - t0, entropy=ent_sum / ent_tokens if ent_tokens else None)
+    return SampledEvalResult(
+        name=cfg.name,
+        n=cfg.n,
+        correct=[m[1] for m in merged],
+        records=[m[4] for m in merged],
+        timeouts=sum(g[1] for g in gathered),
+        errors=sum(g[2] for g in gathered),
+        wrong_groups=[m[2] for m in merged],
+        scores=[m[3] for m in merged],
+        max_response_len=max_len,
+        seconds=time.perf_counter() - t0,
+        entropy=ent_sum / ent_tokens if ent_tokens else None,
+    )
 
 
 def eval_due(every: int, rl_step: int, total_steps: int, after: bool) -> bool:
@@ -144,4 +205,6 @@ def write_records(records: list[dict[str, Any]], path: Path) -> None:
     truncation) and the vote groups behind maj@k."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8")
+    path.write_text(
+        "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records), encoding="utf-8"
+    )

@@ -29,6 +29,7 @@ import torch
 from skyexp.algos.entropy import token_entropy
 from skyexp.algos.losses import token_logprobs
 from skyexp.distributed import run_in_forward
+from skyexp.model import sequence_parallel
 from skyexp.model.head import chunked_token_stats
 from skyexp.model.layout import (
     ForwardSettings,
@@ -83,9 +84,8 @@ def _hidden_shared(base: torch.nn.Module, config, mb: MicroRows) -> torch.Tensor
     from skyexp.model.loading import cache_kwarg
 
     seq, attn, plen, groups = mb.seq, mb.attn, mb.prompt_len, mb.groups
-    first = (
-        torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1
-    )  # one row per group
+    # one row per group
+    first = torch.unique_consecutive(groups, return_counts=True)[1].cumsum(0) - 1
     first = torch.cat([first.new_zeros(1), first[:-1] + 1])
     positions = (attn.cumsum(-1) - 1).clamp(min=0)
     cache = DynamicCache(config=config)
@@ -166,6 +166,9 @@ def _chunked_stats(
     f: ForwardSettings,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     sel = mb.resp_mask.bool()
+    sp = sequence_parallel.of(model)
+    if f.padding_free and sp is not None:
+        return _sliced_stats(model, sp, mb, temperature, with_entropy, f)
     hidden = response_hidden(model, mb, f.padding_free)  # [M, H], M = response tokens
     head = model.get_output_embeddings()
     logp, ent = chunked_token_stats(
@@ -177,6 +180,41 @@ def _chunked_stats(
         f.logprob_chunk,
         with_entropy,
     )
+    return _unflatten(logp, sel), (_unflatten(ent, sel) if ent is not None else None)
+
+
+def _sliced_stats(
+    model: torch.nn.Module,
+    sp: sequence_parallel.SequenceParallel,
+    mb: MicroRows,
+    temperature: float,
+    with_entropy: bool,
+    f: ForwardSettings,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """_chunked_stats under sequence parallelism (trainer.sp_size > 1): the packed row's response
+    positions and labels found on the whole row, each rank's slice through the model and the
+    head, the slices' log-probs / entropies gathered over the SP group
+    (skyexp.model.sequence_parallel)."""
+    sel = mb.resp_mask.bool()
+    ids, positions, starts = pack_rows(mb.seq, mb.attn)
+    prompt_lens = mb.attn[:, : mb.prompt_len].sum(-1)
+    index = packed_response_index(starts, prompt_lens, mb.resp_mask.sum(-1).long())
+    labels = mb.seq[:, mb.prompt_len :][sel]  # [M], before any slicing (verl#6068)
+    hidden, first, counts = sequence_parallel.sliced_hidden(
+        model.base_model, sp, ids, positions, index
+    )
+    head = model.get_output_embeddings()
+    logp, ent = chunked_token_stats(
+        hidden,
+        head.weight,
+        head.bias,
+        labels[first : first + hidden.shape[0]],
+        temperature,
+        f.logprob_chunk,
+        with_entropy,
+    )
+    logp = sequence_parallel.gather_slices(logp, counts, sp)
+    ent = sequence_parallel.gather_slices(ent, counts, sp) if ent is not None else None
     return _unflatten(logp, sel), (_unflatten(ent, sel) if ent is not None else None)
 
 

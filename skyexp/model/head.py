@@ -26,7 +26,9 @@ from __future__ import annotations
 import torch
 
 
-def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def _chunk_logits(
+    h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, temperature: float
+) -> torch.Tensor:
     """z = (h W^T + b) / T in float32: [C, H] -> [C, V]."""
     z = h @ weight.t()
     if bias is not None:
@@ -36,7 +38,8 @@ def _chunk_logits(h: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _forward_chunk(z: torch.Tensor, ids: torch.Tensor, with_entropy: bool):
-    """(logp [C], lse [C], entropy [C] or None) of float32 logits z [C, V] (overwritten) and ids [C]."""
+    """(logp [C], lse [C], entropy [C] or None) of float32 logits z [C, V] (overwritten) and ids
+    [C]."""
     lse = torch.logsumexp(z, dim=-1)
     logp_all = z.sub_(lse[:, None])  # in place: z is this chunk's own buffer
     logp = logp_all.gather(1, ids[:, None]).squeeze(1)
@@ -46,7 +49,8 @@ def _forward_chunk(z: torch.Tensor, ids: torch.Tensor, with_entropy: bool):
 
 
 class _ChunkedHead(torch.autograd.Function):
-    """(hidden [M, H], weight [V, H], bias [V] | None, ids [M]) -> (logp [M], entropy [M] or [0])."""
+    """(hidden [M, H], weight [V, H], bias [V] | None, ids [M]) -> (logp [M], entropy [M] or
+    [0])."""
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, ids, temperature: float, chunk: int, with_entropy: bool):
@@ -73,13 +77,26 @@ class _ChunkedHead(torch.autograd.Function):
         t, chunk = ctx.temperature, ctx.chunk
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
-        grad_w = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device) if need_b else None
+        grad_w = (
+            torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if need_w else None
+        )
+        grad_b = (
+            torch.zeros(weight.shape[0], dtype=torch.float32, device=weight.device)
+            if need_b
+            else None
+        )
         for s in range(0, hidden.shape[0], chunk):
             h = hidden[s : s + chunk]
             e = g_ent[s : s + chunk] if ctx.with_entropy and g_ent is not None else None
-            gz = _grad_logits(_chunk_logits(h, weight, bias, t), ids[s : s + chunk], lse[s : s + chunk],
-                              g_logp[s : s + chunk], e, ent[s : s + chunk] if e is not None else None, t)
+            gz = _grad_logits(
+                _chunk_logits(h, weight, bias, t),
+                ids[s : s + chunk],
+                lse[s : s + chunk],
+                g_logp[s : s + chunk],
+                e,
+                ent[s : s + chunk] if e is not None else None,
+                t,
+            )
             if need_h:
                 grad_h[s : s + chunk] = gz.to(weight.dtype) @ weight
             if need_w:
@@ -91,8 +108,15 @@ class _ChunkedHead(torch.autograd.Function):
                 grad_b.to(bias.dtype) if need_b else None, None, None, None, None)
 
 
-def _grad_logits(z: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, g: torch.Tensor, e: torch.Tensor | None,
-                 ent: torch.Tensor | None, temperature: float) -> torch.Tensor:
+def _grad_logits(
+    z: torch.Tensor,
+    ids: torch.Tensor,
+    lse: torch.Tensor,
+    g: torch.Tensor,
+    e: torch.Tensor | None,
+    ent: torch.Tensor | None,
+    temperature: float,
+) -> torch.Tensor:
     """dL/d(logits) [C, V] of one chunk, overwriting z [C, V] (float32, at temperature T):
 
         dL/dz = g (onehot(y) - p) - e p (log p + H),   dL/dlogits = dL/dz / T."""
@@ -109,21 +133,35 @@ def _grad_logits(z: torch.Tensor, ids: torch.Tensor, lse: torch.Tensor, g: torch
     return out.div_(temperature) if temperature != 1.0 else out
 
 
-def chunked_token_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor,
-                        temperature: float = 1.0, chunk: int = 1024,
-                        with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def chunked_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ids: torch.Tensor,
+    temperature: float = 1.0,
+    chunk: int = 1024,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Token log-probs [M] (and entropies [M]) of ids [M] under softmax((hidden W^T + b) / T), for
     hidden [M, H], never holding more than `chunk` x V logits (see the module docstring).
     Differentiable in hidden, weight and bias."""
     if hidden.shape[0] == 0:
         zero = hidden.new_zeros(0, dtype=torch.float32) + 0 * hidden.sum() + 0 * weight.sum()
         return zero, (zero.clone() if with_entropy else None)
-    logp, ent = _ChunkedHead.apply(hidden, weight, bias, ids, float(temperature), int(chunk), bool(with_entropy))
+    logp, ent = _ChunkedHead.apply(
+        hidden, weight, bias, ids, float(temperature), int(chunk), bool(with_entropy)
+    )
     return logp, (ent if with_entropy else None)
 
 
-def plain_token_stats(hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor,
-                      temperature: float = 1.0, with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+def plain_token_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ids: torch.Tensor,
+    temperature: float = 1.0,
+    with_entropy: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The same quantities through full [M, V] logits and autograd: the reference for tests."""
     z = torch.nn.functional.linear(hidden, weight, bias).float() / temperature
     logp_all = torch.log_softmax(z, dim=-1)

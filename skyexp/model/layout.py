@@ -22,13 +22,18 @@ class ForwardSettings:
 
     micro_batch_size: int  # rows per forward pass (at most)
     device: torch.device
-    share_prompts: bool = False  # each prompt once per group in a micro-batch (see skyexp.model.forward)
+    # each prompt once per group in a micro-batch (see skyexp.model.forward)
+    share_prompts: bool = False
     logprob_chunk: int = 1024  # tokens per lm-head chunk; 0: full [rows, tokens, V] logits
     max_tokens: int = 0  # > 0: also at most this many prompt + response tokens per micro-batch
     padding_free: bool = False  # rows of a micro-batch packed into one sequence (see pack_rows)
+    # trainer.sp_size: max_tokens is per rank, so an SP group's budget is x sp_size
+    sp_size: int = 1
 
 
-def pack(prompts: list[list[int]], responses: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+def pack(
+    prompts: list[list[int]], responses: list[list[int]], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
     """Lay out (prompt, response) pairs as the rollout engine does: [left-padded prompt | response |
     right padding]. Returns sequences [N, P+R], attention mask [N, P+R], response mask [N, R], P."""
     plen = max(len(p) for p in prompts)
@@ -50,15 +55,23 @@ def trim(seq: torch.Tensor, attn: torch.Tensor, resp_mask: torch.Tensor, prompt_
     Returns (seq, attn, resp_mask, prompt_len) trimmed."""
     first = int((attn.cumsum(-1) == 0).sum(-1).min())  # left padding shared by all rows
     rlen = max(int(resp_mask.sum(-1).max()), 1)
-    return seq[:, first : prompt_len + rlen], attn[:, first : prompt_len + rlen], resp_mask[:, :rlen], prompt_len - first
+    return (
+        seq[:, first : prompt_len + rlen],
+        attn[:, first : prompt_len + rlen],
+        resp_mask[:, :rlen],
+        prompt_len - first,
+    )
 
 
 def groups_of(idx: torch.Tensor, n: int, share: bool) -> torch.Tensor | None:
-    """Row -> group numbering of a micro-batch whose rows come group by group (see micro_batches)."""
+    """Row -> group numbering of a micro-batch whose rows come group by group (see
+    micro_batches)."""
     return torch.unique_consecutive(idx // n, return_inverse=True)[1] if share else None
 
 
-def token_budget_split(lengths: torch.Tensor, max_rows: int, max_tokens: int = 0) -> list[torch.Tensor]:
+def token_budget_split(
+    lengths: torch.Tensor, max_rows: int, max_tokens: int = 0
+) -> list[torch.Tensor]:
     """Positions 0..N-1 of rows with token counts `lengths` [N] (already in the order to keep), cut
     greedily into consecutive parts of at most `max_rows` rows and, with max_tokens > 0, at most
     `max_tokens` tokens (sum of lengths; a row longer than the budget is a part of its own)."""
@@ -75,7 +88,9 @@ def token_budget_split(lengths: torch.Tensor, max_rows: int, max_tokens: int = 0
     return parts
 
 
-def micro_batches(rollout: Rollout, rows: torch.Tensor, f: ForwardSettings) -> list[tuple[torch.Tensor, float]]:
+def micro_batches(
+    rollout: Rollout, rows: torch.Tensor, f: ForwardSettings
+) -> list[tuple[torch.Tensor, float]]:
     """Micro-batches of `rows`, length-sorted (prompt + response tokens) so little is spent on
     padding, cut by rows (f.micro_batch_size) and, with f.max_tokens > 0, by a token budget (verl's
     ppo_max_token_len_per_gpu): one long response trains alone, many short ones together. The
@@ -87,7 +102,10 @@ def micro_batches(rollout: Rollout, rows: torch.Tensor, f: ForwardSettings) -> l
     lengths = rollout.attention_mask[rows].sum(-1)
     sort = torch.argsort(lengths, stable=True)
     order = rows[sort]
-    chunks = [(order[c], 1.0) for c in token_budget_split(lengths[sort], f.micro_batch_size, f.max_tokens)]
+    budget = f.max_tokens * f.sp_size  # per SP group: each rank holds a 1/sp_size slice
+    chunks = [
+        (order[c], 1.0) for c in token_budget_split(lengths[sort], f.micro_batch_size, budget)
+    ]
     if f.share_prompts:
         chunks = [(c[torch.argsort(c // rollout.n, stable=True)], live) for c, live in chunks]
     most = int(all_reduce_max(len(chunks), f.device))
@@ -106,27 +124,41 @@ class MicroRows:
 
     @staticmethod
     def of(rollout: Rollout, idx: torch.Tensor, f: ForwardSettings) -> MicroRows:
-        seq, attn, rm, plen = trim(rollout.sequences[idx], rollout.attention_mask[idx], rollout.response_mask[idx],
-                                   rollout.prompt_len)
+        seq, attn, rm, plen = trim(
+            rollout.sequences[idx],
+            rollout.attention_mask[idx],
+            rollout.response_mask[idx],
+            rollout.prompt_len,
+        )
         groups = groups_of(idx, rollout.n, f.share_prompts and not f.padding_free)
         return MicroRows(seq.to(f.device), attn.to(f.device), rm.to(f.device), plen,
                          groups.to(f.device) if groups is not None else None)
 
 
-def pack_rows(seq: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Padding-free layout: the attended tokens of each row of seq [n, W] (contiguous in attn [n, W])
+def pack_rows(
+    seq: torch.Tensor, attn: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Padding-free layout: the attended tokens of each row of seq [n, W] (contiguous in attn [n,
+    W])
     concatenated into ids [1, L], L = sum of attn; position ids [1, L] restart at 0 for each row
     (which is how transformers finds the row boundaries); starts [n] where each row begins."""
     keep = attn.bool()
     lengths = keep.sum(-1)
     starts = torch.cumsum(lengths, 0) - lengths
-    positions = torch.arange(int(lengths.sum()), device=seq.device) - starts.repeat_interleave(lengths)
+    positions = torch.arange(int(lengths.sum()), device=seq.device) - starts.repeat_interleave(
+        lengths
+    )
     return seq[keep][None], positions[None], starts
 
 
-def packed_response_index(starts: torch.Tensor, prompt_lens: torch.Tensor, resp_lens: torch.Tensor) -> torch.Tensor:
+def packed_response_index(
+    starts: torch.Tensor, prompt_lens: torch.Tensor, resp_lens: torch.Tensor
+) -> torch.Tensor:
     """Positions in the packed sequence [M] whose outputs predict the response tokens, row by row:
-    row i's response token j (j < resp_lens[i]) is predicted at starts[i] + prompt_lens[i] - 1 + j."""
+    row i's response token j (j < resp_lens[i]) is predicted at starts[i] + prompt_lens[i] - 1 +
+    j."""
     offset = (starts + prompt_lens - 1).repeat_interleave(resp_lens)
-    within = torch.arange(int(resp_lens.sum()), device=starts.device) - (torch.cumsum(resp_lens, 0) - resp_lens).repeat_interleave(resp_lens)
+    within = torch.arange(int(resp_lens.sum()), device=starts.device) - (
+        torch.cumsum(resp_lens, 0) - resp_lens
+    ).repeat_interleave(resp_lens)
     return offset + within

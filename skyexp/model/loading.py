@@ -40,7 +40,11 @@ def cache_root(configured: str = "") -> Path:
 
 def _byte_to_unicode() -> dict[int, str]:
     # GPT-2's reversible byte -> printable character map, which ByteLevel pre-tokenizers use.
-    keep = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    keep = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     out, extra = {b: chr(b) for b in keep}, 0
     for b in range(256):
         if b not in out:
@@ -73,7 +77,9 @@ def build_tiny_tokenizer():
     )
     tok.decoder = decoders.ByteLevel()
     tok.add_special_tokens(TINY_SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS, padding_side="left")
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, eos_token=EOS, pad_token=EOS, padding_side="left"
+    )
 
 
 def build_tiny(cfg: ModelConfig, out_dir: Path, seed: int = 0) -> None:
@@ -106,7 +112,14 @@ def build_tiny(cfg: ModelConfig, out_dir: Path, seed: int = 0) -> None:
 
 def tiny_path(cfg: ModelConfig, cache_dir: str = "") -> Path:
     """Directory of the tiny model for this architecture, built on first use (atomically)."""
-    arch = [cfg.hidden_size, cfg.num_layers, cfg.num_heads, cfg.intermediate_size, cfg.max_positions, TINY_WORDS]
+    arch = [
+        cfg.hidden_size,
+        cfg.num_layers,
+        cfg.num_heads,
+        cfg.intermediate_size,
+        cfg.max_positions,
+        TINY_WORDS,
+    ]
     path = cache_root(cache_dir) / "models" / f"tiny-{config_hash(arch)}"
     if not (path / "config.json").exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -126,7 +139,9 @@ def resolve_path(cfg: ModelConfig, cache_dir: str = "") -> str:
 def load_tokenizer(path: str, cfg: ModelConfig):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, padding_side="left")
+    tok = AutoTokenizer.from_pretrained(
+        path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, padding_side="left"
+    )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -136,7 +151,9 @@ def context_length(path: str, cfg: ModelConfig) -> int | None:
     """The model's context window in tokens (max_position_embeddings), read from its config only."""
     from transformers import AutoConfig
 
-    c = AutoConfig.from_pretrained(path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    c = AutoConfig.from_pretrained(
+        path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+    )
     n = getattr(getattr(c, "text_config", c), "max_position_embeddings", None)
     return n if isinstance(n, int) and n > 0 else None
 
@@ -173,10 +190,19 @@ def load_policy(path: str, cfg: Any, d: Any) -> torch.nn.Module:
     (also a world of one, the same code path as many ranks; there sharding only copies parameters
     and gradients, 6-10% of the update: trainer.fsdp=false trains the plain model)."""
     from skyexp.distributed import shard
+    from skyexp.model import sequence_parallel
 
+    sp = cfg.trainer.sp_size
+    if sp > 1:  # heads and KV heads against trainer.sp_size, before the weights load
+        from transformers import AutoConfig
+
+        mc = AutoConfig.from_pretrained(path, revision=cfg.model.revision,
+                                        trust_remote_code=cfg.model.trust_remote_code)
+        sequence_parallel.check_model(mc, sp, cfg.model.attn_implementation)
     policy = load_model(path, cfg.model, d.device)
+    sequence_parallel.enable(policy, sp, cfg.model.attn_implementation)
     if cfg.trainer.fsdp:
-        shard(policy, d)
+        shard(policy, d, cfg.trainer.offload)
     return policy
 
 

@@ -1,4 +1,5 @@
-"""The body of `python -m skyexp.distill` (rejection-sampled SFT data; skyexp/distill.py has the command, its
+"""The body of `python -m skyexp.distill` (rejection-sampled SFT data; skyexp/distill.py has the
+command, its
 options and outputs)."""
 
 from __future__ import annotations

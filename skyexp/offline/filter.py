@@ -1,4 +1,5 @@
-"""The body of `python -m skyexp.filter` (the offline data filter; skyexp/filter.py has the command, its
+"""The body of `python -m skyexp.filter` (the offline data filter; skyexp/filter.py has the command,
+its
 options and outputs)."""
 
 from __future__ import annotations

@@ -3,7 +3,8 @@ training: the model RL would start from (the cached SFT result, or model.path / 
 the configured rollout engine and reward, and prompts rendered with the data template — so a
 pass rate measured here is the pass rate the RL loop would see.
 
-Sampling goes through `skyexp.evaluation.runner.run_eval` (n samples per prompt, scored, gathered across
+Sampling goes through `skyexp.evaluation.runner.run_eval` (n samples per prompt, scored, gathered
+across
 ranks), a chunk of prompts at a time so memory stays bounded on large sets. Under torchrun every
 rank samples its share; rank 0 writes the outputs.
 """
@@ -112,7 +113,8 @@ def sample(s: Sampler, problems: list[Problem], job: SampleJob, n: int) -> list[
 
 
 def user_text(p: Problem, cfg: Config) -> tuple[str, str]:
-    """(system prompt, user message) of a problem under the data template, before any chat template."""
+    """(system prompt, user message) of a problem under the data template, before any chat
+    template."""
     t = template_of(cfg.data)
     return t.system or p.meta.get("system", ""), t.user.replace("{problem}", p.problem)
 

@@ -40,7 +40,8 @@ def score_rows(
     answer_key: str = "answer",
     chunk: int = 1024,
 ) -> list[dict[str, Any]]:
-    """rows -> the same rows with `score` and `status` added (new dicts; the input is not changed)."""
+    """rows -> the same rows with `score` and `status` added (new dicts; the input is not
+    changed)."""
     out = [dict(r) for r in rows]
     usable = [
         i

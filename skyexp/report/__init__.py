@@ -1,4 +1,5 @@
-"""A sweep's report in one command: `python -m skyexp.report <sweep dir>... [--wandb entity/project]`.
+"""A sweep's report in one command: `python -m skyexp.report <sweep dir>... [--wandb
+entity/project]`.
 
 From local run directories only (metrics.jsonl, summary.json, .hydra/config.yaml,
 wandb_run.json) it writes one self-contained HTML page (skyexp.report.html); with --wandb it

@@ -41,7 +41,15 @@ FINAL = [
     ("RL steps", "rl_steps"),
     ("wall s", "wall_s"),
 ]
-PANELS = ["entropy", "reward", "entropy_coeff", "passk_training", "passk_before_after", "final_table", "runs_table"]
+PANELS = [
+    "entropy",
+    "reward",
+    "entropy_coeff",
+    "passk_training",
+    "passk_before_after",
+    "final_table",
+    "runs_table",
+]
 
 
 def _png(fig) -> str:
@@ -70,10 +78,18 @@ def _curve_figure(groups: dict[str, list[Run]], key: str, title: str, ylabel: st
         if not xs:
             continue
         drawn = True
-        (line,) = ax.plot(xs, mu, marker="." if len(xs) < 30 else None, label=f"{name} (n={len(runs)})")
+        (line,) = ax.plot(
+            xs, mu, marker="." if len(xs) < 30 else None, label=f"{name} (n={len(runs)})"
+        )
         if len(runs) > 1:
-            ax.fill_between(xs, [m - s for m, s in zip(mu, sd)], [m + s for m, s in zip(mu, sd)], color=line.get_color(),
-                            alpha=0.2, linewidth=0)
+            ax.fill_between(
+                xs,
+                [m - s for m, s in zip(mu, sd)],
+                [m + s for m, s in zip(mu, sd)],
+                color=line.get_color(),
+                alpha=0.2,
+                linewidth=0,
+            )
     if not drawn:
         plt.close(fig)
         return None
@@ -92,7 +108,9 @@ def _passk_training_figure(groups: dict[str, list[Run]], bench: str, ks: list[in
             xs, mu, sd = _mean_curve(runs, f"val/{bench}/pass@{k}")
             if xs:
                 drawn = True
-                ax.errorbar(xs, mu, yerr=sd if len(runs) > 1 else None, marker="o", capsize=3, label=name)
+                ax.errorbar(
+                    xs, mu, yerr=sd if len(runs) > 1 else None, marker="o", capsize=3, label=name
+                )
         ax.set(xlabel=RL_STEP, ylabel=f"pass@{k}", title=f"{bench} pass@{k}")
         ax.grid(alpha=0.3)
     if not drawn:
@@ -122,13 +140,24 @@ def _passk_before_after_figure(groups: dict[str, list[Run]]) -> str | None:
                 continue
             drawn = True
             ks = sorted(pts)
-            (line,) = ax.plot(ks, [mean_sd(pts[k])[0] for k in ks], style, marker="o", color=color, label=f"{name} {which}")
+            (line,) = ax.plot(
+                ks,
+                [mean_sd(pts[k])[0] for k in ks],
+                style,
+                marker="o",
+                color=color,
+                label=f"{name} {which}",
+            )
             color = line.get_color()
     if not drawn:
         plt.close(fig)
         return None
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="k", ylabel="pass@k", title="pass@k before (dashed) and after (solid) RL, mean over seeds")
+    ax.set(
+        xlabel="k",
+        ylabel="pass@k",
+        title="pass@k before (dashed) and after (solid) RL, mean over seeds",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     return _png(fig)
@@ -159,19 +188,24 @@ def final_table(groups: dict[str, list[Run]]) -> list[list[str]]:
             else:
                 mu, sd = mean_sd(got)
                 digits = 1 if key in ("wall_s", "rl_steps") else 3
-                row.append(f"{mu:.{digits}f} ± {sd:.{digits}f}" if len(got) > 1 else f"{mu:.{digits}f}")
+                row.append(
+                    f"{mu:.{digits}f} ± {sd:.{digits}f}" if len(got) > 1 else f"{mu:.{digits}f}"
+                )
         rows.append(row)
     return rows
 
 
 def _table(header: list[str], rows: list[list[str]], cls: str) -> str:
     th = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f'<table class="{cls}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
 
 
 def _section(panel: str, title: str, inner: str, cls: str = "wide") -> str:
-    return f'<section id="{panel}" data-panel="{panel}" class="{cls}"><h2>{html.escape(title)}</h2>{inner}</section>'
+    head = f'<section id="{panel}" data-panel="{panel}" class="{cls}">'
+    return f"{head}<h2>{html.escape(title)}</h2>{inner}</section>"
 
 
 def _img(b64: str | None, alt: str) -> str:
@@ -180,37 +214,76 @@ def _img(b64: str | None, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
 
 
-STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222;background:#fff}
+STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px;color:#222;
+background:#fff}
 h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;font-size:.85em;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
-th{background:#f3f3f3}img{max-width:100%}section.fig{display:inline-block;width:49%;vertical-align:top}code{background:#f5f5f5;padding:0 3px}.empty{color:#888}"""
+table{border-collapse:collapse;font-size:.85em;margin:.5em 0}
+td,th{border:1px solid #ccc;padding:3px 7px;text-align:left}
+th{background:#f3f3f3}img{max-width:100%}
+section.fig{display:inline-block;width:49%;vertical-align:top}
+code{background:#f5f5f5;padding:0 3px}.empty{color:#888}"""
 
 
 def build_html(runs: list[Run], roots: list[str]) -> str:
     """The whole page for these runs."""
     keys = differing_keys(runs)
     groups = group_runs(runs, keys)
-    parts = [f"<h1>Sweep report: {len(runs)} runs in {len(groups)} groups</h1>",
-             "<p>Sources: " + ", ".join(f"<code>{html.escape(str(r))}</code>" for r in roots) + "</p>",
-             "<p>Grouped by the config keys that differ between the runs: "
-             + (", ".join(f"<code>{html.escape(k)}</code>" for k in keys) or "none (one group)")
-             + "; seeds (<code>trainer.seed</code>) are averaged, bands and error bars are ± 1 sd over seeds.</p>"]
+    parts = [
+        f"<h1>Sweep report: {len(runs)} runs in {len(groups)} groups</h1>",
+        "<p>Sources: " + ", ".join(f"<code>{html.escape(str(r))}</code>" for r in roots) + "</p>",
+        "<p>Grouped by the config keys that differ between the runs: "
+        + (", ".join(f"<code>{html.escape(k)}</code>" for k in keys) or "none (one group)")
+        + "; seeds (<code>trainer.seed</code>) are averaged, bands and error bars are ± 1 sd over "
+        "seeds.</p>",
+    ]
     for panel, title, key, ylabel in CURVES:
-        parts.append(_section(panel, f"{title} vs {RL_STEP}", _img(_curve_figure(groups, key, title, ylabel), key), "fig"))
-    figs = [_img(_passk_training_figure(groups, bench, ks), f"val/{bench}/pass@k") for bench, ks in pass_keys(runs).items()]
+        parts.append(
+            _section(
+                panel,
+                f"{title} vs {RL_STEP}",
+                _img(_curve_figure(groups, key, title, ylabel), key),
+                "fig",
+            )
+        )
+    figs = [
+        _img(_passk_training_figure(groups, bench, ks), f"val/{bench}/pass@k")
+        for bench, ks in pass_keys(runs).items()
+    ]
     parts.append(_section("passk_training", "pass@k over training (held-out evaluations)",
                           "".join(figs) or _img(None, "val/<benchmark>/pass@k")))
-    parts.append(_section("passk_before_after", "pass@k before and after RL",
-                          _img(_passk_before_after_figure(groups), "pass@k_before / pass@k_after"), "fig"))
+    parts.append(
+        _section(
+            "passk_before_after",
+            "pass@k before and after RL",
+            _img(_passk_before_after_figure(groups), "pass@k_before / pass@k_after"),
+            "fig",
+        )
+    )
     header = ["group", "seeds"] + [c for c, _ in FINAL]
-    parts.append(_section("final_table", "Final values (mean ± sd over seeds)", _table(header, final_table(groups), "final")))
+    parts.append(
+        _section(
+            "final_table",
+            "Final values (mean ± sd over seeds)",
+            _table(header, final_table(groups), "final"),
+        )
+    )
     run_rows = [[str(r.path), name, str(r.seed), r.wandb.get("name", ""), r.group or ""]
                 for name, rs in groups.items() for r in rs]
-    parts.append(_section("runs_table", "Runs", _table(["run dir", "group", "seed", "W&B name", "W&B group"], run_rows, "runs")))
+    parts.append(
+        _section(
+            "runs_table",
+            "Runs",
+            _table(["run dir", "group", "seed", "W&B name", "W&B group"], run_rows, "runs"),
+        )
+    )
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>skyexp sweep report</title>'
-            f"<style>{STYLE}</style></head><body>{''.join(parts)}<footer><p>python -m skyexp.report, {stamp}</p>"
-            "</footer></body></html>")
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        "<title>skyexp sweep report</title>"
+        f"<style>{STYLE}</style></head><body>{''.join(parts)}"
+        f"<footer><p>python -m skyexp.report, {stamp}</p>"
+        "</footer></body></html>"
+    )
 
 
 def write_html(runs: list[Run], roots: list[str], out: Path) -> Path:

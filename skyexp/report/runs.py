@@ -22,7 +22,14 @@ import yaml
 RL_STEP = "train/rl_step"
 SEED_KEYS = ("trainer.seed",)
 # Keys that differ between any two runs without making them different experiments.
-VOLATILE = ("trainer.resume", "logger.run_name", "logger.dir", "logger.notes", "trainer.cache_dir", "hydra")
+VOLATILE = (
+    "trainer.resume",
+    "logger.run_name",
+    "logger.dir",
+    "logger.notes",
+    "trainer.cache_dir",
+    "hydra",
+)
 _PASS = re.compile(r"^val/(?P<bench>[^/]+)/pass@(?P<k>\d+)$")
 
 
@@ -32,7 +39,8 @@ class Run:
     rows: list[dict[str, Any]]  # metrics.jsonl, one dict per logged step
     summary: dict[str, Any] = field(default_factory=dict)
     config: dict[str, Any] = field(default_factory=dict)  # flattened: "algo.n" -> 8
-    wandb: dict[str, Any] = field(default_factory=dict)  # wandb_run.json: id, name, group, project, ...
+    # wandb_run.json: id, name, group, project, ...
+    wandb: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seed(self) -> Any:
@@ -47,7 +55,12 @@ class Run:
         xs, ys = [], []
         for r in self.rows:
             v = r.get(key)
-            if RL_STEP in r and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v):
+            if (
+                RL_STEP in r
+                and isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and math.isfinite(v)
+            ):
                 xs.append(float(r[RL_STEP]))
                 ys.append(float(v))
         return xs, ys
@@ -73,7 +86,13 @@ def find_run_dirs(roots: list[str | Path]) -> list[Path]:
         if not root.is_dir():
             raise FileNotFoundError(f"not a directory: {root}")
         dirs = {p.parent.resolve() for p in root.rglob("metrics.jsonl")}
-        for p in sorted(dirs, key=lambda p: (str(p.parent), (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name))):
+        for p in sorted(
+            dirs,
+            key=lambda p: (
+                str(p.parent),
+                (0, int(p.name), "") if p.name.isdigit() else (1, 0, p.name),
+            ),
+        ):
             found[p] = None
     return list(found)
 
@@ -92,17 +111,25 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 def load_run(path: str | Path) -> Run:
     path = Path(path)
-    summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    summary = (
+        json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
+    )
     cfg_file = path / ".hydra" / "config.yaml"
     config = flatten(yaml.safe_load(cfg_file.read_text()) or {}) if cfg_file.is_file() else {}
-    wb = json.loads((path / "wandb_run.json").read_text()) if (path / "wandb_run.json").is_file() else {}
+    wb = (
+        json.loads((path / "wandb_run.json").read_text())
+        if (path / "wandb_run.json").is_file()
+        else {}
+    )
     return Run(path, _read_jsonl(path / "metrics.jsonl"), summary, config, wb)
 
 
 def load_runs(roots: list[str | Path]) -> list[Run]:
     runs = [load_run(p) for p in find_run_dirs(roots)]
     if not runs:
-        raise FileNotFoundError(f"no run directories (with metrics.jsonl) under {', '.join(map(str, roots))}")
+        raise FileNotFoundError(
+            f"no run directories (with metrics.jsonl) under {', '.join(map(str, roots))}"
+        )
     return runs
 
 
@@ -114,8 +141,13 @@ def differing_keys(runs: list[Run]) -> list[str]:
     """Config keys whose values differ between the runs (seeds and per-run paths excluded), less
     those that their group's `name` key already determines."""
     keys = sorted({k for r in runs for k in r.config})
-    diff = [k for k in keys
-            if not k.startswith(VOLATILE) and k not in SEED_KEYS and len({_canon(r.config.get(k)) for r in runs}) > 1]
+    diff = [
+        k
+        for k in keys
+        if not k.startswith(VOLATILE)
+        and k not in SEED_KEYS
+        and len({_canon(r.config.get(k)) for r in runs}) > 1
+    ]
     out = []
     for k in diff:
         head = k.rsplit(".", 1)[0] if "." in k else ""
@@ -123,7 +155,9 @@ def differing_keys(runs: list[Run]) -> list[str]:
         if head and name_key in diff and k != name_key:
             by_name: dict[str, set[str]] = {}
             for r in runs:
-                by_name.setdefault(_canon(r.config.get(name_key)), set()).add(_canon(r.config.get(k)))
+                by_name.setdefault(_canon(r.config.get(name_key)), set()).add(
+                    _canon(r.config.get(k))
+                )
             if all(len(v) == 1 for v in by_name.values()):
                 continue  # fixed by the group's choice: the name says it
         out.append(k)
@@ -139,7 +173,9 @@ def label(run: Run, keys: list[str]) -> str:
     `<group>.name` key is dropped: `entropy=adaptive`)."""
     if not keys:
         return run.group or "all runs"
-    return ",".join(f"{k[:-5] if k.endswith('.name') else k}={_short(run.config.get(k))}" for k in keys)
+    return ",".join(
+        f"{k[:-5] if k.endswith('.name') else k}={_short(run.config.get(k))}" for k in keys
+    )
 
 
 def group_runs(runs: list[Run], keys: list[str]) -> dict[str, list[Run]]:
@@ -165,7 +201,11 @@ def pass_keys(runs: list[Run]) -> dict[str, list[int]]:
 def summary_passk(run: Run, label_: str) -> dict[int, float]:
     """summary.json's pass@k_<label_> (label_: before | after) as k -> value."""
     pat = re.compile(rf"^pass@(\d+)_{label_}$")
-    return {int(m[1]): float(v) for k, v in run.summary.items() if (m := pat.match(k)) and isinstance(v, (int, float))}
+    return {
+        int(m[1]): float(v)
+        for k, v in run.summary.items()
+        if (m := pat.match(k)) and isinstance(v, (int, float))
+    }
 
 
 def mean_sd(values: list[float]) -> tuple[float, float]:

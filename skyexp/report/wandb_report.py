@@ -43,7 +43,9 @@ def build_report(runs: list[Run], entity: str, project: str, title: str = "") ->
     wr = _wr()
     keys = differing_keys(runs)
     groupby = ["group"] + [f"config.{k}" for k in keys]
-    runset = wr.Runset(entity=entity, project=project, name="sweep", filters=_filters(runs), groupby=groupby)
+    runset = wr.Runset(
+        entity=entity, project=project, name="sweep", filters=_filters(runs), groupby=groupby
+    )
 
     def line(title_: str, metric: str, ylabel: str):
         return wr.LinePlot(title=title_, x=RL_STEP, y=[metric], title_x=RL_STEP, title_y=ylabel,
@@ -54,22 +56,44 @@ def build_report(runs: list[Run], entity: str, project: str, title: str = "") ->
              for bench, ks in pass_keys(runs).items() for k in ks]
     # W&B's run summary holds each metric's last value: the last evaluation (after RL) and the
     # last step's entropy and reward; the values before RL are the first points of the lines above
-    before_after = [wr.BarPlot(title=f"{bench} pass@k after RL (last evaluation)", metrics=[f"val/{bench}/pass@{k}" for k in ks],
-                               groupby_aggfunc="mean", groupby_rangefunc="stddev")
-                    for bench, ks in pass_keys(runs).items()]
-    before_after += [line(f"{bench} pass@{k} before (step 0) and after RL", f"val/{bench}/pass@{k}", f"pass@{k}")
-                     for bench, ks in pass_keys(runs).items() for k in ks[:1]]
-    finals = [wr.BarPlot(title="Final values (mean ± sd over seeds)", metrics=[m for _, _, m, _ in CURVES],
-                         groupby_aggfunc="mean", groupby_rangefunc="stddev")]
+    before_after = [
+        wr.BarPlot(
+            title=f"{bench} pass@k after RL (last evaluation)",
+            metrics=[f"val/{bench}/pass@{k}" for k in ks],
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+        )
+        for bench, ks in pass_keys(runs).items()
+    ]
+    before_after += [
+        line(f"{bench} pass@{k} before (step 0) and after RL", f"val/{bench}/pass@{k}", f"pass@{k}")
+        for bench, ks in pass_keys(runs).items()
+        for k in ks[:1]
+    ]
+    finals = [
+        wr.BarPlot(
+            title="Final values (mean ± sd over seeds)",
+            metrics=[m for _, _, m, _ in CURVES],
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+        )
+    ]
     grid = lambda panels: wr.PanelGrid(runsets=[runset], panels=panels)  # noqa: E731
     label = ", ".join(keys) or "none"
     blocks = [
-        wr.P(text=f"{len(runs)} runs, grouped by the run group and the config keys that differ between them: {label}. "
-                  f"x axis {RL_STEP}; lines are means over seeds with ± 1 sd bands."),
-        wr.H2(text="Entropy, reward and the entropy coefficient"), grid(curves),
-        wr.H2(text="pass@k over training"), grid(passk or [line("pass@1 over training", "val/arith/pass@1", "pass@1")]),
-        wr.H2(text="pass@k before and after RL"), grid(before_after or [line("pass@1", "val/arith/pass@1", "pass@1")]),
-        wr.H2(text="Final values"), grid(finals),
+        wr.P(
+            text=f"{len(runs)} runs, grouped by the run group and the config keys that differ "
+            f"between them: {label}. "
+            f"x axis {RL_STEP}; lines are means over seeds with ± 1 sd bands."
+        ),
+        wr.H2(text="Entropy, reward and the entropy coefficient"),
+        grid(curves),
+        wr.H2(text="pass@k over training"),
+        grid(passk or [line("pass@1 over training", "val/arith/pass@1", "pass@1")]),
+        wr.H2(text="pass@k before and after RL"),
+        grid(before_after or [line("pass@1", "val/arith/pass@1", "pass@1")]),
+        wr.H2(text="Final values"),
+        grid(finals),
     ]
     groups = sorted({r.group for r in runs if r.group})
     title = title or f"skyexp sweep report: {', '.join(groups) or f'{len(runs)} runs'}"
@@ -83,13 +107,18 @@ def offline(project_id: str = "offline-project"):
     id; here it gets `project_id` instead (save() still needs the real server)."""
     from wandb_workspaces.reports.v2 import interface
 
-    with mock.patch.object(interface, "_get_api", lambda: None), \
-            mock.patch.object(interface, "execute_graphql", lambda *a, **k: {"project": {"internalId": project_id}}):
+    with (
+        mock.patch.object(interface, "_get_api", lambda: None),
+        mock.patch.object(
+            interface, "execute_graphql", lambda *a, **k: {"project": {"internalId": project_id}}
+        ),
+    ):
         yield
 
 
 def report_spec(report: Any) -> dict[str, Any]:
-    """The JSON the report's save() uploads (display name, project, spec), as a dict, built offline."""
+    """The JSON the report's save() uploads (display name, project, spec), as a dict, built
+    offline."""
     with offline():
         model = report._to_model()
     return {"displayName": model.display_name, "description": model.description,
@@ -100,8 +129,15 @@ def report_spec(report: Any) -> dict[str, Any]:
 def normalized(spec: Any) -> Any:
     """The spec with its random panel / runset ids replaced, for comparing two builds."""
     if isinstance(spec, dict):
-        return {k: ("<id>" if k in ("id", "__id__", "ref", "panelRefs") or (k == "name" and isinstance(v, str) and _RANDOM_ID.match(v) and not v.isalpha())
-                    else normalized(v)) for k, v in spec.items()}
+        return {
+            k: (
+                "<id>"
+                if k in ("id", "__id__", "ref", "panelRefs")
+                or (k == "name" and isinstance(v, str) and _RANDOM_ID.match(v) and not v.isalpha())
+                else normalized(v)
+            )
+            for k, v in spec.items()
+        }
     if isinstance(spec, list):
         return [normalized(v) for v in spec]
     return spec
@@ -113,7 +149,9 @@ def round_trip(report: Any) -> Any:
     from wandb_workspaces.reports.v2 import internal
 
     with offline():
-        model = internal.ReportViewspec.model_validate(json.loads(report._to_model().model_dump_json(by_alias=True, exclude_none=True)))
+        model = internal.ReportViewspec.model_validate(
+            json.loads(report._to_model().model_dump_json(by_alias=True, exclude_none=True))
+        )
     return wr.Report._from_model(model)
 
 

@@ -31,7 +31,8 @@ class Scored:
 
 
 class MathVerifyReward:
-    """score(texts, golds): 1.0 when the last \\boxed{} of the text is math-verify-equivalent to the gold."""
+    """score(texts, golds): 1.0 when the last \\boxed{} of the text is math-verify-equivalent to the
+    gold."""
 
     def __init__(self, cfg: RewardConfig):
         from skyexp.rewards.pool import ScoringPool
@@ -66,5 +67,6 @@ class MathVerifyReward:
 
 
 def build_reward(cfg: RewardConfig) -> MathVerifyReward:
-    """The correctness scorer. Every reward preset verifies with math-verify; presets differ in terms."""
+    """The correctness scorer. Every reward preset verifies with math-verify; presets differ in
+    terms."""
     return MathVerifyReward(cfg)

@@ -52,7 +52,8 @@ def _init_worker(memory_mb: int) -> None:
 
 
 def _serve(conn, target, memory_mb: int) -> None:
-    """A worker's loop: (pred, gold, soft_timeout) in, (score, status) out, until the pipe closes."""
+    """A worker's loop: (pred, gold, soft_timeout) in, (score, status) out, until the pipe
+    closes."""
     _init_worker(memory_mb)
     conn.send("ready")
     while True:
@@ -125,7 +126,8 @@ class ScoringPool:
 
     def __init__(self, workers: int, timeout_s: float, memory_mb: int = 2048, target=verify_one):
         self.timeout_s, self.memory_mb, self.target = timeout_s, memory_mb, target
-        self.soft_timeout = max(1, int(timeout_s // 3))  # parse + parse + verify fit in the hard limit
+        # parse + parse + verify fit in the hard limit
+        self.soft_timeout = max(1, int(timeout_s // 3))
         self.restarts = 0
         self._ctx = mp.get_context("spawn")
         self._workers = [_Worker(self._ctx, target, memory_mb) for _ in range(workers)]
@@ -139,7 +141,8 @@ class ScoringPool:
         """[(pred, gold)] -> [(score, status)], status in ok | timeout | error. Each item has
         timeout_s (plus a second for the round trip) from when a worker takes it."""
         results: list[tuple[float, str] | None] = [None] * len(items)
-        killed = 0  # items past the hard deadline (their worker killed); other timeouts are math-verify's own
+        # items past the hard deadline (their worker killed); other timeouts are math-verify's own
+        killed = 0
         todo = list(range(len(items)))[::-1]
         startup = time.monotonic() + self.STARTUP_S
         while any(r is None for r in results):
@@ -152,7 +155,9 @@ class ScoringPool:
                         continue
                     w.item, w.deadline = todo.pop(), time.monotonic() + self.timeout_s + 1.0
             waits = [w.deadline for w in self._workers if w.item is not None] + [startup]
-            ready = wait([w.conn for w in self._workers], timeout=max(0.0, min(waits) - time.monotonic()))
+            ready = wait(
+                [w.conn for w in self._workers], timeout=max(0.0, min(waits) - time.monotonic())
+            )
             for i, w in enumerate(self._workers):
                 if w.conn in ready:
                     try:
@@ -166,16 +171,28 @@ class ScoringPool:
                         w.ready = True
                     else:
                         results[w.item], w.item = msg, None
-                elif w.item is not None and time.monotonic() > w.deadline:  # hung, maybe in C: kill it
+                # hung, maybe in C: kill it
+                elif w.item is not None and time.monotonic() > w.deadline:
                     results[w.item], killed = (0.0, "timeout"), killed + 1
                     self._replace(i)
             if time.monotonic() > startup and not any(w.ready for w in self._workers):
-                raise RuntimeError(f"scoring workers did not start in {self.STARTUP_S:.0f}s (is math-verify installed?)")
+                raise RuntimeError(
+                    f"scoring workers did not start in {self.STARTUP_S:.0f}s (is math-verify "
+                    "installed?)"
+                )
         timeouts = sum(r[1] == "timeout" for r in results)  # type: ignore[index]
         if timeouts:
-            log.warning("scoring: %d of %d items timed out: %d at math-verify's %ds parse/compare limit, %d killed at "
-                        "the %.1fs hard limit (reward.timeout_s)", timeouts, len(items), timeouts - killed,
-                        self.soft_timeout, killed, self.timeout_s)
+            log.warning(
+                "scoring: %d of %d items timed out: %d at math-verify's %ds parse/compare limit, "
+                "%d killed at "
+                "the %.1fs hard limit (reward.timeout_s)",
+                timeouts,
+                len(items),
+                timeouts - killed,
+                self.soft_timeout,
+                killed,
+                self.timeout_s,
+            )
         return results  # type: ignore[return-value]
 
     def close(self) -> None:

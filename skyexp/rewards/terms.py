@@ -47,14 +47,19 @@ def follows_template(text: str, think: bool) -> bool:
     Plain substring counts and one brace scan: linear in the text, no regex backtracking."""
     stripped = text.lstrip()
     if think:
-        if not stripped.startswith(THINK_OPEN) or stripped.count(THINK_OPEN) != 1 or stripped.count(THINK_CLOSE) != 1:
+        if (
+            not stripped.startswith(THINK_OPEN)
+            or stripped.count(THINK_OPEN) != 1
+            or stripped.count(THINK_CLOSE) != 1
+        ):
             return False
         stripped = stripped[stripped.index(THINK_CLOSE) + len(THINK_CLOSE):]
     return last_boxed(stripped) is not None
 
 
 def format_term(x: ScoreInput, c: RewardConfig) -> torch.Tensor:
-    """1 when the response follows the template (`reward.format_think` asks for the think block), else 0."""
+    """1 when the response follows the template (`reward.format_think` asks for the think block),
+    else 0."""
     return torch.tensor([float(follows_template(t, c.format_think)) for t in x.texts])
 
 

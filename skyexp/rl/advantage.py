@@ -23,12 +23,17 @@ from skyexp.distributed import all_gather_objects, all_reduce_sum
 class Advantages:
     """What the advantages were computed from, for the update and the metrics."""
 
-    advantages: torch.Tensor  # [G*n] one per sequence, or [G*n, R] one per token; 0 on rows that do not train
-    rewards: torch.Tensor  # [G, n] the rewards used: r - beta * sum_t KL_t (r without a reward penalty)
-    seq_kl: torch.Tensor | None  # [G, n] sum_t KL_t of the sampler to the reference; None without a reference
+    # [G*n] one per sequence, or [G*n, R] one per token; 0 on rows that do not train
+    advantages: torch.Tensor
+    # [G, n] the rewards used: r - beta * sum_t KL_t (r without a reward penalty)
+    rewards: torch.Tensor
+    # [G, n] sum_t KL_t of the sampler to the reference; None without a reference
+    seq_kl: torch.Tensor | None
 
 
-def kl_tokens(alg: Algorithm, logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+def kl_tokens(
+    alg: Algorithm, logp: torch.Tensor, ref_logp: torch.Tensor | None, mask: torch.Tensor
+) -> torch.Tensor:
     """Per-token KL of the sampler to the reference, KL_t on response tokens [G*n, R] (0 elsewhere,
     and everywhere when no reference is loaded)."""
     if ref_logp is None:
@@ -36,8 +41,15 @@ def kl_tokens(alg: Algorithm, logp: torch.Tensor, ref_logp: torch.Tensor | None,
     return alg.kl(logp, ref_logp) * mask
 
 
-def step_advantages(alg: Algorithm, rewards: torch.Tensor, train: torch.Tensor, logp: torch.Tensor,
-                    ref_logp: torch.Tensor | None, mask: torch.Tensor, device: torch.device) -> Advantages:
+def step_advantages(
+    alg: Algorithm,
+    rewards: torch.Tensor,
+    train: torch.Tensor,
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor | None,
+    mask: torch.Tensor,
+    device: torch.device,
+) -> Advantages:
     """The step's advantages for this rank's rows, with the KL penalty (if in the reward)
     subtracted from the scalar reward, or charged per token by an estimator's token-level form
     (alg.token_returns). rewards [G, n], train [G], logp / ref_logp / mask [G*n, R]; logp and
@@ -53,13 +65,20 @@ def step_advantages(alg: Algorithm, rewards: torch.Tensor, train: torch.Tensor, 
     return Advantages(adv, used, seq_kl if ref_logp is not None else None)
 
 
-def token_advantages(alg: Algorithm, rewards: torch.Tensor, token_kl: torch.Tensor, mask: torch.Tensor,
-                     train: torch.Tensor, device: torch.device) -> torch.Tensor:
+def token_advantages(
+    alg: Algorithm,
+    rewards: torch.Tensor,
+    token_kl: torch.Tensor,
+    mask: torch.Tensor,
+    train: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
     """alg.token_returns on this rank's training groups, whitened with the mean and std over the
     response tokens of the training groups of every rank; [G*n, R], 0 on rows of groups that do
     not train. Groups never straddle ranks, so only the statistics are reduced."""
     rows = train.repeat_interleave(rewards.shape[1])  # [G*n]
-    g = alg.token_returns(rewards[train], token_kl[rows], mask[rows], alg.kl_reward_coef).double()  # [rows, R]
+    # [rows, R]
+    g = alg.token_returns(rewards[train], token_kl[rows], mask[rows], alg.kl_reward_coef).double()
     m = mask[rows].double()
     total, count = all_reduce_sum([float((g * m).sum()), float(m.sum())], device).tolist()
     mean = total / max(count, 1.0)
@@ -69,7 +88,9 @@ def token_advantages(alg: Algorithm, rewards: torch.Tensor, token_kl: torch.Tens
     return adv
 
 
-def group_advantages(alg: Algorithm, rewards: torch.Tensor, train: torch.Tensor, device: torch.device) -> torch.Tensor:
+def group_advantages(
+    alg: Algorithm, rewards: torch.Tensor, train: torch.Tensor, device: torch.device
+) -> torch.Tensor:
     """alg.advantage over the groups that train on every rank (gathered, so batch-level
     statistics are global), returned for this rank's rows [G*n]; 0 for groups that do not train."""
     mine = rewards[train]

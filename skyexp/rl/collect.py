@@ -30,7 +30,8 @@ from skyexp.rl.state import Run, Timer
 
 @dataclass(frozen=True)
 class StepBatch:
-    """Everything one RL step generated on this rank. G groups of n samples, rows grouped by group."""
+    """Everything one RL step generated on this rank. G groups of n samples, rows grouped by
+    group."""
 
     rollout: Rollout  # [G*n, ...] every generated sample
     ids: list[str]  # [G] the problem id of each group
@@ -68,50 +69,83 @@ class _Round(NamedTuple):
     texts: list[str]
 
 
-def _round(run: Run, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer,
-           index: int = 0) -> _Round:
+def _round(
+    run: Run,
+    stage: StagePlan,
+    temperature: float,
+    problems: list[Problem],
+    timer: Timer,
+    index: int = 0,
+) -> _Round:
     """Generate n samples for each problem, score them, apply the group filter. `index`: the
-    generation round within the step (dynamic sampling), which with the rank keys the draws of
-    the random reward term (skyexp.rewards.terms.random_term)."""
+    generation round within the step (dynamic sampling), which with the data-parallel rank keys
+    the draws of the random reward term (skyexp.rewards.terms.random_term)."""
     cfg = run.cfg
     prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
     with timer("gen"):
-        rollout = run.engine.generate(prompts.prompt_ids, stage.n, stage.max_response_len, temperature, cfg.rollout.top_p)
+        rollout = run.engine.generate(
+            prompts.prompt_ids, stage.n, stage.max_response_len, temperature, cfg.rollout.top_p
+        )
     with timer("reward"):
         texts = run.tokenizer.batch_decode(rollout.responses, skip_special_tokens=True)
         scored = run.reward.score(texts, [x for x in prompts.answers for _ in range(stage.n)])
         correct = torch.tensor(scored.scores, dtype=torch.float32)
-        total, terms = combine(ScoreInput(texts, correct, rollout.response_lengths, rollout.truncated,
-                                          stage.max_response_len, seed=cfg.trainer.seed, step=run.counters.rl_step,
-                                          stream=run.d.rank * 4096 + index), stage.reward)
+        total, terms = combine(
+            ScoreInput(
+                texts,
+                correct,
+                rollout.response_lengths,
+                rollout.truncated,
+                stage.max_response_len,
+                seed=cfg.trainer.seed,
+                step=run.counters.rl_step,
+                stream=run.d.dp_rank * 4096 + index,
+            ),
+            stage.reward,
+        )
     rewards, correct = total.view(-1, stage.n), correct.view(-1, stage.n)
     keep = run.algorithm.group_filter(rewards, correct)  # algo.filter_groups
-    return _Round(rollout, rewards, correct, {k: v.view(-1, stage.n) for k, v in terms.items()}, scored, keep,
-                  prompts.ids, prompts.prompts, prompts.answers, texts)
+    return _Round(
+        rollout,
+        rewards,
+        correct,
+        {k: v.view(-1, stage.n) for k, v in terms.items()},
+        scored,
+        keep,
+        prompts.ids,
+        prompts.prompts,
+        prompts.answers,
+        texts,
+    )
 
 
 def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
     """Generate and score prompt batches (several under dynamic sampling), filter groups."""
     a = run.cfg.algo
-    quota = stage.batch_size // run.d.world_size  # this rank's share of the groups that train
+    quota = stage.batch_size // run.d.dp_size  # this rank's share of the groups that train
     rounds: list[_Round] = []
     have, drawn = 0, 0
     while True:
         drawn += 1
         # every rank draws every round, so the samplers stay in step; a rank whose share is full
         # skips its prompts instead of generating
-        problems = run.live.sampler.next((a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size)
+        problems = run.live.sampler.next(
+            (a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size
+        )
         if have < quota or not a.dynamic_sampling:
             rounds.append(_round(run, stage, temperature, problems, timer, drawn - 1))
             have += int(rounds[-1].keep.sum())
         if not a.dynamic_sampling or drawn >= a.max_gen_batches:
             break
-        if all_reduce_sum([float(have < quota)], run.d.device)[0] == 0:  # every rank holds its share
+        # every rank holds its share
+        if all_reduce_sum([float(have < quota)], run.d.device)[0] == 0:
             break
     return _assemble(rounds, quota, a.dynamic_sampling, drawn, run.tokenizer.pad_token_id)
 
 
-def _assemble(rounds: list[_Round], quota: int, dynamic: bool, drawn: int, pad_id: int) -> StepBatch:
+def _assemble(
+    rounds: list[_Round], quota: int, dynamic: bool, drawn: int, pad_id: int
+) -> StepBatch:
     kept = torch.cat([r.keep for r in rounds])
     return StepBatch(
         rollout=concat_rollouts([r.rollout for r in rounds], pad_id),

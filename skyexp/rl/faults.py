@@ -33,13 +33,22 @@ def stopped(reason: str, run: Run, path: Path) -> Stopped:
     """The exception that ends a run stopped early, with what to do next."""
     again = f"resume with trainer.resume=auto hydra.run.dir={run.run_dir}"
     if reason == "sigterm":
-        return Stopped(f"SIGTERM: stopped after RL step {run.counters.rl_step - 1} (train/rl_step; {run.counters.rl_step} steps "
-                       f"done) with a checkpoint in {path}; {again}", SIGTERM_EXIT)
-    return Stopped(f"stopped after RL step {run.counters.rl_step - 1} (train/rl_step): {run.counters.bad_streak} steps in a row "
-                   "had a non-finite loss or gradient "
-                   f"(trainer.max_bad_steps={run.cfg.trainer.max_bad_steps}; their updates were skipped). The last good "
-                   f"state is saved in {path}; fix the cause (a lower trainer.lr, a tighter trainer.grad_clip), then {again}",
-                   NONFINITE_EXIT)
+        return Stopped(
+            f"SIGTERM: stopped after RL step {run.counters.rl_step - 1} (train/rl_step; "
+            f"{run.counters.rl_step} steps "
+            f"done) with a checkpoint in {path}; {again}",
+            SIGTERM_EXIT,
+        )
+    return Stopped(
+        f"stopped after RL step {run.counters.rl_step - 1} (train/rl_step): "
+        f"{run.counters.bad_streak} steps in a row "
+        "had a non-finite loss or gradient "
+        f"(trainer.max_bad_steps={run.cfg.trainer.max_bad_steps}; their updates were skipped). "
+        "The last good "
+        f"state is saved in {path}; fix the cause (a lower trainer.lr, a tighter "
+        f"trainer.grad_clip), then {again}",
+        NONFINITE_EXIT,
+    )
 
 
 def count_faults(run: Run, result: StepResult) -> None:
@@ -48,8 +57,11 @@ def count_faults(run: Run, result: StepResult) -> None:
     run.counters.skipped_steps += int(bad)
     run.counters.bad_streak = run.counters.bad_streak + 1 if bad else 0
     if bad:
-        log.warning("RL step %s: non-finite loss or gradient, update skipped (%d in a row)", result.record.rl_step,
-                    run.counters.bad_streak)
+        log.warning(
+            "RL step %s: non-finite loss or gradient, update skipped (%d in a row)",
+            result.record.rl_step,
+            run.counters.bad_streak,
+        )
 
 
 def stop_reason(run: Run, sigterm: SigtermFlag) -> str | None:
@@ -73,7 +85,8 @@ class SigtermFlag:
         log.warning("SIGTERM received: stopping after this step with a checkpoint")
 
     def __enter__(self) -> SigtermFlag:
-        if threading.current_thread() is threading.main_thread():  # Python delivers signals there only
+        # Python delivers signals there only
+        if threading.current_thread() is threading.main_thread():
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         else:
             log.warning("training outside the main thread: SIGTERM will not checkpoint the run")

@@ -22,10 +22,14 @@ log = logging.getLogger("skyexp")
 
 
 def run_rl(run: Run, sigterm: faults.SigtermFlag) -> str | None:
-    """Train through the stages from the run's position; returns why it stopped early (None: it finished)."""
+    """Train through the stages from the run's position; returns why it stopped early (None: it
+    finished)."""
     run.policy.train()
-    with warnings.catch_warnings():  # the LR schedule counts RL steps, also ones whose update was skipped
-        warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler.step\(\)` before")
+    # the LR schedule counts RL steps, also ones whose update was skipped
+    with warnings.catch_warnings():
+        warnings.filterwarnings(
+            "ignore", message=r"Detected call of `lr_scheduler.step\(\)` before"
+        )
         for stage in run.plan.stages[run.counters.stage:]:
             stop = _run_stage(run, stage, sigterm)
             if stop:
@@ -37,13 +41,20 @@ def _run_stage(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str |
     cfg = run.cfg
     if run.counters.step_in_stage == 0:
         boundaries.enter_stage(run, stage)
-    bars = run.d.is_main and use_bars(cfg.logger.progress)  # off a terminal: one line per step instead
-    bar = tqdm(range(run.counters.step_in_stage, stage.steps), desc=f"rl stage {stage.index}", disable=not bars, dynamic_ncols=True)
+    # off a terminal: one line per step instead
+    bars = run.d.is_main and use_bars(cfg.logger.progress)
+    bar = tqdm(
+        range(run.counters.step_in_stage, stage.steps),
+        desc=f"rl stage {stage.index}",
+        disable=not bars,
+        dynamic_ncols=True,
+    )
     for _ in bar:
         result = rl_step(run, stage)
         faults.count_faults(run, result)
-        run.live.idle_streak, idle = check_idle(run.live.idle_streak, result.metrics, cfg.trainer.max_idle_steps,
-                                                cfg.trainer.stop_idle)
+        run.live.idle_streak, idle = check_idle(
+            run.live.idle_streak, result.metrics, cfg.trainer.max_idle_steps, cfg.trainer.stop_idle
+        )
         if idle:
             raise faults.Stopped(idle, IDLE_EXIT)
         metrics = {**result.metrics, "actor/lr": run.sched.get_last_lr()[0],
@@ -54,8 +65,10 @@ def _run_stage(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str |
             log.info(step_line(metrics, run.plan.total_steps))
         run.counters.history.append(result.record)
         run.counters.rl_step += 1
-        boundaries.reset_reference(run)  # ProRL: before the checkpoint of this step, which then holds it
-        if eval_due(cfg.eval.every, run.counters.rl_step, run.plan.total_steps, cfg.eval.after):  # before a checkpoint: it uses the RNG
+        # ProRL: before the checkpoint of this step, which then holds it
+        boundaries.reset_reference(run)
+        # before a checkpoint: it uses the RNG
+        if eval_due(cfg.eval.every, run.counters.rl_step, run.plan.total_steps, cfg.eval.after):
             evaluate(run, f"step{run.counters.rl_step}")
         stop = _advance(run, stage, sigterm)
         if stop:
@@ -78,21 +91,45 @@ def _advance(run: Run, stage: StagePlan, sigterm: faults.SigtermFlag) -> str | N
 
 
 def _postfix(r: StepResult) -> dict[str, str]:
-    return {"reward": f"{r.record.reward:.3f}", "pass@1": f"{r.batch_pass1:.3f}", "entropy": f"{r.record.entropy:.3f}",
-            "s/step": f"{r.seconds:.2f}"}
+    return {
+        "reward": f"{r.record.reward:.3f}",
+        "pass@1": f"{r.batch_pass1:.3f}",
+        "entropy": f"{r.record.entropy:.3f}",
+        "s/step": f"{r.seconds:.2f}",
+    }
 
 
 def evaluate(run: Run, label: str) -> EvalResult:
     """Held-out pass@k / maj@k of the current policy through the rollout engine; logged, and on
     rank 0 the samples are written to eval/<benchmark>_<label>.jsonl."""
     cfg = run.cfg
-    res = run_eval(run.engine, run.reward, run.tokenizer, run.eval_problems, cfg.eval, eval_template(cfg.eval),
-                   cfg.model.chat_template, (run.d.rank, run.d.world_size))
+    res = run_eval(
+        run.engine,
+        run.reward,
+        run.tokenizer,
+        run.eval_problems,
+        cfg.eval,
+        eval_template(cfg.eval),
+        cfg.model.chat_template,
+        (run.d.rank, run.d.world_size),
+    )
     curve = LinePlot(list(res.pass_at), list(res.pass_at.values()), "k", "pass@k",
                      f"pass@k on {cfg.eval.name} ({label}, RL step {run.counters.rl_step})")
-    run.log({**res.metrics(), "val/timeouts": res.timeouts, "val/errors": res.errors, "train/rl_step": run.counters.rl_step,
-             f"val/{cfg.eval.name}/pass@k_curve/{label}": curve})
+    run.log(
+        {
+            **res.metrics(),
+            "val/timeouts": res.timeouts,
+            "val/errors": res.errors,
+            "train/rl_step": run.counters.rl_step,
+            f"val/{cfg.eval.name}/pass@k_curve/{label}": curve,
+        }
+    )
     if run.d.is_main:
         write_records(res.records, run.run_dir / "eval" / f"{cfg.eval.name}_{label}.jsonl")
-        log.info("eval %s (%s): %s", cfg.eval.name, label, "  ".join(f"pass@{k}={v:.3f}" for k, v in res.pass_at.items()))
+        log.info(
+            "eval %s (%s): %s",
+            cfg.eval.name,
+            label,
+            "  ".join(f"pass@{k}={v:.3f}" for k, v in res.pass_at.items()),
+        )
     return res

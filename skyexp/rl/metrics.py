@@ -19,7 +19,8 @@ from skyexp.rl.collect import StepBatch
 from skyexp.rl.update import global_token_mean
 from skyexp.tracking import Table
 
-RESPONSE_TOKEN_SECTIONS = ("gen", "reward")  # timing_per_token_ms over response tokens; the rest over all tokens
+# timing_per_token_ms over response tokens; the rest over all tokens
+RESPONSE_TOKEN_SECTIONS = ("gen", "reward")
 PER_TOKEN_SECTIONS = (*RESPONSE_TOKEN_SECTIONS, "old_logp", "ref", "update")
 
 
@@ -27,7 +28,11 @@ def _extremes(named: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     """{name/max, name/min} of each local tensor over all ranks, in one collective (an empty tensor
     contributes nothing; with nothing anywhere the max is -inf, the min +inf)."""
     inf = float("inf")
-    local = [v for x in named.values() for v in ((float(x.max()), -float(x.min())) if x.numel() else (-inf, -inf))]
+    local = [
+        v
+        for x in named.values()
+        for v in ((float(x.max()), -float(x.min())) if x.numel() else (-inf, -inf))
+    ]
     g = all_reduce_max_list(local, device)
     out = {}
     for i, name in enumerate(named):
@@ -35,7 +40,9 @@ def _extremes(named: dict[str, torch.Tensor], device: torch.device) -> dict[str,
     return out
 
 
-def _per_token_ms(timings: dict[str, float], response_tokens: float, all_tokens: float) -> dict[str, float]:
+def _per_token_ms(
+    timings: dict[str, float], response_tokens: float, all_tokens: float
+) -> dict[str, float]:
     """verl's timing_per_token_ms/<section>: generation and scoring per response token, the passes
     over whole sequences (old log-probs, reference, update) per prompt + response token."""
     out = {}
@@ -52,7 +59,8 @@ class Trained:
 
     advantages: torch.Tensor  # [G*n] (0 on rows that do not train), or [G*n, R] per token
     weights: torch.Tensor  # [G*n] 1 on rows that train
-    rewards: torch.Tensor | None = None  # [G, n] the rewards the advantages used (after a KL penalty); None: the batch's
+    # [G, n] the rewards the advantages used (after a KL penalty); None: the batch's
+    rewards: torch.Tensor | None = None
 
 
 def _local_sums(batch: StepBatch, t: Trained) -> tuple[dict[str, float], dict[str, torch.Tensor]]:
@@ -63,19 +71,37 @@ def _local_sums(batch: StepBatch, t: Trained) -> tuple[dict[str, float], dict[st
     rewards = batch.rewards if t.rewards is None else t.rewards
     solved, n, tr = batch.correct.sum(-1), batch.correct.shape[1], t.weights > 0  # [G], n, [G*n]
     # per-token advantages [G*n, R] are summarised over the trained rows' response tokens
-    adv = t.advantages[tr] if t.advantages.dim() == 1 else t.advantages[tr][ro.response_mask[tr] > 0]
+    adv = (
+        t.advantages[tr] if t.advantages.dim() == 1 else t.advantages[tr][ro.response_mask[tr] > 0]
+    )
     sums = {
-        "score": batch.rewards.sum().item(), "samples": batch.rewards.numel(), "rewards": rewards.sum().item(),
-        "response_tokens": lengths.sum().item(), "prompt_tokens": prompt_lengths.sum().item(),
-        "truncated": ro.truncated.float().sum().item(), "solve_none": (solved == 0).sum().item(),
-        "solve_all": (solved == n).sum().item(), "groups": batch.correct.shape[0], "kept": batch.kept.sum().item(),
-        "train_groups": batch.train.sum().item(), "timeouts": batch.statuses.count("timeout"),
-        "errors": batch.statuses.count("error"), "no_answer": sum(x is None for x in batch.extracted),
-        "correct": batch.correct.sum().item(), "adv": adv.sum().item(), "adv_sq": adv.pow(2).sum().item(),
-        "adv_n": adv.numel(), **{f"term/{k}": batch.terms[k].sum().item() for k in sorted(batch.terms)},
+        "score": batch.rewards.sum().item(),
+        "samples": batch.rewards.numel(),
+        "rewards": rewards.sum().item(),
+        "response_tokens": lengths.sum().item(),
+        "prompt_tokens": prompt_lengths.sum().item(),
+        "truncated": ro.truncated.float().sum().item(),
+        "solve_none": (solved == 0).sum().item(),
+        "solve_all": (solved == n).sum().item(),
+        "groups": batch.correct.shape[0],
+        "kept": batch.kept.sum().item(),
+        "train_groups": batch.train.sum().item(),
+        "timeouts": batch.statuses.count("timeout"),
+        "errors": batch.statuses.count("error"),
+        "no_answer": sum(x is None for x in batch.extracted),
+        "correct": batch.correct.sum().item(),
+        "adv": adv.sum().item(),
+        "adv_sq": adv.pow(2).sum().item(),
+        "adv_n": adv.numel(),
+        **{f"term/{k}": batch.terms[k].sum().item() for k in sorted(batch.terms)},
     }
-    extremes = {"critic/score": batch.rewards.flatten(), "critic/rewards": rewards.flatten(), "critic/advantages": adv,
-                "response_length": lengths, "prompt_length": prompt_lengths}
+    extremes = {
+        "critic/score": batch.rewards.flatten(),
+        "critic/rewards": rewards.flatten(),
+        "critic/advantages": adv,
+        "response_length": lengths,
+        "prompt_length": prompt_lengths,
+    }
     return sums, extremes
 
 
@@ -87,8 +113,15 @@ class Generated:
     pass1: float  # share of correct samples (batch/pass@1)
 
 
-def step_metrics(batch: StepBatch, trained: Trained, stats: UpdateStats, timings: dict[str, float],
-                 position: tuple[int, int], device: torch.device, extra: dict[str, float] | None = None) -> dict[str, Any]:
+def step_metrics(
+    batch: StepBatch,
+    trained: Trained,
+    stats: UpdateStats,
+    timings: dict[str, float],
+    position: tuple[int, int],
+    device: torch.device,
+    extra: dict[str, float] | None = None,
+) -> dict[str, Any]:
     """The step's metrics, all ranks (summarise's, without the typed part)."""
     return summarise(batch, trained, stats, timings, position, device, extra)[0]
 
@@ -126,8 +159,10 @@ def summarise(batch: StepBatch, trained: Trained, stats: UpdateStats, timings: d
         "reward/no_answer": g["no_answer"] / samples,
         **{f"reward/{k[5:]}/mean": v / samples for k, v in g.items() if k.startswith("term/")},
         **_actor_metrics(stats),
-        "perf/throughput": (g["response_tokens"] / step_time) if step_time else 0.0,  # response tokens / s, all ranks
-        "perf/total_num_tokens": g["response_tokens"] + g["prompt_tokens"],  # prompt + response tokens, all ranks (verl's)
+        # response tokens / s, all ranks
+        "perf/throughput": (g["response_tokens"] / step_time) if step_time else 0.0,
+        # prompt + response tokens, all ranks (verl's)
+        "perf/total_num_tokens": g["response_tokens"] + g["prompt_tokens"],
         **_per_token_ms(timings, g["response_tokens"], g["response_tokens"] + g["prompt_tokens"]),
         **timings,
         **(extra or {}),
@@ -157,7 +192,17 @@ def _actor_metrics(stats: UpdateStats) -> dict[str, float]:
     return out
 
 
-SAMPLE_COLUMNS = ["rl_step", "prompt", "completion", "answer", "extracted", "reward", "correct", "length", "truncated"]
+SAMPLE_COLUMNS = [
+    "rl_step",
+    "prompt",
+    "completion",
+    "answer",
+    "extracted",
+    "reward",
+    "correct",
+    "length",
+    "truncated",
+]
 
 
 def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
@@ -170,8 +215,19 @@ def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
     out = []
     for r in order:
         g, j = divmod(r, n)
-        out.append([rl_step, batch.prompts[g], batch.texts[r], batch.answers[g], batch.extracted[r],
-                    float(batch.rewards[g, j]), bool(batch.correct[g, j] > 0), int(lengths[r]), bool(batch.rollout.truncated[r])])
+        out.append(
+            [
+                rl_step,
+                batch.prompts[g],
+                batch.texts[r],
+                batch.answers[g],
+                batch.extracted[r],
+                float(batch.rewards[g, j]),
+                bool(batch.correct[g, j] > 0),
+                int(lengths[r]),
+                bool(batch.rollout.truncated[r]),
+            ]
+        )
     return Table(SAMPLE_COLUMNS, out)
 
 
@@ -191,12 +247,21 @@ def mismatch_metrics(
     if recomputed:
         diff = (old_logp - sampler_logp).abs()
         gap = diff * trained
-        out = {"rollout/logprob_diff": global_token_mean(diff, trained, device),
-               "rollout/logprob_diff_max": all_reduce_max(float(gap.max()) if gap.numel() else 0.0, device)}
+        out = {
+            "rollout/logprob_diff": global_token_mean(diff, trained, device),
+            "rollout/logprob_diff_max": all_reduce_max(
+                float(gap.max()) if gap.numel() else 0.0, device
+            ),
+        }
     else:
-        out = {"rollout/logprob_diff": stats.sampler_logprob_diff, "rollout/logprob_diff_max": stats.sampler_logprob_diff_max}
+        out = {
+            "rollout/logprob_diff": stats.sampler_logprob_diff,
+            "rollout/logprob_diff_max": stats.sampler_logprob_diff_max,
+        }
     if is_w is not None:
-        w_sum, at_cap, tokens = all_reduce_sum(list(is_weight_stats(is_w, trained, cap)), device).tolist()
+        w_sum, at_cap, tokens = all_reduce_sum(
+            list(is_weight_stats(is_w, trained, cap)), device
+        ).tolist()
         out["rollout/is_weight_mean"] = w_sum / max(tokens, 1.0)
         out["rollout/is_truncated_frac"] = at_cap / max(tokens, 1.0)
     return out

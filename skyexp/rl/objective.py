@@ -4,7 +4,8 @@
 
 L_rule is the policy loss: with `algo.policy_loss=ppo` the token rule's (the PPO clipped surrogate
 of skyexp.algos.losses unless `entropy.token_rule` replaces it), otherwise GSPO's sequence-ratio
-loss or CISPO's clipped-weight loss (skyexp.algos.seq_losses, which also see the mask), w_IS the truncated importance weights of `algo.rollout_is`
+loss or CISPO's clipped-weight loss (skyexp.algos.seq_losses, which also see the mask), w_IS the
+truncated importance weights of `algo.rollout_is`
 (1 without), H the current policy's token entropy (only when the bonus is on), KL the estimator
 `algo.kl_estimator` against the frozen reference (only with `algo.kl_mode=loss`). Every term is
 aggregated alike (`algo.loss_agg`) with the mini-batch's global normalisers, so the loss summed
@@ -27,15 +28,27 @@ from skyexp.algos.losses import Normalisers
 from skyexp.config.algorithm import Algorithm, PolicyLoss, Select
 
 # The detached per-token sums objective() returns, in a fixed order (the driver accumulates them).
-STAT_NAMES = ("pg", "clipped_low", "clipped_high", "dual_clipped", "rule_selected", "approx_kl", "kl_ref", "tokens")
+STAT_NAMES = (
+    "pg",
+    "clipped_low",
+    "clipped_high",
+    "dual_clipped",
+    "rule_selected",
+    "approx_kl",
+    "kl_ref",
+    "tokens",
+)
 
 
 @dataclass(frozen=True)
 class LossSpec:
-    """The objective's pieces for one step: the run's bound algorithm and this step's coefficients."""
+    """The objective's pieces for one step: the run's bound algorithm and this step's
+    coefficients."""
 
-    policy_loss: PolicyLoss  # (logp, old_logp, adv, selected, mask) -> (per-token loss, per-token stats)
-    select: Select | None  # the token rule's selection (adv, old_logp, entropy, mask) -> bool [N, T]
+    # (logp, old_logp, adv, selected, mask) -> (per-token loss, per-token stats)
+    policy_loss: PolicyLoss
+    # the token rule's selection (adv, old_logp, entropy, mask) -> bool [N, T]
+    select: Select | None
     grads_zero_advantage: bool  # selected tokens get a gradient even where A = 0
     aggregate: Callable[[torch.Tensor, torch.Tensor, Normalisers], torch.Tensor]
     kl: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # estimator (logp, ref_logp) -> [N, T]
@@ -52,7 +65,15 @@ class LossSpec:
         """The step's spec: the run's policy loss, token rule, aggregation and KL estimator, the
         controller's bonus in force this step and the KL loss weight."""
         a = algorithm
-        return LossSpec(a.policy_loss, a.select, a.grads_zero_advantage, a.aggregate, a.kl, entropy_coef, a.kl_loss_coef)
+        return LossSpec(
+            a.policy_loss,
+            a.select,
+            a.grads_zero_advantage,
+            a.aggregate,
+            a.kl,
+            entropy_coef,
+            a.kl_loss_coef,
+        )
 
 
 @dataclass(frozen=True)
@@ -63,13 +84,17 @@ class TokenInputs:
     old_logp: torch.Tensor  # the sampling policy's
     advantages: torch.Tensor  # per token (a sequence advantage broadcast over its tokens)
     mask: torch.Tensor  # 1 on tokens that train
-    entropy: torch.Tensor | None = None  # current policy's token entropies (with gradient); spec.needs_entropy
-    ref_logp: torch.Tensor | None = None  # frozen reference's log-probs; needed when spec.kl_coef > 0
+    # current policy's token entropies (with gradient); spec.needs_entropy
+    entropy: torch.Tensor | None = None
+    # frozen reference's log-probs; needed when spec.kl_coef > 0
+    ref_logp: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # truncated importance weights (algo.rollout_is)
     selected: torch.Tensor | None = None  # bool, the token rule's selection
 
 
-def objective(x: TokenInputs, norm: Normalisers, spec: LossSpec) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def objective(
+    x: TokenInputs, norm: Normalisers, spec: LossSpec
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The micro-batch's share of the mini-batch loss (a scalar with gradient) and detached sums
     over its tokens (STAT_NAMES: summed policy loss, clip counts, tokens the rule selected, k1
     KL(old || new) as verl's ppo_kl, KL to the reference, tokens). Dividing a sum by the
@@ -86,14 +111,25 @@ def objective(x: TokenInputs, norm: Normalisers, spec: LossSpec) -> tuple[torch.
     m = x.mask
     with torch.no_grad():
         sel = x.selected if x.selected is not None else torch.zeros_like(m)
-        parts = (pg * m, st["clipped_low"] * m, st["clipped_high"] * m, st["dual_clipped"] * m, sel * m,
-                 st["approx_kl"] * m, kl * m, m)
+        parts = (
+            pg * m,
+            st["clipped_low"] * m,
+            st["clipped_high"] * m,
+            st["dual_clipped"] * m,
+            sel * m,
+            st["approx_kl"] * m,
+            kl * m,
+            m,
+        )
         sums = {name: p.sum().double() for name, p in zip(STAT_NAMES, parts)}
-        sums.update({k: (v * m).sum().double() for k, v in st.items() if k.startswith("loss/")})  # seq_losses
+        # seq_losses
+        sums.update({k: (v * m).sum().double() for k, v in st.items() if k.startswith("loss/")})
     return loss, sums
 
 
-def reduce_named(total: dict[str, torch.Tensor] | None, part: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def reduce_named(
+    total: dict[str, torch.Tensor] | None, part: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
     """Key-by-key sum of two dicts of scalar tensors (total None: a copy of part)."""
     if total is None:
         return dict(part)

@@ -36,18 +36,23 @@ STATE_VERSION = 3  # 3: the loop's counters under "counters", as asdict(Counters
 
 @dataclass(frozen=True)
 class SavedEval:
-    """pass@k of an evaluation that ran before the resume (all that summary and plots need of it)."""
+    """pass@k of an evaluation that ran before the resume (all that summary and plots need of
+    it)."""
 
     pass_at: dict[int, float]
 
 
 def rng_state(engine: Engine) -> dict[str, Any]:
     np_name, np_keys, np_pos, np_gauss, np_cached = np.random.get_state()
-    out: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate(),
-                           "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached]}
+    out: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": random.getstate(),
+        "numpy": [np_name, torch.from_numpy(np_keys.astype(np.int64)), np_pos, np_gauss, np_cached],
+    }
     if torch.cuda.is_available():
         out["cuda"] = torch.cuda.get_rng_state_all()
-    gen = getattr(engine, "generator", None)  # the rollout engine's sampling generator, when it has one
+    # the rollout engine's sampling generator, when it has one
+    gen = getattr(engine, "generator", None)
     if gen is not None:
         out["engine"] = gen.get_state()
     return out
@@ -70,16 +75,31 @@ def save(run: Run, reason: str) -> Path:
     cfg, d = run.cfg, run.d
     path = run.run_dir / checkpoint.CKPT_DIR / f"{checkpoint.PREFIX}{run.counters.rl_step:08d}"
     state = {
-        "version": STATE_VERSION, "reason": reason, "counters": asdict(run.counters), "world_size": d.world_size,
+        "version": STATE_VERSION,
+        "reason": reason,
+        "counters": asdict(run.counters),
+        "world_size": d.world_size,
         "sampler": run.live.sampler.state_dict(),
-        "dropped": dropped_ids(run), "solved": merged_counts(run), "scheduler": run.sched.state_dict(),
-        "wandb_id": run.logger.run_id, "config": asdict(cfg),
+        "dropped": dropped_ids(run),
+        "solved": merged_counts(run),
+        "scheduler": run.sched.state_dict(),
+        "wandb_id": run.logger.run_id,
+        "config": asdict(cfg),
     }
     t = time.perf_counter()
-    ref = run.live.ref if run.counters.ref_reset_step > 0 else None  # a reset reference is not rebuilt from the start
-    checkpoint.save(path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last, ref)
-    log.info("checkpoint %s after RL step %d (%s): %.1f MB in %.2fs", path.name, run.counters.rl_step - 1, reason,
-             checkpoint.size_bytes(path) / 2**20, time.perf_counter() - t)
+    # a reset reference is not rebuilt from the start
+    ref = run.live.ref if run.counters.ref_reset_step > 0 else None
+    checkpoint.save(
+        path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last, ref
+    )
+    log.info(
+        "checkpoint %s after RL step %d (%s): %.1f MB in %.2fs",
+        path.name,
+        run.counters.rl_step - 1,
+        reason,
+        checkpoint.size_bytes(path) / 2**20,
+        time.perf_counter() - t,
+    )
     return path
 
 
@@ -89,31 +109,48 @@ def restore(run: Run, path: Path) -> dict[str, Any]:
     cfg, d, t = run.cfg, run.d, time.perf_counter()
     state = checkpoint.read_state(path)
     if state.get("version", 1) != STATE_VERSION:
-        raise ConfigError(f"config key 'trainer.resume': {path} was written by another skyexp "
-                          f"(checkpoint state version {state.get('version', 1)}, this one reads {STATE_VERSION}); resume it "
-                          "with that version or start afresh")
+        raise ConfigError(
+            f"config key 'trainer.resume': {path} was written by another skyexp "
+            f"(checkpoint state version {state.get('version', 1)}, this one reads "
+            f"{STATE_VERSION}); resume it "
+            "with that version or start afresh"
+        )
     warn_config_changes(state["config"], asdict(cfg))
     private = checkpoint.load(path, run.policy, run.opt, d)
     run.sched.load_state_dict(state["scheduler"])
     run.counters.load(Counters.of(state["counters"]))
-    if run.counters.ref_reset_step > 0:  # the reference of a ProRL reset: the policy at that step, saved with the run
+    # the reference of a ProRL reset: the policy at that step, saved with the run
+    if run.counters.ref_reset_step > 0:
         checkpoint.load_ref(path, run.live.ref)
-    run.live.solved = {k: tuple(v) for k, v in state["solved"].items()} if d.is_main else {}  # merged at the boundary
+    # merged at the boundary
+    run.live.solved = {k: tuple(v) for k, v in state["solved"].items()} if d.is_main else {}
     # the sampler in use: over the prompts not dropped so far, with its own seed; its state's
     # fingerprint of the problem list makes a wrong reconstruction fail loudly
     kept, _ = without(run.problems, set(state["dropped"]))
-    run.live.sampler = PromptSampler(kept, state["sampler"]["seed"], d.rank, d.world_size, cfg.data.shuffle)
+    run.live.sampler = PromptSampler(
+        kept, state["sampler"]["seed"], d.dp_rank, d.dp_size, cfg.data.shuffle
+    )
     run.live.sampler.load_state_dict(state["sampler"])
     run.engine.sync_weights(run.policy)
     if private:
         set_rng_state(run.engine, private)
     if state["world_size"] != d.world_size:
-        log.warning("resuming %d-rank checkpoint on %d ranks: model and optimizer are resharded, but ranks without a "
-                    "saved RNG state start fresh ones, so rollouts differ from an uninterrupted run",
-                    state["world_size"], d.world_size)
+        log.warning(
+            "resuming %d-rank checkpoint on %d ranks: model and optimizer are resharded, but "
+            "ranks without a "
+            "saved RNG state start fresh ones, so rollouts differ from an uninterrupted run",
+            state["world_size"],
+            d.world_size,
+        )
     c = run.counters
-    log.info("resumed from %s: RL step %d (stage %d, step %d of it) in %.2fs", path, c.rl_step, c.stage, c.step_in_stage,
-             time.perf_counter() - t)
+    log.info(
+        "resumed from %s: RL step %d (stage %d, step %d of it) in %.2fs",
+        path,
+        c.rl_step,
+        c.stage,
+        c.step_in_stage,
+        time.perf_counter() - t,
+    )
     return state
 
 
@@ -121,9 +158,14 @@ IGNORED_CHANGES = ("trainer.resume", "logger.")
 
 
 def warn_config_changes(saved: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    """Name the config values that differ from the checkpoint's (the run goes on with the new ones)."""
+    """Name the config values that differ from the checkpoint's (the run goes on with the new
+    ones)."""
     a, b = _flat(saved), _flat(now)
-    changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k) and not k.startswith(IGNORED_CHANGES)]
+    changed = [
+        k
+        for k in sorted(set(a) | set(b))
+        if a.get(k) != b.get(k) and not k.startswith(IGNORED_CHANGES)
+    ]
     if changed:
         log.warning("resuming with a changed config (continuing with the new values): %s",
                     "; ".join(f"{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in changed))

@@ -37,17 +37,34 @@ def sft_examples(cfg: Config, train: list[Problem], tokenizer) -> list[tuple[str
     """(prompt text, response) pairs: the data source's worked solutions, or an SFT set."""
     s, chat, tmpl = cfg.sft, cfg.model.chat_template, template_of(cfg.data)
     if s.source == "data":
-        pairs = [(apply_template(p.problem, tmpl, tokenizer, chat, p.meta.get("system", "")), p.solution) for p in train if p.solution]
+        pairs = [
+            (apply_template(p.problem, tmpl, tokenizer, chat, p.meta.get("system", "")), p.solution)
+            for p in train
+            if p.solution
+        ]
         if not pairs:
-            raise DataError(f"sft.source=data: data source '{cfg.data.source}' has no worked solutions; use an SFT set (sft.source=jsonl)")
+            raise DataError(
+                f"sft.source=data: data source '{cfg.data.source}' has no worked solutions; use "
+                "an SFT set (sft.source=jsonl)"
+            )
         return pairs
     if s.source in ("jsonl", "parquet") and not Path(s.path).is_file():
         raise DataError(f"sft.path: file not found: {s.path}")
     rows = read_rows(s.path, s.split)
     if s.format == "conversation":
-        convs, _ = collect(rows, lambda row, i: parse_conversation(row, s.messages_key, s.system_key), s.path, cfg.data.max_bad_fraction)
+        convs, _ = collect(
+            rows,
+            lambda row, i: parse_conversation(row, s.messages_key, s.system_key),
+            s.path,
+            cfg.data.max_bad_fraction,
+        )
         return [(render_messages(msgs, tokenizer, chat), response) for msgs, response in convs]
-    pairs, _ = collect(rows, lambda row, i: parse_pair(row, s.prompt_key, s.response_key), s.path, cfg.data.max_bad_fraction)
+    pairs, _ = collect(
+        rows,
+        lambda row, i: parse_pair(row, s.prompt_key, s.response_key),
+        s.path,
+        cfg.data.max_bad_fraction,
+    )
     return [(apply_template(q, tmpl, tokenizer, chat), r) for q, r in pairs]
 
 
@@ -84,38 +101,63 @@ class SftLines:
         rate = self.tokens / max(now - self.last, 1e-9)
         eta = (now - self.start) / (step + 1) * (self.steps - step - 1)
         parts = [f"sft step:{step}", f"progress:{step + 1}/{self.steps}"]
-        parts += [f"{k}:{v:.4g}" for k, v in values.items()] + [f"perf/tokens_per_s:{rate:.0f}", f"eta_s:{eta:.0f}"]
+        parts += [f"{k}:{v:.4g}" for k, v in values.items()] + [
+            f"perf/tokens_per_s:{rate:.0f}",
+            f"eta_s:{eta:.0f}",
+        ]
         log.info(" - ".join(parts))
         self.last, self.tokens = now, 0
 
 
-def run_sft(cfg: Config, d: Dist, policy: torch.nn.Module, tokenizer, train: list[Problem], out_dir: Path,
-            log_step, progress: bool) -> dict[str, float]:
+def run_sft(
+    cfg: Config,
+    d: Dist,
+    policy: torch.nn.Module,
+    tokenizer,
+    train: list[Problem],
+    out_dir: Path,
+    log_step,
+    progress: bool,
+) -> dict[str, float]:
     """Train `policy` in place for cfg.sft.steps steps; write the result to out_dir (rank 0)."""
     s = cfg.sft
     examples = sft_examples(cfg, train, tokenizer)
     log.info("sft: %d examples from %s", len(examples), s.path or f"data ({cfg.data.name})")
     problems = [Problem(id=str(i), problem=p, answer=r) for i, (p, r) in enumerate(examples)]
-    sampler = PromptSampler(problems, cfg.trainer.seed + 17, d.rank, d.world_size)
-    opt = torch.optim.AdamW(policy.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=tuple(cfg.trainer.betas))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda k: lr_lambda(k, s.warmup_steps, s.steps, s.lr_min / s.lr))
+    sampler = PromptSampler(problems, cfg.trainer.seed + 17, d.dp_rank, d.dp_size)
+    opt = torch.optim.AdamW(
+        policy.parameters(), lr=s.lr, weight_decay=s.weight_decay, betas=tuple(cfg.trainer.betas)
+    )
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda k: lr_lambda(k, s.warmup_steps, s.steps, s.lr_min / s.lr)
+    )
     policy.train()
     eos = tokenizer.eos_token_id
     bar = tqdm(range(s.steps), desc="sft", disable=not progress, dynamic_ncols=True)
     loss = 0.0
     # rows per micro-batch only: SFT keeps the head's default chunking and no token budget
-    settings = UpdateSettings(ForwardSettings(cfg.trainer.micro_batch_size, d.device), cfg.trainer.grad_clip, d.world_size)
-    lines = SftLines(s.steps, 0 if progress or not d.is_main else line_every(cfg.logger.line_every_sft, s.steps))
+    settings = UpdateSettings(
+        ForwardSettings(cfg.trainer.micro_batch_size, d.device), cfg.trainer.grad_clip, d.world_size
+    )
+    lines = SftLines(
+        s.steps, 0 if progress or not d.is_main else line_every(cfg.logger.line_every_sft, s.steps)
+    )
     for step in bar:
         batch = sampler.next(s.batch_size)
-        prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)["input_ids"]  # rendered already
-        responses = [r[: s.max_len - 1] + [eos] for r in tokenizer([p.answer for p in batch], add_special_tokens=False)["input_ids"]]
+        # rendered already
+        prompts = tokenizer([p.problem for p in batch], add_special_tokens=False)["input_ids"]
+        responses = [
+            r[: s.max_len - 1] + [eos]
+            for r in tokenizer([p.answer for p in batch], add_special_tokens=False)["input_ids"]
+        ]
         packed = pack(prompts, responses, tokenizer.pad_token_id)
         lr = sched.get_last_lr()[0]  # the rate this step trains with
         loss, gnorm = sft_step(policy, opt, packed, settings)
         sched.step()
         log_step({"sft/loss": loss, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0]})
-        lines.after(step, {"sft/loss": loss, "sft/lr": lr, "sft/grad_norm": gnorm}, int(packed[1].sum()))
+        lines.after(
+            step, {"sft/loss": loss, "sft/lr": lr, "sft/grad_norm": gnorm}, int(packed[1].sum())
+        )
         bar.set_postfix(loss=f"{loss:.3f}")
     export_hf(policy, tokenizer, out_dir, d)
     return {"sft/final_loss": loss}

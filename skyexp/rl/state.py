@@ -64,7 +64,8 @@ class Counters:
     stage: int = 0
     step_in_stage: int = 0
     entropy_coef: float = 0.0  # the entropy controller's state
-    ref_reset_step: int = 0  # RL step of the last ProRL reference reset (0: the reference is the start)
+    # RL step of the last ProRL reference reset (0: the reference is the start)
+    ref_reset_step: int = 0
     skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
     bad_streak: int = 0  # ... in a row, up to now
     history: list[StepRecord] = field(default_factory=list)
@@ -87,9 +88,11 @@ class Live:
     this stage's pass counts, the KL reference (loaded after SFT)."""
 
     sampler: PromptSampler
-    solved: Counts = field(default_factory=dict)  # this stage, this rank: prompt id -> (correct, samples)
+    # this stage, this rank: prompt id -> (correct, samples)
+    solved: Counts = field(default_factory=dict)
     ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
-    idle_streak: int = 0  # RL steps in a row with 0 optimizer steps (skyexp.rl.idle; not checkpointed)
+    # RL steps in a row with 0 optimizer steps (skyexp.rl.idle; not checkpointed)
+    idle_streak: int = 0
 
 
 @dataclass(frozen=True)

@@ -28,19 +28,43 @@ from skyexp.rl.view import SamplerView, build_view
 def rl_step(run: Run, stage: StagePlan) -> StepResult:
     """Generate, score, update, sync: one RL step of `stage` at run.counters.rl_step."""
     t, alg = Timer(), run.algorithm
-    temperature = run.plan.temperature_at(stage, run.counters.rl_step)  # the loss uses the rollout's
+    # the loss uses the rollout's
+    temperature = run.plan.temperature_at(stage, run.counters.rl_step)
     with t("step"):
-        batch = collect_batch(run, stage, temperature, t)  # generate, score, filter groups (dynamic sampling: repeat)
-        run.live.solved = merge(run.live.solved, tally(batch.ids, batch.correct.tolist()))  # for context.drop_solved
+        # generate, score, filter groups (dynamic sampling: repeat)
+        batch = collect_batch(run, stage, temperature, t)
+        # for context.drop_solved
+        run.live.solved = merge(run.live.solved, tally(batch.ids, batch.correct.tolist()))
         view = build_view(run, stage, batch, t)
         mask = batch.rollout.response_mask
-        adv = step_advantages(alg, batch.rewards, batch.train, view.old_logprobs, view.ref_logprobs, mask, run.d.device)
+        adv = step_advantages(
+            alg,
+            batch.rewards,
+            batch.train,
+            view.old_logprobs,
+            view.ref_logprobs,
+            mask,
+            run.d.device,
+        )
         # [G*n], or [G*n, R] per token (REINFORCE++ with the KL in the reward, entropy shaping)
-        advantages = alg.shape(adv.advantages, view.entropy, mask) if alg.shape is not None else adv.advantages
-        upd = UpdateBatch(batch.rollout, advantages, view.weights, view.old_logprobs, view.entropy, view.ref_logprobs,
-                          view.is_weights, stage.max_response_len)
+        advantages = (
+            alg.shape(adv.advantages, view.entropy, mask)
+            if alg.shape is not None
+            else adv.advantages
+        )
+        upd = UpdateBatch(
+            batch.rollout,
+            advantages,
+            view.weights,
+            view.old_logprobs,
+            view.entropy,
+            view.ref_logprobs,
+            view.is_weights,
+            stage.max_response_len,
+        )
         h = _trained_entropy(run, upd)
-        run.counters.entropy_coef, coef = alg.controller(run.counters.entropy_coef, h)  # the bonus from this step's entropy
+        # the bonus from this step's entropy
+        run.counters.entropy_coef, coef = alg.controller(run.counters.entropy_coef, h)
         with t("update"):
             stats = rl_update(run.policy, run.opt, upd, LossSpec.of(alg, coef), run.settings)
         with t("sync"):
@@ -59,22 +83,58 @@ def _trained_entropy(run: Run, upd: UpdateBatch) -> float:
     return global_token_mean(upd.entropy, mask, run.d.device)
 
 
-def _metrics(run: Run, batch: StepBatch, view: SamplerView, upd: UpdateBatch, adv: Advantages,
-             stats: UpdateStats, timings: dict[str, float], h: float) -> tuple[dict[str, Any], Generated]:
+def _metrics(
+    run: Run,
+    batch: StepBatch,
+    view: SamplerView,
+    upd: UpdateBatch,
+    adv: Advantages,
+    stats: UpdateStats,
+    timings: dict[str, float],
+    h: float,
+) -> tuple[dict[str, Any], Generated]:
     cfg, dev, ro = run.cfg, run.d.device, batch.rollout
-    masked = (upd.weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated  # [G*n] trains but for truncation
+    # [G*n] trains but for truncation
+    masked = (upd.weights == 0) & batch.train.repeat_interleave(ro.n) & ro.truncated
     trained_tokens = ro.response_mask * upd.weights[:, None]
     extra: dict[str, Any] = {}
     if adv.seq_kl is not None:  # per sequence, summed over tokens
-        extra["critic/kl"] = global_token_mean(adv.seq_kl.flatten()[:, None], upd.weights[:, None], dev)
-        extra["critic/kl_coeff"] = run.algorithm.kl_reward_coef  # the reward penalty's weight (0 with the KL loss)
-    extra.update({"actor/entropy_trained": h, "actor/skipped_updates": stats.skipped_updates,
-                  "train/max_response_len": upd.max_response_len,
-                  "batch/truncated_masked": global_token_mean(masked.float()[:, None], torch.ones(len(masked), 1), dev)})
-    extra.update(mismatch_metrics(run.algorithm.recompute_old, cfg.algo.rollout_is_cap, view.old_logprobs, ro.logprobs,
-                                  trained_tokens, view.is_weights, stats, dev))
+        extra["critic/kl"] = global_token_mean(
+            adv.seq_kl.flatten()[:, None], upd.weights[:, None], dev
+        )
+        # the reward penalty's weight (0 with the KL loss)
+        extra["critic/kl_coeff"] = run.algorithm.kl_reward_coef
+    extra.update(
+        {
+            "actor/entropy_trained": h,
+            "actor/skipped_updates": stats.skipped_updates,
+            "train/max_response_len": upd.max_response_len,
+            "batch/truncated_masked": global_token_mean(
+                masked.float()[:, None], torch.ones(len(masked), 1), dev
+            ),
+        }
+    )
+    extra.update(
+        mismatch_metrics(
+            run.algorithm.recompute_old,
+            cfg.algo.rollout_is_cap,
+            view.old_logprobs,
+            ro.logprobs,
+            trained_tokens,
+            view.is_weights,
+            stats,
+            dev,
+        )
+    )
     c = run.counters
     if cfg.logger.samples_every and c.rl_step % cfg.logger.samples_every == 0:
         extra["samples/completions"] = sample_table(batch, c.rl_step, cfg.logger.samples_rows)
-    return summarise(batch, Trained(upd.advantages, upd.weights, adv.rewards), stats, timings, (c.stage, c.rl_step),
-                     dev, extra)
+    return summarise(
+        batch,
+        Trained(upd.advantages, upd.weights, adv.rewards),
+        stats,
+        timings,
+        (c.stage, c.rl_step),
+        dev,
+        extra,
+    )

@@ -54,9 +54,18 @@ class UpdateSettings:
     def of(cfg: Config, world_size: int, device: torch.device) -> UpdateSettings:
         """The RL update's settings from trainer.* and algo.* (the one place they are read)."""
         t = cfg.trainer
-        fwd = ForwardSettings(t.micro_batch_size, device, t.share_prompts, t.logprob_chunk, t.max_tokens_per_micro_batch,
-                              t.padding_free)
-        return UpdateSettings(fwd, t.grad_clip, world_size, cfg.algo.ppo_epochs, cfg.algo.mini_batches)
+        fwd = ForwardSettings(
+            t.micro_batch_size,
+            device,
+            t.share_prompts,
+            t.logprob_chunk,
+            t.max_tokens_per_micro_batch,
+            t.padding_free,
+            t.sp_size,
+        )
+        return UpdateSettings(
+            fwd, t.grad_clip, world_size, cfg.algo.ppo_epochs, cfg.algo.mini_batches
+        )
 
     @property
     def device(self) -> torch.device:
@@ -71,8 +80,10 @@ class UpdateBatch:
     advantages: torch.Tensor  # [B*n] one per sequence, or [B*n, R] one per token
     weights: torch.Tensor  # [B*n] 1 for sequences that train, 0 for filtered (or masked) ones
     old_logprobs: torch.Tensor | None = None  # [B*n, R] the sampler's; None: the rollout's
-    entropy: torch.Tensor | None = None  # [B*n, R] the sampler's token entropies; None: the rollout's
-    ref_logprobs: torch.Tensor | None = None  # [B*n, R] reference policy; needed when spec.kl_coef > 0
+    # [B*n, R] the sampler's token entropies; None: the rollout's
+    entropy: torch.Tensor | None = None
+    # [B*n, R] reference policy; needed when spec.kl_coef > 0
+    ref_logprobs: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # [B*n, R] truncated-IS weight of each token's loss
     max_response_len: int = 0  # the length cap (Dr.GRPO's constant); 0: the rollout's width
 
@@ -92,12 +103,15 @@ class _Pass:
     chosen: torch.Tensor  # [N, R] bool, the token rule's selection
     sums: dict[str, torch.Tensor] | None = None  # objective's STAT_NAMES, on the device
     trained_tokens: float = 0.0  # tokens in the loss, summed over mini-batches and epochs
-    gap: torch.Tensor | None = None  # |trainer - sampler| log-prob: sum, tokens, max (first mini-batch)
+    # |trainer - sampler| log-prob: sum, tokens, max (first mini-batch)
+    gap: torch.Tensor | None = None
     norms: list[float] = field(default_factory=list)
     skipped: int = 0
 
 
-def _prepare(model: torch.nn.Module, batch: UpdateBatch, spec: LossSpec, s: UpdateSettings) -> _Pass:
+def _prepare(
+    model: torch.nn.Module, batch: UpdateBatch, spec: LossSpec, s: UpdateSettings
+) -> _Pass:
     ro = batch.rollout
     ent = batch.entropy if batch.entropy is not None else ro.entropy
     if ent is None:
@@ -107,14 +121,30 @@ def _prepare(model: torch.nn.Module, batch: UpdateBatch, spec: LossSpec, s: Upda
     loss_mask = ro.response_mask * batch.weights[:, None]
     adv = batch.advantages
     adv_tok = adv[:, None].expand_as(loss_mask) if adv.dim() == 1 else adv
-    grad_rows = (batch.weights > 0) & ((adv_tok != 0).any(-1) | (spec.entropy_coef > 0) | (spec.kl_coef > 0))
-    return _Pass(batch, spec, s, ro.logprobs if batch.old_logprobs is None else batch.old_logprobs, ent, loss_mask,
-                 adv_tok, grad_rows, torch.zeros_like(loss_mask, dtype=torch.bool),
-                 gap=torch.zeros(3, dtype=torch.float64, device=s.device))
+    grad_rows = (batch.weights > 0) & (
+        (adv_tok != 0).any(-1) | (spec.entropy_coef > 0) | (spec.kl_coef > 0)
+    )
+    return _Pass(
+        batch,
+        spec,
+        s,
+        ro.logprobs if batch.old_logprobs is None else batch.old_logprobs,
+        ent,
+        loss_mask,
+        adv_tok,
+        grad_rows,
+        torch.zeros_like(loss_mask, dtype=torch.bool),
+        gap=torch.zeros(3, dtype=torch.float64, device=s.device),
+    )
 
 
-def rl_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: UpdateBatch, spec: LossSpec,
-              s: UpdateSettings) -> UpdateStats:
+def rl_update(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: UpdateBatch,
+    spec: LossSpec,
+    s: UpdateSettings,
+) -> UpdateStats:
     """ppo_epochs x mini_batches optimizer steps on one rollout batch, minimising
     skyexp.rl.objective.objective with the pieces of `spec`.
 
@@ -136,8 +166,13 @@ def rl_update(model: torch.nn.Module, optimizer: torch.optim.Optimizer, batch: U
     return _stats(p)
 
 
-def _mini_batch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, p: _Pass, sel: torch.Tensor,
-                first: tuple[bool, bool]) -> None:
+def _mini_batch(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    p: _Pass,
+    sel: torch.Tensor,
+    first: tuple[bool, bool],
+) -> None:
     """One optimizer step over the rows `sel`. first = (first epoch, first mini-batch)."""
     s, dev = p.s, p.s.device
     sel_tokens = p.loss_mask[sel].sum().item()
@@ -170,7 +205,9 @@ def _mini_batch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, p: _Pa
     optimizer.zero_grad(set_to_none=True)
 
 
-def _micro_batch(model: torch.nn.Module, p: _Pass, idx: torch.Tensor, live: float, norm: Normalisers):
+def _micro_batch(
+    model: torch.nn.Module, p: _Pass, idx: torch.Tensor, live: float, norm: Normalisers
+):
     """Forward the rows `idx`, evaluate the objective; returns (loss, token log-probs, loss mask,
     response width). `live` = 0 marks a padding micro-batch (see micro_batches)."""
     ro, dev = p.batch.rollout, p.s.device
@@ -182,16 +219,24 @@ def _micro_batch(model: torch.nn.Module, p: _Pass, idx: torch.Tensor, live: floa
         return x[idx, :rlen].to(dev) if x is not None else None
 
     lm = cut(p.loss_mask) * live
-    x = TokenInputs(logp, cut(p.old), cut(p.adv_tok), lm,
-                    entropy=ent,
-                    ref_logp=cut(p.batch.ref_logprobs) if p.spec.kl_coef > 0 else None,
-                    is_weights=cut(p.batch.is_weights), selected=cut(p.chosen) if p.spec.select is not None else None)
+    x = TokenInputs(
+        logp,
+        cut(p.old),
+        cut(p.adv_tok),
+        lm,
+        entropy=ent,
+        ref_logp=cut(p.batch.ref_logprobs) if p.spec.kl_coef > 0 else None,
+        is_weights=cut(p.batch.is_weights),
+        selected=cut(p.chosen) if p.spec.select is not None else None,
+    )
     loss, sums = objective(x, norm, p.spec)
     p.sums = reduce_named(p.sums, sums)
     return loss, logp, lm, rlen
 
 
-def _sampler_gap(p: _Pass, logp: torch.Tensor, idx: torch.Tensor, rlen: int, lm: torch.Tensor) -> None:
+def _sampler_gap(
+    p: _Pass, logp: torch.Tensor, idx: torch.Tensor, rlen: int, lm: torch.Tensor
+) -> None:
     """|log pi_trainer - log pi_sampler| on the first mini-batch's tokens: sum, count, max."""
     gap = (logp - p.batch.rollout.logprobs[idx, :rlen].to(p.s.device)).abs() * lm
     p.gap[:2] += torch.stack([gap.sum(), lm.sum()]).double()
@@ -202,16 +247,33 @@ def _stats(p: _Pass) -> UpdateStats:
     """The update's detached scalars, summed over ranks."""
     dev, resp_mask = p.s.device, p.batch.rollout.response_mask
     sums = p.sums or {k: torch.zeros((), dtype=torch.float64, device=dev) for k in STAT_NAMES}
-    tot = dict(zip((*STAT_NAMES, "trained"), all_reduce_sum(
-        torch.stack([*(sums[k] for k in STAT_NAMES), torch.tensor(p.trained_tokens, dtype=torch.float64, device=dev)]),
-        dev).tolist()))
+    tot = dict(
+        zip(
+            (*STAT_NAMES, "trained"),
+            all_reduce_sum(
+                torch.stack(
+                    [
+                        *(sums[k] for k in STAT_NAMES),
+                        torch.tensor(p.trained_tokens, dtype=torch.float64, device=dev),
+                    ]
+                ),
+                dev,
+            ).tolist(),
+        )
+    )
     trained, fwd = max(tot["trained"], 1.0), max(tot["tokens"], 1.0)
     gap_sum, gap_tokens = all_reduce_sum(p.gap[:2], dev).tolist()
-    extra = sorted(k for k in sums if k not in STAT_NAMES)  # the loss's own sums (seq_losses), same keys on every rank
-    extra_tot = dict(zip(extra, all_reduce_sum(torch.stack([sums[k] for k in extra]), dev).tolist())) if extra else {}
+    # the loss's own sums (seq_losses), same keys on every rank
+    extra = sorted(k for k in sums if k not in STAT_NAMES)
+    extra_tot = (
+        dict(zip(extra, all_reduce_sum(torch.stack([sums[k] for k in extra]), dev).tolist()))
+        if extra
+        else {}
+    )
     return UpdateStats(
         pg_loss=tot["pg"] / trained,
-        entropy=global_token_mean(p.ent, resp_mask, dev),  # the sampler's, over every response token
+        # the sampler's, over every response token
+        entropy=global_token_mean(p.ent, resp_mask, dev),
         entropy_coef=p.spec.entropy_coef,
         clipfrac_low=tot["clipped_low"] / trained,
         clipfrac_high=tot["clipped_high"] / trained,
@@ -266,9 +328,14 @@ def _mini_batches(weights: torch.Tensor, n: int, parts: int) -> list[torch.Tenso
     return [(groups[m::parts, None] * n + torch.arange(n)).flatten() for m in range(parts)]
 
 
-def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
-             packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int], s: UpdateSettings) -> tuple[float, float]:
-    """One optimizer step of token-mean NLL on response tokens. `packed` is skyexp.model.layout.pack's
+def sft_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    packed: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int],
+    s: UpdateSettings,
+) -> tuple[float, float]:
+    """One optimizer step of token-mean NLL on response tokens. `packed` is
+    skyexp.model.layout.pack's
     (sequences [N, P+R], attention mask [N, P+R], response mask [N, R] (the loss is on these
     tokens only), P). Micro-batches are length-sorted and cut like the RL update's (rows, token
     budget). Returns (loss, grad norm)."""
@@ -277,7 +344,9 @@ def sft_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer,
     num_tokens = float(all_reduce_sum([resp_mask.sum().item()], device)[0])
     total = 0.0
     order = torch.argsort(attn.sum(-1), stable=True)
-    chunks = [order[c] for c in token_budget_split(attn.sum(-1)[order], f.micro_batch_size, f.max_tokens)]
+    chunks = [
+        order[c] for c in token_budget_split(attn.sum(-1)[order], f.micro_batch_size, f.max_tokens)
+    ]
     for j, idx in enumerate(chunks):
         mseq, mattn, mrm, plen = trim(seq[idx], attn[idx], resp_mask[idx], prompt_len)
         with _no_sync(model, last=j == len(chunks) - 1):

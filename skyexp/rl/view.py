@@ -24,7 +24,8 @@ class SamplerView:
 
     weights: torch.Tensor  # [G*n] 1 on rows that train (0: filtered, or masked as truncated)
     in_groups: torch.Tensor  # [G*n] 1 on every row of a group that trains
-    old_logprobs: torch.Tensor  # [G*n, R] the sampler's (or the trainer's, algo.old_logprobs=recompute)
+    # [G*n, R] the sampler's (or the trainer's, algo.old_logprobs=recompute)
+    old_logprobs: torch.Tensor
     entropy: torch.Tensor  # [G*n, R] the sampling policy's token entropies
     ref_logprobs: torch.Tensor | None  # [G*n, R] the reference's; None without a KL term
     is_weights: torch.Tensor | None  # [G*n, R] truncated-IS weights; None without the correction
@@ -36,11 +37,15 @@ def build_view(run: Run, stage: StagePlan, batch: StepBatch, t: Timer) -> Sample
     ro, alg = batch.rollout, run.algorithm
     in_groups = batch.row_weights(False)  # [G*n]
     with t("old_logp"):
-        old_logp, ent = sampling_view(run.policy, ro, in_groups, alg.recompute_old, run.settings.fwd)
+        old_logp, ent = sampling_view(
+            run.policy, ro, in_groups, alg.recompute_old, run.settings.fwd
+        )
     with t("ref"):
         ref_logp = reference_logprobs(run, ro, in_groups)
     is_w = alg.is_weights(old_logp, ro.logprobs, ro.response_mask)  # [G*n, R] or None
-    return SamplerView(batch.row_weights(stage.mask_truncated), in_groups, old_logp, ent, ref_logp, is_w)
+    return SamplerView(
+        batch.row_weights(stage.mask_truncated), in_groups, old_logp, ent, ref_logp, is_w
+    )
 
 
 def reference_logprobs(run: Run, ro: Rollout, rows: torch.Tensor) -> torch.Tensor | None:
@@ -48,4 +53,6 @@ def reference_logprobs(run: Run, ro: Rollout, rows: torch.Tensor) -> torch.Tenso
     that trains); None without a reference."""
     if run.live.ref is None:
         return None
-    return forward_stats(run.live.ref, ro, (rows > 0).nonzero().squeeze(1), run.settings.fwd, False)[0]
+    return forward_stats(
+        run.live.ref, ro, (rows > 0).nonzero().squeeze(1), run.settings.fwd, False
+    )[0]

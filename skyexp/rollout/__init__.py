@@ -17,7 +17,12 @@ from skyexp.rollout.errors import MissingExtraError  # noqa: F401 (raised by eng
 
 class Engine(Protocol):
     def generate(
-        self, prompt_ids: list[list[int]], n: int, max_tokens: int, temperature: float, top_p: float = 1.0
+        self,
+        prompt_ids: list[list[int]],
+        n: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float = 1.0,
     ) -> Rollout:
         """n samples per prompt; temperature 0 means greedy."""
         ...
@@ -39,17 +44,30 @@ def _vllm(**kwargs: Any) -> Engine:
     return VLLMEngine(**kwargs)
 
 
-def _hf_for(cfg: Any, model_path: str, device: torch.device | str, common: dict[str, Any]) -> Engine:
+def _hf_for(
+    cfg: Any, model_path: str, device: torch.device | str, common: dict[str, Any]
+) -> Engine:
     from skyexp.model.loading import load_model
 
-    return _hf(model=load_model(model_path, cfg.model, device), lean=cfg.rollout.lean, device=device, **common)
+    return _hf(
+        model=load_model(model_path, cfg.model, device),
+        lean=cfg.rollout.lean,
+        device=device,
+        **common,
+    )
 
 
-def _vllm_for(cfg: Any, model_path: str, device: torch.device | str, common: dict[str, Any]) -> Engine:
+def _vllm_for(
+    cfg: Any, model_path: str, device: torch.device | str, common: dict[str, Any]
+) -> Engine:
     from skyexp.rollout.vllm import VLLMSettings
 
-    settings = VLLMSettings(dtype=cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code,
-                            deterministic=cfg.trainer.deterministic, **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS})
+    settings = VLLMSettings(
+        dtype=cfg.model.dtype,
+        trust_remote_code=cfg.model.trust_remote_code,
+        deterministic=cfg.trainer.deterministic,
+        **{k: getattr(cfg.rollout, k) for k in VLLM_SETTINGS},
+    )
     return _vllm(model=model_path, settings=settings, device=device, **common)
 
 
@@ -57,13 +75,24 @@ class EngineEntry(NamedTuple):
     """A registered rollout engine: its constructor, and how a run's config builds it."""
 
     build: Callable[..., Engine]  # the engine class's keyword arguments -> Engine
-    from_config: Callable[[Any, str, torch.device | str, dict[str, Any]], Engine]  # (cfg, model path, device, common)
+    # (cfg, model path, device, common)
+    from_config: Callable[[Any, str, torch.device | str, dict[str, Any]], Engine]
 
 
 # rollout.name -> engine; nothing heavy is imported until one is built
-ENGINES: dict[str, EngineEntry] = {"hf": EngineEntry(_hf, _hf_for), "vllm": EngineEntry(_vllm, _vllm_for)}
+ENGINES: dict[str, EngineEntry] = {
+    "hf": EngineEntry(_hf, _hf_for),
+    "vllm": EngineEntry(_vllm, _vllm_for),
+}
 implements(ENGINES, ROLLOUT_ENGINES, "skyexp.rollout.ENGINES")
-VLLM_SETTINGS = ("tensor_parallel_size", "gpu_memory_utilization", "kv_cache_gb", "max_model_len", "enforce_eager", "sleep")
+VLLM_SETTINGS = (
+    "tensor_parallel_size",
+    "gpu_memory_utilization",
+    "kv_cache_gb",
+    "max_model_len",
+    "enforce_eager",
+    "sleep",
+)
 
 
 def build_engine(name: str, **kwargs: Any) -> Engine:
@@ -75,8 +104,15 @@ def build_engine(name: str, **kwargs: Any) -> Engine:
     return ENGINES[name].build(**kwargs)
 
 
-def engine_for(cfg: Any, model_path: str, tokenizer: Any, device: torch.device | str, seed: int) -> Engine:
+def engine_for(
+    cfg: Any, model_path: str, tokenizer: Any, device: torch.device | str, seed: int
+) -> Engine:
     """The configured engine (cfg.rollout) on its own copy of the model at `model_path`: the one
     construction shared by training and the offline jobs (skyexp.filter, skyexp.distill)."""
-    common = dict(eos_id=tokenizer.eos_token_id, pad_id=tokenizer.pad_token_id, seed=seed, max_batch=cfg.rollout.max_batch)
+    common = dict(
+        eos_id=tokenizer.eos_token_id,
+        pad_id=tokenizer.pad_token_id,
+        seed=seed,
+        max_batch=cfg.rollout.max_batch,
+    )
     return ENGINES[cfg.rollout.name].from_config(cfg, model_path, device, common)

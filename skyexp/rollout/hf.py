@@ -24,8 +24,16 @@ COMPACT_AT = 0.75  # shrink the batch once a quarter of its rows have finished
 
 
 class HFEngine:
-    def __init__(self, model: torch.nn.Module, eos_id: int, pad_id: int, seed: int = 0, max_batch: int = 256,
-                 device: torch.device | str = "cpu", lean: bool = True):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        eos_id: int,
+        pad_id: int,
+        seed: int = 0,
+        max_batch: int = 256,
+        device: torch.device | str = "cpu",
+        lean: bool = True,
+    ):
         self.model = model.eval()
         self.model.config.use_cache = True
         for p in self.model.parameters():
@@ -48,31 +56,59 @@ class HFEngine:
         if not prompt_ids:
             raise ValueError("generate: no prompts")
         plen = max(len(r) for r in prompt_ids)
-        per_chunk = max(1, self.max_batch // n)  # prompts per chunk: each prompt's group stays in one chunk
-        parts = [self._sample(prompt_ids[s : s + per_chunk], n, plen, max_tokens, temperature, top_p)
-                 for s in range(0, len(prompt_ids), per_chunk)]
+        # prompts per chunk: each prompt's group stays in one chunk
+        per_chunk = max(1, self.max_batch // n)
+        parts = [
+            self._sample(prompt_ids[s : s + per_chunk], n, plen, max_tokens, temperature, top_p)
+            for s in range(0, len(prompt_ids), per_chunk)
+        ]
         width = max(p[0].shape[1] for p in parts)  # P + longest response
         def cat(i: int, w: int, fill: float) -> torch.Tensor:
             return torch.cat([_pad_right(p[i], w, fill) for p in parts])
-        return Rollout(sequences=cat(0, width, self.pad_id), attention_mask=cat(1, width, 0),
-                       response_mask=cat(2, width - plen, 0), logprobs=cat(3, width - plen, 0),
-                       truncated=torch.cat([p[4] for p in parts]), prompt_len=plen, n=n, temperature=temperature,
-                       entropy=cat(5, width - plen, 0))
+        return Rollout(
+            sequences=cat(0, width, self.pad_id),
+            attention_mask=cat(1, width, 0),
+            response_mask=cat(2, width - plen, 0),
+            logprobs=cat(3, width - plen, 0),
+            truncated=torch.cat([p[4] for p in parts]),
+            prompt_len=plen,
+            n=n,
+            temperature=temperature,
+            entropy=cat(5, width - plen, 0),
+        )
 
     @torch.inference_mode()
-    def _sample(self, prompts: list[list[int]], n: int, plen: int, max_tokens: int, temperature: float, top_p: float):
+    def _sample(
+        self,
+        prompts: list[list[int]],
+        n: int,
+        plen: int,
+        max_tokens: int,
+        temperature: float,
+        top_p: float,
+    ):
         dev, num = self.device, len(prompts) * n
         ids = torch.full((len(prompts), plen), self.pad_id, dtype=torch.long, device=dev)
         for i, r in enumerate(prompts):
             ids[i, plen - len(r) :] = torch.tensor(r, dtype=torch.long)
-        prompt_attn = (torch.arange(plen, device=dev) >= plen - torch.tensor([len(r) for r in prompts], device=dev)[:, None]).long()
+        prompt_attn = (
+            torch.arange(plen, device=dev)
+            >= plen - torch.tensor([len(r) for r in prompts], device=dev)[:, None]
+        ).long()
         seq = torch.full((num, plen + max_tokens), self.pad_id, dtype=torch.long, device=dev)
         attn = torch.zeros_like(seq)
-        seq[:, :plen], attn[:, :plen] = ids.repeat_interleave(n, 0), prompt_attn.repeat_interleave(n, 0)
+        seq[:, :plen], attn[:, :plen] = (
+            ids.repeat_interleave(n, 0),
+            prompt_attn.repeat_interleave(n, 0),
+        )
         logprobs = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
         entropy = torch.zeros(num, max_tokens, dtype=torch.float32, device=dev)
         done = torch.zeros(num, dtype=torch.bool, device=dev)
-        steps = LeanSteps(self.model, self.fused, plen + max_tokens) if self.fused is not None else ModelSteps(self.model)
+        steps = (
+            LeanSteps(self.model, self.fused, plen + max_tokens)
+            if self.fused is not None
+            else ModelSteps(self.model)
+        )
         logits = steps.start(ids, prompt_attn, n)  # [num, V]
         live = None  # rows still in the KV cache (None: all of them)
         steps_taken = 0
@@ -101,11 +137,20 @@ class HFEngine:
         s = steps_taken
         # the rollout lives on the CPU whatever the engine's device, as vLLM's does: the step's
         # weights and advantages are CPU tensors and the update moves each micro-batch to the device
-        out = (seq[:, : plen + s], attn[:, : plen + s], attn[:, plen : plen + s].float(), logprobs[:, :s], ~done, entropy[:, :s])
+        out = (
+            seq[:, : plen + s],
+            attn[:, : plen + s],
+            attn[:, plen : plen + s].float(),
+            logprobs[:, :s],
+            ~done,
+            entropy[:, :s],
+        )
         return tuple(x.to("cpu", copy=True) for x in out)
 
 
-def sample_token(logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator):
+def sample_token(
+    logits: torch.Tensor, temperature: float, top_p: float, generator: torch.Generator
+):
     """logits [N, V] -> (token [N], log-prob [N], entropy [N]) under the full softmax(logits / T).
 
     Temperature 0 is greedy (log-prob and entropy under T = 1). top_p < 1 samples from the
@@ -135,7 +180,10 @@ def draw(probs: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     cumulative sum is in float64 so that the tail of a large vocabulary keeps its mass. Zero-mass
     tokens are never drawn. Draws differ from torch.multinomial's for the same seed."""
     cdf = probs.double().cumsum(-1)
-    u = torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64) * cdf[:, -1:]
+    u = (
+        torch.rand(probs.shape[0], 1, generator=generator, device=probs.device, dtype=torch.float64)
+        * cdf[:, -1:]
+    )
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=probs.shape[-1] - 1)
 
 

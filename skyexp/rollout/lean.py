@@ -115,7 +115,8 @@ class LeanSteps:
             probe[:1, None], torch.arange(max_len, device=probe.device)[None]
         )
         half = self.head_dim // 2
-        # [max_len, D] rotary tables (with the rope type's scaling); sin with the sign of rotate_half
+        # [max_len, D] rotary tables (with the rope type's scaling); sin with the sign of
+        # rotate_half
         self.cos, self.sin = cos[0], torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1)
 
     @torch.inference_mode()
@@ -148,7 +149,8 @@ class LeanSteps:
             )
             x = x + _linear(layer.self_attn.o_proj, o.transpose(1, 2).reshape(g, plen, hq * d))
             x = x + self._mlp(layer, w_gu, x)
-        # additive attention mask over the cache: -inf on prompt padding and on columns not written yet
+        # additive attention mask over the cache: -inf on prompt padding and on columns not written
+        # yet
         self.bias = torch.full((g * n, self.cap), float("-inf"), device=dev, dtype=x.dtype)
         self.bias[:, :plen].masked_fill_(attn.repeat_interleave(n, 0) == 1, 0.0)
         self.pos = attn.sum(-1).repeat_interleave(n, 0)  # [rows] position of the next token

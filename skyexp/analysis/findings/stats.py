@@ -16,7 +16,8 @@ def t975(df: int) -> float:
     """t_{0.975, df}: the multiplier of a two-sided 95% interval of a mean from df + 1 values."""
     if df < 1:
         return math.nan
-    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df  # within 0.03 of the exact value for df > 10
+    # within 0.03 of the exact value for df > 10
+    return _T975[df - 1] if df <= len(_T975) else 1.96 + 2.4 / df
 
 
 @dataclass(frozen=True)
@@ -128,8 +129,17 @@ def welch_diff(a, b) -> Agg:
     down); sd is the standard error of the difference."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     if len(x) < 2 or len(y) < 2:
-        return Agg(float(x.mean() - y.mean()) if len(x) and len(y) else math.nan, math.nan, math.nan, min(len(x), len(y)))
+        return Agg(
+            float(x.mean() - y.mean()) if len(x) and len(y) else math.nan,
+            math.nan,
+            math.nan,
+            min(len(x), len(y)),
+        )
     vx, vy = x.var(ddof=1) / len(x), y.var(ddof=1) / len(y)
     se = math.sqrt(vx + vy)
-    df = (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1)) if se > 0 else len(x) + len(y) - 2
+    df = (
+        (vx + vy) ** 2 / (vx**2 / (len(x) - 1) + vy**2 / (len(y) - 1))
+        if se > 0
+        else len(x) + len(y) - 2
+    )
     return Agg(float(x.mean() - y.mean()), se, t975(max(1, int(df))) * se, min(len(x), len(y)))
