@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from skyexp.config.names import RANDOM_REWARD_MARK, random_reward
 from skyexp.config.overrides import override_key, run_name_from_overrides
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -43,17 +44,25 @@ def quiet_libraries() -> None:
 
 
 def run_identity(
-    overrides: list[str], run_name: str | None, group: str | None, recipe: str
+    overrides: list[str],
+    run_name: str | None,
+    group: str | None,
+    recipe: str,
+    random_reward: bool = False,
 ) -> tuple[str, str]:
     """(name, group) of a run in W&B. Name: logger.run_name, else what the command line changed
     (`algo.n=4,entropy=adaptive`, as a sweep names its runs), else the experiment (`dapo`), else
     `default`. Group: logger.group (a sweep sets its own name), else the experiment, else `recipe`
-    (model-data-algo, e.g. `tiny-arith-rloo`), so single runs of one recipe sit together."""
+    (model-data-algo, e.g. `tiny-arith-rloo`), so single runs of one recipe sit together.
+    A random-reward control (reward.terms.random != 0) gets the prefix `RANDOM-REWARD:` on any
+    name, a given logger.run_name included, so it is never read as a real result."""
     experiment = next(
         (o.split("=", 1)[1] for o in overrides if override_key(o) == "experiment" and "=" in o),
         None,
     )
     name = run_name or run_name_from_overrides(overrides) or experiment or "default"
+    if random_reward and not name.startswith(RANDOM_REWARD_MARK):
+        name = f"{RANDOM_REWARD_MARK}:{name}"
     return name, group or experiment or recipe
 
 
@@ -92,7 +101,8 @@ def hydra_command(
         # W&B name and group: what the command line changed (a sweep's runs: what the sweep changed)
         cfg.logger.run_name, cfg.logger.group = run_identity(
             list(HydraConfig.get().overrides.task), cfg.logger.run_name, cfg.logger.group,
-            f"{cfg.model.name}-{cfg.data.name}-{cfg.algo.name}")
+            f"{cfg.model.name}-{cfg.data.name}-{cfg.algo.name}",
+            random_reward(OmegaConf.select(cfg, "reward.terms", default=None) or {}))
         try:
             typed = to_typed(cfg, schema or Config)
             extra = prepare(typed) if prepare else ()

@@ -23,6 +23,7 @@ from skyexp import checkpoint, distributed, plots
 from skyexp.checkpoint import export_hf
 from skyexp.config import Config, ConfigError, check_world
 from skyexp.config.algorithm import build_algorithm
+from skyexp.config.names import random_reward
 from skyexp.config.stages import plan_run
 from skyexp.data import fit_task, load_task
 from skyexp.evaluation.benchmarks import load_problems
@@ -146,7 +147,15 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         "git_commit": git_commit(),
         # rows skipped, duplicates, ...
         "data": {"problems": len(task.train), **task.stats},
+        # the guard: a random-reward control is never mistaken for a real result
+        "reward_random": random_reward(cfg.reward.terms),
     }
+    if summary["reward_random"]:
+        log.warning(
+            "reward=random: a random-reward CONTROL run (Bernoulli(reward.random_p=%g) per sample, "
+            "independent of the answers); its W&B name and summary.json say so",
+            cfg.reward.random_p,
+        )
     return Setup(run, resume, base, sft_dir, start, summary, t0)
 
 

@@ -146,6 +146,53 @@ def cispo_loss(
     return loss, st
 
 
+def ce_gppo_loss(
+    logp: torch.Tensor,
+    old_logp: torch.Tensor,
+    adv: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    clip_low: float,
+    clip_high: float,
+    ce_beta1: float,
+    ce_beta2: float,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """CE-GPPO (Su et al., arXiv 2509.20712): PPO's per-token surrogate, except that the tokens
+    PPO's clip silences keep a bounded, scaled gradient through a stop-gradient form. With
+    r_t = pi / pi_old and sg the stop-gradient,
+        L_t = -beta1 (1 - clip_low)  * A_t * r_t / sg(r_t)   if r_t < 1 - clip_low and A_t < 0
+        L_t = -beta2 (1 + clip_high) * A_t * r_t / sg(r_t)   if r_t > 1 + clip_high and A_t > 0
+        L_t = max(-A_t r_t, -A_t clip(r_t, 1 - clip_low, 1 + clip_high))   otherwise (PPO)
+    r / sg(r) has the value 1 and the gradient grad log pi, so a clipped token's loss is
+    -beta (bound) A and its gradient -beta (bound) A grad log pi: the clip bound takes the place
+    of the ratio, so the gradient is bounded however far r has moved. beta1 (`algo.ce_beta1`)
+    scales the negative-advantage tokens below the range (mostly low-probability tokens pushed
+    down: exploitation, entropy falls), beta2 (`algo.ce_beta2`) the positive-advantage tokens
+    above it (low-probability tokens pulled up: exploration, entropy rises); beta1 = beta2 = 0
+    gives PPO's gradient exactly, beta = 1 PPO's loss values with the gradient restored at the
+    bound's scale. Tokens exactly at a bound are PPO's (the regions are strict), where both
+    forms have the gradient -A r grad log pi = -A (bound) grad log pi when beta = 1.
+    Departures and unchecked values: the formula is this implementation's reading of the paper
+    (from its abstract's "stop-gradient design with two factors beta1, beta2" and our recollection
+    of its eq.; the equation itself was not checked against the paper's text), and the preset's
+    beta1 = 0.5, beta2 = 1 are recalled from its experiments, NOT checked. r / sg(r) is computed as
+    exp(log pi - sg(log pi)), which stays finite where r underflows; the log-ratio is capped at
+    LOG_RATIO_CAP = 20 as in PPO (skyexp.algos.losses). No dual clip (algo.clip_c must be 0).
+    The stats are PPO's: clipped_low / clipped_high count exactly the tokens whose gradient
+    CE-GPPO rescales (`actor/pg_clipfrac_low|high`), and `loss/ce_gppo_clipped` their sum."""
+    ratio = torch.exp((logp - old_logp).clamp(max=LOG_RATIO_CAP))
+    ppo = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
+    unit = torch.exp(logp - logp.detach())  # value 1, gradient grad log pi
+    with torch.no_grad():
+        low = (ratio < 1.0 - clip_low) & (adv < 0)
+        high = (ratio > 1.0 + clip_high) & (adv > 0)
+    loss = torch.where(low, -ce_beta1 * (1.0 - clip_low) * adv * unit,
+                       torch.where(high, -ce_beta2 * (1.0 + clip_high) * adv * unit, ppo))
+    st = _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
+    st["loss/ce_gppo_clipped"] = st["clipped_low"] + st["clipped_high"]
+    return loss, st
+
+
 def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, float]:
     """The loss-specific diagnostics from the masked token sums of the `loss/*` stats above
     (summed over micro-batches, mini-batches, epochs and ranks):
@@ -153,6 +200,8 @@ def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, flo
                                 [1 - clip_low, 1 + clip_high] (either side, either sign of A)
       actor/gspo_ratio_mean, actor/gspo_ratio_std   of s_i over the trained sequences
       actor/cispo_clipfrac      share of trained tokens whose IS weight clip(r_t) was clipped
+      actor/ce_gppo_clipfrac    share of trained tokens outside the clip range whose gradient
+                                CE-GPPO keeps, scaled by ce_beta1 / ce_beta2
     Empty for the losses without any (ppo)."""
     out: dict[str, float] = {}
     if "loss/gspo_seqs" in sums:
@@ -163,6 +212,8 @@ def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, flo
         out["actor/gspo_ratio_std"] = max(sums["loss/gspo_ratio_sq"] / n - mean * mean, 0.0) ** 0.5
     if "loss/cispo_clipped" in sums:
         out["actor/cispo_clipfrac"] = sums["loss/cispo_clipped"] / max(trained_tokens, 1.0)
+    if "loss/ce_gppo_clipped" in sums:
+        out["actor/ce_gppo_clipfrac"] = sums["loss/ce_gppo_clipped"] / max(trained_tokens, 1.0)
     return out
 
 
@@ -187,4 +238,5 @@ POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tenso
     "gspo": gspo_loss,
     "gspo_token": gspo_token_loss,
     "cispo": cispo_loss,
+    "ce_gppo": ce_gppo_loss,
 }

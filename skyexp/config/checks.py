@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
-from skyexp.config.names import DATA_SOURCES, REWARD_TERMS, ROLLOUT_ENGINES
+from skyexp.config.names import DATA_SOURCES, REWARD_TERMS, ROLLOUT_ENGINES, random_reward
 from skyexp.config.parallel import check_parallel_world, validate_parallel
 from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import (
@@ -72,6 +72,13 @@ def validate(c: Config) -> None:
     _check_name(c.rollout.name, "rollout.name", ROLLOUT_ENGINES)
     _check_name(c.data.source, "data.source", DATA_SOURCES)
     validate_reward(c.reward, REWARD_TERMS)
+    _check(
+        not random_reward(c.reward.terms)
+        or c.algo.filter_groups not in ("mixed_accuracy", "accuracy_band"),
+        "algo.filter_groups",
+        f"{c.algo.filter_groups} keeps groups by their correctness, which would leak the answers "
+        "into the random-reward control (reward.terms.random); use none or zero_variance",
+    )
     validate_model_trainer(c)
     validate_rollout(c)
     validate_eval(c.eval, _check)
@@ -126,6 +133,10 @@ def validate_loss_and_resets(a: AlgoConfig) -> None:
         f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none "
         "(set algo.clip_c=0)",
     )
+    _check(a.ce_beta1 >= 0, "algo.ce_beta1",
+           "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
+    _check(a.ce_beta2 >= 0, "algo.ce_beta2",
+           "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
     _check(a.ref_reset_every >= 0, "algo.ref_reset_every", "must be >= 0 (0: never)")
     _check(a.ref_reset_every == 0 or a.kl_coef > 0, "algo.ref_reset_every",
            "resets the KL reference, which exists only with a KL term (set algo.kl_coef > 0)")
@@ -170,6 +181,8 @@ def validate_reward(r: RewardConfig, terms: Iterable[str]) -> None:
     )
     _check(len(r.cos_correct) == 2 and len(r.cos_wrong) == 2, "reward.cos_correct",
            "reward.cos_correct and reward.cos_wrong need two values (r_0, r_L)")
+    _check(0.0 <= r.random_p <= 1.0, "reward.random_p",
+           "must be in [0, 1] (the probability of a rewarded sample)")
     _check(r.timeout_s > 0, "reward.timeout_s", "must be > 0")
     _check(r.workers >= 1, "reward.workers", "must be >= 1")
 

@@ -60,8 +60,16 @@ DATA_SOURCES = (
     "hub",
     "mix",
 )
-REWARD_TERMS = ("accuracy", "format", "overlong", "cosine")
+REWARD_TERMS = ("accuracy", "format", "overlong", "cosine", "random")
 ROLLOUT_ENGINES = ("hf", "vllm")
+
+RANDOM_REWARD_MARK = "RANDOM-REWARD"  # the W&B run-name prefix of a random-reward control run
+
+
+def random_reward(terms: Any) -> bool:
+    """Whether reward.terms (a dict or a DictConfig) gives the random-reward control a nonzero
+    weight: such a run is a control, marked in its W&B name and in summary.json."""
+    return float(terms.get("random", 0.0) or 0.0) != 0.0
 
 
 def implements(registry: dict[str, Any] | list[str], declared: tuple[str, ...], what: str) -> None:

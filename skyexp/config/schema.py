@@ -96,9 +96,12 @@ class AlgoConfig:
     # The policy loss (skyexp.algos.seq_losses): ppo (PPO's clipped surrogate, or what
     # entropy.token_rule puts in its place) | gspo | gspo_token (GSPO, arXiv 2507.18071: one
     # importance ratio per sequence, the geometric mean of its tokens') | cispo (CISPO, arXiv
-    # 2506.13585: the clipped ratio as a detached weight, every token keeps its gradient). All use
-    # clip_low / clip_high as their clip range (GSPO's presets: 3e-4 / 4e-4).
+    # 2506.13585: the clipped ratio as a detached weight, every token keeps its gradient) | ce_gppo
+    # (CE-GPPO, arXiv 2509.20712: PPO whose clipped tokens keep a gradient scaled by ce_beta1 /
+    # ce_beta2). All use clip_low / clip_high as their clip range (GSPO's presets: 3e-4 / 4e-4).
     policy_loss: str = "ppo"
+    ce_beta1: float = 0.5  # ce_gppo: scale of the A < 0 tokens below 1 - clip_low (exploitation)
+    ce_beta2: float = 1.0  # ce_gppo: scale of the A > 0 tokens above 1 + clip_high (exploration)
     # Pass@k training (advantage passk_chen | pkpo | passk_best, skyexp.algos.passk): the k of the
     # pass@k objective each group is trained for (1 <= passk_k <= n; passk_best is pass@n).
     passk_k: int = 1
@@ -199,8 +202,8 @@ class RewardConfig:
     timeout_s: float = 5.0  # per answer; a hang beyond it scores 0 and is counted
     max_answer_chars: int = 1000  # longer extracted answers score 0 (counted as errors)
     memory_mb: int = 2048  # address-space cap per scoring process
-    # Weighted terms (skyexp.rewards.terms): accuracy | format | overlong | cosine. A preset's dict
-    # is
+    # Weighted terms (skyexp.rewards.terms): accuracy | format | overlong | cosine | random. A
+    # preset's dict is
     # merged onto this one: set a weight to 0 to drop a term.
     terms: dict[str, float] = field(default_factory=lambda: {"accuracy": 1.0})
     correct: float = 1.0  # accuracy term for a correct answer
@@ -214,6 +217,7 @@ class RewardConfig:
     cos_correct: list[float] = field(default_factory=lambda: [2.0, 1.0])
     cos_wrong: list[float] = field(default_factory=lambda: [-10.0, 0.0])  # ... when wrong
     cos_exceed: float = -10.0  # cosine term: a truncated response
+    random_p: float = 0.5  # random term (the random-reward control): P(reward.correct) per sample
 
 
 @dataclass

@@ -28,6 +28,11 @@ class ScoreInput:
     lengths: torch.Tensor  # [N] response tokens (EOS included)
     truncated: torch.Tensor  # [N] bool, hit the cap before EOS
     max_len: int  # the stage's response-length cap
+    # where the batch sits in the run, for terms that draw (the `random` term): trainer.seed, the
+    # RL step, and a stream number that tells apart the batches of one step (rank, generation round)
+    seed: int = 0
+    step: int = 0
+    stream: int = 0
 
 
 def accuracy(x: ScoreInput, c: RewardConfig) -> torch.Tensor:
@@ -84,11 +89,51 @@ def cosine(x: ScoreInput, c: RewardConfig) -> torch.Tensor:
     return torch.where(x.truncated, torch.tensor(c.cos_exceed, dtype=r.dtype), r).float()
 
 
+_MASK64 = (1 << 64) - 1
+
+
+def _splitmix64(z: int) -> int:
+    """SplitMix64's finaliser (Steele et al., 2014): a 64-bit integer hash with full avalanche."""
+    z = (z + 0x9E3779B97F4A7C15) & _MASK64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def uniform_key(*keys: int) -> float:
+    """A uniform draw in [0, 1) that is a pure function of the integer keys (counter-based: no
+    generator state, so it does not depend on the batch size, the order of scoring or any RNG the
+    run consumes elsewhere)."""
+    h = 0
+    for k in keys:
+        h = _splitmix64(h ^ (k & _MASK64))
+    return (h >> 11) / float(1 << 53)
+
+
+def random_term(x: ScoreInput, c: RewardConfig) -> torch.Tensor:
+    """The random-reward control (Park et al., arXiv 2509.26114): each sample's verdict is
+    Bernoulli(`reward.random_p`), independent of the response and of its correctness:
+        z_i = 1[u(seed, step, stream, i) < p],   term_i = reward.correct if z_i else reward.wrong
+    with u a counter-based uniform (`uniform_key`) of trainer.seed, the RL step, the batch's
+    stream (rank and generation round) and the sample's index in the batch, so a rerun with the
+    same seed draws the same rewards and a resumed run continues where it stopped. With only this
+    term the advantage carries no information about the answers, so any entropy movement comes
+    from the clip (the paper's finding: clip-low raises entropy, clip-high lowers it).
+    Departures: the paper's reward is a plain 0/1 coin (their p = 0.5 is read from the abstract's
+    setting, not checked against its tables); here the two outcomes take reward.correct /
+    reward.wrong, so `reward=random reward.wrong=-1` is the +-1 form. A run with a nonzero weight
+    on this term is marked in its W&B name and in summary.json (`reward_random: true`)."""
+    draws = [uniform_key(x.seed, x.step, x.stream, i) < c.random_p for i in range(len(x.texts))]
+    z = torch.tensor(draws, dtype=torch.bool)
+    return torch.where(z, c.correct, c.wrong).float()
+
+
 REWARD_TERMS: dict[str, Callable[[ScoreInput, RewardConfig], torch.Tensor]] = {
     "accuracy": accuracy,
     "format": format_term,
     "overlong": overlong,
     "cosine": cosine,
+    "random": random_term,
 }
 implements(REWARD_TERMS, names.REWARD_TERMS, "skyexp.rewards.terms.REWARD_TERMS")
 

@@ -70,9 +70,16 @@ class _Round(NamedTuple):
 
 
 def _round(
-    run: Run, stage: StagePlan, temperature: float, problems: list[Problem], timer: Timer
+    run: Run,
+    stage: StagePlan,
+    temperature: float,
+    problems: list[Problem],
+    timer: Timer,
+    index: int = 0,
 ) -> _Round:
-    """Generate n samples for each problem, score them, apply the group filter."""
+    """Generate n samples for each problem, score them, apply the group filter. `index`: the
+    generation round within the step (dynamic sampling), which with the data-parallel rank keys
+    the draws of the random reward term (skyexp.rewards.terms.random_term)."""
     cfg = run.cfg
     prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
     with timer("gen"):
@@ -85,7 +92,14 @@ def _round(
         correct = torch.tensor(scored.scores, dtype=torch.float32)
         total, terms = combine(
             ScoreInput(
-                texts, correct, rollout.response_lengths, rollout.truncated, stage.max_response_len
+                texts,
+                correct,
+                rollout.response_lengths,
+                rollout.truncated,
+                stage.max_response_len,
+                seed=cfg.trainer.seed,
+                step=run.counters.rl_step,
+                stream=run.d.dp_rank * 4096 + index,
             ),
             stage.reward,
         )
@@ -119,7 +133,7 @@ def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) 
             (a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size
         )
         if have < quota or not a.dynamic_sampling:
-            rounds.append(_round(run, stage, temperature, problems, timer))
+            rounds.append(_round(run, stage, temperature, problems, timer, drawn - 1))
             have += int(rounds[-1].keep.sum())
         if not a.dynamic_sampling or drawn >= a.max_gen_batches:
             break

@@ -343,3 +343,14 @@ def test_out_of_range_values_fail_naming_the_key(override):
     with pytest.raises(ConfigError) as e:
         to_typed(compose_cfg([override]))
     assert f"config key '{key}'" in str(e.value), str(e.value)
+
+
+def test_reward_random_preset_and_its_validation():
+    c = to_typed(compose_cfg(["reward=random"]))
+    assert c.reward.terms == {"accuracy": 0.0, "random": 1.0} and c.reward.random_p == 0.5
+    with pytest.raises(ConfigError, match=r"reward\.random_p"):
+        to_typed(compose_cfg(["reward=random", "reward.random_p=1.5"]))
+    # a group filter by correctness would leak the answers into the control
+    with pytest.raises(ConfigError, match=r"algo\.filter_groups"):
+        to_typed(compose_cfg(["reward=random", "algo=dapo"]))
+    assert to_typed(compose_cfg(["reward=random", "algo=dapo", "algo.filter_groups=zero_variance"]))

@@ -16,7 +16,9 @@ from skyexp.config import to_typed
 EXPERIMENTS = ROOT / "experiments"
 SWEEPS = ROOT / "sweeps"
 REAL = ["sky_t1_7b_zero", "sky_t1_7b_step4", "sky_t1_mini", "skywork_or1_7b"]
-SWEEP_NAMES = ["entropy_collapse", "offpolicy", "group_size", "kl", "clip_higher"]
+SWEEP_NAMES = [
+    "entropy_collapse", "offpolicy", "group_size", "kl", "clip_higher", "clip_asymmetry"
+]
 
 
 def typed(overrides: list[str]):

@@ -74,6 +74,22 @@ CASES = {
         "micro_batch_size": 2,
         "single_mbs": 5,
     },
+    # CE-GPPO: clipped tokens keep a scaled gradient (tight clip, off-policy: many are clipped),
+    # with the entropy bonus
+    "ce_gppo": {
+        "algo": {
+            "policy_loss": "ce_gppo",
+            "mini_batches": 2,
+            "ppo_epochs": 2,
+            "clip_low": 0.05,
+            "clip_high": 0.05,
+            "ce_beta1": 0.5,
+            "ce_beta2": 2.0,
+        },
+        "coef": 0.05,
+        "micro_batch_size": 2,
+        "single_mbs": 5,
+    },
     # token-budget micro-batches, padding-free rows, an untied lm head (entropy bonus and KL loss
     # on)
     "budget_padding_free_untied": {

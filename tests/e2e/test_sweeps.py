@@ -101,6 +101,13 @@ OTHERS = [
     # on-policy with one mini-batch nothing clips in 2 steps: the check is that each job got its
     # value
     ("tiny_clip_higher", "algo.clip_high", [], None),
+    # the random-reward control logs its own term (summary.json's guard is checked below)
+    (
+        "tiny_clip_asymmetry",
+        "algo.clip_low",
+        [],
+        lambda rl, v: all("reward/random/mean" in r for r in rl),
+    ),
 ]
 
 
@@ -117,3 +124,7 @@ def test_other_tiny_sweeps_run_two_jobs(tmp_path, name, key, extra, check):
         rl = _rl_rows(run)
         assert [x["train/rl_step"] for x in rl] == [0, 1]
         assert check is None or check(rl, v), (run.name, rl)
+        # the guard (its W&B name prefix: tests/rewards/test_reward_terms.py)
+        random_control = name == "tiny_clip_asymmetry"
+        summary = json.loads((run.path / "summary.json").read_text())
+        assert summary["reward_random"] is random_control

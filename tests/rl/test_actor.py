@@ -191,6 +191,8 @@ def reference_update(
                 clip_high=algo.clip_high,
                 clip_c=algo.clip_c,
                 ratio_max=algo.ratio_max,
+                ce_beta1=algo.ce_beta1,
+                ce_beta2=algo.ce_beta2,
             )
             if tr.loss is not None:  # the token rule's loss replaces PPO's surrogate
                 pg, _ = tr.loss(logp, old[rows], adv_tok, sel, **_own(tr.loss, {**clip, **params}))
@@ -250,6 +252,7 @@ def batch(setup):
         "gspo",
         "gspo_token",
         "cispo",
+        "ce_gppo",
     ],
 )
 def test_update_equals_reference(batch, case, share):
@@ -301,6 +304,12 @@ def test_update_equals_reference(batch, case, share):
             loss_agg="token-mean" if case == "cispo" else "seq-mean-token-mean",
         )
         kw = dict(old=noisy_old)
+    elif case == "ce_gppo":  # clipped tokens keep a scaled gradient, with the entropy bonus
+        algo = AlgoConfig(
+            policy_loss=case, ppo_epochs=2, mini_batches=2, clip_low=0.1, clip_high=0.1,
+            ce_beta1=0.5, ce_beta2=2.0, loss_agg="seq-mean-token-sum-norm",
+        )
+        kw = dict(old=noisy_old, coef=0.05, max_len=16)
     expected = reference_update(policy, ro, adv, weights, algo, **kw)
     p = copy.deepcopy(policy)
     opt = torch.optim.SGD(p.parameters(), lr=1.0)
@@ -321,8 +330,9 @@ def test_update_equals_reference(batch, case, share):
     _same(p, expected)
     assert any(not torch.equal(a, b) for a, b in zip(p.parameters(), policy.parameters()))
     # groups are dealt to mini-batches in turn: with 2 of them, group 1 (all-zero advantages) sits
-    # alone in one and gives no gradient, so that mini-batch takes no optimizer step
-    steps_per_epoch = 1 if algo.mini_batches == 2 else algo.mini_batches
+    # alone in one and gives no gradient, so that mini-batch takes no optimizer step (unless an
+    # entropy bonus gives it one: ce_gppo)
+    steps_per_epoch = 1 if algo.mini_batches == 2 and not kw.get("coef") else algo.mini_batches
     assert st.optimizer_steps == algo.ppo_epochs * steps_per_epoch
     if case == "kl_loss":
         assert st.kl_ref is not None and st.kl_ref > 0
