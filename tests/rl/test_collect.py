@@ -18,7 +18,7 @@ from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
 from skyexp.rl.advantage import group_advantages, step_advantages
 from skyexp.rl.collect import collect_batch, concat_rollouts
-from skyexp.rl.state import Live, Timer
+from skyexp.rl.state import Counters, Live, Timer
 
 
 class FakeEngine:
@@ -74,6 +74,7 @@ def _run(tiny_dir, dist1, script, **algo):
         engine=FakeEngine(tok),
         reward=ScriptedReward(script),
         live=Live(sampler),
+        counters=Counters(),
         algorithm=build_algorithm(cfg),
     )
     return (
