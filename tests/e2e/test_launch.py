@@ -158,6 +158,11 @@ def test_tiny_sweep_through_submitit_local(tmp_path):
             "hydra/launcher=submitit_local",
             "hydra.launcher.timeout_min=20",
             "eval.before=false",
+            # the smoke form (tiny sweeps run 30 steps from a 500-step warm-up since issue 29)
+            "sft.steps=100",
+            "algo.batch_size=4",
+            "context.stages.0.steps=2",
+            "context.stages.0.max_response_len=16",
         ],
         tmp_path,
         timeout=1200,
