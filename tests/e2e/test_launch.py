@@ -171,7 +171,7 @@ def test_tiny_sweep_through_submitit_local(tmp_path):
     (sweep,) = list((tmp_path / "out").glob("*/*"))
     assert sorted(p.name for p in sweep.iterdir() if p.name.isdigit()) == ["0", "1"]
     assert list(sweep.glob(".submitit/*/*_result.pkl")), "jobs did not run through submitit"
-    for job, n in (("0", 2), ("1", 4)):
+    for job, n in (("0", 4), ("1", 8)):  # the sweep's algo.n: 4,8
         rows = [json.loads(x) for x in (sweep / job / "metrics.jsonl").read_text().splitlines()]
         rl = [x for x in rows if "actor/pg_loss" in x]
         assert len(rl) == 2 and any("val/arith/pass@4" in x for x in rows)
