@@ -111,8 +111,10 @@ def test_chen_issue_case_values_in_float32():
     r = binary(56, 30, seed=3)
     got = passk_chen(torch.tensor([r]), passk_k=26)[0]
     assert got.dtype == torch.float32 and torch.isfinite(got).all()
+    correct = torch.tensor(r) == 1.0
+    assert ((got[correct] > 1.1e-8) & (got[correct] < 1.3e-8)).all()  # the audit's +1.2e-8
+    assert ((got[~correct] > -1.5e-8) & (got[~correct] < -1.3e-8)).all()  # and -1.4e-8
     pos, neg = closed_chen(56, 30, 26)
-    assert 1.1e-8 < pos < 1.3e-8 and -1.5e-8 < neg < -1.3e-8
     assert close(got, [pos if x == 1.0 else neg for x in r], rtol=1e-6)
 
 
