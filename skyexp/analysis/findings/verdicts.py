@@ -13,13 +13,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
+from skyexp.analysis.findings.rules import (
+    ARM_HEADER,
+    MIXED,
+    NOT,
+    REPRODUCED,
+    all_or_none,
+    arm_rows,
+    at_cap,
+    base_runs,
+    final_entropy_t1,
+    final_pass,
+    ordered_effect,
+    relative_drop,
+    second_half_entropy,
+    sign_verdict,
+    start_entropy_t1,
+    two_claims,
+)
 from skyexp.analysis.findings.runs import Arm, RunRecord, by_arm
-from skyexp.analysis.findings.stats import Agg, aggregate, spearman, welch_diff
-
-REPRODUCED, MIXED, NOT = "reproduced", "mixed", "not reproduced"
-EDGE = 5  # steps averaged at each end of a curve (single steps are noisy)
+from skyexp.analysis.findings.stats import Agg, aggregate, spearman
 
 
 @dataclass
@@ -34,49 +47,6 @@ class Finding:
     figure: str = ""
     entropy_kind: str = ""  # which entropy the numbers and figure show
     extra: dict = field(default_factory=dict)
-
-
-def edge_mean(curve: dict[int, float], last: bool) -> float:
-    steps = sorted(curve)
-    pick = steps[-EDGE:] if last else steps[:EDGE]
-    return float(np.mean([curve[s] for s in pick])) if pick else math.nan
-
-
-def relative_drop(curve: dict[int, float]) -> float:
-    """1 - H_end / H_start of a per-step entropy curve (means of the first / last EDGE steps)."""
-    start = edge_mean(curve, last=False)
-    return 1.0 - edge_mean(curve, last=True) / start if start else math.nan
-
-
-def start_entropy_t1(records: list[RunRecord]) -> float:
-    """The shared SFT start's entropy at the eval temperature: mean over the runs that evaluated
-    it."""
-    vals = [
-        r.before.entropy
-        for r in records
-        if r.before is not None and math.isfinite(r.before.entropy)
-    ]
-    return float(np.mean(vals)) if vals else math.nan
-
-
-def final_pass(r: RunRecord, k: int) -> float:
-    f = r.final
-    return f.passk.get(k, math.nan) if f else math.nan
-
-
-def final_entropy_t1(r: RunRecord) -> float:
-    return r.final.entropy if r.final else math.nan
-
-
-def _sign_verdict(diff: Agg, sign: int) -> str:
-    """sign = +1: the finding predicts diff > 0; -1: diff < 0."""
-    if diff.n == 0 or not math.isfinite(diff.mean) or sign * diff.mean <= 0:
-        return NOT
-    return REPRODUCED if math.isfinite(diff.ci) and sign * diff.mean - diff.ci > 0 else MIXED
-
-
-def base_runs(records: list[RunRecord]) -> list[RunRecord]:
-    return [r for r in records if r.arm == Arm() and r.before is not None and r.final is not None]
 
 
 def f1(records: list[RunRecord]) -> Finding:
@@ -95,7 +65,7 @@ def f1(records: list[RunRecord]) -> Finding:
         [f"{Arm().label} ({len(runs)} seeds)"],
         ["held-out pass@1", "mean ± sd over seeds"],
         rows,
-        _sign_verdict(diff, +1),
+        sign_verdict(diff, +1),
         f"pass@1 changes by {diff.mean:+.3f} (95% CI [{diff.low:+.3f}, {diff.high:+.3f}]).",
         figure="f1_f2_passk.png",
     )
@@ -126,7 +96,7 @@ def f2(records: list[RunRecord]) -> Finding:
         )
     kmax = ks[-1]
     cross = next((k for k in ks if diffs[k].mean <= 0), None)
-    verdict = _sign_verdict(diffs[kmax], -1)
+    verdict = sign_verdict(diffs[kmax], -1)
     if verdict == REPRODUCED and diffs[ks[0]].mean <= 0:
         verdict = MIXED  # narrowed everywhere: no crossing
     why = (
@@ -151,62 +121,6 @@ def f2(records: list[RunRecord]) -> Finding:
     )
 
 
-def _arm_rows(groups: dict[Arm, list[RunRecord]]) -> list[list[str]]:
-    """Per arm: sampling entropy at the start and end, its relative drop, the entropy at T = 1 of
-    the final held-out samples, the final batch reward and held-out pass@1 / pass@16."""
-    rows = []
-    for arm, runs in groups.items():
-        rows.append([arm.label, str(len(runs)),
-                     aggregate([edge_mean(r.entropy, False) for r in runs]).fmt(),
-                     aggregate([edge_mean(r.entropy, True) for r in runs]).fmt(),
-                     aggregate([relative_drop(r.entropy) for r in runs]).fmt(2),
-                     aggregate([final_entropy_t1(r) for r in runs]).fmt(),
-                     aggregate([edge_mean(r.reward, True) for r in runs]).fmt(),
-                     aggregate([final_pass(r, 1) for r in runs]).fmt(),
-                     aggregate([final_pass(r, 16) for r in runs]).fmt()])
-    return rows
-
-
-ARM_HEADER = [
-    "arm",
-    "seeds",
-    "H sampling, start",
-    "H sampling, end",
-    "relative drop",
-    "H at T=1, final eval",
-    "batch reward, end",
-    "final pass@1",
-    "final pass@16",
-]
-
-
-def _monotone(values: list[float], sign: int) -> bool:
-    return all(sign * (b - a) > 0 for a, b in zip(values, values[1:]))
-
-
-def _ordered_effect(
-    groups: dict[Arm, list[RunRecord]], order, metric, sign: int
-) -> tuple[bool, Agg]:
-    """Arms sorted by `order`: are the per-arm means of `metric` strictly monotone in direction
-    `sign`, and the difference last − first arm (Welch 95% CI)."""
-    arms = sorted(groups, key=order)
-    means = [float(np.nanmean([metric(r) for r in groups[a]])) for a in arms]
-    diff = welch_diff([metric(r) for r in groups[arms[-1]]], [metric(r) for r in groups[arms[0]]])
-    return _monotone(means, sign), diff
-
-
-def _two_claims(first: tuple[bool, Agg], second: tuple[bool, Agg], sign1: int, sign2: int) -> str:
-    ok1 = first[0] and _sign_verdict(first[1], sign1) == REPRODUCED
-    ok2 = second[0] and _sign_verdict(second[1], sign2) == REPRODUCED
-    some = (
-        first[0]
-        or second[0]
-        or _sign_verdict(first[1], sign1) != NOT
-        or _sign_verdict(second[1], sign2) != NOT
-    )
-    return REPRODUCED if ok1 and ok2 else MIXED if some else NOT
-
-
 def f3(records: list[RunRecord]) -> Finding:
     groups = {
         a: rs for a, rs in by_arm(records).items() if a.sgd_steps == 1 and a.entropy == "none"
@@ -224,8 +138,8 @@ def f3(records: list[RunRecord]) -> Finding:
             "fewer than two temperature arms",
             entropy_kind=kind,
         )
-    level = _ordered_effect(groups, lambda a: a.temperature, final_entropy_t1, +1)
-    drop = _ordered_effect(groups, lambda a: a.temperature, lambda r: relative_drop(r.entropy), -1)
+    level = ordered_effect(groups, lambda a: a.temperature, final_entropy_t1, +1)
+    drop = ordered_effect(groups, lambda a: a.temperature, lambda r: relative_drop(r.entropy), -1)
     why = (
         f"final entropy at T=1, highest − lowest temperature: {level[1].mean:+.3f} (95% CI "
         f"[{level[1].low:+.3f}, "
@@ -239,8 +153,8 @@ def f3(records: list[RunRecord]) -> Finding:
         "higher rollout temperature → higher entropy, slower collapse",
         [a.label for a in groups],
         ARM_HEADER,
-        _arm_rows(groups),
-        _two_claims(level, drop, +1, -1),
+        arm_rows(groups),
+        two_claims(level, drop, +1, -1),
         why,
         figure="f3_temperature.png",
         entropy_kind=kind,
@@ -264,8 +178,8 @@ def f4(records: list[RunRecord]) -> Finding:
             "fewer than two SGD-step arms",
             entropy_kind=kind,
         )
-    level = _ordered_effect(groups, lambda a: a.sgd_steps, final_entropy_t1, -1)
-    drop = _ordered_effect(groups, lambda a: a.sgd_steps, lambda r: relative_drop(r.entropy), +1)
+    level = ordered_effect(groups, lambda a: a.sgd_steps, final_entropy_t1, -1)
+    drop = ordered_effect(groups, lambda a: a.sgd_steps, lambda r: relative_drop(r.entropy), +1)
     why = (
         f"final entropy at T=1, most − fewest SGD steps: {level[1].mean:+.3f} (95% CI "
         f"[{level[1].low:+.3f}, "
@@ -279,27 +193,35 @@ def f4(records: list[RunRecord]) -> Finding:
         "more off-policy SGD steps per batch → faster collapse",
         [a.label for a in groups],
         ARM_HEADER,
-        _arm_rows(groups),
-        _two_claims(level, drop, -1, +1),
+        arm_rows(groups),
+        two_claims(level, drop, -1, +1),
         why,
         figure="f4_offpolicy.png",
         entropy_kind=kind,
     )
 
 
-def second_half_entropy(r: RunRecord) -> float:
-    steps = sorted(r.entropy)
-    half = steps[len(steps) // 2:]
-    return float(np.mean([r.entropy[s] for s in half])) if half else math.nan
-
-
-def at_cap(r: RunRecord) -> float:
-    """Share of the second half's steps whose entropy coefficient sits at entropy.coef_max (the
-    controller saturated: it can push no harder)."""
-    steps = sorted(r.coef)[len(r.coef) // 2:]
-    if not steps or not math.isfinite(r.coef_max):
-        return math.nan
-    return float(np.mean([r.coef[s] >= r.coef_max * (1 - 1e-6) for s in steps]))
+def _f5_arm(arm: Arm, runs: list[RunRecord], none_runs: list[RunRecord], none_h: Agg,
+            tolerance: float) -> tuple[str, list[str]]:
+    """One adaptive arm of F5: its verdict and table row (second-half entropy against the
+    target's ±tolerance band, beside the no-bonus arm)."""
+    h = aggregate([second_half_entropy(r) for r in runs])
+    lo, hi = arm.target * (1 - tolerance), arm.target * (1 + tolerance)
+    held = lo <= h.low and h.high <= hi
+    near = lo <= h.mean <= hi
+    none_off = not (lo <= none_h.mean <= hi)
+    verdict = REPRODUCED if held and none_off else MIXED if (near or h.mean > none_h.mean) else NOT
+    row = [
+        arm.label,
+        str(h.n),
+        f"{arm.target:g}",
+        f"{h.fmt()} [{h.low:.3f}, {h.high:.3f}]",
+        none_h.fmt(),
+        aggregate([at_cap(r) for r in runs]).fmt(2),
+        aggregate([final_pass(r, 1) for r in runs]).fmt(),
+        aggregate([final_pass(r, 1) for r in none_runs]).fmt(),
+    ]
+    return verdict, row
 
 
 def f5(records: list[RunRecord], tolerance: float = 0.1) -> Finding:
@@ -322,36 +244,9 @@ def f5(records: list[RunRecord], tolerance: float = 0.1) -> Finding:
             "needs the no-bonus arm and an adaptive arm",
             entropy_kind=kind,
         )
-    rows, verdicts = [], []
     none_h = aggregate([second_half_entropy(r) for r in groups[Arm()]])
-    for arm in adaptive:
-        h = aggregate([second_half_entropy(r) for r in groups[arm]])
-        lo, hi = arm.target * (1 - tolerance), arm.target * (1 + tolerance)
-        held = lo <= h.low and h.high <= hi
-        near = lo <= h.mean <= hi
-        none_off = not (lo <= none_h.mean <= hi)
-        verdicts.append(
-            REPRODUCED if held and none_off else MIXED if (near or h.mean > none_h.mean) else NOT
-        )
-        rows.append(
-            [
-                arm.label,
-                str(h.n),
-                f"{arm.target:g}",
-                f"{h.fmt()} [{h.low:.3f}, {h.high:.3f}]",
-                none_h.fmt(),
-                aggregate([at_cap(r) for r in groups[arm]]).fmt(2),
-                aggregate([final_pass(r, 1) for r in groups[arm]]).fmt(),
-                aggregate([final_pass(r, 1) for r in groups[Arm()]]).fmt(),
-            ]
-        )
-    verdict = (
-        REPRODUCED
-        if all(v == REPRODUCED for v in verdicts)
-        else NOT
-        if all(v == NOT for v in verdicts)
-        else MIXED
-    )
+    arms = [_f5_arm(arm, groups[arm], groups[Arm()], none_h, tolerance) for arm in adaptive]
+    rows, verdict = [row for _, row in arms], all_or_none([v for v, _ in arms])
     why = "; ".join(
         f"{r[0]}: mean entropy over the second half {r[3]} against target {r[2]}" for r in rows
     )
