@@ -60,7 +60,7 @@ def _hf_for(
 def _vllm_for(
     cfg: Any, model_path: str, device: torch.device | str, common: dict[str, Any]
 ) -> Engine:
-    from skyexp.rollout.vllm import VLLMSettings
+    from skyexp.rollout.vllm_setup import VLLMSettings
 
     settings = VLLMSettings(
         dtype=cfg.model.dtype,

@@ -77,6 +77,17 @@ class HFEngine:
             entropy=cat(5, width - plen, 0),
         )
 
+    def _left_padded(
+        self, prompts: list[list[int]], plen: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prompts left-padded to plen [P, plen] and their attention mask."""
+        dev = self.device
+        ids = torch.full((len(prompts), plen), self.pad_id, dtype=torch.long, device=dev)
+        for i, r in enumerate(prompts):
+            ids[i, plen - len(r) :] = torch.tensor(r, dtype=torch.long)
+        lengths = torch.tensor([len(r) for r in prompts], device=dev)
+        return ids, (torch.arange(plen, device=dev) >= plen - lengths[:, None]).long()
+
     @torch.inference_mode()
     def _sample(
         self,
@@ -88,13 +99,7 @@ class HFEngine:
         top_p: float,
     ):
         dev, num = self.device, len(prompts) * n
-        ids = torch.full((len(prompts), plen), self.pad_id, dtype=torch.long, device=dev)
-        for i, r in enumerate(prompts):
-            ids[i, plen - len(r) :] = torch.tensor(r, dtype=torch.long)
-        prompt_attn = (
-            torch.arange(plen, device=dev)
-            >= plen - torch.tensor([len(r) for r in prompts], device=dev)[:, None]
-        ).long()
+        ids, prompt_attn = self._left_padded(prompts, plen)
         seq = torch.full((num, plen + max_tokens), self.pad_id, dtype=torch.long, device=dev)
         attn = torch.zeros_like(seq)
         seq[:, :plen], attn[:, :plen] = (

@@ -153,7 +153,7 @@ def test_sync_hides_only_the_expected_reload_warnings(tied):
     those are dropped, a warning for any other layer (a weight the sync missed) is not."""
     import logging
 
-    from skyexp.rollout.vllm import RELOAD_LOGGER, _quiet_expected_reload_warnings
+    from skyexp.rollout.vllm_setup import RELOAD_LOGGER, quiet_expected_reload_warnings
 
     log = logging.getLogger(RELOAD_LOGGER)
     seen: list[str] = []
@@ -161,8 +161,8 @@ def test_sync_hides_only_the_expected_reload_warnings(tied):
     handler.emit = lambda record: seen.append(record.getMessage())
     log.addHandler(handler)
     try:
-        _quiet_expected_reload_warnings(tied)
-        _quiet_expected_reload_warnings(tied)  # a second engine replaces the filter, not stacks it
+        quiet_expected_reload_warnings(tied)
+        quiet_expected_reload_warnings(tied)  # a second engine replaces the filter, not stacks it
         for layer in ("RotaryEmbedding", "ParallelLMHead", "QKVParallelLinear"):
             log.warning("%s: Failed to load weights", layer)
         log.warning("something else about %s", "RotaryEmbedding")
