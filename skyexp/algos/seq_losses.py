@@ -18,6 +18,7 @@ its tokens (or a per-token advantage); `mask` [N, T] is 1 on tokens that train.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 
@@ -233,10 +234,23 @@ def ppo_loss(
     return clipped_policy_loss(logp, old_logp, adv, clip_low, clip_high, clip_c)
 
 
-POLICY_LOSSES: dict[str, Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]] = {
-    "ppo": ppo_loss,
-    "gspo": gspo_loss,
-    "gspo_token": gspo_token_loss,
-    "cispo": cispo_loss,
-    "ce_gppo": ce_gppo_loss,
+class PolicyLossEntry(NamedTuple):
+    """A registered policy loss and what it needs of the rest of the config (checked at config
+    validation, skyexp.config.checks), as skyexp.algos.advantages.Estimator does for estimators."""
+
+    fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]  # config values by keyword
+    # PPO's per-token surrogate: the dual clip (algo.clip_c) and a token rule that replaces the
+    # surrogate (entropy.token_rule) apply to it only
+    ppo_surrogate: bool = False
+    # one ratio per sequence (GSPO): the paper's mean over sequences (algo.loss_agg), and the
+    # trainer's old log-probs whenever the sampler is not its own model (algo.old_logprobs)
+    sequence_ratio: bool = False
+
+
+POLICY_LOSSES: dict[str, PolicyLossEntry] = {
+    "ppo": PolicyLossEntry(ppo_loss, ppo_surrogate=True),
+    "gspo": PolicyLossEntry(gspo_loss, sequence_ratio=True),
+    "gspo_token": PolicyLossEntry(gspo_token_loss, sequence_ratio=True),
+    "cispo": PolicyLossEntry(cispo_loss),
+    "ce_gppo": PolicyLossEntry(ce_gppo_loss),
 }

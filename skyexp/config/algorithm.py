@@ -29,7 +29,7 @@ from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.algos.losses import AGGREGATIONS
 from skyexp.algos.rollout_is import ROLLOUT_IS
-from skyexp.algos.seq_losses import POLICY_LOSSES
+from skyexp.algos.seq_losses import POLICY_LOSSES, PolicyLossEntry
 from skyexp.algos.shaping import entropy_shaped
 from skyexp.algos.token_rules import TOKEN_RULES
 from skyexp.config.names import bind
@@ -66,6 +66,7 @@ class Algorithm:
     is_weights: Callable[[Tensor, Tensor, Tensor], Tensor | None]
     kl: Callable[[Tensor, Tensor], Tensor]  # (logp, ref_logp) -> per-token KL [N, R]
     policy_loss: PolicyLoss
+    loss_entry: PolicyLossEntry  # algo.policy_loss's registry entry (its constraints)
     select: Select | None  # the token rule's selection; None: no selection
     grads_zero_advantage: bool  # the rule's selected tokens get a gradient even where A = 0
     aggregate: Callable[..., Tensor]  # (per-token values, mask, Normalisers) -> scalar
@@ -102,7 +103,7 @@ def _policy_loss(c: Config) -> tuple[PolicyLoss, Select | None, bool]:
     a, e = c.algo, c.entropy
     rule = _lookup(TOKEN_RULES, e.token_rule, "entropy.token_rule")
     sections, what = {"entropy": e, "algo": a}, f"entropy.token_rule '{e.token_rule}'"
-    own = bind(_lookup(POLICY_LOSSES, a.policy_loss, "algo.policy_loss"), {"algo": a},
+    own = bind(_lookup(POLICY_LOSSES, a.policy_loss, "algo.policy_loss").fn, {"algo": a},
                f"algo.policy_loss '{a.policy_loss}'")
     loss = (functools.partial(_masked_loss, own) if rule.loss is None
             else functools.partial(_rule_loss, bind(rule.loss, sections, what)))
@@ -151,6 +152,7 @@ def build_algorithm(c: Config) -> Algorithm:
                         f"algo.rollout_is '{a.rollout_is}'"),
         kl=_lookup(KL_ESTIMATORS, a.kl_estimator, "algo.kl_estimator"),
         policy_loss=loss,
+        loss_entry=POLICY_LOSSES[a.policy_loss],
         select=select,
         grads_zero_advantage=grads_zero_advantage,
         aggregate=_lookup(AGGREGATIONS, a.loss_agg, "algo.loss_agg"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -26,9 +27,8 @@ from skyexp.config.schema import (
 )
 from skyexp.config.stages import check_world_plan, validate_schedule
 
-# GSPO's sequence-ratio losses (skyexp.algos.seq_losses): the paper's mean over sequences, and old
-# log-probs from the trainer's numerics (validate_old_logprobs)
-SEQUENCE_MEAN_LOSSES = ("gspo", "gspo_token")
+if TYPE_CHECKING:  # the registries import torch; validate() builds them at run time
+    from skyexp.algos.seq_losses import PolicyLossEntry
 
 
 def to_typed(cfg: DictConfig | dict, schema: type = Config) -> Config:
@@ -66,9 +66,9 @@ def validate(c: Config) -> None:
 
     algorithm = build_algorithm(c)
     check_labels(c)
-    validate_algo(c.algo)
-    validate_old_logprobs(c)
-    validate_entropy(c)
+    validate_algo(c.algo, algorithm.loss_entry)
+    validate_old_logprobs(c, algorithm.loss_entry)
+    validate_entropy(c, algorithm.loss_entry)
     _check_name(c.rollout.name, "rollout.name", ROLLOUT_ENGINES)
     _check_name(c.data.source, "data.source", DATA_SOURCES)
     validate_reward(c.reward, REWARD_TERMS)
@@ -91,7 +91,7 @@ def validate(c: Config) -> None:
     validate_parallel(c, _check)
 
 
-def validate_algo(a: AlgoConfig) -> None:
+def validate_algo(a: AlgoConfig, loss: PolicyLossEntry) -> None:
     _check(
         0 <= a.filter_low <= a.filter_high <= 1,
         "algo.filter_low",
@@ -114,21 +114,22 @@ def validate_algo(a: AlgoConfig) -> None:
         "algo.rollout_is_cap",
         "must be >= 1 (weights above it are truncated to it)",
     )
-    validate_loss_and_resets(a)
+    validate_loss_and_resets(a, loss)
 
 
-def validate_loss_and_resets(a: AlgoConfig) -> None:
-    """The policy loss, ProRL resets. (k against each stage's n: skyexp.config.stages.)"""
+def validate_loss_and_resets(a: AlgoConfig, loss: PolicyLossEntry) -> None:
+    """The policy loss against what its registry entry declares, ProRL resets. (k against each
+    stage's n: skyexp.config.stages.)"""
     _check(a.passk_k >= 1, "algo.passk_k", "must be >= 1")
     _check(
-        a.policy_loss not in SEQUENCE_MEAN_LOSSES or a.loss_agg == "seq-mean-token-mean",
+        not loss.sequence_ratio or a.loss_agg == "seq-mean-token-mean",
         "algo.loss_agg",
         f"algo.policy_loss={a.policy_loss} is a mean over sequences (arXiv 2507.18071); "
         f"'{a.loss_agg}' would weigh "
         "rows by their length: set algo.loss_agg=seq-mean-token-mean",
     )
     _check(
-        a.policy_loss == "ppo" or a.clip_c == 0,
+        loss.ppo_surrogate or a.clip_c == 0,
         "algo.clip_c",
         f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none "
         "(set algo.clip_c=0)",
@@ -142,7 +143,7 @@ def validate_loss_and_resets(a: AlgoConfig) -> None:
            "resets the KL reference, which exists only with a KL term (set algo.kl_coef > 0)")
 
 
-def validate_old_logprobs(c: Config) -> None:
+def validate_old_logprobs(c: Config, loss: PolicyLossEntry) -> None:
     """The old log-probs against what uses them: the IS correction compares the trainer's with the
     sampler's, so it needs the trainer's; GSPO's sequence ratio takes any sampler/trainer gap
     directly against clip ranges of ~3e-4, so it needs them whenever the sampler is not the
@@ -155,9 +156,7 @@ def validate_old_logprobs(c: Config) -> None:
         "algo.old_logprobs=recompute",
     )
     _check(
-        a.policy_loss not in SEQUENCE_MEAN_LOSSES
-        or c.rollout.name == "hf"
-        or old_logprobs_recomputed(c),
+        not loss.sequence_ratio or c.rollout.name == "hf" or old_logprobs_recomputed(c),
         "algo.old_logprobs",
         f"algo.policy_loss={a.policy_loss} with rollout={c.rollout.name}: the sequence ratio "
         "would take the sampler/trainer numeric gap against clip ranges of ~3e-4 and clip nearly "
@@ -250,7 +249,7 @@ def check_world(c: Config, world_size: int) -> None:
     )
 
 
-def validate_entropy(c: Config) -> None:
+def validate_entropy(c: Config, loss: PolicyLossEntry) -> None:
     """The entropy.* values (names, preset labels and bound parameters: build_algorithm)."""
     e = c.entropy
     _check(0 < e.top_ratio <= 1, "entropy.top_ratio", "must be in (0, 1]")
@@ -265,7 +264,7 @@ def validate_entropy(c: Config) -> None:
         "must be > 1 (the shaping term stays below |A| and keeps its sign)",
     )
     _check(
-        c.algo.policy_loss == "ppo" or e.token_rule == "none",
+        loss.ppo_surrogate or e.token_rule == "none",
         "entropy.token_rule",
         f"'{e.token_rule}' replaces PPO's per-token loss, which "
         f"algo.policy_loss={c.algo.policy_loss} does not use: "

@@ -125,7 +125,7 @@ def test_clipfrac_metric():
 
 
 def test_preset_registry_and_checks_name_the_keys():
-    assert POLICY_LOSSES["ce_gppo"] is ce_gppo_loss
+    assert POLICY_LOSSES["ce_gppo"].fn is ce_gppo_loss
     c = to_typed(compose_cfg(["algo=ce_gppo"]))
     assert (c.algo.policy_loss, c.algo.ce_beta1, c.algo.ce_beta2) == ("ce_gppo", 0.5, 1.0)
     build_algorithm(c)  # binds clip_low, clip_high, ce_beta1, ce_beta2 from algo.*

@@ -224,7 +224,7 @@ def test_the_policy_loss_is_bound_at_validation(monkeypatch):
     def typo_loss(logp, old_logp, adv, mask, *, clip_loww):
         return adv, {}
 
-    monkeypatch.setitem(sl.POLICY_LOSSES, "typo", typo_loss)
+    monkeypatch.setitem(sl.POLICY_LOSSES, "typo", sl.PolicyLossEntry(typo_loss))
     with pytest.raises(ConfigError, match=r"algo\.clip_loww"):
         to_typed(compose_cfg(["algo.policy_loss=typo", "algo.loss_agg=token-mean"]))
     plain = build_algorithm(to_typed(compose_cfg([])))

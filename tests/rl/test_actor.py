@@ -197,7 +197,7 @@ def reference_update(
             if tr.loss is not None:  # the token rule's loss replaces PPO's surrogate
                 pg, _ = tr.loss(logp, old[rows], adv_tok, sel, **_own(tr.loss, {**clip, **params}))
             else:  # algo.policy_loss's: the whole row's mask, untrimmed
-                seq = POLICY_LOSSES[algo.policy_loss]
+                seq = POLICY_LOSSES[algo.policy_loss].fn
                 pg, _ = seq(logp, old[rows], adv_tok, lm, **_own(seq, clip))
             pg = pg if isw is None else pg * isw[rows]
             loss = agg(pg, lm, norm) - coef * agg(token_entropy(logits, ro.temperature), lm, norm)
