@@ -7,6 +7,7 @@ from a checkpoint instead, and SFT and the first evaluation are not repeated.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
@@ -35,6 +36,7 @@ from skyexp.rl import boundaries, faults, sft
 from skyexp.rl.loop import evaluate, run_rl
 from skyexp.rl.resume import SavedEval, restore, rewind_logs
 from skyexp.rl.state import Counters, Live, Run
+from skyexp.rl.summary import Clock, PreRL, Summary
 from skyexp.rl.update import UpdateSettings
 from skyexp.rollout import engine_for
 from skyexp.tracking import git_commit, make_logger, use_bars
@@ -51,7 +53,7 @@ class Setup:
     base: str  # the model RL would start from without SFT (hub id, directory, or the tiny model)
     sft_dir: Path  # the SFT result's cache directory for this config
     start: str  # the weights loaded (base, or the cached SFT result)
-    summary: dict[str, Any]
+    summary: Summary
     t0: float
 
 
@@ -90,15 +92,7 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     resume = _resume_point(cfg, run_dir, d)
     random.seed(cfg.trainer.seed + d.dp_rank)  # the ranks of a sequence-parallel group draw alike
     torch.manual_seed(cfg.trainer.seed)
-    task = load_task(cfg.data)
-    base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
-    base = distributed.broadcast_object(base)  # rank 0 builds the tiny model once
-    tokenizer = loading.load_tokenizer(base, cfg.model)
-    # prompts longer than data.max_prompt_len or the model's context are dropped and counted, before
-    # training
-    task = fit_task(
-        task, tokenizer, cfg.data, cfg.model.chat_template, loading.context_length(base, cfg.model)
-    )
+    task, base, tokenizer = _task_and_tokenizer(cfg, d)
     eval_problems = (
         load_eval_problems(cfg, task)
         if (cfg.eval.before or cfg.eval.after or cfg.eval.every)
@@ -113,13 +107,7 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     except BaseException:
         reward.close()  # its worker processes would outlive the failed start
         raise
-    saved = checkpoint.read_state(resume) if resume else {}
-    # rows logged after the checkpoint (all of them without one) go
-    if cfg.trainer.resume and d.is_main:
-        rewind_logs(run_dir, saved.get("counters", {}).get("global_step", 0))
-    logger = make_logger(
-        cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id")
-    )
+    logger = _start_logger(cfg, run_dir, config_dict, d, resume)
     opt, sched = boundaries.make_optimizer(cfg, policy)
     run = Run(
         cfg,
@@ -140,23 +128,59 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         Counters(entropy_coef=cfg.entropy.coef),
         Live(boundaries.make_sampler(cfg, task.train, d.dp_rank, d.dp_size)),
     )
-    summary: dict[str, Any] = {
-        "world_size": d.world_size,
-        "params": loading.num_params(policy),
-        "rollout": cfg.rollout.name,
-        "git_commit": git_commit(),
-        # rows skipped, duplicates, ...
-        "data": {"problems": len(task.train), **task.stats},
-        # the guard: a random-reward control is never mistaken for a real result
-        "reward_random": random_reward(cfg.reward.terms),
-    }
-    if summary["reward_random"]:
+    return Setup(
+        run, resume, base, sft_dir, start, _first_summary(run, len(task.train), task.stats), t0
+    )
+
+
+def _task_and_tokenizer(cfg: Config, d: distributed.Dist) -> tuple[Any, str, Any]:
+    """The task, the model RL would start from without SFT (rank 0 builds the tiny model once)
+    and its tokenizer; prompts longer than data.max_prompt_len or the model's context are
+    dropped and counted, before training."""
+    task = load_task(cfg.data)
+    base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
+    base = distributed.broadcast_object(base)
+    tokenizer = loading.load_tokenizer(base, cfg.model)
+    context = loading.context_length(base, cfg.model)
+    return fit_task(task, tokenizer, cfg.data, cfg.model.chat_template, context), base, tokenizer
+
+
+def _start_logger(
+    cfg: Config,
+    run_dir: Path,
+    config_dict: dict[str, Any] | None,
+    d: distributed.Dist,
+    resume: Path | None,
+):
+    """The metric sinks, continuing the checkpoint's W&B run; rows logged after the checkpoint
+    (all of them without one) go first."""
+    saved = checkpoint.read_state(resume) if resume else {}
+    if cfg.trainer.resume and d.is_main:
+        rewind_logs(run_dir, saved.get("counters", {}).get("global_step", 0))
+    return make_logger(
+        cfg.logger, run_dir, config_dict or asdict(cfg), d.is_main, saved.get("wandb_id")
+    )
+
+
+def _first_summary(run: Run, problems: int, data_stats: dict[str, Any]) -> Summary:
+    """summary.json's entries known at setup; a random-reward control says so here and in the log,
+    so it is never mistaken for a real result."""
+    cfg = run.cfg
+    summary = Summary(
+        world_size=run.d.world_size,
+        params=loading.num_params(run.policy),
+        rollout=cfg.rollout.name,
+        git_commit=git_commit(),
+        data={"problems": problems, **data_stats},  # rows skipped, duplicates, ...
+        reward_random=random_reward(cfg.reward.terms),
+    )
+    if summary.reward_random:
         log.warning(
             "reward=random: a random-reward CONTROL run (Bernoulli(reward.random_p=%g) per sample, "
             "independent of the answers); its W&B name and summary.json say so",
             cfg.reward.random_p,
         )
-    return Setup(run, resume, base, sft_dir, start, summary, t0)
+    return summary
 
 
 def _shared_run_dir(run_dir: Path) -> Path:
@@ -173,17 +197,15 @@ def sft_phase(s: Setup) -> None:
     run, cfg = s.run, s.run.cfg
     with _phase(s.summary, "sft"):
         if cfg.sft.steps and s.start == s.base:
-            s.summary.update(
-                sft.run_sft(
-                    cfg,
-                    run.d,
-                    run.policy,
-                    run.tokenizer,
-                    run.problems,
-                    s.sft_dir,
-                    run.log,
-                    run.d.is_main and use_bars(cfg.logger.progress),
-                )
+            s.summary.sft = sft.run_sft(
+                cfg,
+                run.d,
+                run.policy,
+                run.tokenizer,
+                run.problems,
+                s.sft_dir,
+                run.log,
+                run.d.is_main and use_bars(cfg.logger.progress),
             )
             run.engine.sync_weights(run.policy)
         elif cfg.sft.steps:
@@ -192,8 +214,8 @@ def sft_phase(s: Setup) -> None:
                 s.sft_dir,
                 s.sft_dir.name,
             )
-        s.summary["sft_cached"] = bool(cfg.sft.steps) and s.start != s.base
-        s.summary["sft_dir"] = str(s.sft_dir) if cfg.sft.steps else None
+        s.summary.sft_cached = bool(cfg.sft.steps) and s.start != s.base
+        s.summary.sft_dir = str(s.sft_dir) if cfg.sft.steps else None
 
 
 def reference_phase(s: Setup) -> None:
@@ -208,51 +230,31 @@ def reference_phase(s: Setup) -> None:
 def eval_before_phase(s: Setup) -> EvalResult | None:
     with _phase(s.summary, "eval_before"):
         before = evaluate(s.run, "before") if s.run.cfg.eval.before else None
-    s.run.counters.pre_rl = {**s.summary, "before_pass_at": before.pass_at if before else None}
+    s.run.counters.pre_rl = PreRL(copy.deepcopy(s.summary), before.pass_at if before else None)
     return before
 
 
-def rl_phase(s: Setup, before: EvalResult | SavedEval | None
-             ) -> tuple[str | None, EvalResult | SavedEval | None]:
+def rl_phase(
+    s: Setup, before: EvalResult | SavedEval | None
+) -> tuple[str | None, EvalResult | SavedEval | None]:
     """The RL stages (restored from the checkpoint first when resuming). Returns (why it stopped
     early or None, the evaluation before RL: this run's, or the one the checkpoint remembers)."""
     run = s.run
     with _phase(s.summary, "rl"):
         if s.resume:
             restore(run, s.resume)  # last: it sets every RNG
-            s.summary.update(
-                {k: v for k, v in run.counters.pre_rl.items() if k not in PRIVATE},
-                world_size=run.d.world_size,
-                resumed_from=str(s.resume),
-            )
-            if run.counters.pre_rl.get("before_pass_at"):
-                before = SavedEval(
-                    {int(k): v for k, v in run.counters.pre_rl["before_pass_at"].items()}
-                )
+            pre = run.counters.pre_rl
+            if pre.summary is not None:
+                s.summary.resume(pre.summary, run.d.world_size, s.resume)
+            if pre.before_pass_at:
+                before = SavedEval(pre.before_pass_at)
         # checkpointed with the counters
-        run.counters.pre_rl.update(clock(run.counters.pre_rl, s.resume, run.counters.rl_step, s.t0))
+        run.counters.pre_rl.clock = Clock.start(
+            run.counters.pre_rl.clock, s.resume, run.counters.rl_step, s.t0
+        )
         with faults.SigtermFlag() as sigterm:
             stopped = run_rl(run, sigterm)
     return stopped, before
-
-
-PRIVATE = ("before_pass_at", "clock")  # pre_rl entries that are not summary entries
-
-
-def clock(pre_rl: dict[str, Any], resume: Path | None, rl_step: int, t0: float) -> dict[str, Any]:
-    """The run's clock across processes, kept in pre_rl (saved with every checkpoint): this
-    process's start (t0) and RL start, and what the processes before it spent up to the checkpoint
-    this one resumed from (its DONE file's time), with the RL step of each resume."""
-    now, old = time.time(), pre_rl.get("clock")
-    ck = {"t0": t0, "rl_t0": now, "wall_before_s": 0.0, "rl_before_s": 0.0, "resumed_at": []}
-    if resume and old:
-        saved = (resume / "DONE").stat().st_mtime
-        ck.update(
-            wall_before_s=old["wall_before_s"] + saved - old["t0"],
-            resumed_at=[*old["resumed_at"], rl_step],
-            rl_before_s=old["rl_before_s"] + saved - old["rl_t0"],
-        )
-    return {"clock": ck}
 
 
 def finish(s: Setup, before: EvalResult | SavedEval | None) -> dict[str, Any]:
@@ -268,19 +270,15 @@ def finish(s: Setup, before: EvalResult | SavedEval | None) -> dict[str, Any]:
             run.d,
             {"rl_steps": run.counters.rl_step},
         )
-    s.summary.update(
-        _summarise(run, before, after, time.time() - s.t0), skipped_steps=run.counters.skipped_steps
-    )
-    ck = run.counters.pre_rl.get("clock")
-    if ck and ck["resumed_at"]:  # times over every process of the run, not only this one
-        s.summary.update(
-            wall_s=round(s.summary["wall_s"] + ck["wall_before_s"], 1),
-            resumed_at=ck["resumed_at"],
-            **{"time_s/rl": round(s.summary["time_s/rl"] + ck["rl_before_s"], 2)},
-        )
+    _summarise(s.summary, run, before, after, time.time() - s.t0)
+    ck = run.counters.pre_rl.clock
+    if ck and ck.resumed_at:  # times over every process of the run, not only this one
+        s.summary.wall_s = round(s.summary.wall_s + ck.wall_before_s, 1)
+        s.summary.resumed_at = ck.resumed_at
+        s.summary.times["rl"] = round(s.summary.times["rl"] + ck.rl_before_s, 2)
     if run.d.is_main:
-        _write_outputs(run, s.summary, before, after)
-    return s.summary
+        _write_outputs(run, s.summary.to_json(), before, after)
+    return s.summary.to_json()
 
 
 def load_eval_problems(cfg: Config, task) -> list[Problem]:
@@ -321,28 +319,37 @@ def _reference_path(cfg: Config, base: str, sft_dir: Path) -> str:
 
 
 @contextmanager
-def _phase(summary: dict[str, Any], name: str):
+def _phase(summary: Summary, name: str):
     t = time.perf_counter()
     yield
-    summary[f"time_s/{name}"] = round(time.perf_counter() - t, 2)
+    summary.times[name] = round(time.perf_counter() - t, 2)
 
 
 def _summarise(
-    run: Run, before: EvalResult | None, after: EvalResult | None, wall: float
-) -> dict[str, Any]:
+    summary: Summary,
+    run: Run,
+    before: EvalResult | SavedEval | None,
+    after: EvalResult | None,
+    wall: float,
+) -> None:
+    """The RL outcome into the summary: wall time, steps, the mean entropy and reward of the first
+    and last few steps (single steps are noisy), pass@k before and after RL."""
     h = run.counters.history
-    out: dict[str, Any] = {"wall_s": round(wall, 1), "rl_steps": run.counters.rl_step}
+    summary.wall_s, summary.rl_steps = round(wall, 1), run.counters.rl_step
+    summary.skipped_steps = run.counters.skipped_steps
     if h:
-        k = max(1, min(10, len(h) // 5))  # average a few steps: single-step entropy is noisy
-        out["entropy_start"] = sum(x.entropy for x in h[:k]) / k
-        out["entropy_end"] = sum(x.entropy for x in h[-k:]) / k
-        out["reward_start"] = sum(x.reward for x in h[:k]) / k
-        out["reward_end"] = sum(x.reward for x in h[-k:]) / k
-    for label, res in (("before", before), ("after", after)):
-        if res is not None:
-            for kk, v in res.pass_at.items():
-                out[f"pass@{kk}_{label}"] = v
-    return out
+        k = max(1, min(10, len(h) // 5))
+        summary.ends = {
+            "entropy_start": sum(x.entropy for x in h[:k]) / k,
+            "entropy_end": sum(x.entropy for x in h[-k:]) / k,
+            "reward_start": sum(x.reward for x in h[:k]) / k,
+            "reward_end": sum(x.reward for x in h[-k:]) / k,
+        }
+    summary.pass_at = {
+        label: dict(res.pass_at)
+        for label, res in (("before", before), ("after", after))
+        if res is not None
+    }
 
 
 def _write_outputs(

@@ -103,6 +103,36 @@ def generate_by_length(
     return texts, lengths, truncated
 
 
+def _problem_record(
+    p: Problem,
+    rs: range,
+    grp: list[tuple[str, int]],
+    scored: Any,
+    gen: tuple[list[str], list[int], list[bool]],
+) -> tuple[int, list[int], list[float], dict]:
+    """One problem's result from its sample rows `rs`: the number correct, the sizes of its groups
+    of equal wrong answers, the scores, and its eval/*.jsonl record (samples and maj@k votes)."""
+    texts, lengths, truncated = gen
+    samples = [
+        {
+            "text": texts[r],
+            "extracted": scored.extracted[r],
+            "score": scored.scores[r],
+            "status": scored.status[r],
+            "length": lengths[r],
+            "truncated": truncated[r],
+        }
+        for r in rs
+    ]
+    c = int(sum(scored.scores[r] > 0 for r in rs))
+    votes = ([{"answer": p.answer, "count": c, "correct": True}] if c else []) + [
+        {"answer": a, "count": m, "correct": False} for a, m in grp
+    ]
+    record = {"id": p.id, "problem": p.problem, "answer": p.answer, "correct": c, "votes": votes,
+              "samples": samples}
+    return c, [m for _, m in grp], [scored.scores[r] for r in rs], record
+
+
 def run_eval(
     engine,
     reward,
@@ -143,37 +173,9 @@ def run_eval(
             cfg.vote_max_pairs,
             reward.cfg.max_answer_chars,
         )
-        for i, rs, grp in zip(mine, rows, groups):
-            samples = [
-                {
-                    "text": texts[r],
-                    "extracted": scored.extracted[r],
-                    "score": scored.scores[r],
-                    "status": scored.status[r],
-                    "length": lengths[r],
-                    "truncated": truncated[r],
-                }
-                for r in rs
-            ]
-            c = int(sum(scored.scores[r] > 0 for r in rs))
-            votes = ([{"answer": problems[i].answer, "count": c, "correct": True}] if c else []) + \
-                [{"answer": a, "count": m, "correct": False} for a, m in grp]
-            local.append(
-                (
-                    i,
-                    c,
-                    [m for _, m in grp],
-                    [scored.scores[r] for r in rs],
-                    {
-                        "id": problems[i].id,
-                        "problem": problems[i].problem,
-                        "answer": problems[i].answer,
-                        "correct": c,
-                        "votes": votes,
-                        "samples": samples,
-                    },
-                )
-            )
+        gen = (texts, lengths, truncated)
+        local = [(i, *_problem_record(problems[i], rs, grp, scored, gen))
+                 for i, rs, grp in zip(mine, rows, groups)]
     gathered = all_gather_objects((local, timeouts, errors, ent))
     merged = sorted((item for part, *_ in gathered for item in part), key=lambda x: x[0])
     ent_sum, ent_tokens = sum(g[3][0] for g in gathered), sum(g[3][1] for g in gathered)

@@ -38,6 +38,27 @@ def _filters(runs: list[Run]) -> str:
     return "Name in [" + ", ".join(json.dumps(n) for n in names) + "]"
 
 
+def _before_after(wr: Any, runs: list[Run], line) -> list[Any]:
+    """pass@k before and after RL. W&B's run summary holds each metric's last value: the last
+    evaluation (after RL) and the last step's entropy and reward; the values before RL are the
+    first points of the lines over training."""
+    before_after = [
+        wr.BarPlot(
+            title=f"{bench} pass@k after RL (last evaluation)",
+            metrics=[f"val/{bench}/pass@{k}" for k in ks],
+            groupby_aggfunc="mean",
+            groupby_rangefunc="stddev",
+        )
+        for bench, ks in pass_keys(runs).items()
+    ]
+    before_after += [
+        line(f"{bench} pass@{k} before (step 0) and after RL", f"val/{bench}/pass@{k}", f"pass@{k}")
+        for bench, ks in pass_keys(runs).items()
+        for k in ks[:1]
+    ]
+    return before_after
+
+
 def build_report(runs: list[Run], entity: str, project: str, title: str = "") -> Any:
     """The report object (nothing is sent anywhere)."""
     wr = _wr()
@@ -54,22 +75,7 @@ def build_report(runs: list[Run], entity: str, project: str, title: str = "") ->
     curves = [line(f"{t} vs {RL_STEP}", m, y) for _, t, m, y in CURVES]
     passk = [line(f"{bench} pass@{k} over training", f"val/{bench}/pass@{k}", f"pass@{k}")
              for bench, ks in pass_keys(runs).items() for k in ks]
-    # W&B's run summary holds each metric's last value: the last evaluation (after RL) and the
-    # last step's entropy and reward; the values before RL are the first points of the lines above
-    before_after = [
-        wr.BarPlot(
-            title=f"{bench} pass@k after RL (last evaluation)",
-            metrics=[f"val/{bench}/pass@{k}" for k in ks],
-            groupby_aggfunc="mean",
-            groupby_rangefunc="stddev",
-        )
-        for bench, ks in pass_keys(runs).items()
-    ]
-    before_after += [
-        line(f"{bench} pass@{k} before (step 0) and after RL", f"val/{bench}/pass@{k}", f"pass@{k}")
-        for bench, ks in pass_keys(runs).items()
-        for k in ks[:1]
-    ]
+    before_after = _before_after(wr, runs, line)
     finals = [
         wr.BarPlot(
             title="Final values (mean ± sd over seeds)",

@@ -28,6 +28,7 @@ from skyexp.data.difficulty import Counts
 from skyexp.distributed import Dist
 from skyexp.records import Problem
 from skyexp.rewards import MathVerifyReward
+from skyexp.rl.summary import PreRL
 from skyexp.rl.update import UpdateSettings
 from skyexp.rollout import Engine
 from skyexp.tracking import MultiLogger
@@ -69,12 +70,13 @@ class Counters:
     skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient
     bad_streak: int = 0  # ... in a row, up to now
     history: list[StepRecord] = field(default_factory=list)
-    pre_rl: dict[str, Any] = field(default_factory=dict)  # summary entries of the phases before RL
+    pre_rl: PreRL = field(default_factory=PreRL)  # what the phases before RL reported
 
     @staticmethod
     def of(saved: dict[str, Any]) -> Counters:
         """The counters of a checkpoint's asdict form."""
-        return Counters(**{**saved, "history": [StepRecord(**h) for h in saved["history"]]})
+        return Counters(**{**saved, "history": [StepRecord(**h) for h in saved["history"]],
+                           "pre_rl": PreRL.of(saved["pre_rl"])})
 
     def load(self, other: Counters) -> None:
         """Take every value of `other` (a checkpoint's), in place: the run holds this object."""
