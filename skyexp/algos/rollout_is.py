@@ -67,3 +67,20 @@ def is_weight_stats(
     """(sum of weights, number of tokens at the cap, number of tokens) over mask [N, R]."""
     at_cap = (weights >= cap * (1 - 1e-6)) & (mask > 0)
     return float((weights * mask).sum()), float(at_cap.sum()), float(mask.sum())
+
+
+def is_weight_sums(
+    weights: torch.Tensor,
+    trainer_logp: torch.Tensor,
+    sampler_logp: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    rollout_is_cap: float,
+) -> dict[str, tuple[float, float]]:
+    """Metric name -> (sum, tokens) over mask [N, R]: the mean truncated weight and the share of
+    tokens at the cap (the log-probs are not needed: the weights say it all)."""
+    w_sum, at_cap, tokens = is_weight_stats(weights, mask, rollout_is_cap)
+    return {
+        "rollout/is_weight_mean": (w_sum, tokens),
+        "rollout/is_truncated_frac": (at_cap, tokens),
+    }

@@ -28,7 +28,8 @@ from skyexp.algos.entropy import CONTROLLERS
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.algos.losses import AGGREGATIONS
-from skyexp.algos.rollout_is import ROLLOUT_IS
+from skyexp.algos.off_policy import OFF_POLICY, OffPolicyEntry
+from skyexp.algos.rollout_is import ROLLOUT_IS, is_weight_sums
 from skyexp.algos.seq_losses import POLICY_LOSSES, PolicyLossEntry
 from skyexp.algos.shaping import entropy_shaped
 from skyexp.algos.token_rules import TOKEN_RULES
@@ -42,6 +43,10 @@ PolicyLoss = Callable[
 ]
 # (adv, old_logp, entropy, mask) -> bool [N, T]
 Select = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
+# (trainer's old log-probs, sampler's, mask) -> weights [N, R], or None: no weighting
+Weights = Callable[[Tensor, Tensor, Tensor], Tensor | None]
+# (weights, trainer's old log-probs, sampler's, trained mask) -> {metric: (sum, tokens)}
+WeightSums = Callable[[Tensor, Tensor, Tensor, Tensor], dict[str, tuple[float, float]]]
 
 # algo.kl_mode -> (the KL term is in the loss, the KL penalty is in the reward)
 KL_MODES = {"loss": (True, False), "reward": (False, True)}
@@ -62,8 +67,11 @@ class Algorithm:
     group_filter: Callable[[Tensor, Tensor], Tensor]  # (rewards, correct) [G, n] -> keep [G]
     # (coef, entropy) -> (next coef, in force)
     controller: Callable[[float, float], tuple[float, float]]
-    # (trainer, sampler, mask) -> [N, R] or None
-    is_weights: Callable[[Tensor, Tensor, Tensor], Tensor | None]
+    # the off-policy correction's weight on each token's policy loss (algo.off_policy, or
+    # algo.rollout_is under auto / tis), and the sums of its metrics
+    is_weights: Weights
+    weight_sums: WeightSums
+    off_policy: OffPolicyEntry  # algo.off_policy's registry entry (its constraints)
     kl: Callable[[Tensor, Tensor], Tensor]  # (logp, ref_logp) -> per-token KL [N, R]
     policy_loss: PolicyLoss
     loss_entry: PolicyLossEntry  # algo.policy_loss's registry entry (its constraints)
@@ -111,6 +119,19 @@ def _policy_loss(c: Config) -> tuple[PolicyLoss, Select | None, bool]:
     return loss, select, rule.grads_zero_advantage
 
 
+def _correction(c: Config) -> tuple[Weights, WeightSums]:
+    """algo.off_policy's weights and their metric sums, or algo.rollout_is's where the mode has
+    none of its own (auto, behaviour, tis), their algo.* parameters bound."""
+    a = c.algo
+    entry: OffPolicyEntry = _lookup(OFF_POLICY, a.off_policy, "algo.off_policy")
+    if entry.weights is not None:
+        what = f"algo.off_policy '{a.off_policy}'"
+        return bind(entry.weights, {"algo": a}, what), bind(entry.sums, {"algo": a}, what)
+    what = f"algo.rollout_is '{a.rollout_is}'"
+    weights = bind(_lookup(ROLLOUT_IS, a.rollout_is, "algo.rollout_is"), {"algo": a}, what)
+    return weights, bind(is_weight_sums, {"algo": a}, what)
+
+
 def check_labels(c: Config) -> None:
     """(validate) The preset labels (algo.name, entropy.name) do not contradict the keys they
     name."""
@@ -138,6 +159,7 @@ def build_algorithm(c: Config) -> Algorithm:
     in_loss, in_reward = _lookup(KL_MODES, a.kl_mode, "algo.kl_mode")
     _lookup(dict.fromkeys(OLD_LOGPROBS), a.old_logprobs, "algo.old_logprobs")
     loss, select, grads_zero_advantage = _policy_loss(c)
+    is_weights, weight_sums = _correction(c)
     shape = (functools.partial(entropy_shaped, adv_alpha=e.adv_alpha, adv_kappa=e.adv_kappa)
              if e.adv_alpha > 0 else None)
     return Algorithm(
@@ -148,8 +170,9 @@ def build_algorithm(c: Config) -> Algorithm:
                           f"algo.filter_groups '{a.filter_groups}'"),
         controller=bind(_lookup(CONTROLLERS, e.controller, "entropy.controller"), {"entropy": e},
                         f"entropy.controller '{e.controller}'"),
-        is_weights=bind(_lookup(ROLLOUT_IS, a.rollout_is, "algo.rollout_is"), {"algo": a},
-                        f"algo.rollout_is '{a.rollout_is}'"),
+        is_weights=is_weights,
+        weight_sums=weight_sums,
+        off_policy=OFF_POLICY[a.off_policy],
         kl=_lookup(KL_ESTIMATORS, a.kl_estimator, "algo.kl_estimator"),
         policy_loss=loss,
         loss_entry=POLICY_LOSSES[a.policy_loss],

@@ -28,6 +28,7 @@ from skyexp.config.schema import (
 from skyexp.config.stages import check_world_plan, validate_schedule
 
 if TYPE_CHECKING:  # the registries import torch; validate() builds them at run time
+    from skyexp.algos.off_policy import OffPolicyEntry
     from skyexp.algos.seq_losses import PolicyLossEntry
 
 
@@ -67,6 +68,7 @@ def validate(c: Config) -> None:
     algorithm = build_algorithm(c)
     check_labels(c)
     validate_algo(c.algo, algorithm.loss_entry)
+    validate_off_policy(c, algorithm.off_policy, algorithm.loss_entry)
     validate_old_logprobs(c, algorithm.loss_entry)
     validate_entropy(c, algorithm.loss_entry)
     _check_name(c.rollout.name, "rollout.name", ROLLOUT_ENGINES)
@@ -163,6 +165,32 @@ def validate_old_logprobs(c: Config, loss: PolicyLossEntry) -> None:
         "every row; "
         "set algo.old_logprobs=recompute (or auto, as conf/algo/gspo.yaml does)",
     )
+
+
+def validate_off_policy(c: Config, mode: OffPolicyEntry, loss: PolicyLossEntry) -> None:
+    """algo.off_policy against the keys it takes the place of (skyexp.algos.off_policy's table):
+    which old log-probs the ratio is taken against, and which weight is on each token's loss."""
+    a, name = c.algo, f"algo.off_policy={c.algo.off_policy}"
+    _check(a.off_policy_cap > 1, "algo.off_policy_cap",
+           "must be > 1 (tokens whose pi_prox / pi_sampler exceeds it are dropped from the loss)")
+    recomputed = old_logprobs_recomputed(c)
+    _check(mode.prox is not True or recomputed, "algo.old_logprobs",
+           f"{name} takes the ratio against pi_prox, the trainer's own log-probs before the "
+           f"update, which algo.old_logprobs={a.old_logprobs} does not compute here: set "
+           "algo.old_logprobs=recompute")
+    _check(mode.prox is not False or not recomputed, "algo.old_logprobs",
+           f"{name} takes the ratio against the sampler's log-probs: set "
+           "algo.old_logprobs=rollout (or algo.off_policy=auto to keep the recomputed ones)")
+    _check(mode.rollout_is is not True or a.rollout_is != "none", "algo.rollout_is",
+           f"{name} weighs each token by algo.rollout_is's truncated weights: set "
+           "algo.rollout_is=token or sequence")
+    _check(mode.rollout_is is not False or a.rollout_is == "none", "algo.rollout_is",
+           f"{name} has {'its own weight' if mode.weights else 'no weight'}; "
+           f"algo.rollout_is={a.rollout_is} would weigh the loss a second time: set "
+           "algo.rollout_is=none (or algo.off_policy=tis)")
+    _check(not (mode.per_token and loss.sequence_ratio), "algo.off_policy",
+           f"{name} weighs each token, which algo.policy_loss={a.policy_loss}'s one ratio per "
+           "sequence cannot take: use algo.off_policy=tis algo.rollout_is=sequence")
 
 
 def validate_reward(r: RewardConfig, terms: Iterable[str]) -> None:

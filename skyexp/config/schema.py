@@ -93,6 +93,13 @@ class AlgoConfig:
     # sequence
     rollout_is: str = "none"
     rollout_is_cap: float = 2.0
+    # Off-policy correction (skyexp.algos.off_policy): auto (algo.old_logprobs and algo.rollout_is
+    # decide, as before) | behaviour (ratio against the sampler's log-probs, no weight) | tis
+    # (against the recomputed pi_prox, algo.rollout_is's truncated weights) | decoupled (AReaL's
+    # decoupled PPO, arXiv 2505.24298: against pi_prox, each token's loss weighted by
+    # pi_prox / pi_sampler, tokens whose weight exceeds off_policy_cap dropped)
+    off_policy: str = "auto"
+    off_policy_cap: float = 5.0
     # The policy loss (skyexp.algos.seq_losses): ppo (PPO's clipped surrogate, or what
     # entropy.token_rule puts in its place) | gspo | gspo_token (GSPO, arXiv 2507.18071: one
     # importance ratio per sequence, the geometric mean of its tokens') | cispo (CISPO, arXiv

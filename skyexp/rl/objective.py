@@ -5,9 +5,10 @@
 L_rule is the policy loss: with `algo.policy_loss=ppo` the token rule's (the PPO clipped surrogate
 of skyexp.algos.losses unless `entropy.token_rule` replaces it), otherwise GSPO's sequence-ratio
 loss or CISPO's clipped-weight loss (skyexp.algos.seq_losses, which also see the mask), w_IS the
-truncated importance weights of `algo.rollout_is`
-(1 without), H the current policy's token entropy (only when the bonus is on), KL the estimator
-`algo.kl_estimator` against the frozen reference (only with `algo.kl_mode=loss`). Every term is
+off-policy correction's weights (`algo.off_policy`: decoupled PPO's pi_prox / pi_sampler, or the
+truncated importance weights of `algo.rollout_is`; 1 without), H the current policy's token
+entropy (only when the bonus is on), KL the estimator `algo.kl_estimator` against the frozen
+reference (only with `algo.kl_mode=loss`). Every term is
 aggregated alike (`algo.loss_agg`) with the mini-batch's global normalisers, so the loss summed
 over micro-batches and ranks does not depend on how the mini-batch is split.
 

@@ -1,5 +1,5 @@
 """The sampler's view of a step's batch, built in one function: which rows train, the old-policy
-log-probs and token entropies, the reference's log-probs, and the truncated importance weights.
+log-probs and token entropies, the reference's log-probs, and the off-policy correction's weights.
 
 Every row of a training group enters its group's baseline (masked truncated rows too), so each
 needs old and reference log-probs, not only the rows with weight > 0 (issue 17).
@@ -28,12 +28,14 @@ class SamplerView:
     old_logprobs: torch.Tensor
     entropy: torch.Tensor  # [G*n, R] the sampling policy's token entropies
     ref_logprobs: torch.Tensor | None  # [G*n, R] the reference's; None without a KL term
-    is_weights: torch.Tensor | None  # [G*n, R] truncated-IS weights; None without the correction
+    # [G*n, R] the off-policy correction's weights (algo.off_policy / algo.rollout_is); None: none
+    is_weights: torch.Tensor | None
 
 
 def build_view(run: Run, stage: StagePlan, batch: StepBatch, t: Timer) -> SamplerView:
     """The step's SamplerView: old log-probs and entropies before any optimizer step (timed as
-    old_logp), the reference's log-probs (timed as ref), the IS weights of algo.rollout_is."""
+    old_logp), the reference's log-probs (timed as ref), the weights of the off-policy correction
+    (algo.off_policy: pi_prox / pi_sampler for decoupled, algo.rollout_is's for tis)."""
     ro, alg = batch.rollout, run.algorithm
     in_groups = batch.row_weights(False)  # [G*n]
     with t("old_logp"):

@@ -15,6 +15,7 @@ from skyexp.__main__ import register_schema
 from skyexp.config import ConfigError, to_typed
 
 CONF = ROOT / "conf"
+RECOMPUTE = ["algo.old_logprobs=recompute"]
 GROUPS = [
     "model",
     "data",
@@ -157,12 +158,48 @@ def test_unknown_group_option_lists_valid_ones():
         (["algo.old_logprobs=sometimes"], "algo.old_logprobs"),
         (["algo.ref_reset_every=10"], "algo.ref_reset_every"),  # no KL term, no reference to reset
         (["entropy.adv_alpha=0.4", "entropy.adv_kappa=1"], "entropy.adv_kappa"),
+        (["algo.off_policy=decopled"], "algo.off_policy"),
+        # decoupled PPO's ratio is against pi_prox, which only the trainer's forward gives
+        (["algo.off_policy=decoupled"], "algo.old_logprobs"),
+        (["algo.off_policy=decoupled", "algo.old_logprobs=auto"], "algo.old_logprobs"),  # hf
+        (RECOMPUTE + ["algo.off_policy=decoupled", "algo.rollout_is=token"], "algo.rollout_is"),
+        (RECOMPUTE + ["algo.off_policy=decoupled", "algo.off_policy_cap=1"],
+         "algo.off_policy_cap"),
+        (RECOMPUTE + ["algo=gspo", "algo.off_policy=decoupled"], "algo.off_policy"),
+        (RECOMPUTE + ["algo.off_policy=tis"], "algo.rollout_is"),  # tis is rollout_is's weights
+        (["algo.off_policy=tis", "algo.rollout_is=sequence"], "algo.old_logprobs"),
+        (RECOMPUTE + ["algo.off_policy=behaviour"], "algo.old_logprobs"),
+        (["algo.off_policy=behaviour", "algo=gspo", "rollout=vllm"], "algo.old_logprobs"),
+        (RECOMPUTE + ["algo.off_policy=behaviour", "algo.rollout_is=token"], "algo.old_logprobs"),
     ],
 )
 def test_cross_field_checks_name_the_key(overrides, key):
     with pytest.raises(ConfigError) as e:
         to_typed(compose_cfg(overrides))
     assert f"config key '{key}'" in str(e.value)
+
+
+def test_off_policy_modes_that_make_sense_validate():
+    """Each mode with the keys it needs (skyexp.algos.off_policy's table), and the default auto,
+    which leaves every preset's correction exactly what algo.old_logprobs / algo.rollout_is bind."""
+    from skyexp.algos.off_policy import OFF_POLICY
+    from skyexp.algos.rollout_is import ROLLOUT_IS
+    from skyexp.config.algorithm import build_algorithm
+
+    for ov in (
+        RECOMPUTE + ["algo.off_policy=decoupled"],
+        ["algo.off_policy=decoupled", "algo.old_logprobs=auto", "rollout=vllm"],
+        RECOMPUTE + ["algo.off_policy=decoupled", "algo=cispo"],
+        RECOMPUTE + ["algo.off_policy=decoupled", "entropy=clip_cov", "algo.ppo_epochs=2"],
+        RECOMPUTE + ["algo.off_policy=tis", "algo.rollout_is=sequence", "algo=gspo"],
+        ["algo.off_policy=behaviour", "algo=gspo"],  # auto on hf: the sampler's log-probs
+    ):
+        to_typed(compose_cfg(ov))
+    for preset in sorted(p.stem for p in (ROOT / "conf" / "algo").glob("*.yaml")):
+        c = to_typed(compose_cfg([f"algo={preset}"]))
+        alg = build_algorithm(c)
+        assert c.algo.off_policy == "auto" and alg.off_policy is OFF_POLICY["auto"], preset
+        assert alg.is_weights.func is ROLLOUT_IS[c.algo.rollout_is], preset
 
 
 def test_gspo_recomputes_old_logprobs_when_the_sampler_is_not_the_trainer():
