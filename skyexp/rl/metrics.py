@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from skyexp.algos.rollout_is import is_weight_stats
+from skyexp.config.algorithm import WeightSums
 from skyexp.distributed import all_reduce_max, all_reduce_max_list, all_reduce_sum
 from skyexp.records import UpdateStats
 from skyexp.rl.collect import StepBatch
@@ -233,17 +233,19 @@ def sample_table(batch: StepBatch, rl_step: int, rows: int) -> Table:
 
 def mismatch_metrics(
     recomputed: bool,  # the trainer recomputed the old log-probs (algo.old_logprobs=recompute)
-    cap: float,  # algo.rollout_is_cap
+    weight_sums: WeightSums,  # the correction's metric sums (Algorithm.weight_sums)
     old_logp: torch.Tensor,  # [G*n, R] the old-policy log-probs the update used
     sampler_logp: torch.Tensor,  # [G*n, R] the engine's sampling log-probs
     trained: torch.Tensor,  # [G*n, R] 1 on tokens that train
-    is_w: torch.Tensor | None,  # [G*n, R] truncated-IS weights; None without the correction
+    is_w: torch.Tensor | None,  # [G*n, R] the correction's weights; None without one
     stats: UpdateStats,
     device: torch.device,
 ) -> dict[str, float]:
-    """How far the trainer's log-probs are from the sampler's (vLLM vs FSDP numerics), all ranks:
-    over every trained token when the trainer recomputed them, else over the first mini-batch the
-    update forwarded (UpdateStats). Plus the truncated-IS weights when the correction is on."""
+    """How far the trainer's log-probs are from the sampler's (vLLM vs FSDP numerics, or the
+    sampler's staleness), all ranks: over every trained token when the trainer recomputed them,
+    else over the first mini-batch the update forwarded (UpdateStats). Plus the correction's own
+    metrics when it weighs the loss: rollout/is_weight_mean, rollout/is_truncated_frac (tis) or
+    actor/off_policy_weight_mean, actor/off_policy_capped_frac (decoupled), over trained tokens."""
     if recomputed:
         diff = (old_logp - sampler_logp).abs()
         gap = diff * trained
@@ -259,9 +261,8 @@ def mismatch_metrics(
             "rollout/logprob_diff_max": stats.sampler_logprob_diff_max,
         }
     if is_w is not None:
-        w_sum, at_cap, tokens = all_reduce_sum(
-            list(is_weight_stats(is_w, trained, cap)), device
-        ).tolist()
-        out["rollout/is_weight_mean"] = w_sum / max(tokens, 1.0)
-        out["rollout/is_truncated_frac"] = at_cap / max(tokens, 1.0)
+        sums = weight_sums(is_w, old_logp, sampler_logp, trained)
+        tot = all_reduce_sum([v for pair in sums.values() for v in pair], device).tolist()
+        for i, name in enumerate(sums):
+            out[name] = tot[2 * i] / max(tot[2 * i + 1], 1.0)
     return out

@@ -117,7 +117,7 @@ def _metrics(
     extra.update(
         mismatch_metrics(
             run.algorithm.recompute_old,
-            cfg.algo.rollout_is_cap,
+            run.algorithm.weight_sums,
             view.old_logprobs,
             ro.logprobs,
             trained_tokens,

@@ -8,7 +8,7 @@ import math
 
 import pytest
 import torch
-from conftest import loss_spec, update_settings
+from conftest import algorithm, loss_spec, update_settings
 
 from skyexp.algos.rollout_is import (
     ROLLOUT_IS,
@@ -98,9 +98,8 @@ def test_update_measures_the_sampler_mismatch(batch):
     tokens = float(ro.response_mask.sum())
     assert st.sampler_logprob_diff == pytest.approx(0.25 + 0.5 / tokens, abs=1e-4)
     assert st.sampler_logprob_diff_max == pytest.approx(0.75, abs=1e-4)
-    m = mismatch_metrics(
-        False, AlgoConfig().rollout_is_cap, ro.logprobs, off, ro.response_mask, None, st, d.device
-    )
+    sums = algorithm().weight_sums
+    m = mismatch_metrics(False, sums, ro.logprobs, off, ro.response_mask, None, st, d.device)
     assert (
         m["rollout/logprob_diff_max"] == st.sampler_logprob_diff_max
         and "rollout/is_weight_mean" not in m
@@ -121,12 +120,33 @@ def test_mismatch_metrics_with_recomputed_old_logprobs(batch):
     st = UpdateStats(
         0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0, sampler_logprob_diff=9.0, sampler_logprob_diff_max=9.0
     )
-    m = mismatch_metrics(
-        True, a.rollout_is_cap, ro.logprobs, sampler, ro.response_mask, w, st, d.device
-    )
+    sums = algorithm(old_logprobs="recompute", rollout_is="token", rollout_is_cap=1.1).weight_sums
+    m = mismatch_metrics(True, sums, ro.logprobs, sampler, ro.response_mask, w, st, d.device)
     assert m["rollout/logprob_diff"] == pytest.approx(0.2, abs=1e-6)
     assert m["rollout/logprob_diff_max"] == pytest.approx(0.2, abs=1e-6)
     assert (
         m["rollout/is_weight_mean"] == pytest.approx(1.1, abs=1e-5)
         and m["rollout/is_truncated_frac"] == 1.0
     )
+
+
+def test_decoupled_metrics_count_the_tokens_the_cap_drops(batch):
+    """algo.off_policy=decoupled: the weights pi_prox / pi_sampler the loss used, and the share of
+    trained tokens whose weight exceeds algo.off_policy_cap (dropped), over every rank."""
+    _, ro, _, d = batch
+    alg = algorithm(off_policy="decoupled", old_logprobs="recompute", off_policy_cap=1.5)
+    # the sampler gave every token e^-0.2 of pi_prox's probability (w = 1.22, kept) but the
+    # first token of each row e^-1 (w = 2.72 > 1.5, dropped)
+    sampler = ro.logprobs - 0.2 * ro.response_mask
+    sampler[:, 0] = ro.logprobs[:, 0] - 1.0
+    trained = ro.response_mask.clone()
+    trained[-1] = 0  # a filtered row: its tokens count nowhere
+    w = alg.is_weights(ro.logprobs, sampler, ro.response_mask)
+    st = UpdateStats(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0)
+    m = mismatch_metrics(True, alg.weight_sums, ro.logprobs, sampler, trained, w, st, d.device)
+    tokens, rows = float(trained.sum()), float(trained[:, 0].sum())
+    assert m["actor/off_policy_capped_frac"] == pytest.approx(rows / tokens)
+    assert m["actor/off_policy_weight_mean"] == pytest.approx(
+        math.exp(0.2) * (tokens - rows) / tokens, rel=1e-5
+    )
+    assert "rollout/is_weight_mean" not in m and "rollout/is_truncated_frac" not in m
