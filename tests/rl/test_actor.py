@@ -249,6 +249,7 @@ def batch(setup):
         "clip_cov",
         "high_entropy_tokens",
         "rollout_is",
+        "decoupled",
         "gspo",
         "gspo_token",
         "cispo",
@@ -290,6 +291,14 @@ def test_update_equals_reference(batch, case, share):
             old=noisy_old,
             isw=token_is_weights(noisy_old, ro.logprobs, ro.response_mask, rollout_is_cap=1.2),
         )
+    elif case == "decoupled":  # PPO against pi_prox, weighted by pi_prox / pi_sampler, capped
+        from skyexp.algos.off_policy import decoupled_weights
+
+        algo = AlgoConfig(off_policy=case, old_logprobs="recompute", off_policy_cap=1.3,
+                          ppo_epochs=2, mini_batches=2)
+        isw = decoupled_weights(noisy_old, ro.logprobs, ro.response_mask, off_policy_cap=1.3)
+        assert ((isw == 0) & (ro.response_mask > 0)).any()  # the cap drops some tokens
+        kw = dict(old=noisy_old, isw=isw)
     elif case in (
         "gspo",
         "gspo_token",
