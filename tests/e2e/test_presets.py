@@ -102,3 +102,23 @@ def test_preset_runs(name, tmp_path):
         )  # hf engine log-probs match the trainer's
     if name in ("dr_grpo", "dapo", "ppo_offpolicy"):
         assert all("actor/token_rule_frac" in r for r in rl)
+
+
+@pytest.mark.slow
+def test_decoupled_off_policy_runs(tmp_path):
+    """algo.off_policy=decoupled in the real loop (pi_prox recomputed, 2 epochs x 2 mini-batches):
+    its metrics are logged every step; with the hf engine pi_prox = pi_sampler up to rounding, so
+    every weight is ~1 and the cap drops nothing. Random rewards give the untrained groups
+    advantages, so the update steps."""
+    from skyexp.train import train
+
+    extra = ["algo.off_policy=decoupled", "algo.old_logprobs=recompute", "algo.ppo_epochs=2",
+             "algo.mini_batches=2", "reward=random"]
+    train(to_typed(compose_cfg(extra + TINY)), tmp_path)
+    rl = _rows(tmp_path)
+    assert [r["train/rl_step"] for r in rl] == [0, 1]
+    assert any(r["actor/optimizer_steps"] > 0 for r in rl)
+    for r in rl:
+        assert r["actor/off_policy_capped_frac"] == 0.0
+        assert r["actor/off_policy_weight_mean"] == pytest.approx(1.0, abs=1e-4)
+        assert "rollout/is_weight_mean" not in r
