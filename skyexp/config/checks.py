@@ -129,10 +129,10 @@ def validate_loss_and_resets(a: AlgoConfig, loss: PolicyLossEntry) -> None:
         "rows by their length: set algo.loss_agg=seq-mean-token-mean",
     )
     _check(
-        loss.ppo_surrogate or a.clip_c == 0,
+        loss.dual_clip or a.clip_c == 0,
         "algo.clip_c",
-        f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none "
-        "(set algo.clip_c=0)",
+        f"the dual clip belongs to PPO's surrogate (and CE-GPPO's); algo.policy_loss="
+        f"{a.policy_loss} has none (set algo.clip_c=0)",
     )
     _check(a.ce_beta1 >= 0, "algo.ce_beta1",
            "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")

@@ -100,8 +100,11 @@ class AlgoConfig:
     # (CE-GPPO, arXiv 2509.20712: PPO whose clipped tokens keep a gradient scaled by ce_beta1 /
     # ce_beta2). All use clip_low / clip_high as their clip range (GSPO's presets: 3e-4 / 4e-4).
     policy_loss: str = "ppo"
-    ce_beta1: float = 0.5  # ce_gppo: scale of the A < 0 tokens below 1 - clip_low (exploitation)
-    ce_beta2: float = 1.0  # ce_gppo: scale of the A > 0 tokens above 1 + clip_high (exploration)
+    # ce_gppo: scales of the A < 0 tokens below 1 - clip_low (exploitation) and of the A > 0
+    # tokens above 1 + clip_high (exploration); 0.5 / 1 are the authors' 1.5B launch script's
+    # (their 7B: 0.75 / 1), read from their code, not the paper's text
+    ce_beta1: float = 0.5
+    ce_beta2: float = 1.0
     # Pass@k training (advantage passk_chen | pkpo | passk_best, skyexp.algos.passk): the k of the
     # pass@k objective each group is trained for (1 <= passk_k <= n; passk_best is pass@n).
     passk_k: int = 1
