@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from skyexp.algos.advantages import ADVANTAGES, TOKEN_RETURNS, Estimator
-from skyexp.algos.entropy import CONTROLLERS
+from skyexp.algos.entropy import CONTROLLERS, PROMPT_WEIGHTS
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.algos.losses import AGGREGATIONS
@@ -60,8 +60,10 @@ class Algorithm:
     # (rewards [B, n], token KL [B*n, R], mask, beta) -> [B*n, R]; None: sequence-level advantages
     token_returns: Callable[[Tensor, Tensor, Tensor, float], Tensor] | None
     group_filter: Callable[[Tensor, Tensor], Tensor]  # (rewards, correct) [G, n] -> keep [G]
-    # (coef, entropy) -> (next coef, in force)
-    controller: Callable[[float, float], tuple[float, float]]
+    # (coef, entropy, anchor) -> (next coef, in force)
+    controller: Callable[[float, float, float], tuple[float, float]]
+    # the controller's per-prompt weights of the bonus, correct [G, n] -> [G*n]; None: all 1
+    entropy_rows: Callable[[Tensor], Tensor] | None
     # (trainer, sampler, mask) -> [N, R] or None
     is_weights: Callable[[Tensor, Tensor, Tensor], Tensor | None]
     kl: Callable[[Tensor, Tensor], Tensor]  # (logp, ref_logp) -> per-token KL [N, R]
@@ -148,6 +150,9 @@ def build_algorithm(c: Config) -> Algorithm:
                           f"algo.filter_groups '{a.filter_groups}'"),
         controller=bind(_lookup(CONTROLLERS, e.controller, "entropy.controller"), {"entropy": e},
                         f"entropy.controller '{e.controller}'"),
+        entropy_rows=(bind(PROMPT_WEIGHTS[e.controller], {"entropy": e},
+                           f"entropy.controller '{e.controller}'")
+                      if e.controller in PROMPT_WEIGHTS else None),
         is_weights=bind(_lookup(ROLLOUT_IS, a.rollout_is, "algo.rollout_is"), {"algo": a},
                         f"algo.rollout_is '{a.rollout_is}'"),
         kl=_lookup(KL_ESTIMATORS, a.kl_estimator, "algo.kl_estimator"),

@@ -257,6 +257,10 @@ def validate_entropy(c: Config, loss: PolicyLossEntry) -> None:
     _check(0 < e.kl_cov_ratio <= 1, "entropy.kl_cov_ratio", "must be in (0, 1]")
     _check(e.cov_low < e.cov_high, "entropy.cov_low", "must be < entropy.cov_high")
     _check(e.coef_min <= e.coef_max, "entropy.coef_min", "must be <= entropy.coef_max")
+    _check(e.aer_rho > 0, "entropy.aer_rho", "must be > 0 (the target is aer_rho x H_0)")
+    _check(0 <= e.aer_tau <= 1, "entropy.aer_tau", "must be in [0, 1] (a group accuracy)")
+    _check(e.controller != "aer" or e.coef_max > 0, "entropy.coef_max",
+           "entropy.controller=aer with coef_max 0 never applies a bonus")
     _check(e.adv_alpha >= 0, "entropy.adv_alpha", "must be >= 0 (0: no entropy-shaped advantage)")
     _check(
         e.adv_kappa > 1,

@@ -118,7 +118,7 @@ class AlgoConfig:
 class EntropyConfig:
     name: str = "none"  # the preset (conf/entropy/<name>.yaml); a label
     # Two composable mechanisms; each registered function takes the keys below it needs by name.
-    # the bonus coefficient: none | fixed | adaptive (skyexp.algos.entropy)
+    # the bonus coefficient: none | fixed | adaptive | aer (skyexp.algos.entropy)
     controller: str = "none"
     # none | clip_cov | kl_cov | high_entropy_tokens (skyexp.algos.token_rules)
     token_rule: str = "none"
@@ -127,6 +127,11 @@ class EntropyConfig:
     delta: float = 1e-4  # adaptive: step of the coefficient
     coef_min: float = 0.0
     coef_max: float = 5e-3
+    # aer (arXiv 2510.10959; adaptive's keys coef, delta, coef_min, coef_max too): the target is
+    # aer_rho x the first RL step's entropy, and the bonus acts on the prompts whose group
+    # accuracy this step is <= aer_tau (hard ones)
+    aer_rho: float = 0.8
+    aer_tau: float = 0.5
     clip_cov_ratio: float = 2e-4  # clip_cov: share of tokens whose gradient is cut
     cov_low: float = 1.0  # clip_cov: covariance band the cut tokens are drawn from
     cov_high: float = 5.0

@@ -1,12 +1,13 @@
 """The RL objective over per-token tensors: pure, no model, no logits, no distributed calls.
 
-    loss = agg(w_IS * L_rule) - entropy_coef * agg(H) + kl_coef * agg(KL(pi || ref))
+    loss = agg(w_IS * L_rule) - entropy_coef * agg(w_row * H) + kl_coef * agg(KL(pi || ref))
 
 L_rule is the policy loss: with `algo.policy_loss=ppo` the token rule's (the PPO clipped surrogate
 of skyexp.algos.losses unless `entropy.token_rule` replaces it), otherwise GSPO's sequence-ratio
 loss or CISPO's clipped-weight loss (skyexp.algos.seq_losses, which also see the mask), w_IS the
 truncated importance weights of `algo.rollout_is`
-(1 without), H the current policy's token entropy (only when the bonus is on), KL the estimator
+(1 without), H the current policy's token entropy (only when the bonus is on), w_row its row's
+weight (AER's hard prompts 1, easy ones 0; 1 for every other controller), KL the estimator
 `algo.kl_estimator` against the frozen reference (only with `algo.kl_mode=loss`). Every term is
 aggregated alike (`algo.loss_agg`) with the mini-batch's global normalisers, so the loss summed
 over micro-batches and ranks does not depend on how the mini-batch is split.
@@ -90,6 +91,7 @@ class TokenInputs:
     ref_logp: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # truncated importance weights (algo.rollout_is)
     selected: torch.Tensor | None = None  # bool, the token rule's selection
+    entropy_rows: torch.Tensor | None = None  # [N] weight of each row's entropy bonus (AER)
 
 
 def objective(
@@ -104,7 +106,8 @@ def objective(
         pg = pg * x.is_weights
     loss = spec.aggregate(pg, x.mask, norm)
     if spec.entropy_coef > 0:
-        loss = loss - spec.entropy_coef * spec.aggregate(x.entropy, x.mask, norm)
+        ent = x.entropy if x.entropy_rows is None else x.entropy * x.entropy_rows[:, None]
+        loss = loss - spec.entropy_coef * spec.aggregate(ent, x.mask, norm)
     kl = spec.kl(x.logp, x.ref_logp) if spec.kl_coef > 0 else torch.zeros_like(x.logp)
     if spec.kl_coef > 0:
         loss = loss + spec.kl_coef * spec.aggregate(kl, x.mask, norm)

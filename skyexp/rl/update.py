@@ -86,6 +86,7 @@ class UpdateBatch:
     ref_logprobs: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # [B*n, R] truncated-IS weight of each token's loss
     max_response_len: int = 0  # the length cap (Dr.GRPO's constant); 0: the rollout's width
+    entropy_rows: torch.Tensor | None = None  # [B*n] weight of each row's entropy bonus (AER)
 
 
 @dataclass
@@ -227,6 +228,8 @@ def _micro_batch(
         entropy=ent,
         ref_logp=cut(p.batch.ref_logprobs) if p.spec.kl_coef > 0 else None,
         is_weights=cut(p.batch.is_weights),
+        entropy_rows=(p.batch.entropy_rows[idx].to(dev)
+                      if p.batch.entropy_rows is not None else None),
         selected=cut(p.chosen) if p.spec.select is not None else None,
     )
     loss, sums = objective(x, norm, p.spec)
