@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss
+from skyexp.algos.simko import simko_loss
 
 
 def _stats(
@@ -223,6 +224,8 @@ def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, flo
       actor/cispo_clipfrac      share of trained tokens whose IS weight clip(r_t) was clipped
       actor/ce_gppo_clipfrac    share of trained tokens outside the clip range whose gradient
                                 CE-GPPO keeps, scaled by ce_beta1 / ce_beta2
+      actor/simko_boost_frac, actor/simko_penalty_frac   shares of trained tokens whose gradient
+                                SimKO spreads over the top-K / whose top-1 it penalises
     Empty for the losses without any (ppo)."""
     out: dict[str, float] = {}
     if "loss/gspo_seqs" in sums:
@@ -235,6 +238,9 @@ def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, flo
         out["actor/cispo_clipfrac"] = sums["loss/cispo_clipped"] / max(trained_tokens, 1.0)
     if "loss/ce_gppo_clipped" in sums:
         out["actor/ce_gppo_clipfrac"] = sums["loss/ce_gppo_clipped"] / max(trained_tokens, 1.0)
+    if "loss/simko_boosted" in sums:
+        out["actor/simko_boost_frac"] = sums["loss/simko_boosted"] / max(trained_tokens, 1.0)
+        out["actor/simko_penalty_frac"] = sums["loss/simko_penalised"] / max(trained_tokens, 1.0)
     return out
 
 
@@ -264,6 +270,9 @@ class PolicyLossEntry(NamedTuple):
     ppo_surrogate: bool = False
     # takes the dual clip of A < 0 tokens (algo.clip_c)
     dual_clip: bool = False
+    # takes each token's top-K log-probs (K = algo.simko_k), top-1 flag and the sampler's
+    # entropies as keywords topk_logp, top1, entropy (SimKO); not under sequence parallelism
+    topk: bool = False
     # one ratio per sequence (GSPO): the paper's mean over sequences (algo.loss_agg), and the
     # trainer's old log-probs whenever the sampler is not its own model (algo.old_logprobs)
     sequence_ratio: bool = False
@@ -275,4 +284,5 @@ POLICY_LOSSES: dict[str, PolicyLossEntry] = {
     "gspo_token": PolicyLossEntry(gspo_token_loss, sequence_ratio=True),
     "cispo": PolicyLossEntry(cispo_loss),
     "ce_gppo": PolicyLossEntry(ce_gppo_loss, dual_clip=True),
+    "simko": PolicyLossEntry(simko_loss, topk=True),
 }

@@ -36,9 +36,11 @@ from skyexp.config.names import bind
 from skyexp.config.schema import Config, ConfigError, old_logprobs_recomputed
 
 Tensor = torch.Tensor
-# (logp, old_logp, adv, selected, mask) -> (per-token loss [N, T], per-token stats)
+# (logp, old_logp, adv, selected, mask, extras) -> (per-token loss [N, T], per-token stats);
+# extras: the keywords of a loss that needs more than log-probs (SimKO's topk_logp, top1, entropy)
 PolicyLoss = Callable[
-    [Tensor, Tensor, Tensor, Tensor | None, Tensor], tuple[Tensor, dict[str, Tensor]]
+    [Tensor, Tensor, Tensor, Tensor | None, Tensor, dict[str, Tensor] | None],
+    tuple[Tensor, dict[str, Tensor]],
 ]
 # (adv, old_logp, entropy, mask) -> bool [N, T]
 Select = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -78,6 +80,7 @@ class Algorithm:
     kl_reward_coef: float  # weight of the KL penalty on the reward (0: none)
     recompute_old: bool  # the trainer's own old log-probs, not the sampler's
     adv_eps: float  # the whitening epsilon of token-level advantages
+    topk: int = 0  # top-K log-probs the policy loss needs at each token (SimKO's K; 0: none)
 
 
 def _lookup(registry: dict[str, Any], value: str, key: str) -> Any:
@@ -89,14 +92,15 @@ def _lookup(registry: dict[str, Any], value: str, key: str) -> Any:
     return registry[value]
 
 
-def _rule_loss(loss, logp, old_logp, adv, selected, mask):
+def _rule_loss(loss, logp, old_logp, adv, selected, mask, extras=None):
     """A token rule's loss is per token: it takes the selection, not the mask."""
     return loss(logp, old_logp, adv, selected)
 
 
-def _masked_loss(loss, logp, old_logp, adv, selected, mask):
-    """A loss of skyexp.algos.seq_losses takes the mask (GSPO's ratio is a per-row mean)."""
-    return loss(logp, old_logp, adv, mask)
+def _masked_loss(loss, logp, old_logp, adv, selected, mask, extras=None):
+    """A loss of skyexp.algos.seq_losses takes the mask (GSPO's ratio is a per-row mean), and the
+    extras it declares (PolicyLossEntry.topk: SimKO's)."""
+    return loss(logp, old_logp, adv, mask, **(extras or {}))
 
 
 def _policy_loss(c: Config) -> tuple[PolicyLoss, Select | None, bool]:
@@ -166,4 +170,5 @@ def build_algorithm(c: Config) -> Algorithm:
         kl_reward_coef=a.kl_coef if in_reward else 0.0,
         recompute_old=old_logprobs_recomputed(c),
         adv_eps=a.adv_eps,
+        topk=a.simko_k if POLICY_LOSSES[a.policy_loss].topk else 0,
     )

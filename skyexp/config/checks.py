@@ -69,6 +69,7 @@ def validate(c: Config) -> None:
     validate_algo(c.algo, algorithm.loss_entry)
     validate_old_logprobs(c, algorithm.loss_entry)
     validate_entropy(c, algorithm.loss_entry)
+    validate_simko(c, algorithm.loss_entry)
     _check_name(c.rollout.name, "rollout.name", ROLLOUT_ENGINES)
     _check_name(c.data.source, "data.source", DATA_SOURCES)
     validate_reward(c.reward, REWARD_TERMS)
@@ -274,3 +275,16 @@ def validate_entropy(c: Config, loss: PolicyLossEntry) -> None:
         f"algo.policy_loss={c.algo.policy_loss} does not use: "
         "set entropy.token_rule=none or algo.policy_loss=ppo",
     )
+
+
+def validate_simko(c: Config, loss: PolicyLossEntry) -> None:
+    """SimKO's keys (algo.simko_*), and the top-K log-probs it needs, which the sequence-parallel
+    forward does not gather."""
+    a = c.algo
+    _check(a.simko_k >= 1, "algo.simko_k", "must be >= 1 (the top-K candidates boosted)")
+    _check(0 <= a.simko_alpha <= 1, "algo.simko_alpha", "must be in [0, 1] (a share of the step)")
+    _check(a.simko_lambda > 0, "algo.simko_lambda", "must be > 0 (the top-1 penalty's scale)")
+    _check(0 <= a.simko_tau <= 1, "algo.simko_tau", "must be in [0, 1] (an entropy quantile)")
+    _check(not loss.topk or c.trainer.sp_size == 1, "trainer.sp_size",
+           f"algo.policy_loss={a.policy_loss} needs each token's top-K log-probs, which the "
+           "sequence-parallel forward does not gather: set trainer.sp_size=1")

@@ -98,13 +98,23 @@ class AlgoConfig:
     # importance ratio per sequence, the geometric mean of its tokens') | cispo (CISPO, arXiv
     # 2506.13585: the clipped ratio as a detached weight, every token keeps its gradient) | ce_gppo
     # (CE-GPPO, arXiv 2509.20712: PPO whose clipped tokens keep a gradient scaled by ce_beta1 /
-    # ce_beta2). All use clip_low / clip_high as their clip range (GSPO's presets: 3e-4 / 4e-4).
+    # ce_beta2) | simko (SimKO, arXiv 2510.14807: top-K boost on correct answers, top-1 penalty on
+    # wrong ones, at high-entropy tokens). All use clip_low / clip_high as their clip range
+    # (GSPO's presets: 3e-4 / 4e-4).
     policy_loss: str = "ppo"
     # ce_gppo: scales of the A < 0 tokens below 1 - clip_low (exploitation) and of the A > 0
     # tokens above 1 + clip_high (exploration); 0.5 / 1 are the authors' 1.5B launch script's
     # (their 7B: 0.75 / 1), read from their code, not the paper's text
     ce_beta1: float = 0.5
     ce_beta2: float = 1.0
+    # simko (arXiv 2510.14807, skyexp.algos.simko): on correct answers a share simko_alpha of the
+    # gradient at high-entropy tokens (above the simko_tau quantile of the row's entropies) goes
+    # to the simko_k most likely tokens; on wrong ones the top-1 there gets simko_lambda x A.
+    # Values of the authors' code and scripts (CLR-Lab/SimKO), not read in the paper's text.
+    simko_k: int = 3
+    simko_alpha: float = 0.01
+    simko_lambda: float = 1.1
+    simko_tau: float = 0.8
     # Pass@k training (advantage passk_chen | pkpo | passk_best, skyexp.algos.passk): the k of the
     # pass@k objective each group is trained for (1 <= passk_k <= n; passk_best is pass@n).
     passk_k: int = 1

@@ -55,6 +55,7 @@ class LossSpec:
     kl: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # estimator (logp, ref_logp) -> [N, T]
     entropy_coef: float = 0.0  # the bonus in force this step (the controller's output)
     kl_coef: float = 0.0  # weight of the KL-to-reference loss term
+    topk: int = 0  # top-K log-probs the policy loss needs (SimKO); 0: none
 
     @property
     def needs_entropy(self) -> bool:
@@ -74,6 +75,7 @@ class LossSpec:
             a.kl,
             entropy_coef,
             a.kl_loss_coef,
+            a.topk,
         )
 
 
@@ -92,6 +94,17 @@ class TokenInputs:
     is_weights: torch.Tensor | None = None  # truncated importance weights (algo.rollout_is)
     selected: torch.Tensor | None = None  # bool, the token rule's selection
     entropy_rows: torch.Tensor | None = None  # [N] weight of each row's entropy bonus (AER)
+    # spec.topk > 0 (SimKO): current log-probs [N, T, K] of each token's K most likely tokens
+    # (with gradient), sampled token is the most likely [N, T] (bool), the sampler's entropies
+    topk_logp: torch.Tensor | None = None
+    top1: torch.Tensor | None = None
+    sampler_entropy: torch.Tensor | None = None
+
+    def extras(self) -> dict[str, torch.Tensor] | None:
+        """The keywords of a policy loss that needs more than log-probs (SimKO's)."""
+        if self.topk_logp is None:
+            return None
+        return {"topk_logp": self.topk_logp, "top1": self.top1, "entropy": self.sampler_entropy}
 
 
 def objective(
@@ -101,7 +114,7 @@ def objective(
     over its tokens (STAT_NAMES: summed policy loss, clip counts, tokens the rule selected, k1
     KL(old || new) as verl's ppo_kl, KL to the reference, tokens). Dividing a sum by the
     mini-batch's token count gives verl's per-token metric."""
-    pg, st = spec.policy_loss(x.logp, x.old_logp, x.advantages, x.selected, x.mask)
+    pg, st = spec.policy_loss(x.logp, x.old_logp, x.advantages, x.selected, x.mask, x.extras())
     if x.is_weights is not None:
         pg = pg * x.is_weights
     loss = spec.aggregate(pg, x.mask, norm)
