@@ -166,6 +166,7 @@ def test_preset_registry_and_checks_name_the_keys():
     assert (c.algo.policy_loss, c.algo.ce_beta1, c.algo.ce_beta2) == ("ce_gppo", 0.5, 1.0)
     assert (c.algo.clip_low, c.algo.clip_high, c.algo.clip_c) == (0.2, 0.2, 10.0)
     assert (c.algo.advantage, c.algo.filter_groups) == ("grpo", "mixed_accuracy")
+    assert (c.algo.batch_size, c.algo.mini_batches) == (32, 8)  # their 128 / 16
     build_algorithm(c)  # binds clip_low, clip_high, ce_beta1, ce_beta2 from algo.*
     # composes with the entropy controller and the aggregations
     for o in (["entropy=adaptive"], ["algo.loss_agg=seq-mean-token-sum-norm"]):

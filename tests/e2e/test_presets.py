@@ -45,7 +45,8 @@ RUNS = {
     ],
     # the barely trained model solves nothing: CE-GPPO's accuracy filter would drop every group,
     # so the smoke runs it unfiltered; AER's target far above the entropy switches the bonus on
-    "ce_gppo": ["algo=ce_gppo", "algo.filter_groups=none", "entropy=aer", "entropy.aer_rho=50"],
+    "ce_gppo": ["algo=ce_gppo", "algo.filter_groups=none", "algo.mini_batches=2", "entropy=aer",
+                "entropy.aer_rho=50"],
     "simko": ["algo=simko", "entropy=aer", "entropy.aer_rho=50", "trainer.logprob_chunk=64"],
     "ppo_offpolicy": [
         "algo=ppo_offpolicy",
