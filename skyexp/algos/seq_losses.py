@@ -23,6 +23,7 @@ from typing import NamedTuple
 import torch
 
 from skyexp.algos.losses import LOG_RATIO_CAP, clipped_policy_loss
+from skyexp.algos.simko import simko_loss
 
 
 def _stats(
@@ -83,8 +84,9 @@ def gspo_loss(
     return _clipped(ratio, adv, clip_low, clip_high), st
 
 
-def _seq_diagnostics(s: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float
-                     ) -> dict[str, torch.Tensor]:
+def _seq_diagnostics(
+    s: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_high: float
+) -> dict[str, torch.Tensor]:
     """GSPO's own clip statistics, per token [N, T] so that the caller's masked token sums give
     per-sequence sums: each row's value is spread as value / (its masked tokens) over them.
     `s` [N, T]: the sequence ratio broadcast over the row's tokens (detached)."""
@@ -92,8 +94,12 @@ def _seq_diagnostics(s: torch.Tensor, mask: torch.Tensor, clip_low: float, clip_
         m = mask.to(s.dtype)
         w = m / m.sum(-1, keepdim=True).clamp(min=1)  # sums to 1 over each row that trains
         out = (s < 1.0 - clip_low) | (s > 1.0 + clip_high)
-        return {"loss/gspo_seqs": w, "loss/gspo_seq_clipped": out.to(s.dtype) * w,
-                "loss/gspo_ratio": s * w, "loss/gspo_ratio_sq": s * s * w}
+        return {
+            "loss/gspo_seqs": w,
+            "loss/gspo_seq_clipped": out.to(s.dtype) * w,
+            "loss/gspo_ratio": s * w,
+            "loss/gspo_ratio_sq": s * s * w,
+        }
 
 
 def gspo_token_loss(
@@ -155,6 +161,7 @@ def ce_gppo_loss(
     *,
     clip_low: float,
     clip_high: float,
+    clip_c: float,
     ce_beta1: float,
     ce_beta2: float,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -163,33 +170,47 @@ def ce_gppo_loss(
     r_t = pi / pi_old and sg the stop-gradient,
         L_t = -beta1 (1 - clip_low)  * A_t * r_t / sg(r_t)   if r_t < 1 - clip_low and A_t < 0
         L_t = -beta2 (1 + clip_high) * A_t * r_t / sg(r_t)   if r_t > 1 + clip_high and A_t > 0
-        L_t = max(-A_t r_t, -A_t clip(r_t, 1 - clip_low, 1 + clip_high))   otherwise (PPO)
-    r / sg(r) has the value 1 and the gradient grad log pi, so a clipped token's loss is
-    -beta (bound) A and its gradient -beta (bound) A grad log pi: the clip bound takes the place
-    of the ratio, so the gradient is bounded however far r has moved. beta1 (`algo.ce_beta1`)
-    scales the negative-advantage tokens below the range (mostly low-probability tokens pushed
-    down: exploitation, entropy falls), beta2 (`algo.ce_beta2`) the positive-advantage tokens
-    above it (low-probability tokens pulled up: exploration, entropy rises); beta1 = beta2 = 0
-    gives PPO's gradient exactly, beta = 1 PPO's loss values with the gradient restored at the
-    bound's scale. Tokens exactly at a bound are PPO's (the regions are strict), where both
-    forms have the gradient -A r grad log pi = -A (bound) grad log pi when beta = 1.
-    Departures and unchecked values: the formula is this implementation's reading of the paper
-    (from its abstract's "stop-gradient design with two factors beta1, beta2" and our recollection
-    of its eq.; the equation itself was not checked against the paper's text), and the preset's
-    beta1 = 0.5, beta2 = 1 are recalled from its experiments, NOT checked. r / sg(r) is computed as
-    exp(log pi - sg(log pi)), which stays finite where r underflows; the log-ratio is capped at
-    LOG_RATIO_CAP = 20 as in PPO (skyexp.algos.losses). No dual clip (algo.clip_c must be 0).
-    The stats are PPO's: clipped_low / clipped_high count exactly the tokens whose gradient
-    CE-GPPO rescales (`actor/pg_clipfrac_low|high`), and `loss/ce_gppo_clipped` their sum."""
+        L_t = -A_t r_t                                       otherwise
+    ("otherwise" is PPO's max(-A r, -A clip(r)) exactly: outside those two regions the unclipped
+    branch is the larger one), then, with clip_c > 1, the dual clip of A < 0 tokens:
+    L_t = min(L_t, -A_t clip_c). r / sg(r) has the value 1 and the gradient grad log pi, so a
+    clipped token's gradient is -beta (bound) A grad log pi, bounded however far r has moved.
+    beta1 (`algo.ce_beta1`) scales the negative-advantage low-probability tokens below the range
+    (exploitation: entropy falls), beta2 (`algo.ce_beta2`) the positive-advantage ones above it
+    (exploration: entropy rises); beta1 = beta2 = 0 gives PPO's gradient, beta = 1 PPO's loss
+    values. Tokens exactly at a bound are PPO's (the regions are strict).
+
+    Checked against (issue 27): the authors' code, Kwai-Klear/CE-GPPO,
+    verl/trainer/ppo/core_algos.py `compute_gppo_loss_general_beta` (also printed in their
+    README), which is the three cases above and the dual clip, case for case. The paper's own
+    text (arXiv PDF) could not be read from here; the formula rests on that code. Values read
+    from the authors' launch scripts (recipe/dapo/*_gppo_v1_*.sh), not from the paper's text:
+    beta1 = 0.5 (1.5B) / 0.75 (7B), beta2 = 1; clip_low = clip_high = 0.2; dual clip c = 10;
+    GRPO advantages, token-mean, no KL, no entropy bonus, groups filtered by accuracy (DAPO's
+    dynamic sampling), lr 1e-6. Departures: (1) their launch scripts also add 0.1 x the NLL of
+    the correct responses (`positive_loss_coeff`, a Klear-Reasoner term that is not CE-GPPO's
+    loss): not here; (2) their code asserts a dual clip (c > 1) always; here clip_c = 0 turns it
+    off; (3) r / sg(r) is computed as exp(log pi - sg(log pi)) and the log-ratio is capped at
+    LOG_RATIO_CAP = 20 (skyexp.algos.losses), so nothing overflows where r is extreme (their code
+    divides by the detached ratio). The stats are PPO's: clipped_low / clipped_high count exactly
+    the tokens whose gradient CE-GPPO rescales (`actor/pg_clipfrac_low|high`), dual_clipped the
+    dual clip's, and `loss/ce_gppo_clipped` the rescaled tokens."""
     ratio = torch.exp((logp - old_logp).clamp(max=LOG_RATIO_CAP))
-    ppo = torch.maximum(-adv * ratio, -adv * ratio.clamp(1.0 - clip_low, 1.0 + clip_high))
     unit = torch.exp(logp - logp.detach())  # value 1, gradient grad log pi
     with torch.no_grad():
         low = (ratio < 1.0 - clip_low) & (adv < 0)
         high = (ratio > 1.0 + clip_high) & (adv > 0)
-    loss = torch.where(low, -ce_beta1 * (1.0 - clip_low) * adv * unit,
-                       torch.where(high, -ce_beta2 * (1.0 + clip_high) * adv * unit, ppo))
+    loss = torch.where(
+        low,
+        -ce_beta1 * (1.0 - clip_low) * adv * unit,
+        torch.where(high, -ce_beta2 * (1.0 + clip_high) * adv * unit, -adv * ratio),
+    )
+    dual = torch.zeros_like(low)
+    if clip_c > 1.0:
+        dual = (adv < 0) & (loss > -adv * clip_c)
+        loss = torch.where(dual, -adv * clip_c, loss)
     st = _stats(ratio, adv, logp, old_logp, clip_low, clip_high)
+    st["dual_clipped"] = dual.detach().float()
     st["loss/ce_gppo_clipped"] = st["clipped_low"] + st["clipped_high"]
     return loss, st
 
@@ -203,6 +224,8 @@ def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, flo
       actor/cispo_clipfrac      share of trained tokens whose IS weight clip(r_t) was clipped
       actor/ce_gppo_clipfrac    share of trained tokens outside the clip range whose gradient
                                 CE-GPPO keeps, scaled by ce_beta1 / ce_beta2
+      actor/simko_boost_frac, actor/simko_penalty_frac   shares of trained tokens whose gradient
+                                SimKO spreads over the top-K / whose top-1 it penalises
     Empty for the losses without any (ppo)."""
     out: dict[str, float] = {}
     if "loss/gspo_seqs" in sums:
@@ -215,6 +238,9 @@ def loss_metrics(sums: dict[str, float], trained_tokens: float) -> dict[str, flo
         out["actor/cispo_clipfrac"] = sums["loss/cispo_clipped"] / max(trained_tokens, 1.0)
     if "loss/ce_gppo_clipped" in sums:
         out["actor/ce_gppo_clipfrac"] = sums["loss/ce_gppo_clipped"] / max(trained_tokens, 1.0)
+    if "loss/simko_boosted" in sums:
+        out["actor/simko_boost_frac"] = sums["loss/simko_boosted"] / max(trained_tokens, 1.0)
+        out["actor/simko_penalty_frac"] = sums["loss/simko_penalised"] / max(trained_tokens, 1.0)
     return out
 
 
@@ -239,18 +265,24 @@ class PolicyLossEntry(NamedTuple):
     validation, skyexp.config.checks), as skyexp.algos.advantages.Estimator does for estimators."""
 
     fn: Callable[..., tuple[torch.Tensor, dict[str, torch.Tensor]]]  # config values by keyword
-    # PPO's per-token surrogate: the dual clip (algo.clip_c) and a token rule that replaces the
-    # surrogate (entropy.token_rule) apply to it only
+    # PPO's per-token surrogate: a token rule that replaces the surrogate (entropy.token_rule)
+    # applies to it only
     ppo_surrogate: bool = False
+    # takes the dual clip of A < 0 tokens (algo.clip_c)
+    dual_clip: bool = False
+    # takes each token's top-K log-probs (K = algo.simko_k), top-1 flag and the sampler's
+    # entropies as keywords topk_logp, top1, entropy (SimKO); not under sequence parallelism
+    topk: bool = False
     # one ratio per sequence (GSPO): the paper's mean over sequences (algo.loss_agg), and the
     # trainer's old log-probs whenever the sampler is not its own model (algo.old_logprobs)
     sequence_ratio: bool = False
 
 
 POLICY_LOSSES: dict[str, PolicyLossEntry] = {
-    "ppo": PolicyLossEntry(ppo_loss, ppo_surrogate=True),
+    "ppo": PolicyLossEntry(ppo_loss, ppo_surrogate=True, dual_clip=True),
     "gspo": PolicyLossEntry(gspo_loss, sequence_ratio=True),
     "gspo_token": PolicyLossEntry(gspo_token_loss, sequence_ratio=True),
     "cispo": PolicyLossEntry(cispo_loss),
-    "ce_gppo": PolicyLossEntry(ce_gppo_loss),
+    "ce_gppo": PolicyLossEntry(ce_gppo_loss, dual_clip=True),
+    "simko": PolicyLossEntry(simko_loss, topk=True),
 }

@@ -24,7 +24,7 @@ from typing import Any
 import torch
 
 from skyexp.algos.advantages import ADVANTAGES, TOKEN_RETURNS, Estimator
-from skyexp.algos.entropy import CONTROLLERS
+from skyexp.algos.entropy import CONTROLLERS, PROMPT_WEIGHTS
 from skyexp.algos.filters import FILTERS
 from skyexp.algos.kl import KL_ESTIMATORS
 from skyexp.algos.losses import AGGREGATIONS
@@ -37,9 +37,11 @@ from skyexp.config.names import bind
 from skyexp.config.schema import Config, ConfigError, old_logprobs_recomputed
 
 Tensor = torch.Tensor
-# (logp, old_logp, adv, selected, mask) -> (per-token loss [N, T], per-token stats)
+# (logp, old_logp, adv, selected, mask, extras) -> (per-token loss [N, T], per-token stats);
+# extras: the keywords of a loss that needs more than log-probs (SimKO's topk_logp, top1, entropy)
 PolicyLoss = Callable[
-    [Tensor, Tensor, Tensor, Tensor | None, Tensor], tuple[Tensor, dict[str, Tensor]]
+    [Tensor, Tensor, Tensor, Tensor | None, Tensor, dict[str, Tensor] | None],
+    tuple[Tensor, dict[str, Tensor]],
 ]
 # (adv, old_logp, entropy, mask) -> bool [N, T]
 Select = Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]
@@ -65,8 +67,10 @@ class Algorithm:
     # (rewards [B, n], token KL [B*n, R], mask, beta) -> [B*n, R]; None: sequence-level advantages
     token_returns: Callable[[Tensor, Tensor, Tensor, float], Tensor] | None
     group_filter: Callable[[Tensor, Tensor], Tensor]  # (rewards, correct) [G, n] -> keep [G]
-    # (coef, entropy) -> (next coef, in force)
-    controller: Callable[[float, float], tuple[float, float]]
+    # (coef, entropy, anchor) -> (next coef, in force)
+    controller: Callable[[float, float, float], tuple[float, float]]
+    # the controller's per-prompt weights of the bonus, correct [G, n] -> [G*n]; None: all 1
+    entropy_rows: Callable[[Tensor], Tensor] | None
     # the off-policy correction's weight on each token's policy loss (algo.off_policy, or
     # algo.rollout_is under auto / tis), and the sums of its metrics
     is_weights: Weights
@@ -84,6 +88,7 @@ class Algorithm:
     kl_reward_coef: float  # weight of the KL penalty on the reward (0: none)
     recompute_old: bool  # the trainer's own old log-probs, not the sampler's
     adv_eps: float  # the whitening epsilon of token-level advantages
+    topk: int = 0  # top-K log-probs the policy loss needs at each token (SimKO's K; 0: none)
 
 
 def _lookup(registry: dict[str, Any], value: str, key: str) -> Any:
@@ -95,14 +100,15 @@ def _lookup(registry: dict[str, Any], value: str, key: str) -> Any:
     return registry[value]
 
 
-def _rule_loss(loss, logp, old_logp, adv, selected, mask):
+def _rule_loss(loss, logp, old_logp, adv, selected, mask, extras=None):
     """A token rule's loss is per token: it takes the selection, not the mask."""
     return loss(logp, old_logp, adv, selected)
 
 
-def _masked_loss(loss, logp, old_logp, adv, selected, mask):
-    """A loss of skyexp.algos.seq_losses takes the mask (GSPO's ratio is a per-row mean)."""
-    return loss(logp, old_logp, adv, mask)
+def _masked_loss(loss, logp, old_logp, adv, selected, mask, extras=None):
+    """A loss of skyexp.algos.seq_losses takes the mask (GSPO's ratio is a per-row mean), and the
+    extras it declares (PolicyLossEntry.topk: SimKO's)."""
+    return loss(logp, old_logp, adv, mask, **(extras or {}))
 
 
 def _policy_loss(c: Config) -> tuple[PolicyLoss, Select | None, bool]:
@@ -170,6 +176,9 @@ def build_algorithm(c: Config) -> Algorithm:
                           f"algo.filter_groups '{a.filter_groups}'"),
         controller=bind(_lookup(CONTROLLERS, e.controller, "entropy.controller"), {"entropy": e},
                         f"entropy.controller '{e.controller}'"),
+        entropy_rows=(bind(PROMPT_WEIGHTS[e.controller], {"entropy": e},
+                           f"entropy.controller '{e.controller}'")
+                      if e.controller in PROMPT_WEIGHTS else None),
         is_weights=is_weights,
         weight_sums=weight_sums,
         off_policy=OFF_POLICY[a.off_policy],
@@ -184,4 +193,5 @@ def build_algorithm(c: Config) -> Algorithm:
         kl_reward_coef=a.kl_coef if in_reward else 0.0,
         recompute_old=old_logprobs_recomputed(c),
         adv_eps=a.adv_eps,
+        topk=a.simko_k if POLICY_LOSSES[a.policy_loss].topk else 0,
     )

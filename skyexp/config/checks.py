@@ -71,6 +71,7 @@ def validate(c: Config) -> None:
     validate_off_policy(c, algorithm.off_policy, algorithm.loss_entry)
     validate_old_logprobs(c, algorithm.loss_entry)
     validate_entropy(c, algorithm.loss_entry)
+    validate_simko(c, algorithm.loss_entry)
     _check_name(c.rollout.name, "rollout.name", ROLLOUT_ENGINES)
     _check_name(c.data.source, "data.source", DATA_SOURCES)
     validate_reward(c.reward, REWARD_TERMS)
@@ -131,10 +132,10 @@ def validate_loss_and_resets(a: AlgoConfig, loss: PolicyLossEntry) -> None:
         "rows by their length: set algo.loss_agg=seq-mean-token-mean",
     )
     _check(
-        loss.ppo_surrogate or a.clip_c == 0,
+        loss.dual_clip or a.clip_c == 0,
         "algo.clip_c",
-        f"the dual clip belongs to PPO's surrogate; algo.policy_loss={a.policy_loss} has none "
-        "(set algo.clip_c=0)",
+        f"the dual clip belongs to PPO's surrogate (and CE-GPPO's); algo.policy_loss="
+        f"{a.policy_loss} has none (set algo.clip_c=0)",
     )
     _check(a.ce_beta1 >= 0, "algo.ce_beta1",
            "must be >= 0 (the scale of CE-GPPO's clipped-token gradient; 0: PPO's)")
@@ -285,6 +286,10 @@ def validate_entropy(c: Config, loss: PolicyLossEntry) -> None:
     _check(0 < e.kl_cov_ratio <= 1, "entropy.kl_cov_ratio", "must be in (0, 1]")
     _check(e.cov_low < e.cov_high, "entropy.cov_low", "must be < entropy.cov_high")
     _check(e.coef_min <= e.coef_max, "entropy.coef_min", "must be <= entropy.coef_max")
+    _check(e.aer_rho > 0, "entropy.aer_rho", "must be > 0 (the target is aer_rho x H_0)")
+    _check(0 <= e.aer_tau <= 1, "entropy.aer_tau", "must be in [0, 1] (a group accuracy)")
+    _check(e.controller != "aer" or e.coef_max > 0, "entropy.coef_max",
+           "entropy.controller=aer with coef_max 0 never applies a bonus")
     _check(e.adv_alpha >= 0, "entropy.adv_alpha", "must be >= 0 (0: no entropy-shaped advantage)")
     _check(
         e.adv_kappa > 1,
@@ -298,3 +303,16 @@ def validate_entropy(c: Config, loss: PolicyLossEntry) -> None:
         f"algo.policy_loss={c.algo.policy_loss} does not use: "
         "set entropy.token_rule=none or algo.policy_loss=ppo",
     )
+
+
+def validate_simko(c: Config, loss: PolicyLossEntry) -> None:
+    """SimKO's keys (algo.simko_*), and the top-K log-probs it needs, which the sequence-parallel
+    forward does not gather."""
+    a = c.algo
+    _check(a.simko_k >= 1, "algo.simko_k", "must be >= 1 (the top-K candidates boosted)")
+    _check(0 <= a.simko_alpha <= 1, "algo.simko_alpha", "must be in [0, 1] (a share of the step)")
+    _check(a.simko_lambda > 0, "algo.simko_lambda", "must be > 0 (the top-1 penalty's scale)")
+    _check(0 <= a.simko_tau <= 1, "algo.simko_tau", "must be in [0, 1] (an entropy quantile)")
+    _check(not loss.topk or c.trainer.sp_size == 1, "trainer.sp_size",
+           f"algo.policy_loss={a.policy_loss} needs each token's top-K log-probs, which the "
+           "sequence-parallel forward does not gather: set trainer.sp_size=1")

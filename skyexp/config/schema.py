@@ -105,10 +105,23 @@ class AlgoConfig:
     # importance ratio per sequence, the geometric mean of its tokens') | cispo (CISPO, arXiv
     # 2506.13585: the clipped ratio as a detached weight, every token keeps its gradient) | ce_gppo
     # (CE-GPPO, arXiv 2509.20712: PPO whose clipped tokens keep a gradient scaled by ce_beta1 /
-    # ce_beta2). All use clip_low / clip_high as their clip range (GSPO's presets: 3e-4 / 4e-4).
+    # ce_beta2) | simko (SimKO, arXiv 2510.14807: top-K boost on correct answers, top-1 penalty on
+    # wrong ones, at high-entropy tokens). All use clip_low / clip_high as their clip range
+    # (GSPO's presets: 3e-4 / 4e-4).
     policy_loss: str = "ppo"
-    ce_beta1: float = 0.5  # ce_gppo: scale of the A < 0 tokens below 1 - clip_low (exploitation)
-    ce_beta2: float = 1.0  # ce_gppo: scale of the A > 0 tokens above 1 + clip_high (exploration)
+    # ce_gppo: scales of the A < 0 tokens below 1 - clip_low (exploitation) and of the A > 0
+    # tokens above 1 + clip_high (exploration); 0.5 / 1 are the authors' 1.5B launch script's
+    # (their 7B: 0.75 / 1), read from their code, not the paper's text
+    ce_beta1: float = 0.5
+    ce_beta2: float = 1.0
+    # simko (arXiv 2510.14807, skyexp.algos.simko): on correct answers a share simko_alpha of the
+    # gradient at high-entropy tokens (above the simko_tau quantile of the row's entropies) goes
+    # to the simko_k most likely tokens; on wrong ones the top-1 there gets simko_lambda x A.
+    # Values of the authors' code and scripts (CLR-Lab/SimKO), not read in the paper's text.
+    simko_k: int = 3
+    simko_alpha: float = 0.01
+    simko_lambda: float = 1.1
+    simko_tau: float = 0.8
     # Pass@k training (advantage passk_chen | pkpo | passk_best, skyexp.algos.passk): the k of the
     # pass@k objective each group is trained for (1 <= passk_k <= n; passk_best is pass@n).
     passk_k: int = 1
@@ -122,7 +135,7 @@ class AlgoConfig:
 class EntropyConfig:
     name: str = "none"  # the preset (conf/entropy/<name>.yaml); a label
     # Two composable mechanisms; each registered function takes the keys below it needs by name.
-    # the bonus coefficient: none | fixed | adaptive (skyexp.algos.entropy)
+    # the bonus coefficient: none | fixed | adaptive | aer (skyexp.algos.entropy)
     controller: str = "none"
     # none | clip_cov | kl_cov | high_entropy_tokens (skyexp.algos.token_rules)
     token_rule: str = "none"
@@ -131,6 +144,11 @@ class EntropyConfig:
     delta: float = 1e-4  # adaptive: step of the coefficient
     coef_min: float = 0.0
     coef_max: float = 5e-3
+    # aer (arXiv 2510.10959; adaptive's keys coef, delta, coef_min, coef_max too): the target is
+    # aer_rho x the first RL step's entropy, and the bonus acts on the prompts whose group
+    # accuracy this step is <= aer_tau (hard ones)
+    aer_rho: float = 0.8
+    aer_tau: float = 0.5
     clip_cov_ratio: float = 2e-4  # clip_cov: share of tokens whose gradient is cut
     cov_low: float = 1.0  # clip_cov: covariance band the cut tokens are drawn from
     cov_high: float = 5.0

@@ -30,7 +30,7 @@ from skyexp.algos.entropy import token_entropy
 from skyexp.algos.losses import token_logprobs
 from skyexp.distributed import run_in_forward
 from skyexp.model import sequence_parallel
-from skyexp.model.head import chunked_token_stats
+from skyexp.model.head import chunked_token_stats, chunked_topk_stats, plain_topk
 from skyexp.model.layout import (
     ForwardSettings,
     MicroRows,
@@ -156,6 +156,60 @@ def token_stats(
     the full-logits one (f.logprob_chunk = 0): callers mask them."""
     fn = _chunked_stats if f.logprob_chunk > 0 else _plain_stats
     return run_in_forward(model, fn, model, mb, temperature, with_entropy, f)
+
+
+def token_topk_stats(
+    model: torch.nn.Module,
+    mb: MicroRows,
+    temperature: float,
+    with_entropy: bool,
+    topk: int,
+    f: ForwardSettings,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """token_stats and the log-probs [n, R, K] of each position's K = topk most likely tokens
+    (differentiable; the candidates chosen on the detached logits) and whether the sampled token
+    is the most likely one [n, R] (bool), for SimKO (skyexp.algos.simko). Chunked like
+    token_stats (no [tokens x vocabulary] tensor kept); not under sequence parallelism (the
+    config check refuses it)."""
+    fn = _chunked_topk if f.logprob_chunk > 0 else _plain_topk
+    return run_in_forward(model, fn, model, mb, temperature, with_entropy, topk, f)
+
+
+def _chunked_topk(model, mb: MicroRows, temperature, with_entropy, topk, f: ForwardSettings):
+    sel = mb.resp_mask.bool()
+    hidden = response_hidden(model, mb, f.padding_free)  # [M, H]
+    head = model.get_output_embeddings()
+    logp, ent, top_lp, top1 = chunked_topk_stats(
+        hidden,
+        head.weight,
+        head.bias,
+        mb.seq[:, mb.prompt_len :][sel],
+        temperature,
+        f.logprob_chunk,
+        with_entropy,
+        topk,
+    )
+    top = torch.zeros(*sel.shape, topk, dtype=top_lp.dtype, device=top_lp.device)
+    return (
+        _unflatten(logp, sel),
+        (_unflatten(ent, sel) if ent is not None else None),
+        top.masked_scatter(sel[..., None], top_lp),
+        _unflatten(top1, sel),
+    )
+
+
+def _plain_topk(model, mb: MicroRows, temperature, with_entropy, topk, f: ForwardSettings):
+    """Full [n, R, V] logits (the reference path, trainer.logprob_chunk = 0)."""
+    logits = _logits(model, mb)
+    ids = mb.seq[:, mb.prompt_len :]
+    logp_all = torch.log_softmax(logits.float() / temperature, dim=-1)
+    top_lp, top1 = plain_topk(logp_all, ids, topk)
+    return (
+        logp_all.gather(-1, ids[..., None]).squeeze(-1),
+        token_entropy(logits, temperature) if with_entropy else None,
+        top_lp,
+        top1,
+    )
 
 
 def _chunked_stats(

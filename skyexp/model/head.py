@@ -8,9 +8,12 @@ sampled ids y [M] and the rollout temperature T:
     logp_t   = z_t[y_t] - lse_t                        log pi(y_t | context)
     H_t      = lse_t - sum_v p_tv z_tv,   p_t = softmax(z_t)     token entropy (nats)
 
-and in backward, for upstream gradients g_t (of logp_t) and e_t (of H_t):
+and, with `topk` = K > 0 (SimKO, skyexp.algos.simko), the log-probs of the K most likely tokens
+c_t1..c_tK (chosen on the detached logits, so their indices are constants) and whether y_t is
+the most likely one (top1_t = [y_t = c_t1]). In backward, for upstream gradients g_t (of
+logp_t), e_t (of H_t) and G_tk (of the top-K log-probs):
 
-    dL/dz_tv = g_t (1[v = y_t] - p_tv) - e_t p_tv (log p_tv + H_t)
+    dL/dz_tv = g_t (1[v = y_t] - p_tv) + sum_k G_tk (1[v = c_tk] - p_tv) - e_t p_tv (log p_tv + H_t)
     dL/dh_t  = (1/T) W^T dL/dz_t          dL/dW = (1/T) sum_t dL/dz_t h_t^T     (dL/db likewise)
 
 Only `chunk` tokens' logits ([chunk, V], float32) exist at any time, forward and backward: the
@@ -37,43 +40,49 @@ def _chunk_logits(
     return z.div_(temperature) if temperature != 1.0 else z
 
 
-def _forward_chunk(z: torch.Tensor, ids: torch.Tensor, with_entropy: bool):
-    """(logp [C], lse [C], entropy [C] or None) of float32 logits z [C, V] (overwritten) and ids
-    [C]."""
+def _forward_chunk(z: torch.Tensor, ids: torch.Tensor, with_entropy: bool, topk: int = 0):
+    """(logp [C], lse [C], entropy [C] or None, (top-K log-probs [C, K], their ids [C, K]) or
+    None) of float32 logits z [C, V] (overwritten) and ids [C]."""
     lse = torch.logsumexp(z, dim=-1)
     logp_all = z.sub_(lse[:, None])  # in place: z is this chunk's own buffer
     logp = logp_all.gather(1, ids[:, None]).squeeze(1)
-    if not with_entropy:
-        return logp, lse, None
-    return logp, lse, -(logp_all.exp() * logp_all).sum(-1)
+    top = logp_all.topk(topk, dim=-1) if topk > 0 else None
+    ent = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
+    return logp, lse, ent, top
 
 
 class _ChunkedHead(torch.autograd.Function):
     """(hidden [M, H], weight [V, H], bias [V] | None, ids [M]) -> (logp [M], entropy [M] or
-    [0])."""
+    [0], top-K log-probs [M, K], top1 [M] bool; K = topk, 0 for none)."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, ids, temperature: float, chunk: int, with_entropy: bool):
+    def forward(ctx, hidden, weight, bias, ids, temperature, chunk, with_entropy, topk=0):
         m = hidden.shape[0]
         logp = torch.empty(m, dtype=torch.float32, device=hidden.device)
         lse = torch.empty_like(logp)
         ent = torch.empty_like(logp) if with_entropy else logp.new_zeros(0)
+        top_lp = logp.new_empty(m, topk)
+        top_ids = ids.new_empty(m, topk)
         for s in range(0, m, chunk):
             z = _chunk_logits(hidden[s : s + chunk], weight, bias, temperature)
-            lp, ls, h = _forward_chunk(z, ids[s : s + chunk], with_entropy)
+            lp, ls, h, top = _forward_chunk(z, ids[s : s + chunk], with_entropy, topk)
             logp[s : s + chunk], lse[s : s + chunk] = lp, ls
             if with_entropy:
                 ent[s : s + chunk] = h
-            del z
-        ctx.save_for_backward(hidden, weight, bias, ids, lse, ent)
+            if top is not None:
+                top_lp[s : s + chunk], top_ids[s : s + chunk] = top.values, top.indices
+            del z, top
+        top1 = top_ids[:, 0] == ids if topk > 0 else ids.new_zeros(m, dtype=torch.bool)
+        ctx.save_for_backward(hidden, weight, bias, ids, lse, ent, top_ids)
         ctx.temperature, ctx.chunk, ctx.with_entropy = temperature, chunk, with_entropy
+        ctx.mark_non_differentiable(top1)
         if not with_entropy:
             ctx.mark_non_differentiable(ent)
-        return logp, ent
+        return logp, ent, top_lp, top1
 
     @staticmethod
-    def backward(ctx, g_logp, g_ent):
-        hidden, weight, bias, ids, lse, ent = ctx.saved_tensors
+    def backward(ctx, g_logp, g_ent, g_top, _g_top1):
+        hidden, weight, bias, ids, lse, ent, top_ids = ctx.saved_tensors
         t, chunk = ctx.temperature, ctx.chunk
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         grad_h = torch.empty_like(hidden) if need_h else None
@@ -96,6 +105,9 @@ class _ChunkedHead(torch.autograd.Function):
                 e,
                 ent[s : s + chunk] if e is not None else None,
                 t,
+                (top_ids[s : s + chunk], g_top[s : s + chunk])
+                if top_ids.shape[1] > 0 and g_top is not None
+                else None,
             )
             if need_h:
                 grad_h[s : s + chunk] = gz.to(weight.dtype) @ weight
@@ -104,8 +116,16 @@ class _ChunkedHead(torch.autograd.Function):
             if need_b:
                 grad_b += gz.sum(0)
             del gz  # before the next chunk's logits exist: one chunk at a time
-        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
-                grad_b.to(bias.dtype) if need_b else None, None, None, None, None)
+        return (
+            grad_h,
+            grad_w.to(weight.dtype) if need_w else None,
+            grad_b.to(bias.dtype) if need_b else None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _grad_logits(
@@ -116,18 +136,23 @@ def _grad_logits(
     e: torch.Tensor | None,
     ent: torch.Tensor | None,
     temperature: float,
+    top: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """dL/d(logits) [C, V] of one chunk, overwriting z [C, V] (float32, at temperature T):
 
-        dL/dz = g (onehot(y) - p) - e p (log p + H),   dL/dlogits = dL/dz / T."""
+    dL/dz = g (onehot(y) - p) + sum_k G_k (onehot(c_k) - p) - e p (log p + H),
+    dL/dlogits = dL/dz / T,   top = (c [C, K], G [C, K]) or None."""
     z.sub_(lse[:, None])  # log p
     if e is None:  # log-probs only: p in place, one [C, V] buffer
         p, z = z.exp_(), None
     else:
         p = torch.exp(z)
         z.add_(ent[:, None]).mul_(p).mul_(-e[:, None])  # -e p (log p + H)
-    out = p.mul_(-g[:, None])
+    g_all = g if top is None else g + top[1].sum(-1)
+    out = p.mul_(-g_all[:, None])
     out.scatter_add_(1, ids[:, None], g[:, None])
+    if top is not None:
+        out.scatter_add_(1, top[0], top[1].to(out.dtype))
     if z is not None:
         out.add_(z)
     return out.div_(temperature) if temperature != 1.0 else out
@@ -145,13 +170,37 @@ def chunked_token_stats(
     """Token log-probs [M] (and entropies [M]) of ids [M] under softmax((hidden W^T + b) / T), for
     hidden [M, H], never holding more than `chunk` x V logits (see the module docstring).
     Differentiable in hidden, weight and bias."""
+    logp, ent, _, _ = chunked_topk_stats(
+        hidden, weight, bias, ids, temperature, chunk, with_entropy, 0
+    )
+    return logp, ent
+
+
+def chunked_topk_stats(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    ids: torch.Tensor,
+    temperature: float,
+    chunk: int,
+    with_entropy: bool,
+    topk: int,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """chunked_token_stats and, for topk = K > 0, the log-probs [M, K] of each token's K most
+    likely tokens (differentiable, most likely first) and whether the sampled id is the most
+    likely one [M] (bool); [M, 0] and all False for topk = 0. Still at most `chunk` x V logits."""
     if hidden.shape[0] == 0:
         zero = hidden.new_zeros(0, dtype=torch.float32) + 0 * hidden.sum() + 0 * weight.sum()
-        return zero, (zero.clone() if with_entropy else None)
-    logp, ent = _ChunkedHead.apply(
-        hidden, weight, bias, ids, float(temperature), int(chunk), bool(with_entropy)
+        return (
+            zero,
+            (zero.clone() if with_entropy else None),
+            zero.new_zeros(0, topk),
+            ids.new_zeros(0, dtype=torch.bool),
+        )
+    logp, ent, top_lp, top1 = _ChunkedHead.apply(
+        hidden, weight, bias, ids, float(temperature), int(chunk), bool(with_entropy), int(topk)
     )
-    return logp, (ent if with_entropy else None)
+    return logp, (ent if with_entropy else None), top_lp, top1
 
 
 def plain_token_stats(
@@ -168,3 +217,10 @@ def plain_token_stats(
     logp = logp_all.gather(1, ids[:, None]).squeeze(1)
     ent = -(logp_all.exp() * logp_all).sum(-1) if with_entropy else None
     return logp, ent
+
+
+def plain_topk(logp_all: torch.Tensor, ids: torch.Tensor, topk: int):
+    """Full log-probs [..., V] -> (the K largest [..., K], differentiable, indices chosen on the
+    detached values; ids == the most likely [...]): the reference of chunked_topk_stats."""
+    idx = logp_all.detach().topk(topk, dim=-1).indices
+    return logp_all.gather(-1, idx), idx[..., 0] == ids

@@ -1,14 +1,15 @@
 """The RL objective over per-token tensors: pure, no model, no logits, no distributed calls.
 
-    loss = agg(w_IS * L_rule) - entropy_coef * agg(H) + kl_coef * agg(KL(pi || ref))
+    loss = agg(w_IS * L_rule) - entropy_coef * agg(w_row * H) + kl_coef * agg(KL(pi || ref))
 
 L_rule is the policy loss: with `algo.policy_loss=ppo` the token rule's (the PPO clipped surrogate
 of skyexp.algos.losses unless `entropy.token_rule` replaces it), otherwise GSPO's sequence-ratio
 loss or CISPO's clipped-weight loss (skyexp.algos.seq_losses, which also see the mask), w_IS the
 off-policy correction's weights (`algo.off_policy`: decoupled PPO's pi_prox / pi_sampler, or the
 truncated importance weights of `algo.rollout_is`; 1 without), H the current policy's token
-entropy (only when the bonus is on), KL the estimator `algo.kl_estimator` against the frozen
-reference (only with `algo.kl_mode=loss`). Every term is
+entropy (only when the bonus is on), w_row its row's weight (AER's hard prompts 1, easy ones 0; 1
+for every other controller), KL the estimator `algo.kl_estimator` against the frozen reference
+(only with `algo.kl_mode=loss`). Every term is
 aggregated alike (`algo.loss_agg`) with the mini-batch's global normalisers, so the loss summed
 over micro-batches and ranks does not depend on how the mini-batch is split.
 
@@ -55,6 +56,7 @@ class LossSpec:
     kl: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # estimator (logp, ref_logp) -> [N, T]
     entropy_coef: float = 0.0  # the bonus in force this step (the controller's output)
     kl_coef: float = 0.0  # weight of the KL-to-reference loss term
+    topk: int = 0  # top-K log-probs the policy loss needs (SimKO); 0: none
 
     @property
     def needs_entropy(self) -> bool:
@@ -74,6 +76,7 @@ class LossSpec:
             a.kl,
             entropy_coef,
             a.kl_loss_coef,
+            a.topk,
         )
 
 
@@ -91,6 +94,18 @@ class TokenInputs:
     ref_logp: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # truncated importance weights (algo.rollout_is)
     selected: torch.Tensor | None = None  # bool, the token rule's selection
+    entropy_rows: torch.Tensor | None = None  # [N] weight of each row's entropy bonus (AER)
+    # spec.topk > 0 (SimKO): current log-probs [N, T, K] of each token's K most likely tokens
+    # (with gradient), sampled token is the most likely [N, T] (bool), the sampler's entropies
+    topk_logp: torch.Tensor | None = None
+    top1: torch.Tensor | None = None
+    sampler_entropy: torch.Tensor | None = None
+
+    def extras(self) -> dict[str, torch.Tensor] | None:
+        """The keywords of a policy loss that needs more than log-probs (SimKO's)."""
+        if self.topk_logp is None:
+            return None
+        return {"topk_logp": self.topk_logp, "top1": self.top1, "entropy": self.sampler_entropy}
 
 
 def objective(
@@ -100,12 +115,13 @@ def objective(
     over its tokens (STAT_NAMES: summed policy loss, clip counts, tokens the rule selected, k1
     KL(old || new) as verl's ppo_kl, KL to the reference, tokens). Dividing a sum by the
     mini-batch's token count gives verl's per-token metric."""
-    pg, st = spec.policy_loss(x.logp, x.old_logp, x.advantages, x.selected, x.mask)
+    pg, st = spec.policy_loss(x.logp, x.old_logp, x.advantages, x.selected, x.mask, x.extras())
     if x.is_weights is not None:
         pg = pg * x.is_weights
     loss = spec.aggregate(pg, x.mask, norm)
     if spec.entropy_coef > 0:
-        loss = loss - spec.entropy_coef * spec.aggregate(x.entropy, x.mask, norm)
+        ent = x.entropy if x.entropy_rows is None else x.entropy * x.entropy_rows[:, None]
+        loss = loss - spec.entropy_coef * spec.aggregate(ent, x.mask, norm)
     kl = spec.kl(x.logp, x.ref_logp) if spec.kl_coef > 0 else torch.zeros_like(x.logp)
     if spec.kl_coef > 0:
         loss = loss + spec.kl_coef * spec.aggregate(kl, x.mask, norm)

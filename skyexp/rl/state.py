@@ -65,6 +65,8 @@ class Counters:
     stage: int = 0
     step_in_stage: int = 0
     entropy_coef: float = 0.0  # the entropy controller's state
+    # actor/entropy_trained of the first RL step (AER's anchor); -1: not measured yet
+    entropy_anchor: float = -1.0
     # RL step of the last ProRL reference reset (0: the reference is the start)
     ref_reset_step: int = 0
     skipped_steps: int = 0  # RL steps with an update skipped for a non-finite loss or gradient

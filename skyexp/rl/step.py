@@ -61,15 +61,24 @@ def rl_step(run: Run, stage: StagePlan) -> StepResult:
             view.ref_logprobs,
             view.is_weights,
             stage.max_response_len,
+            alg.entropy_rows(batch.correct) if alg.entropy_rows is not None else None,
         )
         h = _trained_entropy(run, upd)
+        if run.counters.entropy_anchor < 0:  # the first RL step's: AER's anchor
+            run.counters.entropy_anchor = h
         # the bonus from this step's entropy
-        run.counters.entropy_coef, coef = alg.controller(run.counters.entropy_coef, h)
+        run.counters.entropy_coef, coef = alg.controller(
+            run.counters.entropy_coef, h, run.counters.entropy_anchor
+        )
         with t("update"):
             stats = rl_update(run.policy, run.opt, upd, LossSpec.of(alg, coef), run.settings)
         with t("sync"):
             run.engine.sync_weights(run.policy)
     metrics, gen = _metrics(run, batch, view, upd, adv, stats, t.s, h)
+    if upd.entropy_rows is not None:  # AER: share of the trained rows whose prompt is hard
+        metrics["actor/aer_hard_frac"] = global_token_mean(
+            upd.entropy_rows[:, None], upd.weights[:, None], run.d.device
+        )
     record = StepRecord(run.counters.rl_step, stats.entropy, gen.score)
     return StepResult(record, gen.pass1, t.s["timing_s/step"], stats.skipped_updates, metrics)
 

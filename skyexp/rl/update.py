@@ -31,7 +31,7 @@ from skyexp.algos.losses import Normalisers
 from skyexp.algos.seq_losses import loss_metrics
 from skyexp.config import Config
 from skyexp.distributed import all_reduce_max, all_reduce_sum
-from skyexp.model.forward import sampling_view, token_stats
+from skyexp.model.forward import sampling_view, token_stats, token_topk_stats
 from skyexp.model.layout import ForwardSettings, MicroRows, micro_batches, token_budget_split, trim
 from skyexp.records import Rollout, UpdateStats
 from skyexp.rl.objective import STAT_NAMES, LossSpec, TokenInputs, objective, reduce_named
@@ -86,6 +86,7 @@ class UpdateBatch:
     ref_logprobs: torch.Tensor | None = None
     is_weights: torch.Tensor | None = None  # [B*n, R] truncated-IS weight of each token's loss
     max_response_len: int = 0  # the length cap (Dr.GRPO's constant); 0: the rollout's width
+    entropy_rows: torch.Tensor | None = None  # [B*n] weight of each row's entropy bonus (AER)
 
 
 @dataclass
@@ -213,7 +214,13 @@ def _micro_batch(
     ro, dev = p.batch.rollout, p.s.device
     mb = MicroRows.of(ro, idx, p.s.fwd)
     rlen = mb.resp_mask.shape[1]
-    logp, ent = token_stats(model, mb, ro.temperature, p.spec.needs_entropy, p.s.fwd)
+    top_lp = top1 = None
+    if p.spec.topk > 0:  # SimKO: the top-K log-probs from the same forward
+        logp, ent, top_lp, top1 = token_topk_stats(
+            model, mb, ro.temperature, p.spec.needs_entropy, p.spec.topk, p.s.fwd
+        )
+    else:
+        logp, ent = token_stats(model, mb, ro.temperature, p.spec.needs_entropy, p.s.fwd)
 
     def cut(x: torch.Tensor | None) -> torch.Tensor | None:
         return x[idx, :rlen].to(dev) if x is not None else None
@@ -227,6 +234,11 @@ def _micro_batch(
         entropy=ent,
         ref_logp=cut(p.batch.ref_logprobs) if p.spec.kl_coef > 0 else None,
         is_weights=cut(p.batch.is_weights),
+        entropy_rows=(p.batch.entropy_rows[idx].to(dev)
+                      if p.batch.entropy_rows is not None else None),
+        topk_logp=top_lp,
+        top1=top1,
+        sampler_entropy=cut(p.ent) if top_lp is not None else None,
         selected=cut(p.chosen) if p.spec.select is not None else None,
     )
     loss, sums = objective(x, norm, p.spec)

@@ -263,7 +263,7 @@ def test_controllers_and_token_rules_are_separate_registries():
     names."""
     from skyexp.algos.token_rules import TOKEN_RULES
 
-    assert set(CONTROLLERS) == {"none", "fixed", "adaptive"}
+    assert set(CONTROLLERS) == {"none", "fixed", "adaptive", "aer"}
     assert set(TOKEN_RULES) == {"none", "clip_cov", "kl_cov", "high_entropy_tokens"}
 
 

@@ -90,6 +90,13 @@ CASES = {
         "micro_batch_size": 2,
         "single_mbs": 5,
     },
+    # SimKO: top-K log-probs from the chunked head on two ranks, full logits on one
+    "simko": {
+        "algo": {"policy_loss": "simko", "simko_alpha": 0.3, "simko_lambda": 2.0,
+                 "simko_tau": 0.5},
+        "micro_batch_size": 2,
+        "single_mbs": 5,
+    },
     # token-budget micro-batches, padding-free rows, an untied lm head (entropy bonus and KL loss
     # on)
     "budget_padding_free_untied": {

@@ -12,8 +12,13 @@ from test_config import compose_cfg
 
 from skyexp.config import to_typed
 
-TINY = tiny("sft=arith_warmup", "sft.steps=6", "sft.batch_size=16", "trainer.save_final=false",
-            "trainer.micro_batch_size=8")
+TINY = tiny(
+    "sft=arith_warmup",
+    "sft.steps=6",
+    "sft.batch_size=16",
+    "trainer.save_final=false",
+    "trainer.micro_batch_size=8",
+)
 
 RUNS = {
     "rloo": ["algo=rloo", "entropy=fixed", "entropy.coef=0.01"],
@@ -38,6 +43,11 @@ RUNS = {
         "algo.kl_estimator=k1",
         "reward=cosine",
     ],
+    # the barely trained model solves nothing: CE-GPPO's accuracy filter would drop every group,
+    # so the smoke runs it unfiltered; AER's target far above the entropy switches the bonus on
+    "ce_gppo": ["algo=ce_gppo", "algo.filter_groups=none", "algo.mini_batches=2", "entropy=aer",
+                "entropy.aer_rho=50"],
+    "simko": ["algo=simko", "entropy=aer", "entropy.aer_rho=50", "trainer.logprob_chunk=64"],
     "ppo_offpolicy": [
         "algo=ppo_offpolicy",
         "entropy=kl_cov",
@@ -86,6 +96,12 @@ def test_preset_runs(name, tmp_path):
         # entropy is far below the target 9: the bonus switches on at step 1 (c_0 = 0, c_1 = delta)
         assert [r["actor/entropy_coeff"] for r in rl] == [0.0, pytest.approx(1e-4)]
         assert last["actor/kl_loss"] >= 0 and last["critic/kl_coeff"] == 0.0
+    if name in ("ce_gppo", "simko"):
+        # AER: c_0 = 0, c_1 = delta; every prompt is hard (accuracy 0 <= 0.5)
+        assert [r["actor/entropy_coeff"] for r in rl] == [0.0, pytest.approx(5e-4)]
+        assert all(r["actor/aer_hard_frac"] == 1.0 for r in rl)
+    if name == "simko":  # the bonus makes step 1 train: SimKO's own shares are logged
+        assert 0 <= last["actor/simko_boost_frac"] <= 1 and "actor/simko_penalty_frac" in last
     if name == "dapo":
         # the barely trained model solves no group: dynamic sampling stops at the cap
         assert all(r["batch/gen_batches"] in (1, 2) for r in rl)
