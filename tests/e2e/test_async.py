@@ -30,7 +30,7 @@ from skyexp import checkpoint
 
 pytestmark = [pytest.mark.slow, pytest.mark.dist]
 
-PROMPTS, BATCH, STEPS = 8, 4, 4  # an epoch is 2 steps: the run trains two
+PROMPTS, BATCH, STEPS = 12, 4, 6  # an epoch is 3 steps: the run trains two
 ARGS = tiny(
     "reward=cosine",
     "trainer.threads=1",
@@ -107,7 +107,7 @@ def test_async_kill_mid_flight_then_resume_is_exact(async_run, tmp_path):
     args = ARGS + PLACED + ["rollout.staleness=1"]
     run_dir = tmp_path / "run"
     proc = launch(args, run_dir, torchrun=2)
-    wait_for_step(proc, run_dir, 2)  # past the checkpoint after 2 steps, batch 2 in flight
+    wait_for_step(proc, run_dir, 2)  # past the checkpoint after 2 steps (batch 2 in flight)
     kill_tree(proc)
     finish(proc)
     time.sleep(1)
