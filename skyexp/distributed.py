@@ -51,11 +51,13 @@ def setup(
     keep_memory: bool = False,
     deterministic: bool = False,
     sp_size: int = 1,
+    group: tuple[Any, int, int] | None = None,
 ) -> Dist:
     """Start (or join) the process group and pin this rank's device and thread count; on CPU with
     `keep_memory` (trainer.keep_freed_memory), keep freed memory in the process (keep_freed_memory).
     `deterministic` (trainer.deterministic): see `make_deterministic`; on CPU it also means one
-    thread."""
+    thread. `group` = (store, rank, size): this process's default group is that part of the job
+    (skyexp.rl.placement: the generator or the trainer ranks), not every rank of torchrun's."""
     use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
     if device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("trainer.device=cuda but no CUDA device is visible")
@@ -82,7 +84,12 @@ def setup(
         torch.set_num_threads(1 if deterministic else n)
         if keep_memory:
             keep_freed_memory()
-    if not dist.is_initialized():
+    if group is not None:
+        store, rank, world = group
+        dist.init_process_group(
+            backend, store=store, rank=rank, world_size=world, device_id=dev if use_cuda else None
+        )
+    elif not dist.is_initialized():
         if "MASTER_ADDR" in os.environ:
             dist.init_process_group(backend, device_id=dev if use_cuda else None)
         else:

@@ -26,17 +26,16 @@ from skyexp.config import Config, ConfigError, check_world
 from skyexp.config.algorithm import build_algorithm
 from skyexp.config.names import random_reward
 from skyexp.config.stages import plan_run
-from skyexp.data import fit_task, load_task
-from skyexp.evaluation.benchmarks import load_problems
 from skyexp.evaluation.estimators import EvalResult
 from skyexp.model import loading
-from skyexp.records import Problem
 from skyexp.rewards import build_reward
-from skyexp.rl import boundaries, faults, sft
+from skyexp.rl import boundaries, faults, placement, sft
+from skyexp.rl.async_loop import LocalPipe
 from skyexp.rl.loop import evaluate, run_rl
 from skyexp.rl.resume import SavedEval, restore, rewind_logs
 from skyexp.rl.state import Counters, Live, Run
 from skyexp.rl.summary import Clock, PreRL, Summary
+from skyexp.rl.task import eval_problems, task_and_tokenizer
 from skyexp.rl.update import UpdateSettings
 from skyexp.rollout import engine_for
 from skyexp.tracking import git_commit, make_logger, use_bars
@@ -58,8 +57,18 @@ class Setup:
 
 
 def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Run the whole experiment; return (and, on rank 0, write) the summary."""
-    s = setup(cfg, run_dir, config_dict)
+    """Run the whole experiment; return (and, on rank 0, write) the summary. With
+    trainer.rollout_ranks the generator ranks serve the trainers instead (skyexp.rl.generator)
+    and return an empty summary."""
+    placed = None
+    if cfg.trainer.rollout_ranks:
+        placed = placement.start(cfg)
+        if placed[1].role == placement.GENERATOR:
+            from skyexp.rl.generator import serve
+
+            serve(cfg, *placed, run_dir)
+            return {}
+    s = setup(cfg, run_dir, config_dict, placed)
     try:
         before: EvalResult | SavedEval | None = None
         if not s.resume:
@@ -72,15 +81,23 @@ def train(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
             raise faults.stopped(stopped, s.run, checkpoint.complete_checkpoints(s.run.run_dir)[-1])
         return finish(s, before)
     finally:
+        if s.run.live.pipe is not None:
+            s.run.live.pipe.close(s.run)
         s.run.logger.close()
         s.run.reward.close()
 
 
-def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None) -> Setup:
+def setup(
+    cfg: Config,
+    run_dir: Path,
+    config_dict: dict[str, Any] | None = None,
+    placed: tuple[distributed.Dist, placement.Bridge] | None = None,
+) -> Setup:
     """Ranks, run directory, seeds, data, tokenizer, reward pool, policy, engine, logger,
-    optimizer and sampler: everything the phases share, in one Run."""
+    optimizer and sampler: everything the phases share, in one Run. `placed`: this trainer
+    rank's place in the disaggregated placement (no engine here: the generator ranks hold it)."""
     t0 = time.time()
-    d = distributed.setup(
+    d = placed[0] if placed else distributed.setup(
         cfg.trainer.device,
         cfg.trainer.threads,
         cfg.trainer.keep_freed_memory,
@@ -92,23 +109,22 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
     resume = _resume_point(cfg, run_dir, d)
     random.seed(cfg.trainer.seed + d.dp_rank)  # the ranks of a sequence-parallel group draw alike
     torch.manual_seed(cfg.trainer.seed)
-    task, base, tokenizer = _task_and_tokenizer(cfg, d)
-    eval_problems = (
-        load_eval_problems(cfg, task)
-        if (cfg.eval.before or cfg.eval.after or cfg.eval.every)
-        else []
-    )
+    task, base, tokenizer = task_and_tokenizer(cfg, d)
+    evals = eval_problems(cfg, task)
     reward = build_reward(cfg.reward)  # the scoring pool starts while the model loads
     sft_dir = sft.cache_dir(cfg, base)
     start = str(sft_dir) if cfg.sft.steps and sft.cached(cfg, base) and not resume else base
     try:
         policy = loading.load_policy(start, cfg, d)
-        engine = engine_for(cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.dp_rank)
+        engine = None if placed else engine_for(
+            cfg, start, tokenizer, d.device, cfg.trainer.seed * 1000 + d.dp_rank
+        )
     except BaseException:
         reward.close()  # its worker processes would outlive the failed start
         raise
     logger = _start_logger(cfg, run_dir, config_dict, d, resume)
     opt, sched = boundaries.make_optimizer(cfg, policy)
+    pipe = _pipe(cfg, d, placed[1] if placed else None)
     run = Run(
         cfg,
         d,
@@ -124,25 +140,22 @@ def setup(cfg: Config, run_dir: Path, config_dict: dict[str, Any] | None = None)
         task.train,
         build_algorithm(cfg),
         UpdateSettings.of(cfg, d.world_size, d.device),
-        eval_problems,
+        evals,
         Counters(entropy_coef=cfg.entropy.coef),
-        Live(boundaries.make_sampler(cfg, task.train, d.dp_rank, d.dp_size)),
+        Live(boundaries.make_sampler(cfg, task.train, d.dp_rank, d.dp_size), pipe=pipe),
     )
     return Setup(
         run, resume, base, sft_dir, start, _first_summary(run, len(task.train), task.stats), t0
     )
 
 
-def _task_and_tokenizer(cfg: Config, d: distributed.Dist) -> tuple[Any, str, Any]:
-    """The task, the model RL would start from without SFT (rank 0 builds the tiny model once)
-    and its tokenizer; prompts longer than data.max_prompt_len or the model's context are
-    dropped and counted, before training."""
-    task = load_task(cfg.data)
-    base = loading.resolve_path(cfg.model, cfg.trainer.cache_dir) if d.is_main else None
-    base = distributed.broadcast_object(base)
-    tokenizer = loading.load_tokenizer(base, cfg.model)
-    context = loading.context_length(base, cfg.model)
-    return fit_task(task, tokenizer, cfg.data, cfg.model.chat_template, context), base, tokenizer
+def _pipe(cfg: Config, d: distributed.Dist, bridge: placement.Bridge | None):
+    """Where an asynchronous run's batches come from (None: the synchronous step)."""
+    if bridge is not None:
+        from skyexp.rl.remote import RemotePipe
+
+        return RemotePipe(bridge, cfg.rollout.staleness, d.rank)
+    return LocalPipe(cfg.rollout.staleness) if cfg.rollout.staleness else None
 
 
 def _start_logger(
@@ -207,7 +220,8 @@ def sft_phase(s: Setup) -> None:
                 run.log,
                 run.d.is_main and use_bars(cfg.logger.progress),
             )
-            run.engine.sync_weights(run.policy)
+            if run.engine is not None:  # the generator ranks get the weights from the pipe
+                run.engine.sync_weights(run.policy)
         elif cfg.sft.steps:
             log.info(
                 "sft: reusing the cached result %s (config hash %s; sft.cache=false retrains)",
@@ -279,11 +293,6 @@ def finish(s: Setup, before: EvalResult | SavedEval | None) -> dict[str, Any]:
     if run.d.is_main:
         _write_outputs(run, s.summary.to_json(), before, after)
     return s.summary.to_json()
-
-
-def load_eval_problems(cfg: Config, task) -> list[Problem]:
-    """The data source's held-out split (eval.source=data), or a benchmark file/dataset."""
-    return load_problems(cfg.eval, task.eval, cfg.data.max_bad_fraction)
 
 
 def _resume_point(cfg: Config, run_dir: Path, d: distributed.Dist) -> Path | None:

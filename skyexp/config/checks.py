@@ -16,7 +16,7 @@ from skyexp.config.data import validate_data, validate_jobs, validate_sft
 from skyexp.config.debug import shrink
 from skyexp.config.eval import validate_eval
 from skyexp.config.names import DATA_SOURCES, REWARD_TERMS, ROLLOUT_ENGINES, random_reward
-from skyexp.config.parallel import check_parallel_world, validate_parallel
+from skyexp.config.parallel import check_parallel_world, validate_async, validate_parallel
 from skyexp.config.ranges import validate_ranges
 from skyexp.config.schema import (
     AlgoConfig,
@@ -247,6 +247,7 @@ def validate_rollout(c: Config) -> None:
     _check(r.tensor_parallel_size >= 1, "rollout.tensor_parallel_size", "must be >= 1")
     _check(0 < r.gpu_memory_utilization <= 1, "rollout.gpu_memory_utilization", "must be in (0, 1]")
     _check(r.kv_cache_gb >= 0, "rollout.kv_cache_gb", "must be >= 0 (0: automatic)")
+    validate_async(c, _check)
 
 
 def validate_logger(c: Config) -> None:
@@ -265,7 +266,8 @@ def validate_logger(c: Config) -> None:
 
 
 def check_world(c: Config, world_size: int) -> None:
-    """Checks that need the number of ranks (known only after the process group starts)."""
+    """Checks that need the number of ranks (known only after the process group starts; with
+    trainer.rollout_ranks, the trainer ranks)."""
     check_parallel_world(c, world_size, _check)
     check_world_plan(c, world_size, _check)
     _check(c.algo.gen_batch_size % world_size == 0, "algo.gen_batch_size",

@@ -41,3 +41,18 @@ def check_parallel_world(c, world_size: int, check: Callable[[bool, str, str], N
     s = c.trainer.sp_size
     check(world_size % s == 0, "trainer.sp_size",
           f"{s} does not divide the {world_size} ranks (world = data-parallel x sp_size)")
+
+
+def validate_async(c, check: Callable[[bool, str, str], None]) -> None:
+    """rollout.staleness, trainer.rollout_ranks, trainer.sync_timeout_s (skyexp.rl.async_loop,
+    skyexp.rl.placement); the number of ranks is checked when the ranks start."""
+    t = c.trainer
+    check(c.rollout.staleness >= 0, "rollout.staleness", "must be >= 0 (0: synchronous)")
+    check(t.rollout_ranks >= 0, "trainer.rollout_ranks", "must be >= 0 (0: every rank trains)")
+    check(t.sync_timeout_s > 0, "trainer.sync_timeout_s", "must be > 0 seconds")
+    if t.rollout_ranks:
+        check(t.sp_size == 1, "trainer.sp_size",
+              "sequence parallelism is not supported with trainer.rollout_ranks > 0")
+        check(t.rollout_ranks % c.rollout.tensor_parallel_size == 0,
+              "rollout.tensor_parallel_size",
+              f"must divide trainer.rollout_ranks={t.rollout_ranks} (an engine's ranks generate)")

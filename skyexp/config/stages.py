@@ -61,6 +61,13 @@ class RunPlan:
     total_steps: int
     temperature: TemperatureConfig
 
+    def stage_at(self, step: int) -> StagePlan:
+        """The stage RL step `step` belongs to (the last one for steps past the plan)."""
+        for stage in self.stages:
+            if step < stage.first_step + stage.steps:
+                return stage
+        return self.stages[-1]
+
     def temperature_at(self, stage: StagePlan, step: int) -> float:
         """The rollout temperature of RL step `step`: the stage's own, else the schedule's."""
         if stage.own_temperature is not None:

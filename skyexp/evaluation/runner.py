@@ -17,6 +17,7 @@ from skyexp.distributed import all_gather_objects
 from skyexp.evaluation.estimators import EvalResult
 from skyexp.records import Problem
 from skyexp.rewards.vote import group_wrong_answers
+from skyexp.rollout import sampling_stream
 
 log = logging.getLogger("skyexp")
 
@@ -142,19 +143,60 @@ def run_eval(
     template: str | Template,
     chat: bool,
     shard: tuple[int, int] = (0, 1),
+    shards: list[tuple[tuple[int, int], Any]] | None = None,
 ) -> EvalResult:
     """Sample cfg.n answers per problem (this rank's share: shard = (rank, world size)), score them,
     group the wrong answers for maj@k, gather every rank's results (in problem order). `template`
     renders each problem (`eval_template(cfg)` for benchmarks; the identity "{problem}" for prompts
-    rendered already)."""
+    rendered already). `shards`: [(shard, sampling stream)], several shards this rank evaluates in
+    turn, each sampled from its own stream (a generator rank evaluating for each trainer rank it
+    serves, skyexp.rl.generator); the result is the same as one rank per shard."""
     t0 = time.perf_counter()
     if cfg.size:
         problems = problems[: cfg.size]
     max_len = response_cap(engine, cfg.max_response_len)
+    parts = []
+    for (index, world), stream in shards or [(shard, None)]:
+        with sampling_stream(engine, stream):
+            parts.append((index, *_eval_shard(
+                engine, reward, tokenizer, problems, cfg, template, chat, (index, world), max_len
+            )))
+    # in shard order, as one rank per shard would add them
+    gathered = sorted((p for rank in all_gather_objects(parts) for p in rank), key=lambda x: x[0])
+    merged = sorted((item for _, part, *_ in gathered for item in part), key=lambda x: x[0])
+    ent_sum, ent_tokens = sum(g[4][0] for g in gathered), sum(g[4][1] for g in gathered)
+    return SampledEvalResult(
+        name=cfg.name,
+        n=cfg.n,
+        correct=[m[1] for m in merged],
+        records=[m[4] for m in merged],
+        timeouts=sum(g[2] for g in gathered),
+        errors=sum(g[3] for g in gathered),
+        wrong_groups=[m[2] for m in merged],
+        scores=[m[3] for m in merged],
+        max_response_len=max_len,
+        seconds=time.perf_counter() - t0,
+        entropy=ent_sum / ent_tokens if ent_tokens else None,
+    )
+
+
+def _eval_shard(
+    engine,
+    reward,
+    tokenizer,
+    problems: list[Problem],
+    cfg: EvalConfig,
+    template: str | Template,
+    chat: bool,
+    shard: tuple[int, int],
+    max_len: int,
+) -> tuple[list[tuple[int, int, list[int], list[float], dict]], int, int, list[float]]:
+    """One shard's evaluation: (per problem (index, correct, wrong groups, scores, record),
+    timeouts, errors, [entropy sum, tokens])."""
     mine = list(range(shard[0], len(problems), shard[1]))
     local: list[tuple[int, int, list[int], list[float], dict]] = []
     timeouts = errors = 0
-    ent = [0.0, 0.0]  # [entropy sum, tokens] over this rank's samples
+    ent = [0.0, 0.0]  # [entropy sum, tokens] over this shard's samples
     if mine:
         prompts = [apply_template(problems[i].problem, template, tokenizer, chat) for i in mine]
         ids = tokenizer(prompts, add_special_tokens=False)["input_ids"]
@@ -176,22 +218,7 @@ def run_eval(
         gen = (texts, lengths, truncated)
         local = [(i, *_problem_record(problems[i], rs, grp, scored, gen))
                  for i, rs, grp in zip(mine, rows, groups)]
-    gathered = all_gather_objects((local, timeouts, errors, ent))
-    merged = sorted((item for part, *_ in gathered for item in part), key=lambda x: x[0])
-    ent_sum, ent_tokens = sum(g[3][0] for g in gathered), sum(g[3][1] for g in gathered)
-    return SampledEvalResult(
-        name=cfg.name,
-        n=cfg.n,
-        correct=[m[1] for m in merged],
-        records=[m[4] for m in merged],
-        timeouts=sum(g[1] for g in gathered),
-        errors=sum(g[2] for g in gathered),
-        wrong_groups=[m[2] for m in merged],
-        scores=[m[3] for m in merged],
-        max_response_len=max_len,
-        seconds=time.perf_counter() - t0,
-        entropy=ent_sum / ent_tokens if ent_tokens else None,
-    )
+    return local, timeouts, errors, ent
 
 
 def eval_due(every: int, rl_step: int, total_steps: int, after: bool) -> bool:

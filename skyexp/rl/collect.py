@@ -10,22 +10,56 @@ DAPO: each rank fills its own share (DAPO fills the global batch; a rank already
 prompts drawn for it while others keep generating, so the prompt samplers stay in step), and at
 the cap the step trains on the groups it has (verl raises an error); `batch/gen_batches` and
 `batch/train_groups` show both.
+
+A `Share` names what one collect fills: the RL step it is for, which data-parallel share of the
+prompt batch, the prompt sampler it draws from and the engine's sampling stream. In the
+synchronous loop a rank fills its own share of the current step; a generator rank of the
+disaggregated placement (skyexp.rl.placement) fills the shares of the trainer ranks it serves,
+each with the stream and sampler that rank would have used, so every share is generated exactly
+as the synchronous loop would generate it from the same weights.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 import torch
 
+from skyexp.config import Config
+from skyexp.config.algorithm import Algorithm
 from skyexp.config.stages import StagePlan
-from skyexp.data import make_batch, template_of
-from skyexp.distributed import all_reduce_sum
+from skyexp.data import PromptSampler, make_batch, template_of
+from skyexp.distributed import Dist, all_reduce_sum
 from skyexp.records import Problem, Rollout
 from skyexp.rewards import Scored
 from skyexp.rewards.terms import ScoreInput, combine
 from skyexp.rl.state import Run, Timer
+from skyexp.rollout import Engine, sampling_stream
+
+
+class Generating(Protocol):
+    """What generation reads of a run: a Run, or a generator rank's (skyexp.rl.generator)."""
+
+    cfg: Config
+    d: Dist
+    tokenizer: Any
+    engine: Engine
+    reward: Any
+    algorithm: Algorithm
+
+
+@dataclass(frozen=True)
+class Share:
+    """One data-parallel share of RL step `step`'s prompt batch: share `part` of `parts`, drawn
+    from `sampler` (whose rank and world are part and parts), sampled with `stream` (the engine's
+    random generator while it generates this share; None: the engine's own)."""
+
+    step: int
+    part: int
+    parts: int
+    sampler: PromptSampler
+    stream: torch.Generator | None = None
 
 
 @dataclass(frozen=True)
@@ -70,19 +104,20 @@ class _Round(NamedTuple):
 
 
 def _round(
-    run: Run,
+    run: Generating,
     stage: StagePlan,
     temperature: float,
     problems: list[Problem],
     timer: Timer,
+    share: Share,
     index: int = 0,
 ) -> _Round:
     """Generate n samples for each problem, score them, apply the group filter. `index`: the
-    generation round within the step (dynamic sampling), which with the data-parallel rank keys
+    generation round within the step (dynamic sampling), which with the share and the step keys
     the draws of the random reward term (skyexp.rewards.terms.random_term)."""
     cfg = run.cfg
     prompts = make_batch(problems, run.tokenizer, template_of(cfg.data), cfg.model.chat_template)
-    with timer("gen"):
+    with timer("gen"), sampling_stream(run.engine, share.stream):
         rollout = run.engine.generate(
             prompts.prompt_ids, stage.n, stage.max_response_len, temperature, cfg.rollout.top_p
         )
@@ -98,8 +133,8 @@ def _round(
                 rollout.truncated,
                 stage.max_response_len,
                 seed=cfg.trainer.seed,
-                step=run.counters.rl_step,
-                stream=run.d.dp_rank * 4096 + index,
+                step=share.step,
+                stream=share.part * 4096 + index,
             ),
             stage.reward,
         )
@@ -120,27 +155,40 @@ def _round(
 
 
 def collect_batch(run: Run, stage: StagePlan, temperature: float, timer: Timer) -> StepBatch:
-    """Generate and score prompt batches (several under dynamic sampling), filter groups."""
+    """This rank's share of the current step: generate and score prompt batches (several under
+    dynamic sampling), filter groups."""
+    share = Share(run.counters.rl_step, run.d.dp_rank, run.d.dp_size, run.live.sampler)
+    return collect_shares(run, stage, temperature, [share], timer)[0]
+
+
+def collect_shares(
+    run: Generating, stage: StagePlan, temperature: float, shares: list[Share], timer: Timer
+) -> list[StepBatch]:
+    """The StepBatch of each share (of one step), generated round by round: under dynamic
+    sampling every share draws every round and those not yet full generate, until every share of
+    every rank is full (one collective over this process group) or algo.max_gen_batches."""
     a = run.cfg.algo
-    quota = stage.batch_size // run.d.dp_size  # this rank's share of the groups that train
-    rounds: list[_Round] = []
-    have, drawn = 0, 0
+    quota = stage.batch_size // shares[0].parts  # a share of the groups that train
+    rounds: list[list[_Round]] = [[] for _ in shares]
+    have, drawn = [0] * len(shares), 0
     while True:
         drawn += 1
-        # every rank draws every round, so the samplers stay in step; a rank whose share is full
-        # skips its prompts instead of generating
-        problems = run.live.sampler.next(
-            (a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size
-        )
-        if have < quota or not a.dynamic_sampling:
-            rounds.append(_round(run, stage, temperature, problems, timer, drawn - 1))
-            have += int(rounds[-1].keep.sum())
+        for i, share in enumerate(shares):
+            # every share draws every round, so the samplers stay in step; a full share skips its
+            # prompts instead of generating
+            problems = share.sampler.next(
+                (a.gen_batch_size or stage.batch_size) if a.dynamic_sampling else stage.batch_size
+            )
+            if have[i] < quota or not a.dynamic_sampling:
+                rounds[i].append(_round(run, stage, temperature, problems, timer, share, drawn - 1))
+                have[i] += int(rounds[i][-1].keep.sum())
         if not a.dynamic_sampling or drawn >= a.max_gen_batches:
             break
-        # every rank holds its share
-        if all_reduce_sum([float(have < quota)], run.d.device)[0] == 0:
+        # every share of every rank is full
+        if all_reduce_sum([float(any(h < quota for h in have))], run.d.device)[0] == 0:
             break
-    return _assemble(rounds, quota, a.dynamic_sampling, drawn, run.tokenizer.pad_token_id)
+    pad = run.tokenizer.pad_token_id
+    return [_assemble(r, quota, a.dynamic_sampling, drawn, pad) for r in rounds]
 
 
 def _assemble(

@@ -1,6 +1,7 @@
 """Stopping an RL run cleanly: non-finite steps are counted and, trainer.max_bad_steps in a row,
-stop the run; SIGTERM (what SLURM sends before preemption) stops it after the current step. Both
-stop with a checkpoint (skyexp.rl.resume) and an exit code that says why."""
+stop the run; SIGTERM (what SLURM sends before preemption) stops it after the current step; a
+generator rank that dies or hangs (trainer.sync_timeout_s, skyexp.rl.placement) stops it before
+the next. All stop with a checkpoint (skyexp.rl.resume) and an exit code that says why."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ log = logging.getLogger("skyexp")
 
 SIGTERM_EXIT = 143  # 128 + SIGTERM: "stopped, resumable", as a shell reports a process killed by it
 NONFINITE_EXIT = 3
+RANK_LOST_EXIT = 5  # another rank died or hung (trainer.sync_timeout_s): stopped, resumable
 
 
 class Stopped(RuntimeError):
@@ -33,9 +35,12 @@ def stopped(reason: str, run: Run, path: Path) -> Stopped:
     """The exception that ends a run stopped early, with what to do next."""
     again = f"resume with trainer.resume=auto hydra.run.dir={run.run_dir}"
     if reason == "sigterm":
+        # torchrun sends SIGTERM to every rank when one dies: name it
+        diagnose = getattr(run.live.pipe, "diagnosis", None)
+        why = diagnose() if diagnose is not None else None
         return Stopped(
-            f"SIGTERM: stopped after RL step {run.counters.rl_step - 1} (train/rl_step; "
-            f"{run.counters.rl_step} steps "
+            f"SIGTERM{f' ({why})' if why else ''}: stopped after RL step "
+            f"{run.counters.rl_step - 1} (train/rl_step; {run.counters.rl_step} steps "
             f"done) with a checkpoint in {path}; {again}",
             SIGTERM_EXIT,
         )
@@ -48,6 +53,15 @@ def stopped(reason: str, run: Run, path: Path) -> Stopped:
         f"state is saved in {path}; fix the cause (a lower trainer.lr, a tighter "
         f"trainer.grad_clip), then {again}",
         NONFINITE_EXIT,
+    )
+
+
+def lost(why: str, run: Run, path: Path) -> Stopped:
+    """The exception that ends a run whose generator (or another trainer) was lost."""
+    return Stopped(
+        f"{why}. Stopped after RL step {run.counters.rl_step - 1} (train/rl_step) with a "
+        f"checkpoint in {path}; resume with trainer.resume=auto hydra.run.dir={run.run_dir}",
+        RANK_LOST_EXIT,
     )
 
 

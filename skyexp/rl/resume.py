@@ -4,7 +4,9 @@ never stopped.
 The checkpoint holds the policy and AdamW state (DCP, sharded), the LR scheduler, every RNG of
 every rank, the prompt sampler's position and the prompts dropped at stage boundaries, the pass
 counts of the current stage (for the next boundary's drop), the run's Counters (position, entropy
-controller, faults, history: `asdict`), the logger step and the W&B run id. On CPU the resumed
+controller, faults, history: `asdict`), the logger step and the W&B run id; in asynchronous RL
+also every batch generated but not yet trained and where generation stood
+(skyexp.rl.async_loop). On CPU the resumed
 run's metrics and parameters equal an uninterrupted run's bit for bit (tests/test_resume.py).
 """
 
@@ -25,6 +27,7 @@ from skyexp import checkpoint
 from skyexp.config import ConfigError
 from skyexp.data import PromptSampler
 from skyexp.data.difficulty import without
+from skyexp.rl.async_loop import resume_generation
 from skyexp.rl.boundaries import dropped_ids, merged_counts
 from skyexp.rl.state import Counters, Run
 from skyexp.rollout import Engine
@@ -86,12 +89,15 @@ def save(run: Run, reason: str) -> Path:
         "wandb_id": run.logger.run_id,
         "config": asdict(cfg),
     }
+    private = rng_state(run.engine)
+    if run.live.pipe is not None:  # generation's position and the batches in flight
+        shared, mine = run.live.pipe.saved(run)
+        state.update(shared)
+        private.update(mine)
     t = time.perf_counter()
     # a reset reference is not rebuilt from the start
     ref = run.live.ref if run.counters.ref_reset_step > 0 else None
-    checkpoint.save(
-        path, run.policy, run.opt, state, rng_state(run.engine), d, cfg.trainer.keep_last, ref
-    )
+    checkpoint.save(path, run.policy, run.opt, state, private, d, cfg.trainer.keep_last, ref)
     log.info(
         "checkpoint %s after RL step %d (%s): %.1f MB in %.2fs",
         path.name,
@@ -131,9 +137,14 @@ def restore(run: Run, path: Path) -> dict[str, Any]:
         kept, state["sampler"]["seed"], d.dp_rank, d.dp_size, cfg.data.shuffle
     )
     run.live.sampler.load_state_dict(state["sampler"])
-    run.engine.sync_weights(run.policy)
+    if run.engine is not None:
+        run.engine.sync_weights(run.policy)
     if private:
         set_rng_state(run.engine, private)
+    # asynchronous RL: the batches in flight, or generation rewound to the last trained batch
+    resumed = resume_generation(run, state, private, run.live.pipe)
+    if run.live.pipe is not None:
+        run.live.pipe.restore(run, resumed)
     if state["world_size"] != d.world_size:
         log.warning(
             "resuming %d-rank checkpoint on %d ranks: model and optimizer are resharded, but "

@@ -89,7 +89,7 @@ class Counters:
 @dataclass
 class Live:
     """What the run replaces as it goes: the prompt sampler (a new one at each stage boundary),
-    this stage's pass counts, the KL reference (loaded after SFT)."""
+    this stage's pass counts, the KL reference (loaded after SFT), the asynchronous loop's pipe."""
 
     sampler: PromptSampler
     # this stage, this rank: prompt id -> (correct, samples)
@@ -97,6 +97,9 @@ class Live:
     ref: torch.nn.Module | None = None  # frozen reference policy, loaded only when a KL term is on
     # RL steps in a row with 0 optimizer steps (skyexp.rl.idle; not checkpointed)
     idle_streak: int = 0
+    # asynchronous RL (rollout.staleness > 0 or trainer.rollout_ranks > 0): where the batches come
+    # from (skyexp.rl.async_loop.Pipe); None: the synchronous step
+    pipe: Any = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ class Run:
     plan: RunPlan
     tokenizer: PreTrainedTokenizerBase
     policy: torch.nn.Module
-    engine: Engine
+    engine: Engine | None  # None on the trainer ranks of the disaggregated placement
     reward: MathVerifyReward
     logger: MultiLogger
     opt: torch.optim.Optimizer

@@ -5,7 +5,8 @@ config; nothing heavy is imported until an engine is chosen (vLLM is an optional
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any, NamedTuple, Protocol
 
 import torch
@@ -30,6 +31,26 @@ class Engine(Protocol):
     def sync_weights(self, policy: torch.nn.Module) -> None:
         """Load the policy's current weights (possibly FSDP-sharded) into the engine."""
         ...
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load (name, full tensor) pairs as they come (from another rank: skyexp.rl.placement)."""
+        ...
+
+
+@contextmanager
+def sampling_stream(engine: Any, stream: torch.Generator | None) -> Iterator[None]:
+    """The engine samples from `stream` inside the block (an engine without a generator, vLLM,
+    samples from its own seeded state): a rank that generates for several others uses each one's
+    stream (skyexp.rl.generator)."""
+    own = getattr(engine, "generator", None)
+    if stream is None or own is None:
+        yield
+        return
+    engine.generator = stream
+    try:
+        yield
+    finally:
+        engine.generator = own
 
 
 def _hf(**kwargs: Any) -> Engine:

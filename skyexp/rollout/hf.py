@@ -15,6 +15,8 @@ through the model's own forward.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 from skyexp.records import Rollout
@@ -46,9 +48,13 @@ class HFEngine:
     def sync_weights(self, policy: torch.nn.Module) -> None:
         from skyexp.distributed import full_parameters
 
+        self.load_weights(full_parameters(policy))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Copy (name, full tensor) pairs into the engine's model, one at a time as they come."""
         mine = dict(self.model.named_parameters())
         with torch.no_grad():
-            for name, full in full_parameters(policy):
+            for name, full in weights:
                 mine[name].copy_(full.to(mine[name].dtype))
 
     def generate(self, prompt_ids: list[list[int]], n: int, max_tokens: int, temperature: float,

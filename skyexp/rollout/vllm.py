@@ -92,8 +92,13 @@ class VLLMEngine:
     def sync_weights(self, policy: torch.nn.Module) -> None:
         from skyexp.distributed import full_parameters
 
+        self.load_weights(full_parameters(policy))
+
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Reload the engine's weights in place from (Hugging Face name, full tensor) pairs, one
+        at a time as they come (every pair is consumed, whatever vLLM reads)."""
         self._wake("weights")
-        stream = _Drained(full_parameters(policy))
+        stream = _Drained(weights)
         with torch.no_grad():
             try:
                 self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": stream})
