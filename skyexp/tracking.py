@@ -32,7 +32,8 @@ log = logging.getLogger("skyexp")
 
 STEP_KEY = "train/global_step"  # every logged row (SFT steps, RL steps, evals)
 RL_STEP_KEY = "train/rl_step"  # the x axis of every RL and eval metric
-STEP_OF_PREFIX = {"sft": STEP_KEY}  # metric namespaces not plotted against the RL step
+SFT_STEP_KEY = "sft/step"  # the SFT step's index from 0, the x axis of the sft/* metrics
+STEP_OF_PREFIX = {"sft": SFT_STEP_KEY}  # metric namespaces not plotted against the RL step
 HIST_BINS = 64  # histogram bins, in W&B and in tables/<key>.jsonl
 RUN_FILE = "wandb_run.json"  # in the run directory: which W&B run holds this run's metrics
 # step_line's fields, in order, after the step (val/<benchmark>/pass@1 follow when the row has them)
@@ -167,8 +168,8 @@ class ConsoleLogger:
 
 class WandbLogger:
     """W&B run from LoggerConfig: project, entity, group, name, job_type, tags, notes, settings.
-    Every metric namespace is plotted against the RL step (define_metric), SFT against the global
-    step.
+    Every metric namespace is plotted against the RL step (define_metric), SFT's against the SFT
+    step (sft/step).
     `run_id` continues an existing W&B run (a resumed training run); steps it logged after the
     checkpoint are logged again; W&B keeps the values it already holds for those steps."""
 
@@ -202,6 +203,7 @@ class WandbLogger:
             )
             self.run.define_metric(STEP_KEY)
             self.run.define_metric(RL_STEP_KEY)
+            self.run.define_metric(SFT_STEP_KEY)
             _write_run_file(self.run, run_dir, mode)
             log.info(
                 "W&B run %s (%s, id %s) in %s%s",

@@ -154,7 +154,8 @@ def run_sft(
         lr = sched.get_last_lr()[0]  # the rate this step trains with
         loss, gnorm = sft_step(policy, opt, packed, settings)
         sched.step()
-        log_step({"sft/loss": loss, "sft/grad_norm": gnorm, "sft/lr": sched.get_last_lr()[0]})
+        log_step({"sft/step": step, "sft/loss": loss, "sft/grad_norm": gnorm,
+                  "sft/lr": sched.get_last_lr()[0]})
         lines.after(
             step, {"sft/loss": loss, "sft/lr": lr, "sft/grad_norm": gnorm}, int(packed[1].sum())
         )

@@ -142,7 +142,7 @@ def test_wandb_gets_group_name_step_metrics_and_media(tmp_path, monkeypatch):
     runs = []
     monkeypatch.setattr(wandb, "init", lambda **kw: runs.append(_Recorder(**kw)) or runs[-1])
     lg = WandbLogger(_cfg(tmp_path), tmp_path, {"algo": {"n": 4}, "git_commit": "abc"})
-    lg.log({"sft/loss": 1.0}, 0)
+    lg.log({"sft/step": 0, "sft/loss": 1.0}, 0)
     for s in range(2):
         lg.log(
             {
@@ -179,8 +179,9 @@ def test_wandb_gets_group_name_step_metrics_and_media(tmp_path, monkeypatch):
     d = run.defined
     assert (
         d["actor/*"] == d["val/*"] == d["samples/*"] == "train/rl_step"
-        and d["sft/*"] == "train/global_step"
+        and d["sft/*"] == "sft/step"
     )
+    assert run.rows[0][1]["sft/step"] == 0  # the SFT step's own number travels with its row
     assert "train/*" not in d  # would re-plot the step keys against themselves
     assert [step for step, _ in run.rows] == [0, 1, 2, 3]
     step1 = run.rows[1][1]
